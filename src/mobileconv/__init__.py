@@ -1,0 +1,4 @@
+"""mobileconv: efficient convolution operators and mobile CNN families for PyTorch."""
+__version__ = "0.1.0"
+
+from . import layers  # noqa: F401

@@ -1,0 +1,46 @@
+"""The ``mobileconv`` command: thin subcommands over the library functions.
+
+Each module in this package defines ``register(subparsers)``, which adds its subcommands and
+sets ``func`` (called with the parsed ``argparse.Namespace``, returns an exit code). Heavy
+imports happen inside the handlers, so ``mobileconv --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# module name -> the subcommands it registers (for the reader; the modules do the registering)
+COMMAND_MODULES = {
+    "train": ("train", "eval", "predict"),
+    "inspect": ("summary", "models"),
+    "convert": ("convert",),
+    "export": ("export",),
+    "bench": ("bench",),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mobileconv", description="Efficient convolutional networks for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{module}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError, KeyError) as e:  # user errors: one line, no traceback
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"mobileconv {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mobileconv {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

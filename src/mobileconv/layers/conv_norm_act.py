@@ -1,0 +1,47 @@
+"""Conv -> norm -> activation, torchvision's ``Conv2dNormActivation`` pattern."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from .activations import ActLayer, create_act
+from .conv import conv2d
+from .helpers import check_positive, check_stride
+
+
+class ConvNormAct(nn.Sequential):
+    """``conv -> norm -> act`` with "same" padding; ``norm_layer=None`` / ``act_layer=None`` drop a layer.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: square kernel size.
+        stride: 1 or 2.
+        groups: conv groups (``in_channels`` for a depthwise conv).
+        norm_layer: a callable taking the channel count (``nn.BatchNorm2d`` by default) or ``None``.
+        act_layer: an activation class or name (``"relu"``, ``"hswish"``...) or ``None``.
+        bias: conv bias; defaults to ``norm_layer is None``.
+        padding: ``""`` for symmetric padding, ``"tf"`` for TensorFlow SAME padding.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
+                 norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d, act_layer: ActLayer = nn.ReLU,
+                 dilation: int = 1, bias: bool | None = None, padding: str = "", inplace: bool = True) -> None:
+        check_positive(in_channels, "in_channels")
+        check_positive(out_channels, "out_channels")
+        check_stride(stride)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        if bias is None:
+            bias = norm_layer is None
+        layers: dict[str, nn.Module] = {
+            "conv": conv2d(in_channels, out_channels, kernel_size, stride, dilation, groups, bias, padding)}
+        if norm_layer is not None:
+            layers["bn"] = norm_layer(out_channels)
+        if act_layer is not None:
+            layers["act"] = create_act(act_layer, inplace=inplace)
+        super().__init__(*[])
+        for name, layer in layers.items():
+            self.add_module(name, layer)
+        self.in_channels, self.out_channels = in_channels, out_channels

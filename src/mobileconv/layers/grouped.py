@@ -1,0 +1,65 @@
+"""Grouped convolution as MixNet uses it: one conv per channel group, outputs concatenated."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .conv import check_padding_mode, conv2d
+from .helpers import check_kernel_sizes, check_positive, check_stride, split_channels
+
+IMPLS = ("fast", "reference")
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+class GroupedConv2d(nn.ModuleList):
+    """MixNet's grouped conv (``a1.1`` / ``p1.1`` in its block strings; MixConv paper, Sec. 4).
+
+    Input and output channels are split into ``len(kernel_sizes)`` groups (equal split,
+    remainder to the first group) and group ``i`` is convolved by its own ``k_i x k_i`` conv.
+    With an uneven split this is *not* ``nn.Conv2d(groups=g)``. Parameters:
+    ``sum(k_i^2 * cin_i * cout_i)``. The sub-convs are the children ``0 .. g-1``.
+
+    ``impl="fast"`` runs one ``groups=g`` conv when the split is even and the kernels equal;
+    ``impl="reference"`` is the split / conv-per-group / concat formulation.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_sizes: int | Sequence[int], stride: int = 1,
+                 *, padding: str = "", impl: str = "fast") -> None:
+        check_positive(in_channels, "in_channels")
+        check_positive(out_channels, "out_channels")
+        kernel_sizes = check_kernel_sizes(kernel_sizes, "kernel_sizes")
+        check_stride(stride)
+        check_padding_mode(padding)
+        g = len(kernel_sizes)
+        in_splits = split_channels(in_channels, g, "in_channels")
+        out_splits = split_channels(out_channels, g, "out_channels")
+        super().__init__([conv2d(ci, co, k, stride, padding=padding)
+                          for ci, co, k in zip(in_splits, out_splits, kernel_sizes)])
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.kernel_sizes = kernel_sizes
+        self.in_splits, self.out_splits = in_splits, out_splits
+        self.impl = check_impl(impl)
+        self.single_conv = (len(set(in_splits)) == 1 and len(set(out_splits)) == 1 and len(set(kernel_sizes)) == 1
+                            and (padding != "tf" or kernel_sizes[0] == 1))
+
+    def extra_repr(self) -> str:
+        return f"k={','.join(map(str, self.kernel_sizes))} splits={','.join(map(str, self.out_splits))}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"GroupedConv2d expected input of shape (N, {self.in_channels}, H, W), "
+                             f"got {list(x.shape)}")
+        if self.impl == "fast" and self.single_conv:
+            weight = torch.cat([conv.weight for conv in self], 0)
+            k = self.kernel_sizes[0]
+            return F.conv2d(x, weight, None, self.stride, (k - 1) // 2, 1, len(self.kernel_sizes))
+        xs = torch.split(x, self.in_splits, 1)
+        return torch.cat([conv(xs[i]) for i, conv in enumerate(self)], 1)

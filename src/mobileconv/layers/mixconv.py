@@ -1,0 +1,109 @@
+"""MixConv: mixed depthwise kernel sizes in one layer (Tan & Le, arXiv 1907.09595)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .conv import check_padding_mode, conv2d
+from .grouped import check_impl
+from .helpers import check_kernel_sizes, check_positive, check_stride, split_channels, tf_same_pad
+
+SPLITS = ("equal", "exponential")
+
+
+def exponential_split(channels: int, num_groups: int) -> list[int]:
+    """Group ``i`` gets ``channels * 2^-(i+1)`` channels, the last group the rest (MixConv paper, Sec. 3.1)."""
+    splits = [int(channels * 2.0 ** -(i + 1)) for i in range(num_groups - 1)]
+    splits.append(channels - sum(splits))
+    if min(splits) < 1:
+        raise ValueError(f"channels={channels} is too few for an exponential split into {num_groups} groups "
+                         f"(got {splits}); need at least {2 ** (num_groups - 1)} channels")
+    return splits
+
+
+class MixConv2d(nn.ModuleList):
+    """Mixed depthwise convolution, MDConv (MixConv paper, Sec. 3, Eq. 2).
+
+    The ``channels`` are split into ``g = len(kernel_sizes)`` groups; group ``t`` is convolved
+    depthwise with its own ``k_t x k_t`` kernel and the outputs are concatenated, so the layer
+    has ``sum(c_t * k_t^2)`` weights, stored per group as children ``0 .. g-1`` (timm's layout).
+
+    Args:
+        channels: input = output channels.
+        kernel_sizes: odd kernel sizes, one per group (e.g. ``(3, 5, 7)``).
+        stride: 1 or 2; the output is ``ceil(H / stride)`` for any input size.
+        split: ``"equal"`` (remainder to the first group) or ``"exponential"`` (1/2, 1/4, ...).
+        dilated: replace a ``k x k`` kernel by a 3x3 one with dilation ``(k - 1) // 2`` (stride 1 only).
+        padding: ``""`` symmetric, ``"tf"`` TensorFlow SAME.
+        impl: ``"fast"`` runs one depthwise conv with every kernel zero-padded to the largest
+            (same result, one kernel launch); ``"reference"`` is split / conv per group / concat.
+
+    Example:
+        >>> conv = MixConv2d(144, (3, 5, 7))
+        >>> conv.splits
+        [48, 48, 48]
+    """
+
+    def __init__(self, channels: int, kernel_sizes: int | Sequence[int], stride: int = 1, *, split: str = "equal",
+                 dilated: bool = False, padding: str = "", impl: str = "fast") -> None:
+        check_positive(channels, "channels")
+        kernel_sizes = check_kernel_sizes(kernel_sizes, "kernel_sizes")
+        check_stride(stride)
+        check_padding_mode(padding)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if dilated and stride != 1:
+            raise ValueError(f"dilated MixConv is defined for stride 1 only, got stride={stride}")
+        g = len(kernel_sizes)
+        splits = split_channels(channels, g) if split == "equal" else exponential_split(channels, g)
+        convs = []
+        for c, k in zip(splits, kernel_sizes):
+            d = (k - 1) // 2 if dilated and k > 3 else 1
+            kk = 3 if d > 1 else k
+            convs.append(conv2d(c, c, kk, stride, dilation=d, groups=c, padding=padding))
+        super().__init__(convs)
+        self.channels, self.kernel_sizes, self.splits = channels, kernel_sizes, splits
+        self.stride, self.dilated, self.padding = stride, dilated, padding
+        self.split = split
+        self.max_kernel = max(kernel_sizes)
+        self.impl = check_impl(impl)
+
+    def extra_repr(self) -> str:
+        return (f"k={','.join(map(str, self.kernel_sizes))} splits={','.join(map(str, self.splits))}"
+                f"{' dilated' if self.dilated else ''} stride={self.stride}")
+
+    def fused_weight(self) -> torch.Tensor:
+        """All groups' kernels as one ``(C, 1, K, K)`` depthwise weight, ``K = max(kernel_sizes)``.
+
+        Each kernel is centred and zero-padded (a dilated 3x3 kernel is first spread out to
+        its ``k x k`` footprint), so one depthwise conv computes exactly the mixed conv.
+        """
+        weights = []
+        for conv in self:
+            w = conv.weight
+            d = conv.dilation[0]
+            if d > 1:  # 3x3 with dilation d == (2d+1)x(2d+1) with zeros in between
+                dense = w.new_zeros(w.shape[0], 1, 2 * d + 1, 2 * d + 1)
+                dense[:, :, ::d, ::d] = w
+                w = dense
+            p = (self.max_kernel - w.shape[-1]) // 2
+            weights.append(F.pad(w, [p, p, p, p]))
+        return torch.cat(weights, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"MixConv2d expected input of shape (N, {self.channels}, H, W), got {list(x.shape)}")
+        if self.impl == "fast":
+            k, s = self.max_kernel, self.stride
+            pad = (k - 1) // 2
+            if self.padding == "tf":  # TF SAME for the largest kernel is TF SAME for every centred one
+                ph = tf_same_pad(x.shape[-2], k, s)
+                pw = tf_same_pad(x.shape[-1], k, s)
+                x = F.pad(x, [pw[0], pw[1], ph[0], ph[1]])
+                pad = 0
+            return F.conv2d(x, self.fused_weight(), None, s, pad, 1, self.channels)
+        xs = torch.split(x, self.splits, 1)
+        return torch.cat([conv(xs[i]) for i, conv in enumerate(self)], 1)

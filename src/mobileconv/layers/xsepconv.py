@@ -1,0 +1,122 @@
+"""XSepConv: extremely separated depthwise convolution (Chen et al., arXiv 2002.12046)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activations import ActLayer, create_act
+from .grouped import check_impl
+from .helpers import check_kernel_sizes, check_positive, check_stride, split_channels
+
+# One-sided paddings of a 2x2 conv, as (left, right, top, bottom). "right_top" pads one column
+# on the right and one row on the top; the four directions cancel each other's half-pixel shift.
+DIRECTIONS: dict[str, tuple[int, int, int, int]] = {
+    "right_top": (0, 1, 1, 0),
+    "right_bottom": (0, 1, 0, 1),
+    "left_top": (1, 0, 1, 0),
+    "left_bottom": (1, 0, 0, 1),
+}
+PADDINGS = (*DIRECTIONS, "symmetric")
+_OPPOSITE = {"right_top": "left_bottom", "right_bottom": "left_top", "left_top": "right_bottom",
+             "left_bottom": "right_top"}
+
+
+def xsep_padding_schedule(n: int) -> list[str]:
+    """Padding directions for the ``n`` 2x2 depthwise convs of a network (XSepConv paper, Sec. 3.2).
+
+    Improved symmetric padding: the four one-sided directions cycle, so that their half-pixel
+    shifts cancel every four layers. The rest ``r = n % 4``:
+
+    * ``r == 0``: the plain cycle;
+    * ``r == 2``: the last two layers take opposite directions;
+    * ``r == 1``: the last layer uses conventional ``"symmetric"`` padding (four channel groups);
+    * ``r == 3`` (not specified by the paper; our rule): the last three are a pair of opposite
+      directions followed by one ``"symmetric"`` layer. This cancels the shift exactly, like
+      ``r == 1``, while keeping two of the three layers on the cheaper one-sided form.
+    """
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative number of 2x2 layers, got {n!r}")
+    cycle = list(DIRECTIONS)
+    full, rest = divmod(n, 4)
+    schedule = cycle * full
+    if rest >= 2:
+        schedule += ["right_top", _OPPOSITE["right_top"]]
+    if rest % 2 == 1:
+        schedule.append("symmetric")
+    return schedule
+
+
+def _embed_2x2(weight: torch.Tensor, pad: list[int]) -> torch.Tensor:
+    """Place a 2x2 kernel in a 3x3 one so that a pad-1 conv equals the one-sided pad-then-2x2 conv."""
+    row, col = 1 - pad[2], 1 - pad[0]
+    return F.pad(weight, [col, 1 - col, row, 1 - row])
+
+
+class XSepConv2d(nn.Module):
+    """Extremely separated depthwise conv, a drop-in for a ``K x K`` depthwise conv (XSepConv, Fig. 2).
+
+    ``2x2 depthwise (one-sided padding) -> BN -> act -> 1xK depthwise -> BN -> act -> Kx1 depthwise -> BN``:
+    ``4 + 2K`` weights per channel instead of ``K^2``. With ``stride=2`` it is the paper's
+    down-sampling form: the 1xK conv strides horizontally and the Kx1 conv vertically.
+
+    Args:
+        channels: input = output channels.
+        kernel_size: odd ``K`` of the 1xK / Kx1 convs.
+        stride: 1 or 2.
+        padding: the 2x2 conv's padding direction, one of ``"right_top"``, ``"right_bottom"``,
+            ``"left_top"``, ``"left_bottom"``, or ``"symmetric"`` (channels in four groups, each
+            padded towards a different corner). Use :func:`xsep_padding_schedule` for a network.
+        act_layer: activation after the first two convs.
+        impl: ``"fast"`` runs the 2x2 conv as one pad-1 3x3 depthwise conv with the 2x2 kernel
+            placed in the right corner (one kernel for every direction, no ``F.pad``);
+            ``"reference"`` pads with ``F.pad`` and runs the 2x2 conv(s).
+    """
+
+    def __init__(self, channels: int, kernel_size: int, stride: int = 1, *, padding: str = "symmetric",
+                 act_layer: ActLayer = nn.ReLU, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+                 impl: str = "fast") -> None:
+        super().__init__()
+        check_positive(channels, "channels")
+        (k,) = check_kernel_sizes([kernel_size], "kernel_size")
+        check_stride(stride)
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        self.splits = split_channels(channels, 4) if padding == "symmetric" else [channels]
+        self.directions = list(DIRECTIONS) if padding == "symmetric" else [padding]
+        self.pads = [list(DIRECTIONS[d]) for d in self.directions]  # (left, right, top, bottom) per group
+        self.channels, self.kernel_size, self.stride, self.padding = channels, k, stride, padding
+        self.impl = check_impl(impl)
+        self.conv_2x2 = nn.Conv2d(channels, channels, 2, groups=channels, bias=False)
+        self.bn1 = norm_layer(channels)
+        self.act1 = create_act(act_layer, inplace=True)
+        self.conv_1xk = nn.Conv2d(channels, channels, (1, k), (1, stride), (0, k // 2), groups=channels, bias=False)
+        self.bn2 = norm_layer(channels)
+        self.act2 = create_act(act_layer, inplace=True)
+        self.conv_kx1 = nn.Conv2d(channels, channels, (k, 1), (stride, 1), (k // 2, 0), groups=channels, bias=False)
+        self.bn3 = norm_layer(channels)
+
+    def extra_repr(self) -> str:
+        return f"k={self.kernel_size} padding={self.padding} stride={self.stride}"
+
+    def embedded_2x2_weight(self) -> torch.Tensor:
+        """The 2x2 kernels as ``(C, 1, 3, 3)`` kernels for a pad-1 conv (see ``impl="fast"``)."""
+        ws = torch.split(self.conv_2x2.weight, self.splits, 0)
+        return torch.cat([_embed_2x2(w, p) for w, p in zip(ws, self.pads)], 0)
+
+    def conv2x2(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "fast":
+            return F.conv2d(x, self.embedded_2x2_weight(), self.conv_2x2.bias, 1, 1, 1, self.channels)
+        xs = torch.split(x, self.splits, 1)
+        ws = torch.split(self.conv_2x2.weight, self.splits, 0)
+        out = [F.conv2d(F.pad(xi, p), wi, None, 1, 0, 1, wi.shape[0]) for xi, wi, p in zip(xs, ws, self.pads)]
+        return torch.cat(out, 1) if len(out) > 1 else out[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"XSepConv2d expected input of shape (N, {self.channels}, H, W), got {list(x.shape)}")
+        x = self.act1(self.bn1(self.conv2x2(x)))
+        x = self.act2(self.bn2(self.conv_1xk(x)))
+        return self.bn3(self.conv_kx1(x))
