@@ -1,6 +1,41 @@
-"""`mobileconv convert` subcommands (placeholder until the owning issue lands)."""
+"""`mobileconv convert`: a timm / torchvision checkpoint -> mobileconv's safetensors format."""
 from __future__ import annotations
 
+import argparse
 
-def register(subparsers) -> None:  # noqa: D103 - filled in by the owning issue
-    pass
+
+def register(subparsers) -> None:
+    """Add the ``convert`` subcommand."""
+    p = subparsers.add_parser(
+        "convert", help="convert a timm / torchvision checkpoint to mobileconv's safetensors format",
+        description="Load SRC (a timm, torchvision or mobileconv checkpoint: .safetensors, or .pth/.pt/.bin read "
+                    "with torch.load(weights_only=True)) into the model NAME, checking every key and shape, and "
+                    "write its state_dict to DST as safetensors (atomically: nothing is written on failure). "
+                    "BatchNorm eps of the source is recorded in DST (torchvision MobileNetV3: 1e-3).")
+    p.add_argument("src", metavar="SRC", help="checkpoint to read")
+    p.add_argument("dst", metavar="DST", help="safetensors file to write (replaced if it exists)")
+    p.add_argument("--model", required=True, metavar="NAME", help="mobileconv model name (see `mobileconv models`)")
+    p.add_argument("--num-classes", type=_positive_int, default=None, metavar="N",
+                   help="classes of the model (default: those of the checkpoint's classifier)")
+    p.set_defaults(func=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from ..deploy.weights import convert_checkpoint
+
+    info = convert_checkpoint(args.src, args.dst, args.model, num_classes=args.num_classes)
+    eps = info["bn_eps"]
+    eps_text = f"bn eps {eps:g}" if isinstance(eps, float) else "bn eps per layer" if eps else "no BatchNorm"
+    print(f"{args.src} ({info['source']}) -> {args.dst}: {args.model}, {info['num_classes']} classes, "
+          f"{info['tensors']} tensors, {info['params']:,} params, {eps_text}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value

@@ -1,6 +1,64 @@
-"""`mobileconv inspect` subcommands (placeholder until the owning issue lands)."""
+"""`mobileconv summary` and `mobileconv models`: per-layer and per-model cost of the zoo."""
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 
-def register(subparsers) -> None:  # noqa: D103 - filled in by the owning issue
-    pass
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "summary", help="per-layer output shapes, params, MACs and activation memory of a model",
+        description="Per-layer output shape, params, MACs (multiply-adds of conv and linear layers, the papers' "
+                    "convention) and activation memory (bytes of each layer's output) of a registered model.")
+    p.add_argument("name", help="registered model name (see `mobileconv models`)")
+    p.add_argument("--input-size", type=int, default=None, metavar="N",
+                   help="square input resolution in pixels (default: the model's own, e.g. 224)")
+    p.add_argument("--width-mult", type=float, default=None, metavar="M",
+                   help="width multiplier passed to create_model (families that define one)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="B", help="batch size (default 1)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.set_defaults(func=run_summary)
+
+    p = subparsers.add_parser(
+        "models", help="every registered model with params, MACs and the paper's top-1",
+        description="Every registered model with params and MACs counted at its default resolution, and the "
+                    "ImageNet top-1 its paper publishes.")
+    p.add_argument("--filter", default="*", metavar="PATTERN", help="fnmatch pattern, e.g. 'mixnet*'")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="also plot top-1 against MACs into this PNG")
+    p.set_defaults(func=run_models)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    from ..profile import summarize_registered, summary_csv, summary_table
+
+    summary = summarize_registered(args.name, args.input_size, args.width_mult, args.batch_size)
+    if args.format == "json":
+        print(json.dumps({"model": args.name, **summary.to_dict()}, indent=1))
+    elif args.format == "csv":
+        sys.stdout.write(summary_csv(summary))
+    else:
+        _console().print(summary_table(summary, title=args.name))
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from ..profile import plot_top1_vs_macs, profile_models
+    from ..profile.report import models_table
+
+    records = profile_models(args.filter)
+    plotted = plot_top1_vs_macs(records, args.plot) if args.plot else None
+    if args.format == "json":
+        print(json.dumps(records, indent=1))
+    else:
+        _console().print(models_table(records))
+    if plotted is not None:
+        print(f"plotted {len(plotted)} models with a published top-1 to {args.plot}", file=sys.stderr)
+    return 0

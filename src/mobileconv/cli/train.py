@@ -1,6 +1,163 @@
-"""`mobileconv train` subcommands (placeholder until the owning issue lands)."""
+"""``mobileconv train`` / ``eval`` / ``predict``: thin commands over :mod:`mobileconv.engine`.
+
+The ``train`` options are generated from the fields of :class:`mobileconv.engine.config.TrainConfig`
+(one definition for the parser, the YAML config files and the saved config.yaml).
+"""
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
 
-def register(subparsers) -> None:  # noqa: D103 - filled in by the owning issue
-    pass
+
+def register(subparsers) -> None:
+    register_train(subparsers)
+    register_eval(subparsers)
+    register_predict(subparsers)
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Usage errors as one line (the full usage of ~40 options would bury the message)."""
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+    return parser
+
+
+# ---- train -----------------------------------------------------------------------------------------
+
+def register_train(subparsers) -> None:
+    from ..engine.config import TrainConfig
+
+    p = subparsers.add_parser(
+        "train", help="train a model (default: digits, ready in a few minutes on CPU)",
+        description="Train a zoo model. Every option can also come from --config FILE.yaml (keys = option names); "
+                    "the command line wins over the file.",
+        argument_default=argparse.SUPPRESS)
+    _one_line_errors(p)
+    for f in dataclasses.fields(TrainConfig):
+        meta, flag = f.metadata, "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = meta["help"] if default is None else f"{meta['help']} (default: {_show(default)})"
+        if meta["type"] is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            p.add_argument(flag, type=meta["type"], choices=meta["choices"], nargs=meta["nargs"],
+                           metavar=meta["metavar"], help=help_text)
+    p.add_argument("--config", metavar="FILE", help="YAML file of option values")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last completed epoch")
+    p.set_defaults(func=run_train)
+
+
+def _show(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """Defaults < the resumed run's config.yaml < --config FILE < options on the command line."""
+    from ..engine.config import TrainConfig, load_yaml
+
+    given = {k: v for k, v in vars(args).items() if k in TrainConfig.fields()}
+    config = None
+    if getattr(args, "resume", None):
+        resume = Path(args.resume)
+        if not (resume / "config.yaml").is_file():
+            raise ValueError(f"--resume {resume}: not a run folder (no config.yaml)")
+        saved = {k: v for k, v in load_yaml(resume / "config.yaml").items() if k not in ("out", "overwrite")}
+        config = TrainConfig.from_mapping(saved, f"{resume / 'config.yaml'}")
+    if getattr(args, "config", None):
+        config = TrainConfig.from_mapping(load_yaml(args.config), f"--config {args.config}", config)
+    return TrainConfig.from_mapping(given, "command line", config)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..engine import NonFiniteLossError, fit
+
+    config = train_config_from_args(args)
+    try:
+        fit(config, resume=getattr(args, "resume", None))
+    except NonFiniteLossError as e:
+        print(f"mobileconv train: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---- eval ------------------------------------------------------------------------------------------
+
+def register_eval(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint on a dataset's test split",
+                              description="top-1, top-5 and per-class accuracy of a checkpoint; the number of "
+                                          "classes comes from the checkpoint's classifier.")
+    _one_line_errors(p)
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .safetensors state_dict")
+    p.add_argument("--model", metavar="NAME", help="model name (default: recorded in the checkpoint)")
+    p.add_argument("--data", help="digits | synthetic | PATH (default: recorded in the checkpoint)")
+    p.add_argument("--img-size", type=int, metavar="PX", help="resolution (default: recorded, else the model's)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--max-val-samples", type=int, metavar="N", help="evaluate only this many test images")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--plot", metavar="FILE.png", help="write the confusion matrix as a PNG")
+    p.add_argument("--out", metavar="DIR", help="write eval.json and confusion.png into DIR")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..engine.checkpoint import atomic_write_text
+    from ..engine.inference import evaluate_checkpoint
+    from ..engine.metrics import plot_confusion
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    result = evaluate_checkpoint(args.model, args.checkpoint, args.data, args.img_size, args.batch_size, args.device,
+                                 args.max_val_samples)
+    title = f"{result['model']} on {result['dataset']}: top-1 {result['top1']:.2f}%"
+    for png in filter(None, (args.plot, out and out / "confusion.png")):
+        plot_confusion(png, result["confusion"], result["classes"], title)
+    if out is not None:
+        atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2) if args.format == "json" else format_eval_table(result))
+    return 0
+
+
+def format_eval_table(result: dict) -> str:
+    lines = [f"model {result['model']}  checkpoint {result['checkpoint']}",
+             f"data {result['dataset']} ({result['split']} split, {result['count']} images, {result['img_size']} px)",
+             f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}",
+             "", f"{'class':<20} {'accuracy':>9} {'images':>7}"]
+    for name, acc, row in zip(result["classes"], result["per_class"], result["confusion"]):
+        lines.append(f"{name:<20} {acc:>8.2f}% {sum(row):>7}")
+    return "\n".join(lines)
+
+
+# ---- predict ---------------------------------------------------------------------------------------
+
+def register_predict(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="classify image files with a checkpoint (top-5 with class names)")
+    _one_line_errors(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything PIL reads)")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .safetensors state_dict")
+    p.add_argument("--model", metavar="NAME", help="model name (default: recorded in the checkpoint)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--img-size", type=int, metavar="PX", help="resolution (default: recorded, else the model's)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..engine.inference import predict_images
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    results = predict_images(args.model, args.checkpoint, args.images, args.top_k, args.img_size, args.device)
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        ranked = "  ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in result["top"])
+        print(f"{result['image']}: {ranked}")
+    return 0

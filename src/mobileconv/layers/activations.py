@@ -26,22 +26,28 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 ActLayer = Callable[..., nn.Module] | str | None
 
 
-def get_act(name: ActLayer) -> Callable[..., nn.Module] | None:
+def get_act(name: ActLayer, *, arg_name: str = "activation") -> Callable[..., nn.Module] | None:
     """Return the activation module class for ``name``.
 
     ``None`` stays ``None`` (no activation); a callable (a module class) is returned as is.
+    Names are case-insensitive and ``-`` may stand for ``_`` (``"hard-swish"``).
+
+    Args:
+        name: a name, a module class or ``None``.
+        arg_name: the caller's argument name (``"act_layer"``, ``"gate_layer"``) for error messages.
     """
     if name is None or callable(name):
         return name
     key = str(name).lower().replace("-", "_")
     if key not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}")
+        raise ValueError(f"{arg_name} must be one of {sorted(_ACTIVATIONS)}, a module class or None; "
+                         f"got unknown activation {name!r}")
     return _ACTIVATIONS[key]
 
 
-def create_act(name: ActLayer, inplace: bool = False) -> nn.Module:
+def create_act(name: ActLayer, inplace: bool = False, *, arg_name: str = "activation") -> nn.Module:
     """Instantiate an activation by name (``nn.Identity`` for ``None``)."""
-    layer = get_act(name)
+    layer = get_act(name, arg_name=arg_name)
     if layer is None:
         return nn.Identity()
     try:

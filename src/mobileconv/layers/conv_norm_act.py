@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from .activations import ActLayer, create_act
 from .conv import conv2d
-from .helpers import check_positive, check_stride
+from .helpers import check_input_channels, check_kernel_size, check_positive, check_stride
 
 
 class ConvNormAct(nn.Sequential):
@@ -30,9 +31,13 @@ class ConvNormAct(nn.Sequential):
                  dilation: int = 1, bias: bool | None = None, padding: str = "", inplace: bool = True) -> None:
         check_positive(in_channels, "in_channels")
         check_positive(out_channels, "out_channels")
+        check_kernel_size(kernel_size)
         check_stride(stride)
+        check_positive(groups, "groups")
+        check_positive(dilation, "dilation")
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels} "
+                             f"(use groups=1 for a dense conv, groups=in_channels for a depthwise one)")
         if bias is None:
             bias = norm_layer is None
         layers: dict[str, nn.Module] = {
@@ -40,8 +45,14 @@ class ConvNormAct(nn.Sequential):
         if norm_layer is not None:
             layers["bn"] = norm_layer(out_channels)
         if act_layer is not None:
-            layers["act"] = create_act(act_layer, inplace=inplace)
+            layers["act"] = create_act(act_layer, inplace=inplace, arg_name="act_layer")
         super().__init__(*[])
         for name, layer in layers.items():
             self.add_module(name, layer)
         self.in_channels, self.out_channels = in_channels, out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_channels(x, self.in_channels, "ConvNormAct")
+        for layer in self:
+            x = layer(x)
+        return x

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .conv import check_padding_mode, conv2d
-from .helpers import check_kernel_sizes, check_positive, check_stride, split_channels
+from .helpers import check_input_channels, check_kernel_sizes, check_positive, check_stride, split_channels
 
 IMPLS = ("fast", "reference")
 
@@ -54,9 +54,7 @@ class GroupedConv2d(nn.ModuleList):
         return f"k={','.join(map(str, self.kernel_sizes))} splits={','.join(map(str, self.out_splits))}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"GroupedConv2d expected input of shape (N, {self.in_channels}, H, W), "
-                             f"got {list(x.shape)}")
+        check_input_channels(x, self.in_channels, "GroupedConv2d")
         if self.impl == "fast" and self.single_conv:
             weight = torch.cat([conv.weight for conv in self], 0)
             k = self.kernel_sizes[0]

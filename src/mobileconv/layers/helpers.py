@@ -22,7 +22,7 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
 
 
 def check_stride(stride: int, name: str = "stride") -> int:
-    if stride not in (1, 2):
+    if isinstance(stride, bool) or stride not in (1, 2):
         raise ValueError(f"{name} must be 1 or 2, got {stride!r}")
     return int(stride)
 
@@ -33,31 +33,77 @@ def check_positive(value: int, name: str) -> int:
     return value
 
 
+def check_kernel_size(kernel_size: int, name: str = "kernel_size") -> int:
+    """Check one square kernel size: a positive odd integer (so that "same" padding is symmetric)."""
+    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"{name} must be a positive odd integer (1, 3, 5, 7, ...), got {kernel_size!r}")
+    return kernel_size
+
+
 def check_kernel_sizes(kernel_sizes: int | Sequence[int], name: str = "kernel_sizes", odd: bool = True) -> list[int]:
     """Normalise an int or a list of ints into a non-empty list of positive (odd) kernel sizes."""
-    ks = [kernel_sizes] if isinstance(kernel_sizes, int) else list(kernel_sizes)
-    if not ks:
-        raise ValueError(f"{name} must be a non-empty list of positive odd integers, got {kernel_sizes!r}")
+    what = "positive odd integer (1, 3, 5, 7, ...)" if odd else "positive integer"
+    if isinstance(kernel_sizes, int):
+        ks = [kernel_sizes]
+    elif isinstance(kernel_sizes, Sequence) and not isinstance(kernel_sizes, str) and len(kernel_sizes) > 0:
+        ks = list(kernel_sizes)
+    else:
+        raise ValueError(f"{name} must be a {what} or a non-empty list of them, got {kernel_sizes!r}")
     for k in ks:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1 or (odd and k % 2 == 0):
-            what = "positive odd integers (3, 5, 7, ...)" if odd else "positive integers"
-            raise ValueError(f"{name} must contain only {what}, got {kernel_sizes!r}")
+            raise ValueError(f"{name} must be a {what} or a non-empty list of them, got {kernel_sizes!r} "
+                             f"(bad value {k!r})")
     return ks
 
 
 def split_channels(channels: int, num_groups: int, name: str = "channels") -> list[int]:
     """Equal split with the remainder added to the first group (MixConv paper, Sec. 3.1)."""
     if num_groups > channels:
-        raise ValueError(f"{name}={channels} is smaller than the number of groups ({num_groups}); "
-                         f"need at least one channel per group")
+        raise ValueError(f"{name}={channels} is fewer than the number of groups ({num_groups}); "
+                         f"need {name} >= {num_groups}, at least one channel per group")
     splits = [channels // num_groups] * num_groups
     splits[0] += channels - sum(splits)
     return splits
 
 
 def check_input_channels(x: torch.Tensor, expected: int, module: str) -> None:
+    """Raise a ValueError unless ``x`` is a batch of images with ``expected`` channels (TorchScript-able)."""
     if x.dim() != 4 or x.shape[1] != expected:
-        raise ValueError(f"{module} expected input of shape (N, {expected}, H, W), got {tuple(x.shape)}")
+        raise ValueError(f"{module}: input x must have shape (N, {expected}, H, W), i.e. {expected} channels, "
+                         f"got shape {list(x.shape)}")
+
+
+def pad_kernel(weight: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
+    """Zero-pad a conv weight ``(O, I, h, w)`` spatially.
+
+    Same result as ``F.pad(weight, [left, right, top, bottom])``, but written with ``torch.cat`` so
+    that the TorchScript-based ONNX exporter still knows the kernel shape (it needs it for ``Conv``).
+    """
+    o, i, h, w = weight.shape
+    if top > 0 or bottom > 0:
+        weight = torch.cat([weight.new_zeros(o, i, top, w), weight, weight.new_zeros(o, i, bottom, w)], 2)
+        h = h + top + bottom
+    if left > 0 or right > 0:
+        weight = torch.cat([weight.new_zeros(o, i, h, left), weight, weight.new_zeros(o, i, h, right)], 3)
+    return weight
+
+
+def dilate_kernel(weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Spread a ``(O, I, k, k)`` kernel to its dilated footprint ``(k - 1) * d + 1`` (zeros between taps).
+
+    A conv with the result and dilation 1 equals a conv with ``weight`` and dilation ``d``.
+    """
+    if dilation == 1:
+        return weight
+    o, i, h, w = weight.shape
+    d = dilation
+    # columns: (.., w) -> (.., w, d) with d - 1 zeros after each tap -> (.., w * d) -> drop the trailing zeros
+    weight = torch.cat([weight.unsqueeze(4), weight.new_zeros(o, i, h, w, d - 1)], 4).reshape(o, i, h, w * d)
+    weight = weight[:, :, :, : (w - 1) * d + 1]
+    wd = (w - 1) * d + 1
+    # rows: the same along dim 2
+    weight = torch.cat([weight.unsqueeze(3), weight.new_zeros(o, i, h, d - 1, wd)], 3).reshape(o, i, h * d, wd)
+    return weight[:, :, : (h - 1) * d + 1, :]
 
 
 def tf_same_pad(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:

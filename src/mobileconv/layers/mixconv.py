@@ -9,7 +9,8 @@ from torch import nn
 
 from .conv import check_padding_mode, conv2d
 from .grouped import check_impl
-from .helpers import check_kernel_sizes, check_positive, check_stride, split_channels, tf_same_pad
+from .helpers import (check_input_channels, check_kernel_sizes, check_positive, check_stride, dilate_kernel,
+                      pad_kernel, split_channels, tf_same_pad)
 
 SPLITS = ("equal", "exponential")
 
@@ -20,7 +21,7 @@ def exponential_split(channels: int, num_groups: int) -> list[int]:
     splits.append(channels - sum(splits))
     if min(splits) < 1:
         raise ValueError(f"channels={channels} is too few for an exponential split into {num_groups} groups "
-                         f"(got {splits}); need at least {2 ** (num_groups - 1)} channels")
+                         f"(would give {splits}); need channels >= {2 ** (num_groups - 1)}")
     return splits
 
 
@@ -40,6 +41,7 @@ class MixConv2d(nn.ModuleList):
         padding: ``""`` symmetric, ``"tf"`` TensorFlow SAME.
         impl: ``"fast"`` runs one depthwise conv with every kernel zero-padded to the largest
             (same result, one kernel launch); ``"reference"`` is split / conv per group / concat.
+            Switch a whole model with :func:`mobileconv.layers.set_layer_impl`.
 
     Example:
         >>> conv = MixConv2d(144, (3, 5, 7))
@@ -56,7 +58,7 @@ class MixConv2d(nn.ModuleList):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if dilated and stride != 1:
-            raise ValueError(f"dilated MixConv is defined for stride 1 only, got stride={stride}")
+            raise ValueError(f"stride must be 1 for a dilated MixConv (dilated=True), got stride={stride}")
         g = len(kernel_sizes)
         splits = split_channels(channels, g) if split == "equal" else exponential_split(channels, g)
         convs = []
@@ -69,6 +71,9 @@ class MixConv2d(nn.ModuleList):
         self.stride, self.dilated, self.padding = stride, dilated, padding
         self.split = split
         self.max_kernel = max(kernel_sizes)
+        # TF SAME pads a 1x1 kernel by -1 (clamped to 0) for stride 2 on even inputs, so it is not the
+        # largest kernel's padding cut down: such a layer cannot be fused into one conv.
+        self.fusable = not (padding == "tf" and stride == 2 and min(kernel_sizes) == 1)
         self.impl = check_impl(impl)
 
     def extra_repr(self) -> str:
@@ -83,20 +88,14 @@ class MixConv2d(nn.ModuleList):
         """
         weights = []
         for conv in self:
-            w = conv.weight
-            d = conv.dilation[0]
-            if d > 1:  # 3x3 with dilation d == (2d+1)x(2d+1) with zeros in between
-                dense = w.new_zeros(w.shape[0], 1, 2 * d + 1, 2 * d + 1)
-                dense[:, :, ::d, ::d] = w
-                w = dense
+            w = dilate_kernel(conv.weight, conv.dilation[0])  # 3x3 dilated d == (2d+1)x(2d+1) with zero taps
             p = (self.max_kernel - w.shape[-1]) // 2
-            weights.append(F.pad(w, [p, p, p, p]))
+            weights.append(pad_kernel(w, p, p, p, p))
         return torch.cat(weights, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"MixConv2d expected input of shape (N, {self.channels}, H, W), got {list(x.shape)}")
-        if self.impl == "fast":
+        check_input_channels(x, self.channels, "MixConv2d")
+        if self.impl == "fast" and self.fusable:
             k, s = self.max_kernel, self.stride
             pad = (k - 1) // 2
             if self.padding == "tf":  # TF SAME for the largest kernel is TF SAME for every centred one

@@ -8,7 +8,7 @@ from torch import nn
 
 from .activations import ActLayer, create_act
 from .conv import conv2d
-from .helpers import check_kernel_sizes, check_positive, check_stride
+from .helpers import check_input_channels, check_kernel_size, check_positive, check_stride
 
 
 class DepthwiseSeparableConv2d(nn.Module):
@@ -23,20 +23,18 @@ class DepthwiseSeparableConv2d(nn.Module):
         super().__init__()
         check_positive(in_channels, "in_channels")
         check_positive(out_channels, "out_channels")
-        (k,) = check_kernel_sizes([kernel_size], "kernel_size")
+        k = check_kernel_size(kernel_size)
         check_stride(stride)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.conv_dw = conv2d(in_channels, in_channels, k, stride, groups=in_channels, padding=padding)
         self.bn1 = norm_layer(in_channels)
-        self.act1 = create_act(act_layer, inplace=True)
+        self.act1 = create_act(act_layer, inplace=True, arg_name="act_layer")
         self.conv_pw = conv2d(in_channels, out_channels, 1)
         self.bn2 = norm_layer(out_channels)
-        self.act2 = create_act(act_layer, inplace=True)
+        self.act2 = create_act(act_layer, inplace=True, arg_name="act_layer")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"DepthwiseSeparableConv2d expected input of shape (N, {self.in_channels}, H, W), "
-                             f"got {list(x.shape)}")
+        check_input_channels(x, self.in_channels, "DepthwiseSeparableConv2d")
         x = self.act1(self.bn1(self.conv_dw(x)))
         return self.act2(self.bn2(self.conv_pw(x)))
 
@@ -52,14 +50,12 @@ class SpatialSeparableConv2d(nn.Module):
         super().__init__()
         check_positive(in_channels, "in_channels")
         check_positive(out_channels, "out_channels")
-        (k,) = check_kernel_sizes([kernel_size], "kernel_size")
+        k = check_kernel_size(kernel_size)
         check_stride(stride)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.conv_kx1 = nn.Conv2d(in_channels, out_channels, (k, 1), (stride, 1), (k // 2, 0), bias=False)
         self.conv_1xk = nn.Conv2d(out_channels, out_channels, (1, k), (1, stride), (0, k // 2), bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"SpatialSeparableConv2d expected input of shape (N, {self.in_channels}, H, W), "
-                             f"got {list(x.shape)}")
+        check_input_channels(x, self.in_channels, "SpatialSeparableConv2d")
         return self.conv_1xk(self.conv_kx1(x))

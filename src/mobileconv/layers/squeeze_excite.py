@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .activations import ActLayer, create_act
-from .helpers import check_positive
+from .helpers import check_input_channels, check_positive
 
 
 class SqueezeExcite(nn.Module):
@@ -23,11 +23,12 @@ class SqueezeExcite(nn.Module):
         check_positive(reduced_channels, "reduced_channels")
         self.channels = channels
         self.conv_reduce = nn.Conv2d(channels, reduced_channels, 1, bias=True)
-        self.act1 = create_act(act_layer, inplace=True)
+        self.act1 = create_act(act_layer, inplace=True, arg_name="act_layer")
         self.conv_expand = nn.Conv2d(reduced_channels, channels, 1, bias=True)
-        self.gate = create_act(gate_layer)
+        self.gate = create_act(gate_layer, arg_name="gate_layer")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_channels(x, self.channels, "SqueezeExcite")
         s = x.mean((2, 3), keepdim=True)
         s = self.conv_expand(self.act1(self.conv_reduce(s)))
         return x * self.gate(s)

@@ -9,7 +9,7 @@ from torch import nn
 
 from .activations import ActLayer, create_act
 from .grouped import check_impl
-from .helpers import check_kernel_sizes, check_positive, check_stride, split_channels
+from .helpers import check_input_channels, check_kernel_size, check_positive, check_stride, pad_kernel, split_channels
 
 # One-sided paddings of a 2x2 conv, as (left, right, top, bottom). "right_top" pads one column
 # on the right and one row on the top; the four directions cancel each other's half-pixel shift.
@@ -34,10 +34,17 @@ def xsep_padding_schedule(n: int) -> list[str]:
     * ``r == 2``: the last two layers take opposite directions;
     * ``r == 1``: the last layer uses conventional ``"symmetric"`` padding (four channel groups);
     * ``r == 3`` (not specified by the paper; our rule): the last three are a pair of opposite
-      directions followed by one ``"symmetric"`` layer. This cancels the shift exactly, like
-      ``r == 1``, while keeping two of the three layers on the cheaper one-sided form.
+      directions followed by one ``"symmetric"`` layer.
+
+    Each one-sided layer moves a channel's features half a pixel away from its padded sides.
+    For ``r`` even every channel ends up centred. For ``r`` odd no schedule can centre every
+    channel (an odd number of +-1/2 steps per axis), so the best possible is what ``r == 1`` does
+    and our ``r == 3`` rule does too: the average over channels is exactly centred and each
+    channel is off by the minimum, half a pixel per axis (three one-sided layers would leave
+    every channel, and the average, off by 1/2; three ``"symmetric"`` layers 3/2 per channel).
+    ``tests/layers/test_xsep_padding.py`` checks this against all 125 choices for the last three.
     """
-    if not isinstance(n, int) or n < 0:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise ValueError(f"n must be a non-negative number of 2x2 layers, got {n!r}")
     cycle = list(DIRECTIONS)
     full, rest = divmod(n, 4)
@@ -52,7 +59,7 @@ def xsep_padding_schedule(n: int) -> list[str]:
 def _embed_2x2(weight: torch.Tensor, pad: list[int]) -> torch.Tensor:
     """Place a 2x2 kernel in a 3x3 one so that a pad-1 conv equals the one-sided pad-then-2x2 conv."""
     row, col = 1 - pad[2], 1 - pad[0]
-    return F.pad(weight, [col, 1 - col, row, 1 - row])
+    return pad_kernel(weight, col, 1 - col, row, 1 - row)
 
 
 class XSepConv2d(nn.Module):
@@ -70,9 +77,9 @@ class XSepConv2d(nn.Module):
             ``"left_top"``, ``"left_bottom"``, or ``"symmetric"`` (channels in four groups, each
             padded towards a different corner). Use :func:`xsep_padding_schedule` for a network.
         act_layer: activation after the first two convs.
-        impl: ``"fast"`` runs the 2x2 conv as one pad-1 3x3 depthwise conv with the 2x2 kernel
-            placed in the right corner (one kernel for every direction, no ``F.pad``);
-            ``"reference"`` pads with ``F.pad`` and runs the 2x2 conv(s).
+        impl: ``"fast"`` runs the 2x2 conv as one pad-1 3x3 depthwise conv, each 2x2 kernel placed
+            in the 3x3 corner that matches its padding direction (one conv for every direction,
+            no ``F.pad`` of the input); ``"reference"`` pads with ``F.pad`` and runs the 2x2 conv(s).
     """
 
     def __init__(self, channels: int, kernel_size: int, stride: int = 1, *, padding: str = "symmetric",
@@ -80,10 +87,13 @@ class XSepConv2d(nn.Module):
                  impl: str = "fast") -> None:
         super().__init__()
         check_positive(channels, "channels")
-        (k,) = check_kernel_sizes([kernel_size], "kernel_size")
+        k = check_kernel_size(kernel_size)
         check_stride(stride)
         if padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+            raise ValueError(f"padding must be one of {PADDINGS} (the 2x2 conv's padding direction), got {padding!r}")
+        if padding == "symmetric" and channels < 4:
+            raise ValueError(f"channels={channels} is fewer than 4: padding='symmetric' pads four channel groups "
+                             f"towards different corners; need channels >= 4 or a one-sided padding {tuple(DIRECTIONS)}")
         self.splits = split_channels(channels, 4) if padding == "symmetric" else [channels]
         self.directions = list(DIRECTIONS) if padding == "symmetric" else [padding]
         self.pads = [list(DIRECTIONS[d]) for d in self.directions]  # (left, right, top, bottom) per group
@@ -91,10 +101,10 @@ class XSepConv2d(nn.Module):
         self.impl = check_impl(impl)
         self.conv_2x2 = nn.Conv2d(channels, channels, 2, groups=channels, bias=False)
         self.bn1 = norm_layer(channels)
-        self.act1 = create_act(act_layer, inplace=True)
+        self.act1 = create_act(act_layer, inplace=True, arg_name="act_layer")
         self.conv_1xk = nn.Conv2d(channels, channels, (1, k), (1, stride), (0, k // 2), groups=channels, bias=False)
         self.bn2 = norm_layer(channels)
-        self.act2 = create_act(act_layer, inplace=True)
+        self.act2 = create_act(act_layer, inplace=True, arg_name="act_layer")
         self.conv_kx1 = nn.Conv2d(channels, channels, (k, 1), (stride, 1), (k // 2, 0), groups=channels, bias=False)
         self.bn3 = norm_layer(channels)
 
@@ -115,8 +125,7 @@ class XSepConv2d(nn.Module):
         return torch.cat(out, 1) if len(out) > 1 else out[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"XSepConv2d expected input of shape (N, {self.channels}, H, W), got {list(x.shape)}")
+        check_input_channels(x, self.channels, "XSepConv2d")
         x = self.act1(self.bn1(self.conv2x2(x)))
         x = self.act2(self.bn2(self.conv_1xk(x)))
         return self.bn3(self.conv_kx1(x))

@@ -1,0 +1,241 @@
+"""Datasets for ``mobileconv train``: scikit-learn's digits, a synthetic set, ImageFolder trees, CIFAR.
+
+Every dataset yields ``(image, label)`` with ``image`` a uint8 ``(3, H, W)`` tensor; conversion to
+float, augmentation and normalisation happen on whole batches (:mod:`mobileconv.data.transforms`).
+:func:`build_datasets` reads the ``--data`` value (``digits``, ``synthetic`` or a path) and returns
+the train split, the test split and a :class:`DataInfo` describing them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from . import cifar
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DATA_HELP = "digits, synthetic, an ImageFolder tree with train/ and val/, or a CIFAR-10/100 folder (binary or python)"
+
+
+@dataclass
+class DataInfo:
+    """What the training loop needs to know about a dataset.
+
+    Attributes:
+        name: the ``--data`` value that rebuilds it (``digits``, ``synthetic`` or an absolute path).
+        kind: ``digits``, ``synthetic``, ``imagefolder``, ``cifar10`` or ``cifar100``.
+        classes: class names in label order.
+        mean, std: per-channel normalisation of images scaled to [0, 1].
+        hflip: default horizontal-flip probability (0 where flipping changes the meaning, as for digits).
+        color_jitter: default colour-jitter strength (0 for grey images).
+        test_split: name of the held-out split the accuracy is measured on.
+    """
+
+    name: str
+    kind: str
+    classes: list[str]
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+    test_split: str = "test"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as one uint8 tensor ``(N, 3, H, W)`` with int64 labels ``(N,)``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"expected uint8 images (N, C, H, W) and N labels, got {tuple(images.shape)} "
+                             f"{images.dtype} and {len(labels)} labels")
+        self.images, self.labels = images, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def subset(self, indices) -> "TensorImageDataset":
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        return TensorImageDataset(self.images[indices], self.labels[indices])
+
+
+class ImageFolderDataset(Dataset):
+    """``root/<class>/<image>`` files, decoded with PIL to RGB, shorter side resized to ``size``, centre-cropped.
+
+    Undecodable files raise ``ValueError`` naming the file.
+    """
+
+    def __init__(self, root: Path, classes: list[str], size: int) -> None:
+        self.root, self.classes, self.size = Path(root), classes, size
+        self.samples = [(path, label) for label, name in enumerate(classes)
+                        for path in sorted((self.root / name).rglob("*")) if path.suffix.lower() in IMAGE_EXTENSIONS]
+        self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path, label = self.samples[index]
+        return load_image(path, self.size), self.labels[index]
+
+    def subset(self, indices) -> "ImageFolderDataset":
+        new = ImageFolderDataset.__new__(ImageFolderDataset)
+        new.root, new.classes, new.size = self.root, self.classes, self.size
+        new.samples = [self.samples[i] for i in indices]
+        new.labels = self.labels[torch.as_tensor(indices, dtype=torch.long)]
+        return new
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """Decode an image file to a uint8 ``(3, size, size)`` tensor (shorter side resized, centre crop)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            scale = size / min(img.size)
+            w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+            img = img.resize((w, h), Image.BILINEAR)
+            left, top = (w - size) // 2, (h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+            array = np.asarray(img, dtype=np.uint8).copy()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise ValueError(f"cannot decode image {path}: {e}") from None
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def build_datasets(data: str, img_size: int) -> tuple[Dataset, Dataset, DataInfo]:
+    """Train split, test split and their :class:`DataInfo` for a ``--data`` value.
+
+    Raises ``ValueError`` with a one-line reason for a missing, empty or inconsistent dataset.
+    """
+    if data == "digits":
+        return load_digits(img_size)
+    if data == "synthetic":
+        return make_synthetic(img_size)
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise ValueError(f"--data {data!r}: no such file or folder; expected {DATA_HELP}")
+    if not root.is_dir():
+        raise ValueError(f"--data {data!r} is not a folder; expected {DATA_HELP}")
+    found = cifar.find_layout(root)
+    if found is not None:
+        return load_cifar(root, *found)
+    if (root / "train").is_dir() or (root / "val").is_dir():
+        return load_image_folder(root, img_size)
+    raise ValueError(f"--data {data!r} holds neither train/ and val/ folders nor CIFAR files; expected {DATA_HELP}")
+
+
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+def load_digits(img_size: int) -> tuple[TensorImageDataset, TensorImageDataset, DataInfo]:
+    """scikit-learn's handwritten digits (1,797 8x8 images, ink 0-16), upscaled bilinearly to ``img_size``.
+
+    The split is fixed: stratified, 20% test (360 images), ``random_state=0``; mean and std are those
+    of the 32x32 train split. Images are grey,
+    repeated over three channels; the ink is bright on a dark background as in the source data.
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = sk_load_digits(return_X_y=True)
+    images = torch.from_numpy(x).float().reshape(-1, 1, 8, 8) / 16.0
+    images = F.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.from_numpy(y).long()
+    train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=DIGITS_TEST_FRACTION, stratify=y,
+                                           random_state=DIGITS_SPLIT_SEED)
+    full = TensorImageDataset(images, labels)
+    info = DataInfo("digits", "digits", [str(d) for d in range(10)], mean=(0.305,) * 3, std=(0.324,) * 3,
+                    hflip=0.0, color_jitter=0.0)
+    return full.subset(np.sort(train_idx)), full.subset(np.sort(test_idx)), info
+
+
+SYNTHETIC_CLASSES, SYNTHETIC_TRAIN_PER_CLASS, SYNTHETIC_TEST_PER_CLASS = 10, 50, 10
+
+
+def make_synthetic(img_size: int) -> tuple[TensorImageDataset, TensorImageDataset, DataInfo]:
+    """A learnable random dataset: each class is a smooth random colour pattern, each image adds noise.
+
+    Fixed by construction (generator seed 0), independent of ``--seed``: 500 train and 100 test images.
+    """
+    g = torch.Generator().manual_seed(0)
+    templates = F.interpolate(torch.rand(SYNTHETIC_CLASSES, 3, 4, 4, generator=g), size=(img_size, img_size),
+                              mode="bilinear", align_corners=False)
+
+    def split(per_class: int) -> TensorImageDataset:
+        labels = torch.arange(SYNTHETIC_CLASSES).repeat_interleave(per_class)
+        noise = 0.25 * torch.randn(len(labels), 3, img_size, img_size, generator=g)
+        images = ((templates[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
+        return TensorImageDataset(images, labels)
+
+    train, test = split(SYNTHETIC_TRAIN_PER_CLASS), split(SYNTHETIC_TEST_PER_CLASS)
+    info = DataInfo("synthetic", "synthetic", [f"class_{i}" for i in range(SYNTHETIC_CLASSES)], hflip=0.5,
+                    color_jitter=0.0)
+    return train, test, info
+
+
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def load_cifar(root: Path, folder: Path, layout: cifar.CifarLayout):
+    """CIFAR-10/100 at their native 32x32 (the batch transform resizes when ``--img-size`` differs)."""
+    classes = cifar.read_classes(folder, layout)
+    train, test = (TensorImageDataset(*map(torch.from_numpy, cifar.read_split(folder, layout, t))) for t in (True, False))
+    for split_name, split in (("train", train), ("test", test)):
+        bad = split.labels[(split.labels < 0) | (split.labels >= len(classes))]
+        if len(bad):
+            raise ValueError(f"--data {root}: {split_name} label {int(bad[0])} outside the {len(classes)} classes")
+    mean, std = CIFAR_STATS[layout.name]
+    info = DataInfo(str(root.resolve()), layout.name, classes, mean=mean, std=std, hflip=0.5, color_jitter=0.4)
+    return train, test, info
+
+
+def load_image_folder(root: Path, img_size: int):
+    """``root/train/<class>/*`` and ``root/val/<class>/*``; both must exist, hold images and agree on classes."""
+    split_classes = {}
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir():
+            raise ValueError(f"--data {root}: missing {split}/ folder (an ImageFolder tree needs train/ and val/)")
+        split_classes[split] = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not split_classes[split]:
+            raise ValueError(f"--data {root}: {split}/ has no class folders")
+    if split_classes["train"] != split_classes["val"]:
+        only_train = sorted(set(split_classes["train"]) - set(split_classes["val"]))
+        only_val = sorted(set(split_classes["val"]) - set(split_classes["train"]))
+        raise ValueError(f"--data {root}: train/ and val/ classes differ (only in train: {only_train}, "
+                         f"only in val: {only_val})")
+    classes = split_classes["train"]
+    train, val = (ImageFolderDataset(root / split, classes, img_size) for split in ("train", "val"))
+    for split, ds in (("train", train), ("val", val)):
+        if len(ds) == 0:
+            raise ValueError(f"--data {root}: no images ({', '.join(IMAGE_EXTENSIONS)}) under {split}/")
+    info = DataInfo(str(root.resolve()), "imagefolder", classes, mean=IMAGENET_MEAN, std=IMAGENET_STD, hflip=0.5,
+                    color_jitter=0.4, test_split="val")
+    return train, val, info
+
+
+def limit_samples(dataset, max_samples: int | None, seed: int = 0):
+    """The first ``max_samples`` of a fixed random order (the same for every run), or the dataset itself."""
+    if max_samples is None or max_samples >= len(dataset):
+        return dataset
+    order = np.random.default_rng(seed).permutation(len(dataset))[:max_samples]
+    return dataset.subset(np.sort(order))

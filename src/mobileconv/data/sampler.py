@@ -1,0 +1,56 @@
+"""Deterministic batch sharding: the data order is a function of ``(seed, epoch)`` only.
+
+``--batch-size`` is the *global* batch. Every process draws the same permutation, cuts it into
+global batches and keeps its own contiguous slice of each, so N processes see together exactly
+the samples one process sees in each step, and a resumed run replays the same order.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+
+class ShardedBatchSampler:
+    """Batches of indices for one process of ``world_size``.
+
+    Args:
+        num_samples: dataset length.
+        batch_size: the global batch (divisible by ``world_size``).
+        shuffle: permute with ``numpy.random.default_rng([seed, epoch])``; else keep the order.
+        seed: run seed.
+        rank, world_size: this process and the number of processes.
+        drop_last: drop the last incomplete global batch (training), else keep it and shard it
+            as evenly as possible (evaluation; shards may then differ in size by one).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = True) -> None:
+        if batch_size < 1 or batch_size % world_size:
+            raise ValueError(f"--batch-size {batch_size} must be a positive multiple of the {world_size} processes")
+        if drop_last and num_samples < batch_size:
+            raise ValueError(f"--batch-size {batch_size} is larger than the {num_samples} training samples")
+        self.num_samples, self.batch_size, self.shuffle, self.seed = num_samples, batch_size, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> np.ndarray:
+        """The global sample order of the current epoch."""
+        if not self.shuffle:
+            return np.arange(self.num_samples)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.order()
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            shard = np.array_split(batch, self.world_size)[self.rank]
+            if len(shard):
+                yield shard.tolist()

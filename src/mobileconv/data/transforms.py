@@ -1,0 +1,104 @@
+"""Batched augmentation on whole uint8 batches (kornia), and mixup / cutmix with soft targets.
+
+Train: resize to the training size when the stored size differs -> random resized crop ->
+horizontal flip -> colour jitter -> normalise. Eval: resize -> normalise. All randomness comes
+from torch's global generator, which the trainer seeds from ``(seed, epoch, rank)`` at the start
+of every epoch, so a resumed run replays the same augmentations.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BatchTransform(nn.Module):
+    """uint8 ``(N, C, H, W)`` -> normalised float ``(N, C, size, size)``, augmented when ``train``.
+
+    Args:
+        size: output side length.
+        mean, std: per-channel normalisation of [0, 1] images.
+        train: apply the random augmentations below.
+        scale: area range of the random resized crop; ``(1, 1)`` keeps the whole image.
+        ratio: aspect-ratio range of the crop.
+        hflip: probability of a horizontal flip.
+        color_jitter: brightness / contrast / saturation strength (0 disables it).
+    """
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *, train: bool = False,
+                 scale: Sequence[float] = (1.0, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: float = 0.0,
+                 color_jitter: float = 0.0) -> None:
+        super().__init__()
+        import kornia.augmentation as K
+
+        self.size = size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        ops = []
+        if train and tuple(scale) != (1.0, 1.0):
+            ops.append(K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(ratio)))
+        if train and hflip > 0:
+            ops.append(K.RandomHorizontalFlip(p=hflip))
+        if train and color_jitter > 0:
+            ops.append(K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=1.0))
+        self.augment = nn.Sequential(*ops)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255)
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        x = self.augment(x)
+        return (x - self.mean) / self.std
+
+
+def one_hot_smooth(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """One-hot targets with label smoothing: ``1 - s + s/K`` on the label, ``s/K`` elsewhere (Szegedy 2016, 7)."""
+    off = smoothing / num_classes
+    return torch.full((len(targets), num_classes), off, device=targets.device).scatter_(
+        1, targets.view(-1, 1), 1.0 - smoothing + off)
+
+
+class MixupCutmix:
+    """Mixup (Zhang 2018) or CutMix (Yun 2019) of a batch with its reverse, with soft (smoothed) targets.
+
+    ``lam ~ Beta(alpha, alpha)``. Mixup: ``x = lam*x + (1-lam)*x.flip(0)``. CutMix pastes a box
+    of area ``(1-lam)*H*W`` from the reversed batch and sets ``lam`` to the area actually kept.
+    Targets mix with the same ``lam``. When both alphas are positive each batch picks one with
+    probability ``switch_prob`` for CutMix.
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                 smoothing: float = 0.0, switch_prob: float = 0.5) -> None:
+        self.num_classes, self.smoothing, self.switch_prob = num_classes, smoothing, switch_prob
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+
+    @property
+    def enabled(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        soft = one_hot_smooth(targets, self.num_classes, self.smoothing)
+        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or torch.rand(()).item() < self.switch_prob)
+        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        flipped = images.flip(0)
+        if use_cutmix:
+            images, lam = cutmix_images(images, flipped, lam)
+        else:
+            images = images * lam + flipped * (1 - lam)
+        return images, soft * lam + soft.flip(0) * (1 - lam)
+
+
+def cutmix_images(images: torch.Tensor, other: torch.Tensor, lam: float) -> tuple[torch.Tensor, float]:
+    """Paste a random box of ``other`` covering about ``1 - lam`` of the area; returns the kept fraction."""
+    h, w = images.shape[-2:]
+    cut_h, cut_w = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+    cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+    images = images.clone()
+    images[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
+    return images, 1.0 - (y1 - y0) * (x1 - x0) / (h * w)

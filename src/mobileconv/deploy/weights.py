@@ -1,0 +1,311 @@
+"""Load published timm / torchvision checkpoints into mobileconv models, and mobileconv's own format.
+
+mobileconv's checkpoint format is a safetensors file of ``model.state_dict()`` (what
+``safetensors.torch.save_file(model.state_dict(), path)`` writes); :func:`save_weights` adds
+metadata (``format``, ``bn_eps`` and, from ``convert``, the model name) that the loader uses.
+
+:func:`load_pretrained` (what ``create_model(..., pretrained=path)`` calls) accepts that, or a
+timm or torchvision ``state_dict`` as ``.safetensors`` or ``.pth`` / ``.pt`` / ``.bin``
+(read with ``torch.load(weights_only=True)``: loading never runs code). The source is
+detected from the keys:
+
+* timm: mobileconv names its modules exactly as timm's EfficientNet / MobileNetV3 family
+  does, so the keys are used as they are;
+* torchvision MobileNetV2 / V3 (``features.<i>...``, ``classifier.<i>...``): renamed by
+  structure (see :mod:`mobileconv.deploy._torchvision_map`).
+
+Conventions of the source are carried over: float16 tensors are cast to the model's dtype, a
+missing ``num_batches_tracked`` keeps the model's value, and BatchNorm eps is set to the
+source's (torchvision MobileNetV3 was trained with ``eps=1e-3``, MobileNetV2 with ``1e-5``;
+timm's models already carry their eps: ``1e-3`` for the ``tf_`` ports, ``1e-5`` otherwise).
+
+Loading is all-or-nothing: the mapped tensors are checked against the model (missing,
+unexpected, shape mismatch) before anything in the model changes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._torchvision_map import (TORCHVISION_BN_EPS, is_torchvision_layout, map_torchvision, torchvision_family,
+                               torchvision_num_classes)
+
+FORMAT = "mobileconv"
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# keys under which training scripts nest the weights (timm: state_dict / state_dict_ema, torchvision: model)
+WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+# prefixes added by DistributedDataParallel / DataParallel and torch.compile
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+HEAD_KEYS = ("classifier.weight", "classifier.bias")
+MAX_LISTED = 12
+EXPECTED = ("a checkpoint: a safetensors file of a model state_dict, or a PyTorch .pth/.pt/.bin state_dict "
+            "(timm, torchvision or mobileconv)")
+
+
+def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, *, drop_head: bool = False) -> str:
+    """Load a checkpoint file into ``model`` in place (``create_model(..., pretrained=path)``).
+
+    Args:
+        model: a mobileconv model.
+        pretrained: path to a mobileconv, timm or torchvision checkpoint (detected from its keys).
+        drop_head: keep the model's own classifier instead of the checkpoint's (fine-tuning to
+            another number of classes).
+
+    Returns:
+        The detected source: ``"mobileconv"``, ``"timm"`` or ``"torchvision"``.
+
+    Raises:
+        FileNotFoundError: no file at ``pretrained``.
+        ValueError: not a checkpoint, or one that does not fit ``model`` (the message lists the
+            missing, unexpected and mismatched keys); ``model`` is then left unchanged.
+    """
+    state_dict, metadata = read_checkpoint(pretrained)
+    return load_state_dict(model, state_dict, metadata, drop_head=drop_head, name=str(pretrained))
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a checkpoint file as ``(state_dict, metadata)`` without running any code.
+
+    The format is recognised from the file's first bytes (safetensors header, zip archive or
+    legacy torch file), so the suffix does not matter. Wrappers are removed: a nested
+    ``state_dict`` / ``model`` / ``state_dict_ema`` entry and ``module.`` prefixes.
+    """
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"pretrained must be the path of a checkpoint file, got {path!r} "
+                         "(mobileconv does not download weights: pass a local file)")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(2, "checkpoint file not found", str(path))
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; expected {EXPECTED}")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":  # u64 header length, then the JSON header
+        state_dict, metadata = _read_safetensors(path)
+    elif head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save zip archive, or legacy pickle protocol 2
+        state_dict, metadata = _read_torch(path), {}
+    else:
+        raise ValueError(f"{path} is not a checkpoint (unrecognised file contents); expected {EXPECTED}")
+    return _unwrap(state_dict, path), metadata
+
+
+def detect_source(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> str:
+    """``"mobileconv"`` (our metadata), ``"torchvision"`` (its key layout) or ``"timm"`` (same names as ours)."""
+    if (metadata or {}).get("format") == FORMAT:
+        return "mobileconv"
+    return "torchvision" if is_torchvision_layout(dict(state_dict)) else "timm"
+
+
+def checkpoint_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """Number of classes of the checkpoint's classifier (None when it has none)."""
+    if "classifier.weight" in state_dict:
+        return int(state_dict["classifier.weight"].shape[0])
+    return torchvision_num_classes(dict(state_dict))
+
+
+def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None,
+                    *, drop_head: bool = False, name: str = "checkpoint") -> str:
+    """Map ``state_dict`` (any supported source) onto ``model``, check everything, then copy it in.
+
+    See :func:`load_pretrained`; ``name`` is used in error messages.
+    """
+    source = detect_source(state_dict, metadata)
+    target = model.state_dict()
+    if source == "torchvision":
+        mapped, unmapped = map_torchvision(dict(state_dict), list(target))
+    else:
+        mapped, unmapped = {k: (k, v) for k, v in state_dict.items()}, []
+    keep = HEAD_KEYS if drop_head else ()  # model keys that keep their values
+    if drop_head or not any(k in target for k in HEAD_KEYS):  # the model keeps its head (or has none)
+        mapped = {k: v for k, v in mapped.items() if k not in HEAD_KEYS}
+    _check_fits(mapped, unmapped, target, keep, source, name)
+    bn_eps = _source_bn_eps(source, state_dict, metadata or {}, name)
+    _check_bn_eps(model, bn_eps, name)
+
+    new_state = {k: mapped[k][1].to(dtype=v.dtype) if k in mapped else v for k, v in target.items()}
+    with torch.no_grad():
+        model.load_state_dict(new_state, strict=True)
+    if bn_eps is not None:
+        set_bn_eps(model, bn_eps)
+    return source
+
+
+def set_bn_eps(model: nn.Module, eps: float | Mapping[str, float]) -> None:
+    """Set the eps of every BatchNorm in ``model`` (one value, or ``{module name: eps}``)."""
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eps = float(eps[module_name] if isinstance(eps, Mapping) else eps)
+
+
+def bn_eps_of(model: nn.Module) -> float | dict[str, float] | None:
+    """The model's BatchNorm eps: one float when all agree, else ``{module name: eps}``; None without BN."""
+    eps = {n: m.eps for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if not eps:
+        return None
+    values = set(eps.values())
+    return values.pop() if len(values) == 1 else eps
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``model.state_dict()`` as mobileconv's safetensors checkpoint, atomically.
+
+    The file is what ``safetensors.torch.save_file(model.state_dict(), path)`` writes, plus
+    metadata ``format="mobileconv"`` and ``bn_eps`` (JSON), which :func:`load_pretrained` restores.
+    The tensors go to a temporary file in the same directory, which then replaces ``path``, so
+    a failure never leaves a partial file.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {"format": FORMAT, **{k: str(v) for k, v in (metadata or {}).items()}}
+    eps = bn_eps_of(model)
+    if eps is not None:
+        meta["bn_eps"] = json.dumps(eps)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_name: str,
+                       num_classes: int | None = None) -> dict[str, object]:
+    """Load ``src`` (timm / torchvision / mobileconv) into ``create_model(model_name)``, write ``dst``.
+
+    ``num_classes`` defaults to the checkpoint classifier's. Nothing is written unless the
+    whole checkpoint fits the model. Returns a summary (source, num_classes, tensors, params, bn_eps).
+    """
+    from ..models import create_model
+
+    state_dict, metadata = read_checkpoint(src)
+    if num_classes is None:
+        num_classes = checkpoint_num_classes(state_dict)
+        if num_classes is None:
+            raise ValueError(f"{src} has no classifier to infer the number of classes from; pass --num-classes")
+    model = create_model(model_name, num_classes=num_classes)
+    source = load_state_dict(model, state_dict, metadata, name=str(src))
+    save_weights(model, dst, {"model": model_name, "num_classes": num_classes, "converted_from": source})
+    return {"source": source, "num_classes": num_classes, "tensors": len(model.state_dict()),
+            "params": sum(p.numel() for p in model.parameters()), "bn_eps": bn_eps_of(model)}
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable safetensors checkpoint (truncated or corrupt?): {e}; "
+                         f"expected {EXPECTED}") from e
+
+
+def _read_torch(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise ValueError(f"{path} could not be read as a PyTorch state_dict with torch.load(weights_only=True) "
+                         f"(truncated, corrupt, or it holds objects other than tensors): {_torch_load_reason(e)}; "
+                         f"expected {EXPECTED}") from e
+
+
+def _torch_load_reason(error: Exception) -> str:
+    """The informative line of a torch.load error (its weights_only advice to load unsafely is left out)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
+    return reason.split(" Please use `torch.serialization")[0] or type(error).__name__
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Find the tensor mapping inside a training checkpoint and strip ``module.`` prefixes."""
+    while isinstance(obj, Mapping) and not _all_tensors(obj):
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict; expected {EXPECTED}")
+    if not obj:
+        raise ValueError(f"{path} holds an empty mapping, not a state_dict; expected {EXPECTED}")
+    if not _all_tensors(obj):
+        others = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
+        raise ValueError(f"{path} holds a mapping with non-tensor entries {others[:MAX_LISTED]} and no "
+                         f"nested state_dict under {list(WRAPPER_KEYS)}; expected {EXPECTED}")
+    state_dict = {}
+    for key, value in obj.items():
+        for prefix in WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        state_dict[key] = value
+    return state_dict
+
+
+def _all_tensors(obj: Mapping) -> bool:
+    return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _check_fits(mapped: dict[str, tuple[str, torch.Tensor]], unmapped: list[str], target: dict[str, torch.Tensor],
+                keep: tuple[str, ...], source: str, name: str) -> None:
+    """Raise a ValueError listing every missing / unexpected / mismatched key (model unchanged)."""
+    def origin(key: str) -> str:
+        src = mapped[key][0]
+        return key if src == key else f"{key} (from {src})"
+
+    missing = [k for k in target if k not in mapped and k not in keep and not k.endswith("num_batches_tracked")]
+    unexpected = [origin(k) for k in mapped if k not in target] + unmapped
+    mismatched = [f"{origin(k)}: checkpoint {list(v.shape)} vs model {list(target[k].shape)}"
+                  for k, (_, v) in mapped.items() if k in target and v.shape != target[k].shape]
+    if not (missing or unexpected or mismatched):
+        return
+    head_only = not missing and not unexpected and all(m.startswith(HEAD_KEYS) for m in mismatched)
+    if head_only:
+        ckpt_classes = mapped["classifier.weight"][1].shape[0]
+        model_classes = target["classifier.weight"].shape[0]
+        raise ValueError(f"{name}: the checkpoint's classifier has {ckpt_classes} classes but the model has "
+                         f"{model_classes}; create the model with num_classes={ckpt_classes} (CLI: --num-classes "
+                         f"{ckpt_classes}), or load with drop_head=True to keep the model's own classifier")
+    lines = [f"{name} ({source} checkpoint) does not fit the model; the model was not changed."]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if items:
+            shown = items[:MAX_LISTED]
+            more = f" ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
+            lines.append(f"  {title} keys ({len(items)}): {', '.join(shown)}{more}")
+    raise ValueError("\n".join(lines))
+
+
+def _check_bn_eps(model: nn.Module, eps: float | dict[str, float] | None, name: str) -> None:
+    if not isinstance(eps, dict):
+        return
+    norms = {n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if set(eps) != norms or not all(isinstance(v, (int, float)) for v in eps.values()):
+        raise ValueError(f"{name}: metadata bn_eps names {len(eps)} BatchNorm layers, the model has {len(norms)} "
+                         f"(differing: {sorted(set(eps) ^ norms)[:MAX_LISTED]})")
+
+
+def _source_bn_eps(source: str, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
+                   name: str) -> float | dict[str, float] | None:
+    """The BatchNorm eps the checkpoint was trained with, or None to keep the model's."""
+    if source == "torchvision":
+        return TORCHVISION_BN_EPS[torchvision_family(dict(state_dict))]
+    if source == "mobileconv" and "bn_eps" in metadata:
+        try:
+            eps = json.loads(metadata["bn_eps"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name}: metadata bn_eps={metadata['bn_eps']!r} is not JSON (a number or "
+                             f"{{module: eps}})") from e
+        if not isinstance(eps, (int, float, dict)):
+            raise ValueError(f"{name}: metadata bn_eps must be a number or {{module: eps}}, got {eps!r}")
+        return eps
+    return None

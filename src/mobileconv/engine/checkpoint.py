@@ -1,0 +1,141 @@
+"""Checkpoints: atomic writes, safetensors weights, and a trainer state loadable with ``weights_only=True``.
+
+A run folder holds ``last.safetensors`` / ``best.safetensors`` (a plain ``model.state_dict()``,
+the EMA weights when EMA is on, plus string metadata: model, classes, image size,
+normalisation) and ``state.pt`` (everything needed to resume: model, optimizer, scheduler,
+EMA, gradient scaler, epoch, RNG states, metrics history; tensors and plain containers only).
+Every file is written to a temporary file in the same folder, flushed, fsync'ed and renamed
+over the old one with ``os.replace``: a kill at any moment leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+STATE_FILE, LAST_FILE, BEST_FILE = "state.pt", "last.safetensors", "best.safetensors"
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it onto ``path``.
+
+    If ``write`` (or anything before the rename) fails, the temporary file is removed and
+    ``path`` keeps its previous content.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---- model weights (safetensors) ----------------------------------------------------------------
+
+def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+    """Write a ``state_dict`` as safetensors; ``metadata`` values are JSON-encoded unless strings."""
+    from safetensors.torch import save
+
+    tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items()}
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    return atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a safetensors file (JSON values decoded); ``ValueError`` if unreadable."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            raw_meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"checkpoint {path}: not a safetensors file ({e})") from None
+    return tensors, {k: _json_or_str(v) for k, v in raw_meta.items()}
+
+
+def _json_or_str(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+# ---- trainer state (torch.save, loaded with weights_only=True) ----------------------------------
+
+def save_state(path: str | Path, state: dict) -> Path:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_state(path: str | Path) -> dict:
+    """A trainer state written by :func:`save_state`; never unpickles anything but tensors and containers."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--resume: {path} not found (a run folder holds {STATE_FILE} after its first epoch)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"--resume: cannot load {path} ({str(e).splitlines()[0]})") from None
+
+
+def get_rng_states() -> dict:
+    """Python, NumPy and torch (CPU and CUDA) generator states as tensors and plain containers."""
+    version, py_state, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "python": [version, list(py_state), gauss],
+        "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    version, py_state, gauss = states["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = states["numpy"]
+    np.random.set_state((np_kind, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,186 @@
+"""The training configuration: one dataclass whose fields are the ``mobileconv train`` options.
+
+Each field carries its help text, value type and accepted choices, so the CLI parser, the YAML
+reader and the saved ``config.yaml`` share one definition (YAML keys = option names, with ``-``
+or ``_``). Precedence: defaults < ``--resume DIR``'s config.yaml < ``--config FILE`` < command line.
+Fields left ``None`` are resolved from the model, the dataset or the optimizer by the trainer and
+written resolved into the run folder's config.yaml.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OPTIMIZERS = ("sgd", "rmsprop", "adamw")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_DTYPES = ("auto", "bfloat16", "float16")
+DEFAULT_MODEL = "mobilenetv3_small_100_cifar"
+
+
+def option(default, help: str, *, type=None, choices=None, nargs=None, metavar=None):
+    """A config field with the CLI metadata the parser and the YAML reader use."""
+    meta = {"help": help, "type": type if type is not None else builtin_type(default), "choices": choices,
+            "nargs": nargs, "metavar": metavar}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def builtin_type(default):
+    return type(default[0]) if isinstance(default, (list, tuple)) else type(default)
+
+
+@dataclass
+class TrainConfig:
+    """All options of a training run (see the README section "Training and evaluation")."""
+
+    model: str = option(DEFAULT_MODEL, "model name from the zoo (mobileconv models)", metavar="NAME")
+    data: str = option("digits", "digits | synthetic | PATH (ImageFolder train/ + val/, or CIFAR-10/100)",
+                       metavar="DATA")
+    img_size: int | None = option(None, "training / test resolution (default: the model's input size)", type=int,
+                                  metavar="PX")
+    epochs: int = option(30, "number of epochs")
+    batch_size: int = option(64, "global batch size, split evenly over the processes")
+    lr: float | None = option(None, "peak learning rate (default: 0.1 sgd, 0.01 rmsprop, 0.002 adamw)", type=float)
+    min_lr: float = option(0.0, "final learning rate of the cosine schedule")
+    warmup_epochs: float = option(1.0, "linear warm-up from lr/100 to lr over this many epochs")
+    opt: str = option("sgd", "optimizer", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "momentum (sgd: Nesterov; rmsprop)")
+    opt_eps: float | None = option(None, "optimizer epsilon (default: rmsprop 0.0316 = sqrt of TF's 1e-3, "
+                                         "adamw 1e-8)", type=float)
+    weight_decay: float | None = option(None, "weight decay of conv / linear weights, never of norm layers and "
+                                              "biases (default: 5e-4 sgd, 1e-5 rmsprop, 0.05 adamw)", type=float)
+    smoothing: float = option(0.1, "label smoothing")
+    mixup: float = option(0.0, "mixup alpha (0 = off)")
+    cutmix: float = option(0.0, "cutmix alpha (0 = off)")
+    aug: bool = option(True, "random augmentation of training batches (--no-aug: none)")
+    scale: tuple[float, float] = option((0.5, 1.0), "area range of the random resized crop", nargs=2,
+                                        metavar=("MIN", "MAX"))
+    hflip: float | None = option(None, "horizontal-flip probability (default: 0 for digits, else 0.5)", type=float)
+    color_jitter: float | None = option(None, "colour-jitter strength (default: 0 for digits / synthetic, else 0.4)",
+                                        type=float)
+    drop: float | None = option(None, "dropout rate before the classifier (default: the model's)", type=float)
+    drop_path: float = option(0.0, "stochastic-depth rate of the residual blocks")
+    ema: bool = option(False, "keep an exponential moving average of the weights and evaluate / save it")
+    ema_decay: float = option(0.999, "EMA decay per step")
+    clip_grad: float | None = option(None, "clip the gradient norm to this value", type=float, metavar="NORM")
+    amp: bool = option(False, "mixed precision: bfloat16 on CPU, float16 on GPU (see --amp-dtype)")
+    amp_dtype: str = option("auto", "mixed-precision dtype", choices=AMP_DTYPES)
+    channels_last: bool = option(False, "channels-last memory format")
+    compile: bool = option(False, "torch.compile the model")
+    device: str = option("auto", "device (auto: cuda if available)", choices=DEVICES)
+    workers: int = option(0, "data-loading worker processes")
+    seed: int = option(0, "random seed (weights, data order, augmentation)")
+    deterministic: bool = option(False, "deterministic algorithms only (bitwise-reproducible runs)")
+    sync_bn: bool = option(True, "synchronise batch-norm statistics across processes")
+    max_train_samples: int | None = option(None, "use only this many training samples (quick runs)", type=int,
+                                           metavar="N")
+    max_val_samples: int | None = option(None, "use only this many test samples (quick runs)", type=int,
+                                         metavar="N")
+    out: str | None = option(None, "run folder (default: runs/train-<date>-<time>)", type=str, metavar="DIR")
+    overwrite: bool = option(False, "replace a previous run in --out")
+    quiet: bool = option(False, "no progress bars: one log line per epoch")
+
+    # ---- building and checking -------------------------------------------------------------
+
+    @classmethod
+    def fields(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_mapping(cls, values: dict, source: str, base: "TrainConfig | None" = None) -> "TrainConfig":
+        """``base`` (or the defaults) updated with ``values``; keys may use ``-`` or ``_``."""
+        known = cls.fields()
+        updates = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ValueError(f"{source}: unknown option {key!r} (known: {', '.join(sorted(known))})")
+            updates[name] = coerce(known[name], value, source)
+        return dataclasses.replace(base or cls(), **updates)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def validate(self) -> "TrainConfig":
+        """Raise ``ValueError`` naming the option for any value outside its range."""
+        def check(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(self, name)!r}")
+
+        for name in ("epochs", "batch_size"):
+            check(getattr(self, name) >= 1, name, ">= 1")
+        for name in ("img_size", "max_train_samples", "max_val_samples"):
+            check(getattr(self, name) is None or getattr(self, name) >= 1, name, ">= 1")
+        for name in ("lr", "min_lr", "warmup_epochs", "momentum", "opt_eps", "weight_decay", "mixup", "cutmix",
+                     "drop", "clip_grad", "color_jitter", "workers"):
+            value = getattr(self, name)
+            check(value is None or (math.isfinite(value) and value >= 0), name, "a finite number >= 0")
+        check(self.lr is None or self.lr > 0, "lr", "> 0")
+        check(0 <= self.smoothing < 1, "smoothing", "in [0, 1)")
+        check(0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
+        check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
+        check(self.drop is None or self.drop < 1, "drop", "in [0, 1)")
+        check(0 <= self.drop_path < 1, "drop_path", "in [0, 1)")
+        check(0 < self.scale[0] <= self.scale[1] <= 1, "scale", "two numbers 0 < MIN <= MAX <= 1")
+        return self
+
+
+def coerce(f: dataclasses.Field, value, source: str):
+    """``value`` checked against the field's type and choices (YAML gives ints for floats, lists for tuples)."""
+    kind, choices, nargs = f.metadata["type"], f.metadata["choices"], f.metadata["nargs"]
+    where = f"{source}: option {f.name.replace('_', '-')!r}"
+    if value is None:
+        if f.default is None:
+            return None
+        raise ValueError(f"{where} cannot be empty")
+    if nargs:
+        if not isinstance(value, (list, tuple)) or len(value) != nargs:
+            raise ValueError(f"{where} expects {nargs} values, got {value!r}")
+        return tuple(_scalar(kind, v, where) for v in value)
+    value = _scalar(kind, value, where)
+    if choices and value not in choices:
+        raise ValueError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _scalar(kind, value, where: str):
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} expects true or false, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{where} expects a {kind.__name__}, got {value!r}")
+    try:
+        converted = kind(value)
+    except ValueError:
+        raise ValueError(f"{where} expects a {kind.__name__}, got {value!r}") from None
+    if kind is int and isinstance(value, float) and value != converted:
+        raise ValueError(f"{where} expects an integer, got {value!r}")
+    return converted
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A YAML mapping of option names to values (``yaml.safe_load``: plain data only)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
+    return data
+
+
+def dump_yaml(config: TrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,116 @@
+"""Data-parallel training under ``torchrun``: process group, device, reductions and synchronised batch norm.
+
+``torchrun --nproc_per_node N -m mobileconv train ...`` sets ``RANK`` / ``WORLD_SIZE`` /
+``LOCAL_RANK``; :func:`init_distributed` then joins the group (NCCL on GPU, gloo on CPU).
+Without those variables everything runs in one process and the helpers are no-ops.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the run: ``rank`` of ``world_size``, and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Join the ``torchrun`` process group when ``WORLD_SIZE > 1``; pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return DistEnv(rank, world_size, local_rank, dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (in place; returned for chaining); identity in a single process."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+class DistributedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch, on any backend (gloo too).
+
+    ``torch.nn.SyncBatchNorm`` runs on GPUs only; this computes the global mean, then the global
+    biased variance, with autograd-aware all-reduces, so the forward and backward passes equal those
+    of one process holding the whole batch (Ioffe & Szegedy 2015, Alg. 1 over the union of shards).
+    Running statistics use the unbiased variance, as ``nn.BatchNorm2d`` does.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        count = all_reduce(x.new_tensor([x.numel() / x.shape[1]]))
+        mean = all_reduce(x.sum(dim=(0, 2, 3))) / count
+        centred = x - mean.view(1, -1, 1, 1)
+        var = all_reduce(centred.square().sum(dim=(0, 2, 3))) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * (count / (count - 1).clamp(min=1))
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(unbiased.detach(), momentum)
+        y = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Replace every BatchNorm2d by a synchronised one: ``nn.SyncBatchNorm`` on GPU, else the module above."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm2d:
+            sync = DistributedBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                          child.track_running_stats)
+            sync.load_state_dict(child.state_dict())
+            sync.train(child.training)
+            setattr(model, name, sync)
+        else:
+            convert_sync_batchnorm(child, device)
+    return model

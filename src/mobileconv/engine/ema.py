@@ -1,0 +1,43 @@
+"""Exponential moving average of model weights (Polyak averaging, as in the MobileNetV3 / MixNet training)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class ModelEma:
+    """A frozen copy of ``model`` whose floating-point parameters follow ``ema = d*ema + (1-d)*w``.
+
+    The decay warms up as ``d_t = min(decay, (1 + t) / (10 + t))`` (TF's ExponentialMovingAverage
+    with ``num_updates``), so early averages are not dominated by the random initial weights.
+    Buffers (batch-norm running statistics) are copied, not averaged.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.updates = decay, 0
+        self.param_names = {name for name, _ in self.module.named_parameters()}
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
+        self.updates += 1
+        ema_state, state = self.module.state_dict(), model.state_dict()
+        for name, ema_value in ema_state.items():
+            value = state[name].detach()
+            if name in self.param_names:
+                ema_value.mul_(d).add_(value, alpha=1 - d)
+            else:
+                ema_value.copy_(value)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "decay": self.decay, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.decay, self.updates = state["decay"], state["updates"]

@@ -1,0 +1,129 @@
+"""One training epoch and one evaluation pass (pytorch/examples' imagenet ``train`` / ``validate`` shape)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .distributed import DistEnv, all_reduce_sum
+from .metrics import AccuracyCounter
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the step that produced it was not applied."""
+
+
+@dataclass
+class StepSettings:
+    """How each training step runs (precision, clipping, mixing)."""
+
+    amp_dtype: torch.dtype | None = None  # autocast dtype, None = full precision
+    clip_grad: float | None = None
+    channels_last: bool = False
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _progress(loader, enabled: bool, desc: str):
+    if not enabled:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, unit="batch")
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler, criterion,
+                    transform: nn.Module, env: DistEnv, *, epoch: int, settings: StepSettings = StepSettings(),
+                    mixer=None, scaler=None, ema=None, progress: bool = False) -> dict:
+    """Train over ``loader`` once; returns the mean global-batch loss, the last lr, img/s and seconds.
+
+    The loss of every step is averaged over processes before it is checked: a non-finite loss
+    raises :class:`NonFiniteLossError` on every process before the weights change.
+    """
+    model.train()
+    loss_total, steps, images_seen = 0.0, 0, 0
+    start = time.perf_counter()
+    bar = _progress(loader, progress, f"epoch {epoch}")
+    for images, targets in bar:
+        images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
+        images = transform(images)
+        if settings.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss_targets = targets
+        if mixer is not None and mixer.enabled:
+            images, loss_targets = mixer(images, targets)
+        with autocast(env.device, settings.amp_dtype):
+            loss = criterion(model(images), loss_targets)
+        step_loss = float(all_reduce_sum(loss.detach().float().clone()) / env.world_size)
+        if not math.isfinite(step_loss):
+            raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch}, step {steps + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        backward_and_step(loss, model, optimizer, scaler, settings.clip_grad)
+        scheduler.step()
+        if ema is not None:
+            ema.update(unwrap(model))
+        loss_total += step_loss
+        steps += 1
+        images_seen += len(targets) * env.world_size
+        if progress:
+            bar.set_postfix(loss=f"{loss_total / steps:.4f}", img_s=f"{images_seen / (time.perf_counter() - start):.0f}")
+    seconds = time.perf_counter() - start
+    return {"loss": loss_total / max(steps, 1), "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+            "img/s": images_seen / max(seconds, 1e-9), "steps": steps}
+
+
+def backward_and_step(loss: torch.Tensor, model: nn.Module, optimizer, scaler, clip_grad: float | None) -> None:
+    """Backward pass, optional gradient-norm clipping, optimizer step (through the fp16 grad scaler if any)."""
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if clip_grad is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        return
+    loss.backward()
+    if clip_grad is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    optimizer.step()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, transform: nn.Module, num_classes: int, env: DistEnv, *,
+             settings: StepSettings = StepSettings(), progress: bool = False) -> dict:
+    """top-1 / top-5 / loss / per-class accuracy / confusion matrix over the loader, summed over processes."""
+    model.eval()
+    counter = AccuracyCounter(num_classes, env.device)
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    for images, targets in _progress(loader, progress, "eval"):
+        images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
+        images = transform(images)
+        if settings.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(env.device, settings.amp_dtype):
+            logits = model(images)
+        logits = logits.float()
+        counter.update(logits, targets, criterion(logits, targets))
+    for tensor in counter.tensors():
+        all_reduce_sum(tensor)
+    return counter.result()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user model inside DistributedDataParallel and / or torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model

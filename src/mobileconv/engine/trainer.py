@@ -1,0 +1,349 @@
+"""``fit``: a whole training run from a :class:`TrainConfig`, with checkpoints, resume and a run folder.
+
+Run folder (written by rank 0 only):
+
+| file | content |
+| --- | --- |
+| ``config.yaml`` | the resolved configuration (every option, defaults filled in) |
+| ``metrics.csv`` | one row per epoch: epoch, loss, top1, top5, lr, img/s, seconds, test_loss |
+| ``curves.png`` | loss and accuracy against the epoch |
+| ``last.safetensors`` / ``best.safetensors`` | model weights (EMA weights with ``--ema``) |
+| ``state.pt`` | trainer state for ``--resume`` |
+| ``summary.json`` | model, dataset, classes, final top-1 / top-5 on the test split, train seconds... |
+
+The data order of epoch ``e`` depends on ``(seed, e)`` only and the augmentation generator is
+reseeded from ``(seed, e, rank)`` at the start of each epoch, so a run resumed from the checkpoint
+of epoch ``e`` replays epochs ``e+1...`` exactly as the uninterrupted run does.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data import BatchTransform, DataInfo, MixupCutmix, ShardedBatchSampler, build_datasets, limit_samples
+from . import checkpoint as ckpt
+from .config import TrainConfig, dump_yaml
+from .distributed import DistEnv, cleanup_distributed, convert_sync_batchnorm, init_distributed
+from .ema import ModelEma
+from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
+from .metrics import plot_curves, write_metrics_csv
+from .optim import DEFAULT_EPS, DEFAULT_LR, DEFAULT_WEIGHT_DECAY, create_optimizer, create_scheduler
+
+RUN_FILES = ("config.yaml", "metrics.csv", "curves.png", ckpt.LAST_FILE, ckpt.BEST_FILE, ckpt.STATE_FILE,
+             "summary.json")
+KILL_AFTER_EPOCH_ENV = "MOBILECONV_KILL_AFTER_EPOCH"  # tests: SIGKILL the run after this epoch's checkpoint
+
+
+# ---- models ------------------------------------------------------------------------------------
+
+def build_model(name: str, num_classes: int, drop: float | None = None, drop_path: float = 0.0) -> nn.Module:
+    """A zoo model by name; ``ValueError`` for an unknown name."""
+    from .. import models
+
+    if name not in models.list_models():
+        raise ValueError(f"--model {name!r} is not a known model (list them with `mobileconv models`)")
+    kwargs = {"drop_rate": drop} if drop is not None else {}
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
+    return models.create_model(name, num_classes=num_classes, **kwargs)
+
+
+def default_img_size(name: str) -> int:
+    """The model's default input side (``pretrained_cfg["input_size"]``: 32 for the ``_cifar`` forms)."""
+    return int(build_model(name, num_classes=10).pretrained_cfg["input_size"][-1])
+
+
+# ---- configuration ------------------------------------------------------------------------------
+
+def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainConfig:
+    """Fill the options left to the model / dataset / optimizer defaults."""
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    return replace(
+        config, img_size=img_size, lr=pick(config.lr, DEFAULT_LR[config.opt]),
+        weight_decay=pick(config.weight_decay, DEFAULT_WEIGHT_DECAY[config.opt]),
+        opt_eps=pick(config.opt_eps, DEFAULT_EPS[config.opt]), hflip=pick(config.hflip, info.hflip),
+        color_jitter=pick(config.color_jitter, info.color_jitter))
+
+
+def prepare_out_dir(out: Path, *, resuming_here: bool, overwrite: bool) -> None:
+    """Create the run folder and check it is writable; refuse to clobber another run unless told to."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    previous = [name for name in RUN_FILES if (out / name).exists()]
+    if previous and not resuming_here:
+        if not overwrite:
+            raise ValueError(f"--out {out} already holds a run ({', '.join(previous)}); continue it with "
+                             f"--resume {out}, replace it with --overwrite, or choose another --out")
+        for name in previous:
+            (out / name).unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = ckpt.atomic_write_bytes(out / ".write-test", b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The augmentation seed of one epoch on one process."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if not config.amp:
+        return None
+    if config.amp_dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return getattr(torch, config.amp_dtype)
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """Everything a training run holds between epochs."""
+
+    config: TrainConfig
+    env: DistEnv
+    info: DataInfo
+    out: Path
+    model: nn.Module  # the plain model (evaluated, saved)
+    train_model: nn.Module  # the model the steps go through (DDP / compiled wrapper of ``model``)
+    ema: ModelEma | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    train_loader: DataLoader
+    test_loader: DataLoader
+    train_transform: nn.Module
+    test_transform: nn.Module
+    mixer: MixupCutmix
+    criterion: nn.Module
+    settings: StepSettings
+    start_epoch: int = 0
+    history: list | None = None
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    train_seconds: float = 0.0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
+def fit(config: TrainConfig, resume: str | Path | None = None) -> dict:
+    """Train, evaluating on the test split after every epoch; returns the summary (also in summary.json).
+
+    Raises:
+        ValueError: bad options or data, before any training step.
+        NonFiniteLossError: the loss became NaN / inf; the last checkpoint (previous epoch) is kept.
+    """
+    env = init_distributed(config.device)
+    try:
+        run = setup_run(config.validate(), env, Path(resume) if resume else None)
+        return train_epochs(run)
+    finally:
+        cleanup_distributed()
+
+
+def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
+    """Check the inputs, build data, model, optimizer and schedule, and load ``resume``'s state."""
+    out = Path(config.out or resume or time.strftime("runs/train-%Y%m%d-%H%M%S"))
+    state = ckpt.load_state(resume / ckpt.STATE_FILE) if resume else None
+    img_size = config.img_size or default_img_size(config.model)
+    train_set, test_set, info = build_datasets(config.data, img_size)
+    config = resolve_config(replace(config, out=str(out)), info, img_size)
+    if env.is_main:
+        prepare_out_dir(out, resuming_here=resume is not None and out.resolve() == resume.resolve(),
+                        overwrite=config.overwrite)
+    train_set = limit_samples(train_set, config.max_train_samples)
+    test_set = limit_samples(test_set, config.max_val_samples)
+
+    seed_everything(config.seed, config.deterministic)
+    model = build_model(config.model, info.num_classes, config.drop, config.drop_path)
+    if state is not None:
+        check_resumable(state, config, info, resume)
+        model.load_state_dict(state["model"])
+    model.to(env.device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if env.distributed and config.sync_bn:
+        model = convert_sync_batchnorm(model, env.device)
+    train_model = model
+    if env.distributed:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda"
+                                                          else None)
+    if config.compile:
+        train_model = torch.compile(train_model)
+
+    train_sampler = ShardedBatchSampler(len(train_set), config.batch_size, shuffle=True, seed=config.seed,
+                                        rank=env.rank, world_size=env.world_size, drop_last=True)
+    test_sampler = ShardedBatchSampler(len(test_set), config.batch_size, shuffle=False, rank=env.rank,
+                                       world_size=env.world_size, drop_last=False)
+    loader_args = {"num_workers": config.workers, "pin_memory": env.device.type == "cuda",
+                   "persistent_workers": config.workers > 0}
+    optimizer = create_optimizer(model, config.opt, config.lr, config.weight_decay, config.momentum, config.opt_eps)
+    scheduler = create_scheduler(optimizer, config.epochs, len(train_sampler), config.warmup_epochs, config.lr,
+                                 config.min_lr)
+    dtype = amp_dtype(config, env.device)
+    mixer = MixupCutmix(info.num_classes, config.mixup, config.cutmix, config.smoothing)
+    run = Run(
+        config=config, env=env, info=info, out=out, model=model, train_model=train_model,
+        ema=ModelEma(model, config.ema_decay) if config.ema else None, optimizer=optimizer, scheduler=scheduler,
+        scaler=torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None,
+        train_loader=DataLoader(train_set, batch_sampler=train_sampler, **loader_args),
+        test_loader=DataLoader(test_set, batch_sampler=test_sampler, **loader_args),
+        train_transform=make_transform(config, info, train=True).to(env.device),
+        test_transform=make_transform(config, info, train=False).to(env.device),
+        mixer=mixer, criterion=nn.CrossEntropyLoss(label_smoothing=0.0 if mixer.enabled else config.smoothing),
+        settings=StepSettings(dtype, config.clip_grad, config.channels_last), history=[])
+    if state is not None:
+        load_run_state(run, state)
+    if env.is_main:
+        ckpt.atomic_write_text(out / "config.yaml", dump_yaml(config))
+    return run
+
+
+def make_transform(config: TrainConfig, info: DataInfo, train: bool) -> BatchTransform:
+    if not (train and config.aug):
+        return BatchTransform(config.img_size, info.mean, info.std)
+    return BatchTransform(config.img_size, info.mean, info.std, train=True, scale=config.scale, hflip=config.hflip,
+                          color_jitter=config.color_jitter)
+
+
+def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Path) -> None:
+    saved = state["config"]
+    for key in ("model", "data"):
+        if saved[key] != getattr(config, key):
+            raise ValueError(f"--resume {resume}: the run used --{key} {saved[key]}, not {getattr(config, key)}")
+    if state["num_classes"] != info.num_classes:
+        raise ValueError(f"--resume {resume}: the run had {state['num_classes']} classes, the data has "
+                         f"{info.num_classes}")
+
+
+def load_run_state(run: Run, state: dict) -> None:
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.ema is not None:
+        if state["ema"] is None:
+            raise ValueError("--resume: the run was trained without --ema; resume it without --ema")
+        run.ema.load_state_dict(state["ema"])
+    if run.scaler is not None and state["scaler"] is not None:
+        run.scaler.load_state_dict(state["scaler"])
+    run.start_epoch, run.history = state["epoch"], list(state["history"])
+    run.best_top1, run.best_epoch, run.train_seconds = state["best_top1"], state["best_epoch"], state["train_seconds"]
+    ckpt.set_rng_states(state["rng"])
+
+
+def run_state(run: Run, epoch: int) -> dict:
+    """The resumable state after ``epoch`` completed epochs: tensors and plain containers only."""
+    return {
+        "epoch": epoch, "num_classes": run.info.num_classes, "config": run.config.to_dict(),
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else None,
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None, "rng": ckpt.get_rng_states(),
+        "history": run.history, "best_top1": run.best_top1, "best_epoch": run.best_epoch,
+        "train_seconds": run.train_seconds,
+    }
+
+
+def weights_metadata(run: Run, epoch: int) -> dict:
+    """String metadata stored in the safetensors files, enough for ``mobileconv eval`` / ``predict``."""
+    c, info = run.config, run.info
+    return {"model": c.model, "dataset": info.name, "num_classes": info.num_classes, "classes": info.classes,
+            "img_size": c.img_size, "mean": list(info.mean), "std": list(info.std), "epoch": epoch,
+            "ema": run.ema is not None}
+
+
+def train_epochs(run: Run) -> dict:
+    c, env = run.config, run.env
+    log = print if env.is_main else (lambda *a, **k: None)
+    log(f"training {c.model} on {run.info.name} ({len(run.train_loader.dataset)} train / "
+        f"{len(run.test_loader.dataset)} {run.info.test_split} images, {run.info.num_classes} classes, "
+        f"{c.img_size} px) on {env.device}, {env.world_size} process(es) -> {run.out}", flush=True)
+    if run.start_epoch:
+        log(f"resuming after epoch {run.start_epoch}", flush=True)
+    for epoch in range(run.start_epoch, c.epochs):
+        run.train_loader.batch_sampler.set_epoch(epoch)
+        torch.manual_seed(epoch_seed(c.seed, epoch, env.rank))
+        epoch_start = time.perf_counter()
+        try:
+            stats = train_one_epoch(run.train_model, run.train_loader, run.optimizer, run.scheduler, run.criterion,
+                                    run.train_transform, env, epoch=epoch + 1, settings=run.settings,
+                                    mixer=run.mixer, scaler=run.scaler, ema=run.ema,
+                                    progress=env.is_main and not c.quiet)
+        except NonFiniteLossError as e:
+            kept = (f"the last good checkpoint is {run.out / ckpt.LAST_FILE} (epoch {epoch})" if epoch
+                    else "no checkpoint was written")
+            raise NonFiniteLossError(f"{e}; training stopped, {kept} (try a lower --lr or --clip-grad)") from None
+        test = evaluate(run.eval_model, run.test_loader, run.test_transform, run.info.num_classes, env,
+                        settings=run.settings)
+        seconds = time.perf_counter() - epoch_start
+        run.train_seconds += seconds
+        row = {"epoch": epoch + 1, "loss": stats["loss"], "top1": test["top1"], "top5": test["top5"],
+               "lr": stats["lr"], "img/s": stats["img/s"], "seconds": seconds, "test_loss": test["loss"]}
+        run.history.append(row)
+        is_best = test["top1"] > run.best_top1
+        if is_best:
+            run.best_top1, run.best_epoch = test["top1"], epoch + 1
+        if env.is_main:
+            save_epoch(run, epoch + 1, is_best)
+            log(f"epoch {epoch + 1}/{c.epochs}  loss {row['loss']:.4f}  top-1 {row['top1']:.2f}  "
+                f"top-5 {row['top5']:.2f}  lr {row['lr']:.3g}  {row['img/s']:.0f} img/s  {row['seconds']:.1f} s",
+                flush=True)
+            if os.environ.get(KILL_AFTER_EPOCH_ENV) == str(epoch + 1):
+                os.kill(os.getpid(), signal.SIGKILL)
+    summary = make_summary(run)
+    if env.is_main:
+        ckpt.atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        log(f"done: top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  in {summary['train_seconds']:.1f} s "
+            f"of training; run folder {run.out}", flush=True)
+    return summary
+
+
+def save_epoch(run: Run, epoch: int, is_best: bool) -> None:
+    """Checkpoint after an epoch; ``state.pt`` goes last, so it never points past the other files."""
+    weights, meta = run.eval_model.state_dict(), weights_metadata(run, epoch)
+    ckpt.save_weights(run.out / ckpt.LAST_FILE, weights, meta)
+    if is_best:
+        ckpt.save_weights(run.out / ckpt.BEST_FILE, weights, meta)
+    write_metrics_csv(run.out / "metrics.csv", run.history)
+    plot_curves(run.out / "curves.png", run.history, f"{run.config.model} on {run.info.name}")
+    ckpt.save_state(run.out / ckpt.STATE_FILE, run_state(run, epoch))
+
+
+def make_summary(run: Run) -> dict:
+    if not run.history:
+        raise ValueError("no epoch was trained (--epochs must exceed the epochs already done)")
+    last, c = run.history[-1], run.config
+    return {
+        "model": c.model, "dataset": run.info.name, "num_classes": run.info.num_classes, "classes": run.info.classes,
+        "epochs": int(last["epoch"]), "top1": last["top1"], "top5": last["top5"], "test_loss": last["test_loss"],
+        "test_split": run.info.test_split, "best_top1": run.best_top1, "best_epoch": run.best_epoch,
+        "train_seconds": round(run.train_seconds, 2), "img_size": c.img_size, "mean": list(run.info.mean),
+        "std": list(run.info.std), "weights": ckpt.LAST_FILE, "ema": c.ema, "seed": c.seed,
+        "train_samples": len(run.train_loader.dataset), "test_samples": len(run.test_loader.dataset),
+        "world_size": run.env.world_size, "device": str(run.env.device), "torch": torch.__version__,
+    }

@@ -1,0 +1,444 @@
+"""Architecture specs (immutable dataclasses) and the one builder that decodes them.
+
+A family file writes its network as a table of :class:`BlockSpec` rows grouped in stages,
+wraps it in an :class:`ArchSpec` (stem, head, SE rule, width multiplier...) and hands it to
+:class:`MobileNet`. Nothing here mutates a spec: variants (width, TF padding, 32x32 "cifar"
+form, XSepConv) are new specs made with :func:`dataclasses.replace`.
+
+Width scaling happens in exactly one place, :func:`round_channels`
+(``make_divisible(c * width_mult, 8)``, MobileNetV2 Sec. 6.1 / timm), applied to the stem and to
+every block's output width. Expanded widths follow timm: ``make_divisible(in * exp_ratio, 8)``
+with ``in`` the (scaled) block input width.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..layers import SqueezeExcite, create_act, create_conv2d, make_divisible, xsep_padding_schedule
+from ._blocks import ConvBnActBlock, DepthwiseSeparableBlock, InvertedResidual
+
+BLOCK_KINDS = ("ds", "ir", "cn")
+HEAD_KINDS = ("conv_bn", "pool_conv", "pool")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One row of an architecture table (timm block-string fields, spelled out).
+
+    Attributes:
+        kind: ``"ds"`` depthwise-separable, ``"ir"`` inverted residual, ``"cn"`` conv-BN-act.
+        out_channels: output width at ``width_mult=1``.
+        kernel_size: depthwise kernel, or a tuple of kernels for a MixConv (``k3.5.7``).
+        stride: stride of the first repeat (the others use 1).
+        exp_ratio: expansion ``mid / in`` of an inverted residual.
+        se_ratio: squeeze-excite ratio (0 = no SE); what it multiplies is the family's :class:`SESpec`.
+        act: activation name (``"relu"``, ``"relu6"``, ``"hswish"``, ``"swish"``).
+        exp_groups / pwl_groups: groups of MixNet's grouped expand / project 1x1 convs (``a`` / ``p``).
+        repeats: how many times the row repeats.
+        pw_act: activation after the pointwise conv of a ``ds`` block (MobileNetV1).
+        use_skip: allow the identity skip (taken only when stride 1 and widths match).
+    """
+
+    kind: str
+    out_channels: int
+    kernel_size: int | tuple[int, ...] = 3
+    stride: int = 1
+    exp_ratio: float = 1.0
+    se_ratio: float = 0.0
+    act: str = "relu"
+    exp_groups: int = 1
+    pwl_groups: int = 1
+    repeats: int = 1
+    pw_act: bool = False
+    use_skip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in BLOCK_KINDS:
+            raise ValueError(f"BlockSpec.kind must be one of {BLOCK_KINDS}, got {self.kind!r}")
+        if isinstance(self.kernel_size, list):
+            object.__setattr__(self, "kernel_size", tuple(self.kernel_size))
+
+
+@dataclass(frozen=True)
+class SESpec:
+    """How a family sizes and builds its squeeze-excite.
+
+    Attributes:
+        reduce_from: ``"in"`` -- ``max(1, int(block_in * se_ratio))`` (MixNet, official TF code);
+            ``"mid"`` -- ``make_divisible(mid * se_ratio, 8)`` (MobileNetV3, Sec. 5.3).
+        act: activation inside the SE; ``None`` uses the block's (MixNet: swish).
+        gate: ``"sigmoid"`` (MixNet) or ``"hard_sigmoid"`` (MobileNetV3).
+    """
+
+    reduce_from: str = "in"
+    act: str | None = None
+    gate: str = "sigmoid"
+
+    def channels(self, in_channels: int, mid_channels: int, se_ratio: float) -> int:
+        if not se_ratio:
+            return 0
+        if self.reduce_from == "mid":
+            return make_divisible(mid_channels * se_ratio, 8)
+        return max(1, int(in_channels * se_ratio))
+
+    def layer(self, channels: int, reduced_channels: int, block_act: str) -> nn.Module:
+        return SqueezeExcite(channels, reduced_channels, act_layer=self.act or block_act, gate_layer=self.gate)
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The classifier head.
+
+    Attributes:
+        kind: ``"conv_bn"`` -- 1x1 conv -> BN -> act -> pool -> dropout -> linear (MobileNetV2,
+            MixNet); ``"pool_conv"`` -- pool -> 1x1 conv (bias, no BN) -> act -> dropout -> linear
+            (MobileNetV3's efficient last stage, Fig. 5); ``"pool"`` -- pool -> dropout -> linear
+            (MobileNetV1).
+        channels: width of the head conv (``num_features``); unused for ``"pool"``.
+        act: head activation.
+        scale_with_width: ``max(channels, round_channels(channels, width))`` (MobileNetV2, Sec. 6.1).
+    """
+
+    kind: str
+    channels: int = 0
+    act: str = "relu"
+    scale_with_width: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in HEAD_KINDS:
+            raise ValueError(f"HeadSpec.kind must be one of {HEAD_KINDS}, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A whole network as data: stem, stages of :class:`BlockSpec` rows, head and conventions.
+
+    Attributes:
+        stages: one tuple of rows per stage (``blocks.<stage>`` in the built model).
+        stem_channels / stem_act / stem_stride: the 3x3 stem conv.
+        head: the :class:`HeadSpec`.
+        se: the family's :class:`SESpec`.
+        width_mult: channel multiplier (``alpha`` in MobileNetV1, Sec. 3.3).
+        fix_stem: keep the stem width when scaling.
+        drop_rate: dropout before the classifier.
+        bn_eps: BatchNorm epsilon (1e-5 PyTorch, 1e-3 for TF-ported weights).
+        padding: ``""`` symmetric, ``"tf"`` TensorFlow SAME.
+        xsep_min_kernel: stride-1 depthwise convs with ``K >= xsep_min_kernel`` become XSepConv2d.
+        min_input_size: smallest accepted input side.
+    """
+
+    stages: tuple[tuple[BlockSpec, ...], ...]
+    stem_channels: int
+    head: HeadSpec
+    stem_act: str = "relu"
+    stem_stride: int = 2
+    se: SESpec = field(default_factory=SESpec)
+    width_mult: float = 1.0
+    fix_stem: bool = False
+    drop_rate: float = 0.2
+    bn_eps: float = 1e-5
+    padding: str = ""
+    xsep_min_kernel: int | None = None
+    min_input_size: int = 32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(tuple(stage) for stage in self.stages))
+
+
+def round_channels(channels: int, width_mult: float) -> int:
+    """The single width-scaling rule: ``make_divisible(channels * width_mult, 8)``."""
+    return make_divisible(channels * width_mult, 8)
+
+
+def tf_form(arch: ArchSpec) -> ArchSpec:
+    """TensorFlow-ported form: TF "SAME" padding and BN eps 1e-3 (timm's ``tf_`` models)."""
+    return dataclasses.replace(arch, padding="tf", bn_eps=1e-3)
+
+
+def cifar_form(arch: ArchSpec, min_input_size: int = 8) -> ArchSpec:
+    """32x32 form (XSepConv paper, Sec. 4.1): the stem and the first stride-2 block use stride 1.
+
+    Total stride drops from 32 to 8, so a 32x32 input ends at 4x4.
+    """
+    stages, done = [], False
+    for stage in arch.stages:
+        rows = []
+        for row in stage:
+            if not done and row.stride == 2:
+                row, done = dataclasses.replace(row, stride=1), True
+            rows.append(row)
+        stages.append(tuple(rows))
+    return dataclasses.replace(arch, stages=tuple(stages), stem_stride=1, min_input_size=min_input_size)
+
+
+def xsep_form(arch: ArchSpec, min_kernel: int = 5) -> ArchSpec:
+    """XSepConv form (XSepConv paper, Sec. 4): stride-1 depthwise convs with ``K >= min_kernel`` become XSepConv."""
+    return dataclasses.replace(arch, xsep_min_kernel=min_kernel)
+
+
+@dataclass(frozen=True)
+class _Block:
+    """A table row expanded to one concrete block (widths resolved, repeats unrolled)."""
+
+    stage: int
+    spec: BlockSpec
+    in_channels: int
+    out_channels: int
+    stride: int
+    xsep: bool
+
+
+def _expand(arch: ArchSpec, stem_channels: int) -> list[_Block]:
+    blocks, in_ch = [], stem_channels
+    for s, stage in enumerate(arch.stages):
+        for row in stage:
+            out_ch = round_channels(row.out_channels, arch.width_mult)
+            for r in range(row.repeats):
+                stride = row.stride if r == 0 else 1
+                xsep = (arch.xsep_min_kernel is not None and row.kind != "cn" and isinstance(row.kernel_size, int)
+                        and row.kernel_size >= arch.xsep_min_kernel and stride == 1)
+                blocks.append(_Block(s, row, in_ch, out_ch, stride, xsep))
+                in_ch = out_ch
+    return blocks
+
+
+def _make_block(arch: ArchSpec, b: _Block, norm_layer, xsep_padding: str | None, drop_path_rate: float) -> nn.Module:
+    row = b.spec
+    common = dict(act_layer=row.act, norm_layer=norm_layer, padding=arch.padding)
+    if row.kind == "cn":
+        return ConvBnActBlock(b.in_channels, b.out_channels, row.kernel_size, b.stride, **common)
+    if row.kind == "ds":
+        return DepthwiseSeparableBlock(
+            b.in_channels, b.out_channels, row.kernel_size, b.stride, pw_act=row.pw_act, use_skip=row.use_skip,
+            se_channels=arch.se.channels(b.in_channels, b.in_channels, row.se_ratio), se_layer=arch.se.layer,
+            xsep_padding=xsep_padding, drop_path_rate=drop_path_rate, **common)
+    mid = make_divisible(b.in_channels * row.exp_ratio, 8)
+    return InvertedResidual(
+        b.in_channels, mid, b.out_channels, row.kernel_size, b.stride, use_skip=row.use_skip,
+        se_channels=arch.se.channels(b.in_channels, mid, row.se_ratio), se_layer=arch.se.layer,
+        exp_kernels=(1,) * row.exp_groups, pwl_kernels=(1,) * row.pwl_groups, xsep_padding=xsep_padding,
+        drop_path_rate=drop_path_rate, **common)
+
+
+def build_stages(arch: ArchSpec, stem_channels: int, stem_stride: int, norm_layer,
+                 drop_path_rate: float = 0.0) -> tuple[list[nn.Sequential], list[dict]]:
+    """Decode ``arch.stages`` into ``nn.Sequential`` stages plus per-stage ``feature_info``.
+
+    XSepConv layers get their 2x2 padding directions from :func:`xsep_padding_schedule` over all
+    of the network's XSep layers in order (XSepConv paper, Sec. 3.2). Drop-path rates grow
+    linearly with depth (EfficientNet's schedule).
+    """
+    blocks = _expand(arch, stem_channels)
+    schedule = iter(xsep_padding_schedule(sum(b.xsep for b in blocks)))
+    stages: list[list[nn.Module]] = [[] for _ in arch.stages]
+    for i, b in enumerate(blocks):
+        dpr = drop_path_rate * i / max(len(blocks) - 1, 1)
+        stages[b.stage].append(_make_block(arch, b, norm_layer, next(schedule) if b.xsep else None, dpr))
+    info, reduction = [], stem_stride
+    for s, stage in enumerate(stages):
+        stage_blocks = [b for b in blocks if b.stage == s]
+        for b in stage_blocks:
+            reduction *= b.stride
+        info.append(dict(stage=s, module=f"blocks.{s}", channels=stage_blocks[-1].out_channels, reduction=reduction))
+    return [nn.Sequential(*stage) for stage in stages], info
+
+
+def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, name: str) -> None:
+    """Raise a ValueError naming the expected shape unless ``x`` is ``(N, in_chans, H, W)``, ``H, W >= min_size``."""
+    if x.dim() != 4 or x.shape[1] != in_chans or x.shape[-2] < min_size or x.shape[-1] < min_size:
+        raise ValueError(f"{name} expects input of shape (N, {in_chans}, H, W) with H, W >= {min_size}, "
+                         f"got {tuple(x.shape)}")
+
+
+class MobileNet(nn.Module):
+    """One network class for every family in the zoo: stem -> stages of blocks -> head.
+
+    The model contract: ``forward(x) = forward_head(forward_features(x))``;
+    ``forward_features`` returns the last feature map (for a ``"conv_bn"`` head, after the head
+    conv/BN/act, as timm does); ``forward_head(x, pre_logits=True)`` returns the
+    ``(N, num_features)`` vector fed to the classifier; ``reset_classifier(num_classes)``;
+    adaptive pooling, so any input side ``>= min_input_size`` works.
+
+    Args:
+        arch: the :class:`ArchSpec` to build.
+        num_classes: classifier outputs; 0 leaves the classifier an identity.
+        in_chans: input channels of the stem.
+        drop_rate: dropout before the classifier (default ``arch.drop_rate``).
+        drop_path_rate: stochastic depth on residual branches (0 by default).
+        name: registry name, used in error messages.
+    """
+
+    def __init__(self, arch: ArchSpec, num_classes: int = 1000, in_chans: int = 3, *, drop_rate: float | None = None,
+                 drop_path_rate: float = 0.0, name: str = "model") -> None:
+        super().__init__()
+        if not isinstance(in_chans, int) or isinstance(in_chans, bool) or in_chans < 1:
+            raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
+        self.arch, self.name, self.in_chans = arch, name, in_chans
+        self.min_input_size = arch.min_input_size
+        self.drop_rate = arch.drop_rate if drop_rate is None else float(drop_rate)
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        norm_layer = partial(nn.BatchNorm2d, eps=arch.bn_eps)
+        stem = arch.stem_channels if arch.fix_stem else round_channels(arch.stem_channels, arch.width_mult)
+        self.conv_stem = create_conv2d(in_chans, stem, 3, arch.stem_stride, padding=arch.padding)
+        self.bn1 = norm_layer(stem)
+        self.act1 = create_act(arch.stem_act, inplace=True)
+        stages, self.feature_info = build_stages(arch, stem, arch.stem_stride, norm_layer, drop_path_rate)
+        self.blocks = nn.Sequential(*stages)
+        self._build_head(arch.head, self.feature_info[-1]["channels"], norm_layer)
+        self.reset_classifier(num_classes)
+        init_weights(self)
+
+    def _build_head(self, head: HeadSpec, in_channels: int, norm_layer) -> None:
+        width = head.channels
+        if head.scale_with_width:
+            width = max(width, round_channels(width, self.arch.width_mult))
+        if head.kind == "conv_bn":
+            self.conv_head = create_conv2d(in_channels, width, 1, padding=self.arch.padding)
+            self.bn2 = norm_layer(width)
+            self.act2 = create_act(head.act, inplace=True)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        if head.kind == "pool_conv":
+            self.conv_head = nn.Conv2d(in_channels, width, 1, bias=True)
+            self.act2 = create_act(head.act, inplace=True)
+        self.flatten = nn.Flatten(1)
+        self.num_features = width if head.kind != "pool" else in_channels
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a fresh ``Linear(num_features, num_classes)`` (identity for 0)."""
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative integer (0 = no classifier), got {num_classes!r}")
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        if num_classes:
+            nn.init.normal_(self.classifier.weight, 0, 0.01)
+            nn.init.zeros_(self.classifier.bias)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_input(x, self.in_chans, self.min_input_size, self.name)
+        return self.act1(self.bn1(self.conv_stem(x)))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.forward_stem(x))
+        if self.arch.head.kind == "conv_bn":
+            x = self.act2(self.bn2(self.conv_head(x)))
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.arch.head.kind == "pool_conv":
+            x = self.act2(self.conv_head(x))
+        x = self.flatten(x)
+        if pre_logits:
+            return x
+        x = nn.functional.dropout(x, self.drop_rate, self.training)
+        return self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class FeatureListNet(nn.Module):
+    """Backbone form (``create_model(..., features_only=True)``): returns the four deepest feature levels.
+
+    For the ImageNet forms these are the stride-4/8/16/32 maps (for the 32x32 forms, stride 1/2/4/8),
+    each taken at the end of the last stage with that stride (timm's ``"bottleneck"`` location).
+    Shares the stem and blocks (and their names) with the classifier it was made from.
+
+    Attributes:
+        feature_info: per level ``dict(stage, module, channels, reduction)``.
+    """
+
+    def __init__(self, model: MobileNet, num_levels: int = 4) -> None:
+        super().__init__()
+        last_stage_of: dict[int, dict] = {}
+        for info in model.feature_info:
+            last_stage_of[info["reduction"]] = info
+        self.feature_info = [last_stage_of[r] for r in sorted(last_stage_of)][-num_levels:]
+        self.conv_stem, self.bn1, self.act1 = model.conv_stem, model.bn1, model.act1
+        depth = self.feature_info[-1]["stage"] + 1
+        self.blocks = nn.Sequential(*list(model.blocks)[:depth])
+        self._out_stages = [info["stage"] for info in self.feature_info]
+        self.name, self.in_chans, self.min_input_size = model.name, model.in_chans, model.min_input_size
+        self.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}))
+
+    @property
+    def channels(self) -> list[int]:
+        return [info["channels"] for info in self.feature_info]
+
+    @property
+    def reductions(self) -> list[int]:
+        return [info["reduction"] for info in self.feature_info]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        check_image_input(x, self.in_chans, self.min_input_size, self.name)
+        x = self.act1(self.bn1(self.conv_stem(x)))
+        features = []
+        for s, stage in enumerate(self.blocks):
+            x = stage(x)
+            if s in self._out_stages:
+                features.append(x)
+        return features
+
+
+def init_weights(model: nn.Module) -> None:
+    """He init (fan-out) for convs, BN to identity, as torchvision / timm initialise these families."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def stage_table(stages: Sequence[Sequence[BlockSpec]]) -> tuple[tuple[BlockSpec, ...], ...]:
+    """Freeze a nested list of rows into the tuple-of-tuples an :class:`ArchSpec` stores."""
+    return tuple(tuple(stage) for stage in stages)
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def model_cfg(input_size: int = 224, *, top1: float | None = None, macs: float | None = None,
+              params: float | None = None, source: str = "", mean: tuple = IMAGENET_MEAN,
+              std: tuple = IMAGENET_STD) -> dict:
+    """A ``pretrained_cfg`` dict: default resolution, normalisation and the paper's published figures.
+
+    ``paper_top1`` is ImageNet top-1 (%), ``paper_macs`` multiply-adds, ``paper_params`` parameters,
+    all as the cited paper table reports them (``None`` where it does not).
+    """
+    return dict(input_size=(3, input_size, input_size), mean=mean, std=std, paper_top1=top1, paper_macs=macs,
+                paper_params=params, paper=source)
+
+
+def build_model(name: str, arch: ArchSpec, cfg: dict, *, num_classes: int = 1000, in_chans: int = 3,
+                width_mult: float | None = None, drop_rate: float | None = None, drop_path_rate: float = 0.0,
+                **unknown) -> MobileNet:
+    """Build ``arch`` as a :class:`MobileNet` and attach its ``pretrained_cfg``.
+
+    ``width_mult`` overrides the table's multiplier (the paper figures in ``pretrained_cfg`` are then
+    dropped, since they no longer describe the model). Unknown options raise a ValueError.
+    """
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {sorted(unknown)}; accepted options are num_classes, in_chans, "
+                         f"pretrained, features_only, width_mult, drop_rate, drop_path_rate")
+    cfg = dict(cfg)
+    if width_mult is not None and width_mult != arch.width_mult:
+        if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or width_mult <= 0:
+            raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
+        arch = dataclasses.replace(arch, width_mult=float(width_mult))
+        cfg.update(paper_top1=None, paper_macs=None, paper_params=None)
+    model = MobileNet(arch, num_classes, in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate, name=name)
+    cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
+    cfg["min_input_size"] = arch.min_input_size
+    model.pretrained_cfg = cfg
+    return model

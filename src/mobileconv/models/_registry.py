@@ -1,0 +1,81 @@
+"""Model registry: ``register_model``, ``list_models``, ``create_model``.
+
+A family file registers one small function per name; the function takes ``num_classes``,
+``in_chans`` and keyword overrides and returns the model. No lookup through ``globals()``.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from os import PathLike
+
+from torch import nn
+
+ModelFn = Callable[..., nn.Module]
+_MODELS: dict[str, ModelFn] = {}
+
+
+def register_model(fn: ModelFn | None = None, *, name: str | None = None):
+    """Register ``fn`` under ``name`` (default: ``fn.__name__``); refuses a name already taken.
+
+    Usable as ``@register_model`` or ``@register_model(name="my_net")``. The function is called
+    as ``fn(num_classes=..., in_chans=..., **kwargs)`` and must return an ``nn.Module``.
+    """
+    def decorator(f: ModelFn) -> ModelFn:
+        key = name or f.__name__
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"model name must be a non-empty string, got {key!r}")
+        if key in _MODELS:
+            raise ValueError(f"a model named {key!r} is already registered ({_MODELS[key].__module__}); "
+                             f"choose another name")
+        _MODELS[key] = f
+        return f
+
+    return decorator(fn) if fn is not None else decorator
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted registered names matching the ``fnmatch`` pattern (``"mixnet_*"``, ``"*cifar"``)."""
+    return sorted(fnmatch.filter(_MODELS, pattern))
+
+
+def get_model_fn(name: str) -> ModelFn:
+    """The registered function for ``name``; a ValueError lists close names otherwise."""
+    if name not in _MODELS:
+        close = difflib.get_close_matches(str(name), list(_MODELS), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (list_models() gives all {len(_MODELS)} names)")
+    return _MODELS[name]
+
+
+def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3,
+                 pretrained: str | PathLike | None = None, features_only: bool = False, **kwargs) -> nn.Module:
+    """Build a registered model by name.
+
+    Args:
+        name: a name from :func:`list_models`.
+        num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
+        in_chans: input channels.
+        pretrained: path to a checkpoint (mobileconv safetensors, or a timm / torchvision
+            state_dict file), loaded by :func:`mobileconv.deploy.weights.load_pretrained`.
+        features_only: return a :class:`~mobileconv.models._builder.FeatureListNet` giving the
+            four deepest feature maps (stride 4/8/16/32 for ImageNet forms).
+        **kwargs: family options: ``drop_rate``, ``drop_path_rate``, ``width_mult``.
+
+    Example:
+        >>> model = create_model("mixnet_s", num_classes=10)
+        >>> model.num_features
+        1536
+    """
+    fn = get_model_fn(name)
+    model = fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if pretrained is not None:
+        from ..deploy.weights import load_pretrained
+
+        load_pretrained(model, pretrained)
+    if features_only:
+        from ._builder import FeatureListNet
+
+        model = FeatureListNet(model)
+    return model

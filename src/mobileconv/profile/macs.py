@@ -1,0 +1,77 @@
+"""Multiply-accumulate counting at the ATen level, attributed to the module that runs each op.
+
+Convention (SPEC.md, "Counting conventions"): MACs are the multiply-adds of convolution and
+matrix-multiply (linear) ops only; bias additions, normalisation, activations, pooling and
+other element-wise work count zero. With this convention one MAC is two of
+``torch.utils.flop_counter.FlopCounterMode``'s FLOPs, and the totals match the papers' "mult-adds"
+(MobileNetV1, Sec. 3.1; MixConv, Table 1).
+
+Counting happens in a ``TorchDispatchMode``, so it sees every convolution and matmul however it
+is called: ``nn.Conv2d``, ``F.conv2d`` with a fused weight, ``x @ w`` in a user's forward.
+The formulas here are written out independently of ``FlopCounterMode``, which the tests use as
+the oracle.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from math import prod
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+
+def conv_macs(args: tuple, out: torch.Tensor) -> int:
+    """``aten.convolution(input, weight, bias, stride, padding, dilation, transposed, ...)``.
+
+    A regular conv does ``(C_in / groups) * prod(kernel)`` multiply-adds per output element:
+    ``out.numel() * prod(weight.shape[1:])`` (weight is ``(C_out, C_in / g, *kernel)``).
+    A transposed conv scatters every *input* element through ``(C_out / g) * prod(kernel)``
+    weights (weight is ``(C_in, C_out / g, *kernel)``): ``x.numel() * prod(weight.shape[1:])``.
+    """
+    x, weight = args[0], args[1]
+    transposed = bool(args[6]) if len(args) > 6 else False
+    per_element = prod(weight.shape[1:])
+    return (x.numel() if transposed else out.numel()) * per_element
+
+
+def mm_macs(args: tuple, out: torch.Tensor) -> int:
+    """``mm(a, b)``, ``bmm(a, b)``: each output element is a dot product of length ``a.shape[-1]``."""
+    return out.numel() * args[0].shape[-1]
+
+
+def addmm_macs(args: tuple, out: torch.Tensor) -> int:
+    """``addmm(bias, a, b)`` / ``baddbmm(bias, a, b)``: the bias addition is not counted."""
+    return out.numel() * args[1].shape[-1]
+
+
+MAC_FORMULAS: dict[object, Callable[[tuple, torch.Tensor], int]] = {
+    aten.convolution: conv_macs,
+    aten._convolution: conv_macs,
+    aten.mm: mm_macs,
+    aten.bmm: mm_macs,
+    aten.addmm: addmm_macs,
+    aten.baddbmm: addmm_macs,
+}
+
+
+class MacCounter(TorchDispatchMode):
+    """Count conv / matmul MACs per "owner", the name on top of :attr:`owners` when the op runs.
+
+    The caller pushes and pops owner names (module hooks do it in :func:`summarize`); ops run
+    with an empty stack are charged to ``""``. ``macs[name]`` is the running total per owner.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.owners: list[str] = []
+        self.macs: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        formula = MAC_FORMULAS.get(func.overloadpacket)
+        if formula is not None:
+            owner = self.owners[-1] if self.owners else ""
+            self.macs[owner] = self.macs.get(owner, 0) + formula(args, out)
+        return out

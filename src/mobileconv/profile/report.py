@@ -1,0 +1,129 @@
+"""Summaries as rich tables, CSV and JSON, and the top-1 vs MACs plot of the model zoo."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .summary import ModelSummary
+
+LAYER_FIELDS = ("name", "type", "output_shape", "params", "macs", "activation_bytes")
+
+
+def human(value: float, unit: str = "") -> str:
+    """``4134606 -> "4.13M"``; bytes with ``unit="B"``: ``1572864 -> "1.57 MB"`` (SI prefixes)."""
+    for threshold, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= threshold:
+            return f"{value / threshold:.3g}{' ' if unit else ''}{prefix}{unit}"
+    return f"{value:g}{' ' + unit if unit else ''}"
+
+
+def _shape_text(shape) -> str:
+    if shape is None:
+        return "- (not called)"
+    if shape and isinstance(shape[0], list):
+        return ", ".join(_shape_text(s) for s in shape)
+    return "x".join(map(str, shape))
+
+
+def summary_table(summary: ModelSummary, title: str = ""):
+    """A ``rich.table.Table`` with one row per layer and a totals row."""
+    from rich.table import Table
+
+    size = "x".join(map(str, (summary.batch_size, *summary.input_size)))
+    table = Table(title=f"{title}  input {size}, {summary.dtype}" if title else f"input {size}, {summary.dtype}",
+                  show_footer=True, title_justify="left")
+    table.add_column("Layer", footer="Total")
+    table.add_column("Type")
+    table.add_column("Output shape")
+    table.add_column("Params", justify="right", footer=f"{summary.params:,} ({human(summary.params)})")
+    table.add_column("MACs", justify="right", footer=f"{summary.macs:,} ({human(summary.macs)})")
+    table.add_column("Activations", justify="right", footer=human(summary.activation_bytes, "B"))
+    for row in summary.layers:
+        name = row.name or "(model)"
+        calls = f" x{row.calls}" if row.calls > 1 else ""
+        table.add_row(name + calls, row.type, _shape_text(row.output_shape), f"{row.params:,}", f"{row.macs:,}",
+                      human(row.activation_bytes, "B"))
+    return table
+
+
+def summary_csv(summary: ModelSummary) -> str:
+    """One CSV line per layer (``LAYER_FIELDS``; shapes as ``1x16x112x112``), header first."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(LAYER_FIELDS)
+    for row in summary.layers:
+        writer.writerow([row.name, row.type, _shape_text(row.output_shape) if row.output_shape else "",
+                         row.params, row.macs, row.activation_bytes])
+    return buf.getvalue()
+
+
+def models_table(records: Sequence[dict]):
+    """A ``rich.table.Table`` of :func:`mobileconv.profile.zoo.profile_models` records."""
+    from rich.table import Table
+
+    table = Table(title="MACs and params counted by mobileconv (batch 1); top-1 and MACs as published",
+                  title_justify="left")
+    for header in ("Model", "Input", "Params", "MACs", "Paper MACs", "Paper top-1"):
+        table.add_column(header, justify="left" if header == "Model" else "right")
+    for r in records:
+        paper_macs = r.get("paper_macs")
+        top1 = r.get("paper_top1")
+        table.add_row(r["name"], "x".join(map(str, r["input_size"][1:])), human(r["params"]), human(r["macs"]),
+                      human(paper_macs) if paper_macs else "-", f"{top1:.1f}%" if top1 is not None else "-")
+    return table
+
+
+def plot_top1_vs_macs(records: Sequence[dict], path: str | os.PathLike) -> list[str]:
+    """Scatter the paper top-1 against the counted MACs, one labelled point per model; PNG.
+
+    Models without a published top-1 are left out. The file is written atomically (temporary
+    file in the same folder, then ``os.replace``).
+
+    Returns:
+        The names of the models plotted, in the order of ``records``.
+
+    Raises:
+        ValueError: ``path`` does not end in ``.png``, its folder does not exist, or no record
+            has a top-1.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"plot file must end in .png, got {str(path)!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"plot folder {str(path.parent)!r} does not exist")
+    points = [r for r in records if r.get("paper_top1") is not None]
+    if not points:
+        raise ValueError("none of the selected models has a published top-1, nothing to plot")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    try:
+        macs = [r["macs"] / 1e6 for r in points]
+        top1 = [r["paper_top1"] for r in points]
+        ax.scatter(macs, top1, s=28, color="tab:blue", zorder=3)
+        for r, x, y in zip(points, macs, top1):
+            ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel("MACs (millions, counted by mobileconv, batch 1)")
+        ax.set_ylabel("ImageNet top-1 (%, as published)")
+        ax.set_title("Accuracy against cost")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                fig.savefig(f, format="png")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    finally:
+        plt.close(fig)
+    return [r["name"] for r in points]

@@ -1,0 +1,105 @@
+"""Profiles of registered models: the figures behind ``mobileconv summary`` and ``mobileconv models``."""
+from __future__ import annotations
+
+import difflib
+
+from torch import nn
+
+from .summary import ModelSummary, summarize
+
+
+def check_model_name(name: str) -> None:
+    """Raise a one-line ``ValueError`` for a name that is not registered (with close matches)."""
+    import mobileconv
+
+    names = mobileconv.list_models()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "`mobileconv models` lists them"
+        raise ValueError(f"unknown model {name!r}; {hint}")
+
+
+def create_for_profile(name: str, width_mult: float | None = None) -> nn.Module:
+    """``create_model(name)`` (with ``width_mult`` when given) after checking the name and multiplier."""
+    import mobileconv
+
+    check_model_name(name)
+    if width_mult is None:
+        return mobileconv.create_model(name)
+    if not width_mult > 0:
+        raise ValueError(f"width multiplier must be a positive number, got {width_mult!r}")
+    try:
+        return mobileconv.create_model(name, width_mult=width_mult)
+    except TypeError as e:  # the family's builder has no width_mult argument
+        if "width_mult" not in str(e):
+            raise
+        raise ValueError(f"model {name!r} does not take a width multiplier (width_mult)") from e
+
+
+def min_input_size(model: nn.Module) -> int:
+    """The smallest input side ``model`` accepts: ``pretrained_cfg["min_input_size"]`` (the zoo sets it to the
+    output stride, 32 for ImageNet forms), else the output stride of ``forward_features`` measured at the
+    default resolution (224 -> 7 gives 32)."""
+    import torch
+
+    cfg = getattr(model, "pretrained_cfg", {})
+    if cfg.get("min_input_size"):
+        return int(cfg["min_input_size"])
+    size = tuple(cfg["input_size"])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            features = model.forward_features(torch.zeros(1, *size))
+    finally:
+        model.train(was_training)
+    return max(1, size[-1] // features.shape[-1])
+
+
+def summarize_registered(name: str, input_size: int | None = None, width_mult: float | None = None,
+                         batch_size: int = 1) -> ModelSummary:
+    """:func:`summarize` a registered model at ``input_size x input_size`` (default: its own resolution).
+
+    Raises:
+        ValueError: unknown model, a model without a width multiplier, or an input size that is not
+            a positive integer or is smaller than the model's output stride (below it the deepest
+            feature maps are made of padding only).
+    """
+    if input_size is not None and (not isinstance(input_size, int) or isinstance(input_size, bool) or input_size < 1):
+        raise ValueError(f"input size must be a positive integer (pixels), got {input_size!r}")
+    model = create_for_profile(name, width_mult)
+    default = tuple(model.pretrained_cfg["input_size"])
+    if input_size is None:
+        size = default
+    else:
+        size = (default[0], input_size, input_size)
+        smallest = min_input_size(model) if input_size < default[-1] else 1
+        if input_size < smallest:
+            raise ValueError(f"input size {input_size} is too small for {name}: it needs at least {smallest} pixels "
+                             f"(its output stride; below it the deepest feature maps are padding only)")
+    return summarize(model, size, batch_size)
+
+
+def profile_models(pattern: str = "*", progress: bool | None = None) -> list[dict]:
+    """Params and MACs of every registered model matching ``pattern``, at its default resolution.
+
+    Returns one dict per model: ``name``, ``input_size``, ``params``, ``macs`` (counted by
+    :func:`summarize`, batch 1) and the published ``paper_top1`` / ``paper_macs`` /
+    ``paper_params`` from ``model.pretrained_cfg`` (``None`` where unpublished).
+    ``progress=None`` shows a progress bar only on a terminal.
+    """
+    import mobileconv
+    from tqdm import tqdm
+
+    names = mobileconv.list_models(pattern)
+    if not names:
+        raise ValueError(f"no registered model matches {pattern!r}; `mobileconv models` lists them all")
+    records = []
+    for name in tqdm(names, desc="profiling", unit="model", disable=None if progress is None else not progress):
+        model = mobileconv.create_model(name)
+        cfg = model.pretrained_cfg
+        s = summarize(model, tuple(cfg["input_size"]))
+        records.append({"name": name, "input_size": list(s.input_size), "params": s.params, "macs": s.macs,
+                        "paper_top1": cfg.get("paper_top1"), "paper_macs": cfg.get("paper_macs"),
+                        "paper_params": cfg.get("paper_params")})
+    return records

@@ -1,0 +1,252 @@
+"""Checkpoint files: formats, wrappers, conventions, bad input, atomic writes (mobileconv.deploy.weights).
+
+A tiny module with timm's top-level names stands in for a model here; the real models are
+covered in tests/models/test_pretrained.py and tests/deploy/test_torchvision_map.py.
+"""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from mobileconv.deploy import weights
+from mobileconv.deploy.weights import load_pretrained, read_checkpoint, save_weights
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.conv_stem = nn.Conv2d(3, 4, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.classifier = nn.Linear(4, num_classes)
+
+
+class NotATensor:  # pickled into a .pth: weights_only loading must refuse it
+    pass
+
+
+def random_state(num_classes: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    state = {k: (torch.rand(v.shape, generator=g) + 0.5 if v.is_floating_point() else v + 3)
+             for k, v in TinyNet(num_classes).state_dict().items()}
+    return state
+
+
+def same_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    current = model.state_dict()
+    return current.keys() == state.keys() and all(torch.equal(current[k], state[k]) for k in state)
+
+
+def assert_untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    assert same_state(model, before), "a failed load changed the model"
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    return TinyNet()
+
+
+def test_safetensors_float16_is_upcast(model, tmp_path):
+    state = random_state()
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    path = tmp_path / "w.safetensors"
+    save_file(half, str(path))
+    assert load_pretrained(model, path) == "timm"
+    assert model.conv_stem.weight.dtype == torch.float32
+    assert same_state(model, {k: v.float() if v.is_floating_point() else v for k, v in half.items()})
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda s: s,
+    lambda s: {"state_dict": s, "epoch": 3, "arch": "tiny"},
+    lambda s: {"model": {f"module.{k}": v for k, v in s.items()}, "args": {"lr": 0.1}},
+    lambda s: {"state_dict_ema": s},
+], ids=["plain", "state_dict", "model+module.", "state_dict_ema"])
+def test_pth_wrappers_are_unwrapped(model, tmp_path, wrap):
+    state = random_state()
+    path = tmp_path / "w.pth"
+    torch.save(wrap(state), path)
+    load_pretrained(model, path)
+    assert same_state(model, state)
+
+
+def test_format_detected_from_contents_not_suffix(model, tmp_path):
+    state = random_state()
+    path = tmp_path / "weights.bin"
+    save_file(state, str(path))  # safetensors bytes under a .bin name
+    load_pretrained(model, path)
+    assert same_state(model, state)
+
+
+def test_num_batches_tracked_may_be_absent(model, tmp_path):
+    state = random_state()
+    path = tmp_path / "w.safetensors"
+    save_file({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, str(path))
+    kept = model.bn1.num_batches_tracked.clone()
+    load_pretrained(model, path)
+    assert torch.equal(model.bn1.num_batches_tracked, kept)
+    assert torch.equal(model.bn1.running_var, state["bn1.running_var"])
+
+
+def test_mobileconv_format_round_trip_keeps_bn_eps(tmp_path):
+    src = TinyNet()
+    src.load_state_dict(random_state())
+    src.bn1.eps = 1e-3
+    path = save_weights(src, tmp_path / "w.safetensors")
+    dst = TinyNet()
+    assert dst.bn1.eps == 1e-5
+    assert load_pretrained(dst, path) == "mobileconv"
+    assert dst.bn1.eps == 1e-3 and same_state(dst, src.state_dict())
+    _, metadata = read_checkpoint(path)
+    assert metadata["format"] == "mobileconv" and float(metadata["bn_eps"]) == 1e-3
+
+
+def test_plain_safetensors_of_state_dict_is_the_format(model, tmp_path):
+    """What ``safetensors.torch.save_file(model.state_dict(), path)`` writes loads as is."""
+    src = TinyNet()
+    src.load_state_dict(random_state(seed=3))
+    path = tmp_path / "plain.safetensors"
+    save_file(src.state_dict(), str(path))
+    load_pretrained(model, path)
+    assert same_state(model, src.state_dict())
+
+
+def test_num_classes_mismatch_is_explained_and_drop_head_keeps_head(model, tmp_path):
+    state = random_state(num_classes=1000)
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"1000 classes but the model has 5.*num_classes=1000.*--num-classes 1000"):
+        load_pretrained(model, path)
+    assert_untouched(model, before)
+    load_pretrained(model, path, drop_head=True)
+    assert torch.equal(model.conv_stem.weight, state["conv_stem.weight"])
+    assert torch.equal(model.classifier.weight, before["classifier.weight"])
+
+
+def test_model_without_classifier_ignores_checkpoint_head(tmp_path):
+    model = TinyNet()
+    model.classifier = nn.Identity()  # num_classes=0
+    state = random_state()
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    load_pretrained(model, path)
+    assert torch.equal(model.bn1.running_mean, state["bn1.running_mean"])
+
+
+def test_wrong_keys_and_shapes_are_listed_and_nothing_changes(model, tmp_path):
+    state = random_state()
+    state["conv_stem.weight"] = torch.zeros(8, 3, 3, 3)
+    state["extra.weight"] = torch.zeros(2)
+    del state["bn1.bias"]
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as info:
+        load_pretrained(model, path)
+    msg = str(info.value)
+    assert str(path) in msg
+    assert "missing keys (1): bn1.bias" in msg
+    assert "unexpected keys (1): extra.weight" in msg
+    assert "conv_stem.weight: checkpoint [8, 3, 3, 3] vs model [4, 3, 3, 3]" in msg
+    assert_untouched(model, before)
+
+
+def test_long_key_lists_are_truncated(model, tmp_path):
+    state = random_state()
+    state.update({f"junk.{i}": torch.zeros(1) for i in range(40)})
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(ValueError, match=r"unexpected keys \(40\):.*\.\.\. and 28 more"):
+        load_pretrained(model, path)
+
+
+def test_missing_file_names_the_path(model, tmp_path):
+    path = tmp_path / "nope.safetensors"
+    with pytest.raises(FileNotFoundError, match="nope.safetensors") as info:
+        load_pretrained(model, path)
+    assert info.value.filename == str(path)
+
+
+@pytest.mark.parametrize("make", ["truncated_safetensors", "truncated_pth", "text", "empty", "directory"])
+def test_bad_files_give_clear_errors(model, tmp_path, make):
+    state = random_state()
+    if make.startswith("truncated"):
+        path = tmp_path / ("w.safetensors" if make == "truncated_safetensors" else "w.pth")
+        save_file(state, str(path)) if path.suffix == ".safetensors" else torch.save(state, path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) * 2 // 3])
+    elif make == "text":
+        path = tmp_path / "notes.pth"
+        path.write_text("these are not weights\n")
+    elif make == "empty":
+        path = tmp_path / "empty.safetensors"
+        path.write_bytes(b"")
+    else:
+        path = tmp_path / "a_dir.pth"
+        path.mkdir()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as info:
+        load_pretrained(model, path)
+    msg = str(info.value)
+    assert str(path) in msg and "expected a checkpoint" in msg
+    assert_untouched(model, before)
+
+
+def test_pickled_objects_are_refused(model, tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": random_state(), "config": NotATensor()}, path)
+    with pytest.raises(ValueError, match=r"weights_only=True"):
+        load_pretrained(model, path)
+    path2 = tmp_path / "legacy.pth"
+    with open(path2, "wb") as f:
+        pickle.dump({"conv_stem.weight": NotATensor()}, f, protocol=2)
+    with pytest.raises(ValueError, match="legacy.pth"):
+        load_pretrained(model, path2)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ({"epoch": torch.tensor(1), "lr": 0.1}, "non-tensor entries"),
+    ({}, "empty mapping"),
+    ([torch.zeros(1)], "holds a list"),
+])
+def test_not_a_state_dict(model, tmp_path, content, expected):
+    path = tmp_path / "w.pth"
+    torch.save(content, path)
+    with pytest.raises(ValueError, match=expected):
+        load_pretrained(model, path)
+
+
+@pytest.mark.parametrize("value", [True, 3, None])
+def test_pretrained_must_be_a_path(model, value):
+    with pytest.raises(ValueError, match="path of a checkpoint file"):
+        read_checkpoint(value)
+
+
+def test_save_weights_is_atomic(tmp_path, monkeypatch):
+    model = TinyNet()
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"previous contents")
+
+    def failing_save(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_weights(model, path)
+    assert path.read_bytes() == b"previous contents"
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_checkpoint_num_classes():
+    assert weights.checkpoint_num_classes(random_state(num_classes=7)) == 7
+    tv = {"classifier.0.weight": torch.zeros(16, 8), "classifier.3.weight": torch.zeros(11, 16),
+          "classifier.3.bias": torch.zeros(11)}
+    assert weights.checkpoint_num_classes(tv) == 11
+    assert weights.checkpoint_num_classes({"conv_stem.weight": torch.zeros(1)}) is None

@@ -1,0 +1,162 @@
+"""mixify / xsepify on a registered model and on a hand-written one: counts by formula, function, training."""
+import pytest
+import torch
+from torch import nn
+
+import mobileconv
+from mobileconv.layers import MixConv2d, XSepConv2d, xsep_padding_schedule
+from mobileconv.models.convert_ops import ConvWithBias
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def depthwise_convs(model):
+    """(name, channels, kernel, stride) of every plain depthwise nn.Conv2d, read with plain PyTorch attributes."""
+    return [(n, m.in_channels, m.kernel_size[0], m.stride[0]) for n, m in model.named_modules()
+            if type(m) is nn.Conv2d and m.groups == m.in_channels == m.out_channels and m.groups > 1]
+
+
+def mix_weights(channels, kernel_sizes):
+    """MixConv weights by the paper's rule: equal split, remainder to the first group, sum c_i * k_i^2."""
+    g = len(kernel_sizes)
+    splits = [channels // g] * g
+    splits[0] += channels - sum(splits)
+    return sum(c * k * k for c, k in zip(splits, kernel_sizes))
+
+
+def xsep_params(channels, k):
+    """XSepConv per channel: 2x2 + 1xK + Kx1 weights (4 + 2K) and three BNs (2 parameters each)."""
+    return channels * (4 + 2 * k) + 3 * 2 * channels
+
+
+class TinyNet(nn.Module):
+    """A user's own model: depthwise convs as plain nn.Conv2d (one with a bias), and a dense conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)
+        self.dw5 = nn.Conv2d(12, 12, 5, padding=2, groups=12)  # bias=True (nn.Conv2d default)
+        self.act = nn.ReLU()
+        self.down = nn.Sequential(nn.Conv2d(12, 12, 3, stride=2, padding=1, groups=12, bias=False), nn.BatchNorm2d(12))
+        self.dw7 = nn.Conv2d(12, 12, 7, padding=3, groups=12, bias=False)
+        self.valid = nn.Conv2d(12, 12, 3, padding=0, groups=12, bias=False)  # not "same": left alone
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x):
+        x = self.dw7(self.down(self.act(self.dw5(self.stem(x)))))
+        return self.head(self.valid(x).mean((2, 3)))
+
+
+def test_mixify_mobilenetv2_counts_and_preserves_function():
+    torch.manual_seed(0)
+    model = mobileconv.create_model("mobilenetv2_100").eval()
+    convs = depthwise_convs(model)
+    assert len(convs) == 17 and all(k == 3 for _, _, k, _ in convs)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    expected = n_params(model) + sum(mix_weights(c, (3, 5, 7)) - c * k * k for _, c, k, _ in convs)
+    assert mobileconv.mixify(model, (3, 5, 7)) is model
+    assert n_params(model) == expected
+    mixed = {n: m for n, m in model.named_modules() if isinstance(m, MixConv2d)}
+    assert sorted(mixed) == sorted(n for n, *_ in convs)
+    for n, c, _, s in convs:
+        assert mixed[n].channels == c and mixed[n].stride == s
+    # every new kernel (3, 5, 7) >= the original 3x3: the zero-padded copies compute the same function
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+    model.train()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_mixify_hand_written_model():
+    torch.manual_seed(0)
+    model = TinyNet()
+    dw5 = model.dw5.weight.detach().clone()
+    bias = model.dw5.bias.detach().clone()
+    before = n_params(model)
+    mobileconv.mixify(model, (3, 5, 7))
+    assert isinstance(model.dw5, ConvWithBias) and isinstance(model.dw5.conv, MixConv2d)
+    assert isinstance(model.down[0], MixConv2d) and model.down[0].stride == 2
+    assert isinstance(model.dw7, MixConv2d)
+    assert type(model.valid) is nn.Conv2d and type(model.stem) is nn.Conv2d
+    assert n_params(model) == before + sum(mix_weights(12, (3, 5, 7)) - 12 * k * k for k in (5, 3, 7))
+    # weights: centre crop (3 < 5), copy (5), zero padding (7 > 5) of the original channels
+    g0, g1, g2 = model.dw5.conv
+    torch.testing.assert_close(g0.weight, dw5[0:4, :, 1:4, 1:4])
+    torch.testing.assert_close(g1.weight, dw5[4:8])
+    torch.testing.assert_close(g2.weight[:, :, 1:6, 1:6], dw5[8:12])
+    assert g2.weight[:, :, 0].abs().sum() == 0 and g2.weight[:, :, :, -1].abs().sum() == 0
+    torch.testing.assert_close(model.dw5.bias, bias)
+    out = model(torch.randn(2, 3, 20, 20))
+    assert out.shape == (2, 4)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_mixify_a_bare_depthwise_conv_and_exact_equivalence():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6, bias=False)
+    x = torch.randn(1, 6, 15, 15)
+    mixed = mobileconv.mixify(conv, (3, 5))
+    assert isinstance(mixed, MixConv2d)
+    torch.testing.assert_close(mixed(x), conv(x))
+
+
+def test_xsepify_mobilenetv2_counts_and_trains():
+    model = mobileconv.create_model("mobilenetv2_100")
+    convs = depthwise_convs(model)
+    before = n_params(model)
+    assert n_params(mobileconv.xsepify(model, min_kernel=5)) == before  # V2 has 3x3 kernels only
+    replaced = [(n, c, k) for n, c, k, s in convs if s == 1]
+    expected = before + sum(xsep_params(c, k) - c * k * k for _, c, k in replaced)
+    mobileconv.xsepify(model, min_kernel=3)
+    assert n_params(model) == expected
+    xseps = [(n, m) for n, m in model.named_modules() if isinstance(m, XSepConv2d)]
+    assert [n for n, _ in xseps] == [n for n, *_ in replaced]
+    assert [m.padding for _, m in xseps] == xsep_padding_schedule(len(replaced))
+    stride2 = [n for n, _, _, s in convs if s == 2]
+    assert all(type(model.get_submodule(n)) is nn.Conv2d for n in stride2)
+    out = model(torch.randn(2, 3, 32, 32))
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_xsepify_hand_written_model():
+    model = TinyNet()
+    before = n_params(model)
+    mobileconv.xsepify(model, min_kernel=5)
+    # dw5 (stride 1, K=5, with bias) and dw7 (K=7) become XSep; the stride-2 3x3 and the "valid" conv stay
+    assert isinstance(model.dw5, ConvWithBias) and isinstance(model.dw5.conv, XSepConv2d)
+    assert isinstance(model.dw7, XSepConv2d) and type(model.down[0]) is nn.Conv2d
+    assert [model.dw5.conv.padding, model.dw7.padding] == xsep_padding_schedule(2)
+    assert n_params(model) == before + xsep_params(12, 5) - 12 * 25 + xsep_params(12, 7) - 12 * 49
+    for bn in (model.dw7.bn1, model.dw7.bn2, model.dw7.bn3):  # inner BNs start as identity
+        assert torch.equal(bn.weight, torch.ones(12)) and torch.equal(bn.bias, torch.zeros(12))
+    out = model(torch.randn(2, 3, 20, 20))
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_xsepify_mobilenetv3_small_equals_the_registered_xsep_model():
+    converted = mobileconv.xsepify(mobileconv.create_model("mobilenetv3_small_100"))
+    registered = mobileconv.create_model("xsep_mobilenetv3_small_100")
+    assert n_params(converted) == n_params(registered)
+    assert {k: v.shape for k, v in converted.state_dict().items()} == \
+        {k: v.shape for k, v in registered.state_dict().items()}
+    # the paper's rule: stride-1 depthwise convs with K >= 5 become XSep, the stride-2 ones stay depthwise
+    plain = depthwise_convs(mobileconv.create_model("mobilenetv3_small_100"))
+    xsep = {n: m for n, m in registered.named_modules() if isinstance(m, XSepConv2d)}
+    assert sorted(xsep) == sorted(n for n, c, k, s in plain if s == 1 and k >= 5)
+    assert len(xsep) == 6
+    assert [m.padding for m in xsep.values()] == xsep_padding_schedule(6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="kernel_sizes"):
+        mobileconv.mixify(TinyNet(), (3, 4))
+    with pytest.raises(ValueError, match="min_kernel must be an integer >= 2"):
+        mobileconv.xsepify(TinyNet(), min_kernel=0)
