@@ -79,7 +79,7 @@ def mobilenet_v2(width: float = 1.0) -> Arch:
 
 
 def _block_layers(arch: Arch, b: Block) -> list[tuple[str, object]]:
-    """torchvision's children of one block, in order: ("cna", conv shape) / ("conv", shape) / ("bn", c) / ("se", ...)."""
+    """torchvision's children of one block in order: ("cna", conv shape), ("conv", shape), ("bn", c), ("se", ...)."""
     layers: list[tuple[str, object]] = []
     if b.exp != b.in_ch:
         layers.append(("cna", (b.exp, b.in_ch, 1, 1)))

@@ -19,7 +19,6 @@ CASES = {  # torchvision model -> (oracle arch, mobileconv name)
     "mobilenet_v3_large": (V3_LARGE, "mobilenetv3_large_100"),
     "mobilenet_v3_small": (V3_SMALL, "mobilenetv3_small_100"),
     "mobilenet_v2": (mobilenet_v2(1.0), "mobilenetv2_100"),
-    "mobilenet_v2_width1.4": (mobilenet_v2(1.4), "mobilenetv2_140"),
 }
 
 
@@ -61,7 +60,7 @@ def test_torchvision_checkpoint_of_other_family_is_refused():
     with pytest.raises(ValueError) as info:
         load_state_dict(model, make_state_dict(V3_LARGE), name="v3_large.pth")
     msg = str(info.value)
-    assert msg.startswith("v3_large.pth (torchvision checkpoint) does not fit the model")
+    assert msg.startswith("v3_large.pth (torchvision MobileNetV2/V3 layout) does not fit the model")
     assert "missing keys" in msg and "unexpected keys" in msg and "shape mismatch" in msg
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert {m.eps for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-5}

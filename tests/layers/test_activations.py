@@ -60,7 +60,7 @@ def _spec_make_divisible(v: float) -> int:
     return r + 8 if r < 0.9 * v else r
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.floats(min_value=0.5, max_value=5000, allow_nan=False))
 def test_make_divisible_formula(v):
     r = make_divisible(v)

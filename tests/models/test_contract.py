@@ -109,3 +109,4 @@ def test_features_only_strides(name):
             assert f.shape == (2, c, math.ceil(h / r), math.ceil(w / r))
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         model(torch.randn(1, 3, size, size))
+

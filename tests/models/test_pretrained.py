@@ -13,24 +13,23 @@ from mobileconv.deploy.weights import load_pretrained
 from mobileconv.layers import set_layer_impl
 from mobileconv.models import create_model
 
-# reference file stem -> mobileconv model name
-REFERENCES = {
-    "timm_mixnet_s": "mixnet_s",
-    "timm_mobilenetv3_large_100": "mobilenetv3_large_100",
-    "torchvision_mobilenet_v3_small": "mobilenetv3_small_100",
-}
 ATOL = 1e-4
-# The reference logits are float32 results of multi-threaded oneDNN convs with timm's split MixConv.
-# With logits of magnitude up to ~100, float32 summation order alone moves them by up to ~1e-3
-# (oneDNN picks other 1x1-conv kernels for 1 thread: 8e-4 for mobilenetv3_large_100; even the
-# float64 value is 6e-4 away). So the check evaluates in the same summation order: several
-# intra-op threads and the split ("reference") MixConv, which reproduces the timm references
-# exactly (max difference 0.0) and torchvision's to 1e-8.
-REFERENCE_THREADS = 2
+# The reference logits are float32. With logits of magnitude up to ~100, float32 summation order
+# alone moves them by up to ~1e-3: oneDNN picks other 1x1-conv kernels on 1 thread than on
+# several (8e-4 for mobilenetv3_large_100 on 1 thread; even its float64 value is 6e-4 away).
+# So each reference is evaluated in the summation order it was computed in: timm's on several
+# intra-op threads with the split ("reference") MixConv (difference 0.0), torchvision's on
+# 1 thread (difference 1e-8; the same on several).
+# reference file stem -> (mobileconv model name, intra-op threads)
+REFERENCES = {
+    "timm_mixnet_s": ("mixnet_s", 2),
+    "timm_mobilenetv3_large_100": ("mobilenetv3_large_100", 2),
+    "torchvision_mobilenet_v3_small": ("mobilenetv3_small_100", 1),
+}
 
 
-def reference_logits(model: torch.nn.Module, reference_dir, stem: str,
-                     threads: int = REFERENCE_THREADS) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_logits(model: torch.nn.Module, reference_dir, stem: str) -> tuple[torch.Tensor, torch.Tensor]:
+    threads = REFERENCES[stem][1]
     io = load_file(str(reference_dir / f"{stem}.io.safetensors"))
     set_layer_impl(model, "reference")
     previous = torch.get_num_threads()
@@ -44,7 +43,7 @@ def reference_logits(model: torch.nn.Module, reference_dir, stem: str,
 
 @pytest.mark.parametrize("stem", sorted(REFERENCES))
 def test_reference_logits_reproduce(reference_dir, stem):
-    model = create_model(REFERENCES[stem], pretrained=reference_dir / f"{stem}.safetensors")
+    model = create_model(REFERENCES[stem][0], pretrained=reference_dir / f"{stem}.safetensors")
     logits, expected = reference_logits(model, reference_dir, stem)
     assert logits.dtype == torch.float32
     err = (logits - expected).abs().max().item()
@@ -55,12 +54,12 @@ def test_convert_then_load_reproduces_reference(reference_dir, tmp_path, capsys)
     """torchvision -> mobileconv file -> create_model(pretrained=...) keeps the logits (and BN eps 1e-3)."""
     stem = "torchvision_mobilenet_v3_small"
     dst = tmp_path / "small.safetensors"
-    rc = cli_main(["convert", str(reference_dir / f"{stem}.safetensors"), str(dst), "--model", REFERENCES[stem]])
+    rc = cli_main(["convert", str(reference_dir / f"{stem}.safetensors"), str(dst), "--model", REFERENCES[stem][0]])
     assert rc == 0
     assert "torchvision" in capsys.readouterr().out
-    model = create_model(REFERENCES[stem], pretrained=dst)
+    model = create_model(REFERENCES[stem][0], pretrained=dst)
     assert {m.eps for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}
-    logits, expected = reference_logits(model, reference_dir, stem, threads=1)  # torchvision's: exact on 1 thread too
+    logits, expected = reference_logits(model, reference_dir, stem)
     assert (logits - expected).abs().max().item() < ATOL
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.safetensors"]  # no temp file left behind
 

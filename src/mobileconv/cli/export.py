@@ -1,6 +1,106 @@
-"""`mobileconv export` subcommands (placeholder until the owning issue lands)."""
+"""`mobileconv export`: a model (optionally with a checkpoint) -> a checked ONNX / TorchScript / .pt2 file."""
 from __future__ import annotations
 
+import argparse
+import sys
 
-def register(subparsers) -> None:  # noqa: D103 - filled in by the owning issue
-    pass
+SUFFIX_FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pt2": "exported-program"}
+
+
+def register(subparsers) -> None:
+    """Add the ``export`` subcommand."""
+    p = subparsers.add_parser(
+        "export", help="export a model to ONNX / TorchScript / torch.export, checked against PyTorch",
+        description="Build the model NAME (with the weights of --checkpoint: a mobileconv, timm or torchvision "
+                    "checkpoint), export it, load the file back (ONNX: onnxruntime; TorchScript: torch.jit.load; "
+                    "exported-program: torch.export.load), run it on random input and compare with PyTorch. "
+                    "The output is written only if max|a-b| / max(1, max|a|) <= --tolerance (a: PyTorch's "
+                    "logits), through a temporary file in the same directory; nothing is left on failure. "
+                    "BN is folded and MixConv fused first (optimize_for_inference).")
+    p.add_argument("name", metavar="NAME", help="model name (see `mobileconv models`)")
+    p.add_argument("--format", default=None, metavar="FORMAT",
+                   help="onnx, torchscript or exported-program (default: from the --out suffix: "
+                        ".onnx, .pt, .pt2)")
+    p.add_argument("--out", required=True, metavar="PATH", help="file to write (replaced if it exists)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="weights: mobileconv .safetensors, or a timm / torchvision state_dict (default: random init)")
+    p.add_argument("--num-classes", type=_positive_int, default=None, metavar="N",
+                   help="classes (default: the checkpoint classifier's, else 1000)")
+    p.add_argument("--input-size", type=_positive_int, default=None, metavar="N",
+                   help="export for N x N images (default: the model's, 224 or 32); ONNX and exported programs "
+                        "are static in H and W")
+    p.add_argument("--batch-size", type=_positive_int, default=2, metavar="N",
+                   help="batch of the export example and of the check (default 2)")
+    p.add_argument("--static-batch", action="store_true",
+                   help="fix the batch size at --batch-size (default: dynamic, checked at N and N + 1)")
+    p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset, 17 to 20 (default 17)")
+    p.add_argument("--no-optimize", dest="optimize", action="store_false",
+                   help="export the eval model as it is, without BN folding / operator fusion")
+    p.add_argument("--impl", default="fast", metavar="IMPL",
+                   help="with --no-optimize: MixConv / XSepConv implementation, fast (one depthwise conv, the "
+                        "default) or reference (split / conv per group / concat)")
+    p.add_argument("--tolerance", type=float, default=1e-4, metavar="T",
+                   help="largest accepted max|a-b| / max(1, max|a|) (default 1e-4)")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..deploy.export import check_format, check_opset, check_output_path, export_model
+
+    fmt = args.format if args.format is not None else _format_from_suffix(args.out)
+    check_format(fmt)
+    if fmt == "onnx":
+        check_opset(args.opset)
+    check_output_path(args.out)  # before the (slow) model build
+    model = _one_line_errors(build_model, args.name, args.checkpoint, args.num_classes)
+    result = export_model(model, args.out, fmt, input_size=args.input_size, batch_size=args.batch_size,
+                          dynamic_batch=not args.static_batch, opset=args.opset, optimize=args.optimize,
+                          impl=args.impl, tolerance=args.tolerance,
+                          log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"{args.name} -> {result.summary()}")
+    return 0
+
+
+def build_model(name: str, checkpoint: str | None = None, num_classes: int | None = None):
+    """``create_model(name)`` with the weights of ``checkpoint`` (its class count unless ``num_classes``)."""
+    from ..deploy.weights import checkpoint_num_classes, load_state_dict, read_checkpoint
+    from ..models import create_model
+
+    if checkpoint is None:
+        return create_model(name, num_classes=num_classes or 1000)
+    state_dict, metadata = read_checkpoint(checkpoint)
+    if num_classes is None:
+        num_classes = checkpoint_num_classes(state_dict) or 1000
+    model = create_model(name, num_classes=num_classes)
+    load_state_dict(model, state_dict, metadata, name=str(checkpoint))
+    return model
+
+
+def _format_from_suffix(out: str) -> str:
+    for suffix, fmt in SUFFIX_FORMATS.items():
+        if str(out).endswith(suffix):
+            return fmt
+    raise ValueError(f"cannot tell the format from --out {out!r}; pass --format onnx, torchscript or "
+                     f"exported-program (or use a .onnx / .pt / .pt2 file name)")
+
+
+def _one_line_errors(fn, *args):
+    """Call ``fn``; a multi-line ValueError / OSError message (a key listing) becomes one line with its headings."""
+    try:
+        return fn(*args)
+    except (ValueError, OSError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        if len(lines) <= 1:
+            raise
+        details = ", ".join(line.split(":")[0] for line in lines[1:])
+        raise ValueError(f"{lines[0]} ({details})") from e
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value

@@ -41,7 +41,7 @@ def run_summary(args: argparse.Namespace) -> int:
 
     summary = summarize_registered(args.name, args.input_size, args.width_mult, args.batch_size)
     if args.format == "json":
-        print(json.dumps({"model": args.name, **summary.to_dict()}, indent=1))
+        print(json.dumps({"model": args.name, **summary.to_dict()}, indent=2))
     elif args.format == "csv":
         sys.stdout.write(summary_csv(summary))
     else:
@@ -51,14 +51,17 @@ def run_summary(args: argparse.Namespace) -> int:
 
 def run_models(args: argparse.Namespace) -> int:
     from ..profile import plot_top1_vs_macs, profile_models
-    from ..profile.report import models_table
+    from ..profile.report import check_plot_path, models_table
 
+    if args.plot:
+        check_plot_path(args.plot)  # before the minutes of profiling
     records = profile_models(args.filter)
     plotted = plot_top1_vs_macs(records, args.plot) if args.plot else None
     if args.format == "json":
-        print(json.dumps(records, indent=1))
+        print(json.dumps(records, indent=2))
     else:
         _console().print(models_table(records))
     if plotted is not None:
+        sys.stdout.flush()
         print(f"plotted {len(plotted)} models with a published top-1 to {args.plot}", file=sys.stderr)
     return 0

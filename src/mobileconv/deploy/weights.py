@@ -43,6 +43,11 @@ WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 # prefixes added by DistributedDataParallel / DataParallel and torch.compile
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 HEAD_KEYS = ("classifier.weight", "classifier.bias")
+SOURCES = {  # detected source -> how error messages describe it
+    "mobileconv": "mobileconv checkpoint",
+    "timm": "keys named as in timm / mobileconv",
+    "torchvision": "torchvision MobileNetV2/V3 layout",
+}
 MAX_LISTED = 12
 EXPECTED = ("a checkpoint: a safetensors file of a model state_dict, or a PyTorch .pth/.pt/.bin state_dict "
             "(timm, torchvision or mobileconv)")
@@ -118,7 +123,10 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], me
     source = detect_source(state_dict, metadata)
     target = model.state_dict()
     if source == "torchvision":
-        mapped, unmapped = map_torchvision(dict(state_dict), list(target))
+        try:
+            mapped, unmapped = map_torchvision(dict(state_dict), list(target))
+        except ValueError as e:
+            raise ValueError(f"{name} ({SOURCES[source]}): {e}; the model was not changed") from e
     else:
         mapped, unmapped = {k: (k, v) for k, v in state_dict.items()}, []
     keep = HEAD_KEYS if drop_head else ()  # model keys that keep their values
@@ -276,7 +284,7 @@ def _check_fits(mapped: dict[str, tuple[str, torch.Tensor]], unmapped: list[str]
         raise ValueError(f"{name}: the checkpoint's classifier has {ckpt_classes} classes but the model has "
                          f"{model_classes}; create the model with num_classes={ckpt_classes} (CLI: --num-classes "
                          f"{ckpt_classes}), or load with drop_head=True to keep the model's own classifier")
-    lines = [f"{name} ({source} checkpoint) does not fit the model; the model was not changed."]
+    lines = [f"{name} ({SOURCES[source]}) does not fit the model; the model was not changed."]
     for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
         if items:
             shown = items[:MAX_LISTED]

@@ -13,7 +13,6 @@ with ``in`` the (scaled) block input width.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -252,8 +251,9 @@ def build_stages(arch: ArchSpec, stem_channels: int, stem_stride: int, norm_laye
 def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, name: str) -> None:
     """Raise a ValueError naming the expected shape unless ``x`` is ``(N, in_chans, H, W)``, ``H, W >= min_size``."""
     if x.dim() != 4 or x.shape[1] != in_chans or x.shape[-2] < min_size or x.shape[-1] < min_size:
+        shape = ", ".join([str(s) for s in x.shape])
         raise ValueError(f"{name} expects input of shape (N, {in_chans}, H, W) with H, W >= {min_size}, "
-                         f"got {tuple(x.shape)}")
+                         f"got ({shape})")
 
 
 class MobileNet(nn.Module):
@@ -280,6 +280,7 @@ class MobileNet(nn.Module):
         if not isinstance(in_chans, int) or isinstance(in_chans, bool) or in_chans < 1:
             raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
         self.arch, self.name, self.in_chans = arch, name, in_chans
+        self.head_kind = arch.head.kind
         self.min_input_size = arch.min_input_size
         self.drop_rate = arch.drop_rate if drop_rate is None else float(drop_rate)
         if not 0.0 <= self.drop_rate < 1.0:
@@ -299,6 +300,8 @@ class MobileNet(nn.Module):
         width = head.channels
         if head.scale_with_width:
             width = max(width, round_channels(width, self.arch.width_mult))
+        # Unused head layers are identities, so that every head has the same (scriptable) attributes.
+        self.conv_head, self.bn2, self.act2 = nn.Identity(), nn.Identity(), nn.Identity()
         if head.kind == "conv_bn":
             self.conv_head = create_conv2d(in_channels, width, 1, padding=self.arch.padding)
             self.bn2 = norm_layer(width)
@@ -326,13 +329,13 @@ class MobileNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.forward_stem(x))
-        if self.arch.head.kind == "conv_bn":
+        if self.head_kind == "conv_bn":
             x = self.act2(self.bn2(self.conv_head(x)))
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
-        if self.arch.head.kind == "pool_conv":
+        if self.head_kind == "pool_conv":
             x = self.act2(self.conv_head(x))
         x = self.flatten(x)
         if pre_logits:
@@ -354,6 +357,8 @@ class FeatureListNet(nn.Module):
     Attributes:
         feature_info: per level ``dict(stage, module, channels, reduction)``.
     """
+
+    __jit_unused_properties__ = ["channels", "reductions"]
 
     def __init__(self, model: MobileNet, num_levels: int = 4) -> None:
         super().__init__()
@@ -399,25 +404,21 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def stage_table(stages: Sequence[Sequence[BlockSpec]]) -> tuple[tuple[BlockSpec, ...], ...]:
-    """Freeze a nested list of rows into the tuple-of-tuples an :class:`ArchSpec` stores."""
-    return tuple(tuple(stage) for stage in stages)
-
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 def model_cfg(input_size: int = 224, *, top1: float | None = None, macs: float | None = None,
-              params: float | None = None, source: str = "", mean: tuple = IMAGENET_MEAN,
-              std: tuple = IMAGENET_STD) -> dict:
+              params: float | None = None, source: str = "", dataset: str = "imagenet",
+              mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> dict:
     """A ``pretrained_cfg`` dict: default resolution, normalisation and the paper's published figures.
 
-    ``paper_top1`` is ImageNet top-1 (%), ``paper_macs`` multiply-adds, ``paper_params`` parameters,
-    all as the cited paper table reports them (``None`` where it does not).
+    ``paper_top1`` is top-1 accuracy (%) on ``paper_dataset``, ``paper_macs`` multiply-adds,
+    ``paper_params`` parameters, all as the cited paper table reports them (``None`` where it does not).
     """
     return dict(input_size=(3, input_size, input_size), mean=mean, std=std, paper_top1=top1, paper_macs=macs,
-                paper_params=params, paper=source)
+                paper_params=params, paper_dataset=dataset, paper=source)
 
 
 def build_model(name: str, arch: ArchSpec, cfg: dict, *, num_classes: int = 1000, in_chans: int = 3,

@@ -11,6 +11,7 @@ from pathlib import Path
 from .summary import ModelSummary
 
 LAYER_FIELDS = ("name", "type", "output_shape", "params", "macs", "activation_bytes")
+DATASET_NAMES = {"imagenet": "ImageNet", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
 def human(value: float, unit: str = "") -> str:
@@ -61,27 +62,49 @@ def summary_csv(summary: ModelSummary) -> str:
     return buf.getvalue()
 
 
+def _top1_text(record: dict) -> str:
+    if record.get("paper_top1") is None:
+        return "-"
+    dataset = _dataset(record)
+    return f"{record['paper_top1']:.1f}%" + ("" if dataset == "imagenet" else f" ({DATASET_NAMES.get(dataset, dataset)})")
+
+
 def models_table(records: Sequence[dict]):
     """A ``rich.table.Table`` of :func:`mobileconv.profile.zoo.profile_models` records."""
     from rich.table import Table
 
-    table = Table(title="MACs and params counted by mobileconv (batch 1); top-1 and MACs as published",
-                  title_justify="left")
+    table = Table(caption="params, MACs: counted at the model's input size, batch 1; paper columns: as published",
+                  caption_justify="left")
     for header in ("Model", "Input", "Params", "MACs", "Paper MACs", "Paper top-1"):
         table.add_column(header, justify="left" if header == "Model" else "right")
     for r in records:
         paper_macs = r.get("paper_macs")
-        top1 = r.get("paper_top1")
         table.add_row(r["name"], "x".join(map(str, r["input_size"][1:])), human(r["params"]), human(r["macs"]),
-                      human(paper_macs) if paper_macs else "-", f"{top1:.1f}%" if top1 is not None else "-")
+                      human(paper_macs) if paper_macs else "-", _top1_text(r))
     return table
 
 
-def plot_top1_vs_macs(records: Sequence[dict], path: str | os.PathLike) -> list[str]:
-    """Scatter the paper top-1 against the counted MACs, one labelled point per model; PNG.
+def check_plot_path(path: str | os.PathLike) -> Path:
+    """A ``.png`` path in an existing folder, or a ValueError saying what is wrong."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"plot file must end in .png, got {str(path)!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"plot folder {str(path.parent)!r} does not exist")
+    return path
 
-    Models without a published top-1 are left out. The file is written atomically (temporary
-    file in the same folder, then ``os.replace``).
+
+def _dataset(record: dict) -> str:
+    return record.get("paper_dataset") or "imagenet"
+
+
+def plot_top1_vs_macs(records: Sequence[dict], path: str | os.PathLike) -> list[str]:
+    """Scatter the published top-1 against the counted MACs, one labelled point per model; PNG.
+
+    Models without a published top-1 are left out. Accuracies on different datasets
+    (``paper_dataset``: ImageNet, CIFAR-10...) go to separate panels; models at the same point
+    (``mixnet_s`` and ``tf_mixnet_s``) share one label. The file is written atomically
+    (temporary file in the same folder, then ``os.replace``).
 
     Returns:
         The names of the models plotted, in the order of ``records``.
@@ -90,31 +113,33 @@ def plot_top1_vs_macs(records: Sequence[dict], path: str | os.PathLike) -> list[
         ValueError: ``path`` does not end in ``.png``, its folder does not exist, or no record
             has a top-1.
     """
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"plot file must end in .png, got {str(path)!r}")
-    if not path.parent.is_dir():
-        raise ValueError(f"plot folder {str(path.parent)!r} does not exist")
+    path = check_plot_path(path)
     points = [r for r in records if r.get("paper_top1") is not None]
     if not points:
         raise ValueError("none of the selected models has a published top-1, nothing to plot")
+    datasets = sorted({_dataset(r) for r in points}, key=lambda d: (d != "imagenet", d))
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(8 + 4 * (len(datasets) - 1), 5.5), dpi=120, squeeze=False)
     try:
-        macs = [r["macs"] / 1e6 for r in points]
-        top1 = [r["paper_top1"] for r in points]
-        ax.scatter(macs, top1, s=28, color="tab:blue", zorder=3)
-        for r, x, y in zip(points, macs, top1):
-            ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.set_xlabel("MACs (millions, counted by mobileconv, batch 1)")
-        ax.set_ylabel("ImageNet top-1 (%, as published)")
-        ax.set_title("Accuracy against cost")
-        ax.grid(True, alpha=0.3)
+        for ax, dataset in zip(axes[0], datasets):
+            labels: dict[tuple[float, float], list[str]] = {}
+            for r in points:
+                if _dataset(r) == dataset:
+                    labels.setdefault((r["macs"] / 1e6, r["paper_top1"]), []).append(r["name"])
+            xs, ys = zip(*labels)
+            ax.scatter(xs, ys, s=28, color="tab:blue", zorder=3)
+            for (x, y), names in labels.items():
+                ax.annotate(" / ".join(names), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.set_xlabel("MACs (millions, counted by mobileconv, batch 1)")
+            ax.set_ylabel(f"{DATASET_NAMES.get(dataset, dataset)} top-1 (%, as published)")
+            ax.set_title(f"Accuracy against cost: {DATASET_NAMES.get(dataset, dataset)}")
+            ax.grid(True, alpha=0.3)
+            ax.margins(x=0.2, y=0.1)  # room for the labels
         fig.tight_layout()
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:

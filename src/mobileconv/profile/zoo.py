@@ -85,7 +85,8 @@ def profile_models(pattern: str = "*", progress: bool | None = None) -> list[dic
 
     Returns one dict per model: ``name``, ``input_size``, ``params``, ``macs`` (counted by
     :func:`summarize`, batch 1) and the published ``paper_top1`` / ``paper_macs`` /
-    ``paper_params`` from ``model.pretrained_cfg`` (``None`` where unpublished).
+    ``paper_params`` from ``model.pretrained_cfg`` (``None`` where unpublished), with the
+    ``paper_dataset`` the top-1 is measured on (``"imagenet"`` unless the config says otherwise).
     ``progress=None`` shows a progress bar only on a terminal.
     """
     import mobileconv
@@ -101,5 +102,5 @@ def profile_models(pattern: str = "*", progress: bool | None = None) -> list[dic
         s = summarize(model, tuple(cfg["input_size"]))
         records.append({"name": name, "input_size": list(s.input_size), "params": s.params, "macs": s.macs,
                         "paper_top1": cfg.get("paper_top1"), "paper_macs": cfg.get("paper_macs"),
-                        "paper_params": cfg.get("paper_params")})
+                        "paper_params": cfg.get("paper_params"), "paper_dataset": cfg.get("paper_dataset", "imagenet")})
     return records

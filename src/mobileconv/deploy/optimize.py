@@ -1,0 +1,248 @@
+"""Inference-time rewrites: BatchNorm folding, MixConv / XSepConv as plain convs, channels_last.
+
+BN folding (Ioffe & Szegedy 2015, Eq. of the inference transform): in eval mode
+``BN(conv(x)) = gamma * (W*x + b - mu) / sqrt(var + eps) + beta``, which is one conv with
+``W' = W * s`` and ``b' = (b - mu) * s + beta``, ``s = gamma / sqrt(var + eps)`` (per output channel).
+
+MixConv (MixConv paper, Sec. 3, Eq. 2) is a depthwise conv whose per-group kernels are centred
+in the largest one (:meth:`mobileconv.layers.MixConv2d.fused_weight`), so once its BN is folded it
+is one ``nn.Conv2d(groups=C)`` with bias: the split / per-kernel conv / concat disappears. The
+XSepConv 2x2 conv becomes a pad-1 3x3 depthwise conv and each of its three BNs folds into its conv.
+
+Conv -> BN pairs are found from the data flow of one forward pass on a small example input (a BN
+is folded into the conv whose output tensor it receives), not from module names, and the result
+is checked against the eval-mode model on that input.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..layers import Conv2dSame, GroupedConv2d, MixConv2d, XSepConv2d, set_layer_impl
+
+# The example input used to trace the data flow when the caller gives none.
+DEFAULT_TRACE_SIZE = 64
+# Output of the optimised model vs the eval-mode model, relative to the output scale.
+VERIFY_RTOL = 1e-4
+_BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | None = None,
+                           channels_last: bool = True, verify: bool = True) -> nn.Module:
+    """An inference copy of ``model``: eval mode, BN folded, MixConv / XSepConv fused, channels_last.
+
+    The input model is not changed. The copy keeps the model contract (``forward``,
+    ``forward_features``, ``forward_head``...), accepts plain NCHW input (the first conv's
+    channels_last weight makes every later activation channels_last) and returns the same logits
+    within ``1e-4`` of the output scale. Its parameters do not require grad, so no autograd
+    graph is recorded; call it under ``torch.inference_mode()`` for the last few percent.
+
+    Rewrites, each measured by ``benchmarks/mixconv_speed.py`` (see README, section Speed):
+
+    * every ``MixConv2d`` -> one depthwise ``nn.Conv2d`` (kernels zero-padded to the largest);
+    * every ``XSepConv2d`` -> ``3x3 dw -> act -> 1xK dw -> act -> Kx1 dw``, BNs folded;
+    * every ``GroupedConv2d`` with an even split -> one ``nn.Conv2d(groups=g)``; with an uneven
+      split its BN is folded into the per-group convs;
+    * every BN that directly follows a conv is folded into it and becomes ``nn.Identity``;
+    * weights in channels_last (``channels_last=False`` keeps NCHW).
+
+    Args:
+        model: any ``nn.Module`` built from ``torch.nn`` and ``mobileconv.layers``.
+        example_input: a batch to trace the conv -> BN data flow and to verify the result with;
+            default ``zeros(2, in_chans, 64, 64)`` (``model.in_chans``, else 3).
+        channels_last: store the conv weights in channels_last.
+        verify: compare the result with the eval-mode model on ``example_input`` and raise
+            ``RuntimeError`` if they differ by more than ``1e-4`` of the output scale.
+
+    Example:
+        >>> fast = optimize_for_inference(mobileconv.create_model("mixnet_s"))
+        >>> logits = fast(torch.randn(1, 3, 224, 224))
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    x = _example_input(model, example_input)
+    model = copy.deepcopy(model).eval()
+    expected = _forward(model, x) if verify else None
+    set_layer_impl(model, "fast")
+    fuse_operators(model)
+    fold_batchnorms(model, x)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if verify:
+        _verify(expected, _forward(model, x))
+    return model
+
+
+def fuse_operators(model: nn.Module) -> nn.Module:
+    """Replace MixConv / XSepConv / evenly split grouped convs by plain convs, in place (eval-mode maths)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, MixConv2d):
+            _replace(model, name, mixconv_as_conv(module))
+        elif isinstance(module, XSepConv2d):
+            _replace(model, name, xsepconv_as_sequential(module))
+        elif isinstance(module, GroupedConv2d) and module.single_conv:
+            _replace(model, name, grouped_as_conv(module))
+        elif isinstance(module, GroupedConv2d):
+            module.impl = "reference"  # split / concat; its BN is folded into the per-group convs
+    return model
+
+
+def mixconv_as_conv(mixconv: MixConv2d) -> nn.Conv2d:
+    """One depthwise conv with the MixConv's fused ``(C, 1, K, K)`` weight (TF SAME padding kept)."""
+    c, k, s = mixconv.channels, mixconv.max_kernel, mixconv.stride
+    if mixconv.padding == "tf" and s > 1:  # for stride 1 and odd K, TF SAME is symmetric
+        conv = Conv2dSame(c, c, k, s, groups=c, bias=False)
+    else:
+        conv = nn.Conv2d(c, c, k, s, padding=(k - 1) // 2, groups=c, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(mixconv.fused_weight())
+    return conv.to(mixconv[0].weight)
+
+
+def xsepconv_as_sequential(xsep: XSepConv2d) -> nn.Sequential:
+    """``XSepConv2d`` as a ``Sequential``: its 2x2 conv as a pad-1 3x3 depthwise conv (any padding direction)."""
+    c = xsep.channels
+    conv_2x2 = nn.Conv2d(c, c, 3, 1, padding=1, groups=c, bias=xsep.conv_2x2.bias is not None)
+    with torch.no_grad():
+        conv_2x2.weight.copy_(xsep.embedded_2x2_weight())
+        if conv_2x2.bias is not None:
+            conv_2x2.bias.copy_(xsep.conv_2x2.bias)
+    return nn.Sequential(conv_2x2.to(xsep.conv_2x2.weight), xsep.bn1, xsep.act1, xsep.conv_1xk, xsep.bn2, xsep.act2,
+                         xsep.conv_kx1, xsep.bn3)
+
+
+def grouped_as_conv(grouped: GroupedConv2d) -> nn.Conv2d:
+    """An evenly split ``GroupedConv2d`` (same kernel per group) as one ``nn.Conv2d(groups=g)``."""
+    if not grouped.single_conv:
+        raise ValueError("grouped_as_conv needs an even split and one kernel size "
+                         f"(got in_splits={grouped.in_splits}, out_splits={grouped.out_splits}, "
+                         f"kernel_sizes={grouped.kernel_sizes})")
+    first, k = grouped[0], grouped.kernel_sizes[0]
+    conv = nn.Conv2d(grouped.in_channels, grouped.out_channels, k, grouped.stride, padding=(k - 1) // 2,
+                     groups=len(grouped), bias=first.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(torch.cat([c.weight for c in grouped], 0))
+        if conv.bias is not None:
+            conv.bias.copy_(torch.cat([c.bias for c in grouped], 0))
+    return conv.to(first.weight)
+
+
+@torch.no_grad()
+def fold_batchnorms(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
+    """Fold every eval-mode BN that receives a conv's output into that conv, in place.
+
+    The pairs come from one forward pass on ``example_input``: a BN is folded when its input is
+    the very tensor a ``nn.Conv2d`` (or ``GroupedConv2d``) returned. Folded BNs become
+    ``nn.Identity``. BNs without running statistics (they normalise with batch statistics even
+    in eval mode) are left alone.
+
+    Returns:
+        The ``(conv_name, bn_name)`` pairs that were folded.
+    """
+    pairs = trace_conv_bn_pairs(model, example_input)
+    for conv_name, bn_name in pairs:
+        _fold(model.get_submodule(conv_name), model.get_submodule(bn_name))
+        _replace(model, bn_name, nn.Identity())
+    return pairs
+
+
+@torch.no_grad()
+def trace_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
+    """``(conv_name, bn_name)`` for every foldable BN whose input is a conv's output tensor."""
+    produced: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) -> (conv name, output kept alive)
+    pairs: dict[str, str] = {}
+    handles = []
+
+    def record_conv(name):
+        def hook(module, args, output):
+            produced[id(output)] = (name, output)
+        return hook
+
+    def record_bn(name):
+        def hook(module, args):
+            hit = produced.get(id(args[0]))
+            if hit is not None and hit[1] is args[0]:
+                pairs.setdefault(name, hit[0])
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, GroupedConv2d)):
+            handles.append(module.register_forward_hook(record_conv(name)))
+        elif isinstance(module, _BATCHNORMS) and _foldable(module):
+            handles.append(module.register_forward_pre_hook(record_bn(name)))
+    was_training = model.training
+    try:
+        model.eval()(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    convs = [conv for conv in pairs.values()]
+    shared = {c for c in convs if convs.count(c) > 1}
+    return [(conv, bn) for bn, conv in pairs.items() if conv not in shared]
+
+
+def _foldable(bn: nn.Module) -> bool:
+    return bn.running_mean is not None and bn.running_var is not None
+
+
+def _fold(conv: nn.Module, bn: nn.Module) -> None:
+    """``W' = W * s``, ``b' = (b - mu) * s + beta`` with ``s = gamma / sqrt(var + eps)``."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    pieces = list(conv) if isinstance(conv, GroupedConv2d) else [conv]
+    start = 0
+    for piece in pieces:
+        n = piece.out_channels
+        s, b = scale[start:start + n], shift[start:start + n]
+        w = piece.weight
+        bias = piece.bias if piece.bias is not None else torch.zeros_like(s)
+        piece.weight = nn.Parameter((w * s.reshape(-1, *[1] * (w.dim() - 1))).to(w.dtype), w.requires_grad)
+        piece.bias = nn.Parameter((bias * s + b).to(w.dtype), w.requires_grad)
+        start += n
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _example_input(model: nn.Module, example_input: torch.Tensor | None) -> torch.Tensor:
+    if example_input is not None:
+        if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+            raise ValueError("example_input must be a 4-d tensor (N, C, H, W), got "
+                             f"{getattr(example_input, 'shape', type(example_input).__name__)}")
+        return example_input
+    ref = next(model.parameters(), None)
+    in_chans = getattr(model, "in_chans", 3)
+    kwargs = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    return torch.zeros(2, in_chans, DEFAULT_TRACE_SIZE, DEFAULT_TRACE_SIZE, **kwargs).normal_(
+        generator=torch.Generator(kwargs.get("device", "cpu")).manual_seed(0))
+
+
+@torch.no_grad()
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+def _verify(expected, got) -> None:
+    """Compare outputs (a tensor, or a list / tuple of them for ``features_only`` models)."""
+    if isinstance(expected, (list, tuple)) and isinstance(got, (list, tuple)) and len(expected) == len(got):
+        for e, g in zip(expected, got):
+            _verify(e, g)
+        return
+    if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        raise RuntimeError("optimize_for_inference changed the output's shape or type; please report this model")
+    scale = expected.abs().max().clamp_min(1e-12)
+    err = (got - expected).abs().max()
+    if not torch.isfinite(err) or err > VERIFY_RTOL * scale:
+        raise RuntimeError(f"optimize_for_inference changed the output: max abs diff {err.item():.3g} "
+                           f"> {VERIFY_RTOL} x output scale {scale.item():.3g}; please report this model")
