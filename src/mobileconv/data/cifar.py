@@ -16,6 +16,7 @@ Layouts (as unpacked from the official archives, https://www.cs.toronto.edu/~kri
 """
 from __future__ import annotations
 
+import codecs
 import io
 import pickle
 from dataclasses import dataclass
@@ -25,12 +26,14 @@ import numpy as np
 
 IMAGE_BYTES = 3 * 32 * 32
 
-# (module, name) pairs a CIFAR python pickle needs: ndarray reconstruction and dtypes, nothing else.
+# (module, name) pairs a CIFAR python pickle needs: ndarray reconstruction and dtypes (and the
+# str -> bytes step of Python 3 protocol-2 pickles), nothing else.
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
 # numpy's array-rebuilding function (numpy.core in NumPy 1, numpy._core in NumPy 2), as ndarray pickles name it
 _NUMPY_RECONSTRUCT = np.empty(0).__reduce__()[0]
@@ -72,16 +75,24 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR file")
         if name == "_reconstruct":
             return _NUMPY_RECONSTRUCT
+        if module == "_codecs":
+            return codecs.encode
         return getattr(np, name)
 
 
 def safe_unpickle(path: Path) -> object:
-    """Read a pickle holding only arrays and builtins (Python 2 pickles included); ValueError otherwise."""
+    """Read a pickle holding only arrays and builtins (Python 2 pickles included); ValueError otherwise.
+
+    Dict keys written as bytes (``b"data"``) are decoded, so both spellings read the same.
+    """
     try:
         with open(path, "rb") as f:
-            return RestrictedUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, TypeError, AttributeError) as e:
+            obj = RestrictedUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError) as e:
         raise ValueError(f"cannot read CIFAR file {path}: {e}") from None
+    if isinstance(obj, dict):
+        obj = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    return obj
 
 
 def find_layout(root: Path) -> tuple[Path, CifarLayout] | None:

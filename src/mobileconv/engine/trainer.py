@@ -161,10 +161,12 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> dict:
         NonFiniteLossError: the loss became NaN / inf; the last checkpoint (previous epoch) is kept.
     """
     env = init_distributed(config.device)
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         run = setup_run(config.validate(), env, Path(resume) if resume else None)
         return train_epochs(run)
     finally:
+        torch.use_deterministic_algorithms(deterministic_before)
         cleanup_distributed()
 
 

@@ -1,0 +1,117 @@
+"""`mobileconv export`: a checked export from a checkpoint, and one-line errors that leave nothing behind."""
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mobileconv.cli import build_parser, main
+
+from ._export_helpers import TOL, eager, make_model, ort_run, rel_err
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+REFERENCE_CHECKPOINT = "timm_mixnet_s.safetensors"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A mobilenetv1_025 with random BN statistics and 10 classes, saved as a plain safetensors state_dict."""
+    model = make_model("mobilenetv1_025", num_classes=10)
+    path = tmp_path_factory.mktemp("ckpt") / "mnv1.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model, path
+
+
+def test_export_from_checkpoint_writes_a_checked_onnx(checkpoint, tmp_path, capsys):
+    model, ckpt = checkpoint
+    out = tmp_path / "mnv1.onnx"
+    rc = main(["export", "mobilenetv1_025", "--checkpoint", str(ckpt), "--input-size", "32", "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["mnv1.onnx"]
+    printed = [float(v) for v in re.findall(r"max \|onnxruntime - pytorch\| = ([0-9.e+-]+)", stdout)]
+    assert len(printed) == 2 and max(printed) <= TOL  # batch 2 and batch 3 (dynamic batch)
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    logits = ort_run(out, x)
+    assert logits.shape == (5, 10)  # classes taken from the checkpoint
+    assert rel_err(eager(model, x), logits) <= TOL
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
+def test_other_formats_reload_and_match(fmt, checkpoint, tmp_path, capsys):
+    model, ckpt = checkpoint
+    out = tmp_path / ("m.pt" if fmt == "torchscript" else "m.pt2")
+    rc = main(["export", "mobilenetv1_025", "--checkpoint", str(ckpt), "--format", fmt, "--input-size", "32",
+               "--static-batch", "--out", str(out)])
+    assert rc == 0 and "max |reloaded program - pytorch|" in capsys.readouterr().out
+    program = torch.jit.load(str(out)) if fmt == "torchscript" else torch.export.load(str(out)).module()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert rel_err(eager(model, x), program(x)) <= TOL
+
+
+def _fails(argv, capsys, tmp_path, *expected):
+    """Run the CLI; expect exit 2, one stderr line naming the problem, and the directory unchanged."""
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("mobileconv export: error: "), err
+    for text in expected:
+        assert text in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    _fails(["export", "mobilenetv1_025", "--checkpoint", str(tmp_path / "none.safetensors"),
+            "--out", str(tmp_path / "m.onnx")], capsys, tmp_path, "not found", "none.safetensors")
+
+
+def test_mismatched_checkpoint(reference_dir, tmp_path, capsys):
+    _fails(["export", "mobilenetv1_025", "--checkpoint", str(reference_dir / REFERENCE_CHECKPOINT),
+            "--out", str(tmp_path / "m.onnx")], capsys, tmp_path, "does not fit", "missing keys")
+
+
+def test_not_a_checkpoint(tmp_path, capsys):
+    bogus = tmp_path / "notes.safetensors"
+    bogus.write_text("hello")
+    _fails(["export", "mobilenetv1_025", "--checkpoint", str(bogus), "--out", str(tmp_path / "m.onnx")],
+           capsys, tmp_path, "notes.safetensors")
+
+
+def test_unknown_format(tmp_path, capsys):
+    _fails(["export", "mobilenetv1_025", "--format", "tflite", "--out", str(tmp_path / "m.tflite")],
+           capsys, tmp_path, "'tflite'", "'onnx', 'torchscript', 'exported-program'")
+
+
+def test_format_not_given_and_not_in_the_suffix(tmp_path, capsys):
+    _fails(["export", "mobilenetv1_025", "--out", str(tmp_path / "model.bin")], capsys, tmp_path, "--format")
+
+
+@pytest.mark.parametrize("where", ["missing_dir", "file_as_dir"])
+def test_unwritable_output(where, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    parent = tmp_path / ("nope" if where == "missing_dir" else "a_file")
+    _fails(["export", "mobilenetv1_025", "--out", str(parent / "m.onnx")], capsys, tmp_path, "cannot write")
+
+
+def test_opset_below_17(tmp_path, capsys):
+    _fails(["export", "mobilenetv1_025", "--opset", "11", "--out", str(tmp_path / "m.onnx")], capsys, tmp_path,
+           "opset must be an integer from 17")
+
+
+def test_readme_export_commands_parse():
+    """Every `mobileconv export` / `bench` command in the README's deploy section is accepted by the parser."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("<!-- section:deploy -->")[1].split("<!-- /section:deploy -->")[0]
+    commands = [line.strip() for line in section.splitlines() if line.strip().startswith("mobileconv ")]
+    assert any(c.startswith("mobileconv export") for c in commands)
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command.split(" #")[0])[1:])
+        assert callable(args.func)
