@@ -23,11 +23,11 @@ def _randn(*shape, seed=1):
 # --- the tolerance measure ---------------------------------------------------------------------------
 
 def test_relative_error_is_absolute_below_one_and_relative_above():
-    small = torch.tensor([0.5, -0.25])
-    diff, rel = relative_error(small, small + torch.tensor([0.0, 1e-3]))
+    small = torch.tensor([0.5, -0.25], dtype=torch.float64)
+    diff, rel = relative_error(small, small + torch.tensor([0.0, 1e-3], dtype=torch.float64))
     assert diff == pytest.approx(1e-3) and rel == pytest.approx(1e-3)  # max|a| < 1: divided by 1
-    large = torch.tensor([40.0, -80.0])
-    diff, rel = relative_error(large, large + torch.tensor([2e-3, 0.0]))
+    large = torch.tensor([40.0, -80.0], dtype=torch.float64)
+    diff, rel = relative_error(large, large + torch.tensor([2e-3, 0.0], dtype=torch.float64))
     assert diff == pytest.approx(2e-3) and rel == pytest.approx(2e-3 / 80)
     assert relative_error(small, torch.tensor([float("nan"), 0.0]))[1] == float("inf")
     assert relative_error(small, torch.zeros(3))[1] == float("inf")  # shape mismatch never passes
@@ -86,25 +86,29 @@ def test_tf_padding_onnx_is_static_in_height_and_width(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["mixnet_s_cifar", "xsep_mobilenetv3_small_100_cifar"])
-def test_fast_and_reference_impls_both_export_and_fast_has_fewer_convs(name, tmp_path):
+def test_fast_and_reference_impls_both_export_and_fast_has_fewer_nodes(name, tmp_path):
     import onnx
 
     model = make_model(name)
     size = test_size(name)
     x = _randn(2, 3, size, size)
-    convs = {}
+    counts = {}
     for impl in ("fast", "reference"):
         path = tmp_path / f"{impl}.onnx"
         export_model(model, path, "onnx", input_size=size, optimize=False, impl=impl)
         assert rel_err(eager(model, x), ort_run(path, x)) <= TOL
-        convs[impl] = sum(n.op_type == "Conv" for n in onnx.load(str(path)).graph.node)
-    # fast: one conv per MixConv (not one per kernel size), one per evenly split grouped conv, and
-    # one 3x3 conv for the four padding directions of a "symmetric" XSepConv 2x2 layer
-    merged = sum(len(m.kernel_sizes) - 1 for m in model.modules() if isinstance(m, MixConv2d) and m.fusable)
-    merged += sum(len(m.kernel_sizes) - 1 for m in model.modules() if isinstance(m, GroupedConv2d) and m.single_conv)
-    merged += sum(len(m.splits) - 1 for m in model.modules() if isinstance(m, XSepConv2d))
-    assert merged > 0
-    assert convs["reference"] - convs["fast"] == merged
+        ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+        counts[impl] = {"Conv": ops.count("Conv"), "Pad": ops.count("Pad")}
+    # fast: one conv per MixConv (not one per kernel size) and per evenly split grouped conv; the
+    # XSepConv 2x2 conv (per padding direction: pad + 2x2 conv) becomes one pad-1 3x3 conv
+    mixconvs = [m for m in model.modules() if isinstance(m, MixConv2d) and m.fusable]
+    grouped = [m for m in model.modules() if isinstance(m, GroupedConv2d) and m.single_conv]
+    xseps = [m for m in model.modules() if isinstance(m, XSepConv2d)]
+    merged_convs = sum(len(m.kernel_sizes) - 1 for m in mixconvs + grouped) + sum(len(m.splits) - 1 for m in xseps)
+    removed_pads = sum(len(m.splits) for m in xseps)
+    assert merged_convs + removed_pads > 0
+    assert counts["reference"]["Conv"] - counts["fast"]["Conv"] == merged_convs
+    assert counts["reference"]["Pad"] - counts["fast"]["Pad"] == removed_pads
 
 
 def test_the_users_model_is_not_changed(tmp_path):

@@ -5,8 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mobileconv.layers import (ConvNormAct, GroupedConv2d, MixConv2d, SqueezeExcite, XSepConv2d,
-                               set_layer_impl)
+from mobileconv.layers import ConvNormAct, GroupedConv2d, MixConv2d, SqueezeExcite, XSepConv2d
 from mobileconv.profile import summarize
 
 from .oracles import flop_counter_macs, new_output_bytes

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `mobileconv summary ... | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
     except (ValueError, OSError, KeyError) as e:  # user errors: one line, no traceback
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"mobileconv {args.command}: error: {msg}", file=sys.stderr)

@@ -57,7 +57,7 @@ def run_export(args: argparse.Namespace) -> int:
                           dynamic_batch=not args.static_batch, opset=args.opset, optimize=args.optimize,
                           impl=args.impl, tolerance=args.tolerance,
                           log=lambda line: print(line, file=sys.stderr, flush=True))
-    print(f"{args.name} -> {result.summary()}")
+    print(result.summary(args.name))
     return 0
 
 

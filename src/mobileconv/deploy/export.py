@@ -100,15 +100,15 @@ class ExportResult:
     def max_abs_diff(self) -> float:
         return max(c.max_abs_diff for c in self.checks)
 
-    def summary(self) -> str:
+    def summary(self, name: str | None = None) -> str:
         """Human-readable lines: what was written and the measured agreement."""
         c, h, w = self.input_shape[1:]
-        batch = "N (dynamic)" if self.dynamic_batch else str(self.input_shape[0])
+        batch = "N" if self.dynamic_batch else str(self.input_shape[0])
         runner = "onnxruntime" if self.format == "onnx" else "reloaded program"
-        lines = [f"{self.format} via {self.method}, input {batch}x{c}x{h}x{w}, "
-                 f"BN folded: {'yes' if self.optimized else 'no'}"]
+        lines = [f"{name + ': ' if name else ''}{self.format} via {self.method}, input {batch}x{c}x{h}x{w}"
+                 f"{' (dynamic N)' if self.dynamic_batch else ''}, BN folded: {'yes' if self.optimized else 'no'}"]
         for chk in self.checks:
-            lines.append(f"check batch {chk.batch_size}: max |{runner} - pytorch| = {chk.max_abs_diff:.2e}, "
+            lines.append(f"check, batch {chk.batch_size}: max |{runner} - pytorch| = {chk.max_abs_diff:.2e}, "
                          f"relative {chk.rel_err:.2e} (tolerance {self.tolerance:.0e}, output scale "
                          f"{chk.output_scale:.3g})")
         lines += [f"note: {n}" for n in self.notes]
@@ -343,6 +343,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, f, *, opset: int = DEFA
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)  # strided weight slices
         with torch.no_grad():
             torch.onnx.export(model, (example,), f if not isinstance(f, Path) else str(f), dynamo=False,
                               opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -355,18 +356,19 @@ def export_onnx(model: nn.Module, example: torch.Tensor, f, *, opset: int = DEFA
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, *, notes: list[str] | None = None) -> str:
     """``torch.jit.script`` (keeps control flow: any input size), ``torch.jit.trace`` if scripting fails."""
-    try:
-        program = torch.jit.script(model)
-        method = "torch.jit.script"
-    except Exception as e:  # noqa: BLE001 - a user model that is not scriptable
-        if notes is not None:
-            notes.append(f"torch.jit.script failed ({_first_line(e)}); traced instead, "
-                         f"so the input size is fixed at the export size")
-        with warnings.catch_warnings():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)  # still the way to get TorchScript
+        try:
+            program = torch.jit.script(model)
+            method = "torch.jit.script"
+        except Exception as e:  # noqa: BLE001 - a user model that is not scriptable
+            if notes is not None:
+                notes.append(f"torch.jit.script failed ({_first_line(e)}); traced instead, "
+                             f"so the input size is fixed at the export size")
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             program = torch.jit.trace(model, example, check_trace=False)
-        method = "torch.jit.trace"
-    torch.jit.save(program, str(path))
+            method = "torch.jit.trace"
+        torch.jit.save(program, str(path))
     return method
 
 
@@ -386,7 +388,9 @@ def load_exported(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor],
 
             return OrtModel(path)
         if fmt == "torchscript":
-            return torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
+                return torch.jit.load(str(path), map_location="cpu")
         return torch.export.load(str(path)).module()
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"the exported {fmt} file could not be loaded back: {_first_line(e)}") from e

@@ -114,11 +114,11 @@ class TrainConfig:
             check(getattr(self, name) >= 1, name, ">= 1")
         for name in ("img_size", "max_train_samples", "max_val_samples"):
             check(getattr(self, name) is None or getattr(self, name) >= 1, name, ">= 1")
-        for name in ("lr", "min_lr", "warmup_epochs", "momentum", "opt_eps", "weight_decay", "mixup", "cutmix",
+        check(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr", "a finite number > 0")
+        for name in ("min_lr", "warmup_epochs", "momentum", "opt_eps", "weight_decay", "mixup", "cutmix",
                      "drop", "clip_grad", "color_jitter", "workers"):
             value = getattr(self, name)
             check(value is None or (math.isfinite(value) and value >= 0), name, "a finite number >= 0")
-        check(self.lr is None or self.lr > 0, "lr", "> 0")
         check(0 <= self.smoothing < 1, "smoothing", "in [0, 1)")
         check(0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
@@ -146,17 +146,21 @@ def coerce(f: dataclasses.Field, value, source: str):
     return value
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
+
+
 def _scalar(kind, value, where: str):
     if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{where} expects true or false, got {value!r}")
         return value
+    expected = f"{where} expects {_KIND_NAMES[kind]}, got {value!r}"
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{where} expects a {kind.__name__}, got {value!r}")
+        raise ValueError(expected)
     try:
         converted = kind(value)
     except ValueError:
-        raise ValueError(f"{where} expects a {kind.__name__}, got {value!r}") from None
+        raise ValueError(expected) from None
     if kind is int and isinstance(value, float) and value != converted:
         raise ValueError(f"{where} expects an integer, got {value!r}")
     return converted

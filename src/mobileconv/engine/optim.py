@@ -31,15 +31,15 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
     TF RMSProp with decay 0.9, momentum 0.9 and epsilon 1e-3 inside the square root, which is
     ``torch.optim.RMSprop(alpha=0.9, momentum=0.9, eps=sqrt(1e-3))`` up to where eps enters.
     """
+    if opt not in DEFAULT_LR:
+        raise ValueError(f"--opt must be one of {', '.join(DEFAULT_LR)}, got {opt!r}")
     groups = param_groups_weight_decay(model, weight_decay)
     eps = DEFAULT_EPS[opt] if eps is None else eps
     if opt == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if opt == "rmsprop":
         return torch.optim.RMSprop(groups, lr=lr, alpha=RMSPROP_DECAY, eps=eps, momentum=momentum)
-    if opt == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, eps=eps)
-    raise ValueError(f"--opt must be one of sgd, rmsprop, adamw, got {opt!r}")
+    return torch.optim.AdamW(groups, lr=lr, eps=eps)
 
 
 class WarmupCosine:

@@ -25,7 +25,8 @@ def _stride(stride) -> str:
 
 
 def _conv(m: nn.modules.conv._ConvNd) -> str:
-    text = f"{type(m).__name__} {'x'.join(map(str, m.kernel_size))}{_stride(m.stride)} {m.in_channels}->{m.out_channels}"
+    kernel = "x".join(map(str, m.kernel_size))
+    text = f"{type(m).__name__} {kernel}{_stride(m.stride)} {m.in_channels}->{m.out_channels}"
     if m.groups > 1:
         text += " dw" if m.groups == m.in_channels == m.out_channels else f" g={m.groups}"
     if any(d > 1 for d in m.dilation):

@@ -66,7 +66,8 @@ def _top1_text(record: dict) -> str:
     if record.get("paper_top1") is None:
         return "-"
     dataset = _dataset(record)
-    return f"{record['paper_top1']:.1f}%" + ("" if dataset == "imagenet" else f" ({DATASET_NAMES.get(dataset, dataset)})")
+    note = "" if dataset == "imagenet" else f" ({DATASET_NAMES.get(dataset, dataset)})"
+    return f"{record['paper_top1']:.1f}%{note}"
 
 
 def models_table(records: Sequence[dict]):

@@ -36,24 +36,20 @@ def create_for_profile(name: str, width_mult: float | None = None) -> nn.Module:
         raise ValueError(f"model {name!r} does not take a width multiplier (width_mult)") from e
 
 
-def min_input_size(model: nn.Module) -> int:
-    """The smallest input side ``model`` accepts: ``pretrained_cfg["min_input_size"]`` (the zoo sets it to the
-    output stride, 32 for ImageNet forms), else the output stride of ``forward_features`` measured at the
-    default resolution (224 -> 7 gives 32)."""
-    import torch
-
+def default_input_size(model: nn.Module) -> tuple[int, ...]:
+    """``pretrained_cfg["input_size"]``, else ``(in_chans, 224, 224)``."""
     cfg = getattr(model, "pretrained_cfg", {})
-    if cfg.get("min_input_size"):
-        return int(cfg["min_input_size"])
-    size = tuple(cfg["input_size"])
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            features = model.forward_features(torch.zeros(1, *size))
-    finally:
-        model.train(was_training)
-    return max(1, size[-1] // features.shape[-1])
+    return tuple(cfg.get("input_size", (getattr(model, "in_chans", 3), 224, 224)))
+
+
+def min_input_size(model: nn.Module) -> int:
+    """The smallest input side the model accepts: the zoo's ``pretrained_cfg["min_input_size"]``.
+
+    The zoo sets it to the output stride (32 for the ImageNet forms, 8 for the 32x32 forms);
+    a model without one accepts any size its layers can run on.
+    """
+    cfg = getattr(model, "pretrained_cfg", {})
+    return int(cfg.get("min_input_size") or getattr(model, "min_input_size", 1))
 
 
 def summarize_registered(name: str, input_size: int | None = None, width_mult: float | None = None,
@@ -65,15 +61,15 @@ def summarize_registered(name: str, input_size: int | None = None, width_mult: f
             a positive integer or is smaller than the model's output stride (below it the deepest
             feature maps are made of padding only).
     """
-    if input_size is not None and (not isinstance(input_size, int) or isinstance(input_size, bool) or input_size < 1):
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1):
         raise ValueError(f"input size must be a positive integer (pixels), got {input_size!r}")
     model = create_for_profile(name, width_mult)
-    default = tuple(model.pretrained_cfg["input_size"])
+    default = default_input_size(model)
     if input_size is None:
         size = default
     else:
         size = (default[0], input_size, input_size)
-        smallest = min_input_size(model) if input_size < default[-1] else 1
+        smallest = min_input_size(model)
         if input_size < smallest:
             raise ValueError(f"input size {input_size} is too small for {name}: it needs at least {smallest} pixels "
                              f"(its output stride; below it the deepest feature maps are padding only)")
@@ -98,9 +94,10 @@ def profile_models(pattern: str = "*", progress: bool | None = None) -> list[dic
     records = []
     for name in tqdm(names, desc="profiling", unit="model", disable=None if progress is None else not progress):
         model = mobileconv.create_model(name)
-        cfg = model.pretrained_cfg
-        s = summarize(model, tuple(cfg["input_size"]))
+        cfg = getattr(model, "pretrained_cfg", {})
+        s = summarize(model, default_input_size(model))
         records.append({"name": name, "input_size": list(s.input_size), "params": s.params, "macs": s.macs,
                         "paper_top1": cfg.get("paper_top1"), "paper_macs": cfg.get("paper_macs"),
-                        "paper_params": cfg.get("paper_params"), "paper_dataset": cfg.get("paper_dataset", "imagenet")})
+                        "paper_params": cfg.get("paper_params"),
+                        "paper_dataset": cfg.get("paper_dataset", "imagenet")})
     return records

@@ -1,0 +1,17 @@
+"""Shared settings for the engine tests: a tiny, fast training configuration."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "mobilenetv3_small_100_cifar"
+TINY = ["--model", MODEL, "--data", "synthetic", "--img-size", "16", "--max-train-samples", "64",
+        "--max-val-samples", "32", "--batch-size", "16", "--quiet"]
+
+
+def run_cli(args, env_extra=None, timeout=300, module=("-m", "mobileconv")):
+    """Run a command in a fresh single-threaded Python process; returns the CompletedProcess."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=REPO)

@@ -1,0 +1,66 @@
+"""Atomic checkpoint writes: an interrupted write leaves the previous file loadable; state loads weights-only."""
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from mobileconv.engine import checkpoint as ckpt
+
+
+def test_interrupted_weights_write_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.safetensors"
+    old = {"w": torch.arange(6.0).view(2, 3)}
+    ckpt.save_weights(path, old, {"epoch": 1})
+
+    def crash(fd):
+        raise OSError("simulated crash while writing")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        ckpt.save_weights(path, {"w": torch.zeros(2, 3)}, {"epoch": 2})
+    monkeypatch.undo()
+    tensors, meta = ckpt.load_weights(path)
+    assert torch.equal(tensors["w"], old["w"]) and meta["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors"]  # no temp file left behind
+
+
+def test_half_written_state_keeps_previous_state(tmp_path):
+    path = tmp_path / "state.pt"
+    ckpt.save_state(path, {"epoch": 3, "t": torch.ones(4)})
+
+    def half_then_die(f):
+        f.write(b"PK\x03\x04 partial zip")
+        raise KeyboardInterrupt  # a kill between the two halves
+
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.atomic_write(path, half_then_die)
+    state = ckpt.load_state(path)
+    assert state["epoch"] == 3 and torch.equal(state["t"], torch.ones(4))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_state_loads_weights_only_and_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "state.pt"
+    torch.save({"evil": np.float64}, path)  # a class reference: not plain data
+    with pytest.raises(ValueError, match="--resume: cannot load"):
+        ckpt.load_state(path)
+    with pytest.raises(ValueError, match="not found"):
+        ckpt.load_state(tmp_path / "missing.pt")
+
+
+def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    ckpt.save_state(tmp_path / "s.pt", {"rng": ckpt.get_rng_states()})
+    expected = (random.random(), np.random.rand(), torch.rand(2))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    ckpt.set_rng_states(ckpt.load_state(tmp_path / "s.pt")["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(2))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+def test_corrupt_weights_file_is_a_value_error(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        ckpt.load_weights(tmp_path / "bad.safetensors")

@@ -1,0 +1,69 @@
+"""Optimizer construction and the warm-up + cosine schedule against closed forms."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mobileconv.engine.optim import create_optimizer, create_scheduler, param_groups_weight_decay
+
+
+def small_model():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 4))
+
+
+def test_no_weight_decay_on_norm_layers_and_biases():
+    model = small_model()
+    decay, no_decay = param_groups_weight_decay(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == ["0.weight", "4.weight"]
+    assert sorted(names[id(p)] for p in no_decay["params"]) == ["1.bias", "1.weight", "4.bias"]
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+
+
+def test_rmsprop_uses_the_paper_settings():
+    opt = create_optimizer(small_model(), "rmsprop", lr=0.01, weight_decay=1e-5)
+    group = opt.param_groups[0]
+    assert isinstance(opt, torch.optim.RMSprop)
+    assert (group["alpha"], group["momentum"]) == (0.9, 0.9) and group["eps"] == pytest.approx(math.sqrt(1e-3))
+
+
+def test_sgd_is_nesterov_and_adamw_decoupled():
+    sgd = create_optimizer(small_model(), "sgd", lr=0.1, weight_decay=1e-4)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["nesterov"]
+    assert isinstance(create_optimizer(small_model(), "adamw", lr=1e-3, weight_decay=0.05), torch.optim.AdamW)
+    with pytest.raises(ValueError, match="--opt must be one of sgd, rmsprop, adamw, got 'lamb'"):
+        create_optimizer(small_model(), "lamb", lr=0.1, weight_decay=0)
+
+
+def test_decay_skips_bn_in_an_actual_step():
+    model = small_model()
+    opt = create_optimizer(model, "sgd", lr=0.5, weight_decay=0.1, momentum=0.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    after = dict(model.named_parameters())
+    torch.testing.assert_close(after["0.weight"], before["0.weight"] * (1 - 0.5 * 0.1))
+    torch.testing.assert_close(after["1.weight"], before["1.weight"])
+
+
+def test_warmup_cosine_schedule_matches_the_formula():
+    model = small_model()
+    lr, min_lr, epochs, steps, warmup_epochs = 0.2, 0.002, 4, 5, 1
+    opt = create_optimizer(model, "sgd", lr=lr, weight_decay=0)
+    sched = create_scheduler(opt, epochs, steps, warmup_epochs, lr, min_lr)
+    seen = []
+    for _ in range(epochs * steps):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    warm, total = warmup_epochs * steps, epochs * steps
+    for t, value in enumerate(seen):
+        if t < warm:
+            expected = lr * (0.01 + 0.99 * t / warm)
+        else:
+            expected = min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (t - warm) / (total - warm)))
+        assert value == pytest.approx(expected), t
+    assert seen[warm] == pytest.approx(lr) and opt.param_groups[0]["lr"] == pytest.approx(min_lr)
