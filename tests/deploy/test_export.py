@@ -1,6 +1,8 @@
 """export_model: formats, dynamic / static shapes, operator implementations, the reference checkpoint, failures."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -48,7 +50,8 @@ def test_mixnet_s_reference_checkpoint_in_onnxruntime(reference_dir, tmp_path):
 
 # --- formats and shapes ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["mixnet_s_cifar", "xsep_mobilenetv3_small_100_cifar", "tf_mixnet_s"])
+# XSepConv: test_export_cli.py exports an XSep model as an exported program
+@pytest.mark.parametrize("name", ["mixnet_s_cifar", "tf_mixnet_s"])
 def test_exported_program_matches_pytorch(name, tmp_path):
     model = make_model(name)
     size = test_size(name)
@@ -119,6 +122,25 @@ def test_the_users_model_is_not_changed(tmp_path):
     assert model.training and all(m.impl == "reference" for m in model.modules() if isinstance(m, MixConv2d))
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+class _NotScriptable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        twice = functools.reduce(lambda a, b: a + b, [x, x])  # lambdas cannot be scripted
+        return self.conv(twice).mean((2, 3))
+
+
+def test_torchscript_falls_back_to_tracing_and_says_so(tmp_path):
+    model = _NotScriptable().eval()
+    path = tmp_path / "traced.pt"
+    result = export_model(model, path, "torchscript", input_size=16)
+    assert result.method == "torch.jit.trace" and any("traced instead" in n for n in result.notes)
+    x = _randn(3, 3, 16, 16)
+    assert rel_err(eager(model, x), torch.jit.load(str(path))(x)) <= TOL
 
 
 def test_ort_callable_for_bench_matches_pytorch():

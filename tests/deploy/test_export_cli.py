@@ -14,24 +14,25 @@ from ._export_helpers import TOL, eager, make_model, ort_run, rel_err
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 REFERENCE_CHECKPOINT = "timm_mixnet_s.safetensors"
+CKPT_MODEL = "xsep_mobilenetv3_small_100_cifar"
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A mobilenetv1_025 with random BN statistics and 10 classes, saved as a plain safetensors state_dict."""
-    model = make_model("mobilenetv1_025", num_classes=10)
-    path = tmp_path_factory.mktemp("ckpt") / "mnv1.safetensors"
+    """An XSep-MobileNetV3 (CIFAR form) with random BN statistics and 10 classes, as a safetensors state_dict."""
+    model = make_model(CKPT_MODEL, num_classes=10)
+    path = tmp_path_factory.mktemp("ckpt") / "xsep.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model, path
 
 
 def test_export_from_checkpoint_writes_a_checked_onnx(checkpoint, tmp_path, capsys):
     model, ckpt = checkpoint
-    out = tmp_path / "mnv1.onnx"
-    rc = main(["export", "mobilenetv1_025", "--checkpoint", str(ckpt), "--input-size", "32", "--out", str(out)])
+    out = tmp_path / "xsep.onnx"
+    rc = main(["export", CKPT_MODEL, "--checkpoint", str(ckpt), "--out", str(out)])  # default size: 32
     stdout = capsys.readouterr().out
     assert rc == 0
-    assert [p.name for p in tmp_path.iterdir()] == ["mnv1.onnx"]
+    assert [p.name for p in tmp_path.iterdir()] == ["xsep.onnx"]
     printed = [float(v) for v in re.findall(r"max \|onnxruntime - pytorch\| = ([0-9.e+-]+)", stdout)]
     assert len(printed) == 2 and max(printed) <= TOL  # batch 2 and batch 3 (dynamic batch)
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
@@ -44,8 +45,7 @@ def test_export_from_checkpoint_writes_a_checked_onnx(checkpoint, tmp_path, caps
 def test_other_formats_reload_and_match(fmt, checkpoint, tmp_path, capsys):
     model, ckpt = checkpoint
     out = tmp_path / ("m.pt" if fmt == "torchscript" else "m.pt2")
-    rc = main(["export", "mobilenetv1_025", "--checkpoint", str(ckpt), "--format", fmt, "--input-size", "32",
-               "--static-batch", "--out", str(out)])
+    rc = main(["export", CKPT_MODEL, "--checkpoint", str(ckpt), "--format", fmt, "--static-batch", "--out", str(out)])
     assert rc == 0 and "max |reloaded program - pytorch|" in capsys.readouterr().out
     program = torch.jit.load(str(out)) if fmt == "torchscript" else torch.export.load(str(out)).module()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
@@ -115,3 +115,23 @@ def test_readme_export_commands_parse():
     for command in commands:
         args = parser.parse_args(shlex.split(command.split(" #")[0])[1:])
         assert callable(args.func)
+
+
+def test_readme_worked_example_runs_and_reproduces_timm(reference_dir, tmp_path, monkeypatch, capsys):
+    """The README's Python example (timm checkpoint -> ONNX -> onnxruntime), run as written in a scratch dir."""
+    from pathlib import Path
+
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("<!-- section:deploy -->")[1].split("<!-- /section:deploy -->")[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    code = code.replace('"../shared/fixtures/reference"', repr(str(reference_dir)))
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(code, scope)  # noqa: S102 - our own documentation
+    assert [p.name for p in tmp_path.iterdir()] == ["mixnet_s.onnx"]
+    expected = load_file(str(reference_dir / "timm_mixnet_s.io.safetensors"))["logits"]
+    assert np.abs(scope["logits"] - expected).max() <= 1e-3
+    assert "top-1 class:" in capsys.readouterr().out

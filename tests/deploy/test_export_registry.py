@@ -15,6 +15,7 @@ from mobileconv.deploy.export import export_model
 from ._export_helpers import TOL, eager, make_model, ort_run, rel_err, test_size
 
 MODELS = mobileconv.list_models()
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 
 def test_registry_is_covered():

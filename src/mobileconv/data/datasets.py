@@ -116,6 +116,15 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+# --data values with a resolution of their own (the 8x8 digits gain nothing from more than 16 px)
+PREFERRED_IMG_SIZE = {"digits": 16}
+
+
+def preferred_img_size(data: str) -> int | None:
+    """The default ``--img-size`` for a ``--data`` value, or None to use the model's input size."""
+    return PREFERRED_IMG_SIZE.get(data)
+
+
 def build_datasets(data: str, img_size: int) -> tuple[Dataset, Dataset, DataInfo]:
     """Train split, test split and their :class:`DataInfo` for a ``--data`` value.
 

@@ -244,11 +244,12 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
     shape = resolve_input_shape(model, input_size, batch_size)
     path = check_output_path(path)
     log = log or (lambda line: None)
+    model = _on_cpu_float32(model)
 
     inputs = check_inputs(shape, dynamic_batch, seed)
     expected = [reference_output(model, x) for x in inputs]
-    prepared, notes = prepare_for_export(model, inputs[0], optimize=optimize, impl=impl,
-                                         channels_last=format == "torchscript")
+    prepared, optimized, notes = prepare_for_export(model, inputs[0], optimize=optimize, impl=impl,
+                                                    channels_last=format == "torchscript")
     tmp = _temporary_path(path)
     try:
         log(f"exporting to {format} ...")
@@ -269,7 +270,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
     finally:
         tmp.unlink(missing_ok=True)
     return ExportResult(path=path, format=format, input_shape=shape, dynamic_batch=dynamic_batch, method=method,
-                        optimized=optimize, tolerance=float(tolerance), checks=checks, size_bytes=size,
+                        optimized=optimized, tolerance=float(tolerance), checks=checks, size_bytes=size,
                         notes=tuple(notes))
 
 
@@ -295,21 +296,27 @@ def reference_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_for_export(model: nn.Module, example: torch.Tensor, *, optimize: bool = True,
-                       impl: str | None = "fast", channels_last: bool = False) -> tuple[nn.Module, list[str]]:
-    """An eval-mode copy to export: BN folded / operators fused (``optimize``) or just ``impl`` set."""
+                       impl: str | None = "fast", channels_last: bool = False) -> tuple[nn.Module, bool, list[str]]:
+    """An eval-mode copy to export, whether its BN was folded, and notes for the user.
+
+    With ``optimize``: :func:`~mobileconv.deploy.optimize.optimize_for_inference` (BN folded,
+    MixConv / XSepConv / grouped convs as plain convs); if it cannot handle the model, the plain
+    eval copy is used and a note says so. Otherwise only ``impl`` is set on the copy.
+    """
     notes: list[str] = []
     if optimize:
         from .optimize import optimize_for_inference  # noqa: PLC0415
 
         try:
-            return optimize_for_inference(model, example_input=example, channels_last=channels_last,
-                                          verify=False), notes
+            prepared = optimize_for_inference(model, example_input=example, channels_last=channels_last,
+                                              verify=False)
+            return prepared, True, notes
         except Exception as e:  # noqa: BLE001 - an unusual user model: export it unoptimised
             notes.append(f"optimize_for_inference failed ({_first_line(e)}); exported without BN folding")
     prepared = copy.deepcopy(model).eval()
     if impl is not None:
         set_layer_impl(prepared, impl)
-    return prepared, notes
+    return prepared, False, notes
 
 
 def _run_exporter(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, *, opset: int,
@@ -405,6 +412,14 @@ def _compare(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, expec
     diff, rel = relative_error(expected, torch.as_tensor(out))
     return ExportCheck(batch_size=x.shape[0], max_abs_diff=diff, rel_err=rel,
                        output_scale=expected.abs().max().item())
+
+
+def _on_cpu_float32(model: nn.Module) -> nn.Module:
+    """The model itself if it is a float32 CPU model, else a float32 CPU copy (exports are made on CPU)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point()) for t in tensors):
+        return model
+    return copy.deepcopy(model).float().cpu()
 
 
 def _temporary_path(path: Path) -> Path:

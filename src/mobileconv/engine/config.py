@@ -39,9 +39,9 @@ class TrainConfig:
     model: str = option(DEFAULT_MODEL, "model name from the zoo (mobileconv models)", metavar="NAME")
     data: str = option("digits", "digits | synthetic | PATH (ImageFolder train/ + val/, or CIFAR-10/100)",
                        metavar="DATA")
-    img_size: int | None = option(None, "training / test resolution (default: the model's input size)", type=int,
-                                  metavar="PX")
-    epochs: int = option(30, "number of epochs")
+    img_size: int | None = option(None, "training / test resolution (default: 16 for digits, else the model's "
+                                        "input size)", type=int, metavar="PX")
+    epochs: int = option(15, "number of epochs")
     batch_size: int = option(64, "global batch size, split evenly over the processes")
     lr: float | None = option(None, "peak learning rate (default: 0.1 sgd, 0.01 rmsprop, 0.002 adamw)", type=float)
     min_lr: float = option(0.0, "final learning rate of the cosine schedule")

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import BatchTransform, ShardedBatchSampler, build_datasets, limit_samples, load_image
+from ..data import (BatchTransform, ShardedBatchSampler, build_datasets, limit_samples, load_image,
+                    preferred_img_size)
 from .checkpoint import load_weights
 from .distributed import DistEnv, resolve_device
 from .loop import evaluate
@@ -76,7 +77,7 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     data = data or loaded.get("dataset")
     if data is None:
         raise ValueError(f"checkpoint {checkpoint} does not record its dataset: pass --data")
-    img_size = img_size or loaded.get("img_size") or default_img_size(loaded.name)
+    img_size = img_size or loaded.get("img_size") or preferred_img_size(data) or default_img_size(loaded.name)
     _, test_set, info = build_datasets(data, img_size)
     if info.num_classes != loaded.num_classes:
         raise ValueError(f"checkpoint {checkpoint} has {loaded.num_classes} classes, --data {data} has "

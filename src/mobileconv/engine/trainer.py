@@ -30,7 +30,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import BatchTransform, DataInfo, MixupCutmix, ShardedBatchSampler, build_datasets, limit_samples
+from ..data import (BatchTransform, DataInfo, MixupCutmix, ShardedBatchSampler, build_datasets, limit_samples,
+                    preferred_img_size)
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_yaml
 from .distributed import DistEnv, cleanup_distributed, convert_sync_batchnorm, init_distributed
@@ -46,12 +47,18 @@ KILL_AFTER_EPOCH_ENV = "MOBILECONV_KILL_AFTER_EPOCH"  # tests: SIGKILL the run a
 
 # ---- models ------------------------------------------------------------------------------------
 
-def build_model(name: str, num_classes: int, drop: float | None = None, drop_path: float = 0.0) -> nn.Module:
-    """A zoo model by name; ``ValueError`` for an unknown name."""
+def check_model_name(name: str) -> None:
     from .. import models
 
     if name not in models.list_models():
         raise ValueError(f"--model {name!r} is not a known model (list them with `mobileconv models`)")
+
+
+def build_model(name: str, num_classes: int, drop: float | None = None, drop_path: float = 0.0) -> nn.Module:
+    """A zoo model by name; ``ValueError`` for an unknown name."""
+    from .. import models
+
+    check_model_name(name)
     kwargs = {"drop_rate": drop} if drop is not None else {}
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
@@ -172,9 +179,10 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> dict:
 
 def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     """Check the inputs, build data, model, optimizer and schedule, and load ``resume``'s state."""
+    check_model_name(config.model)
     out = Path(config.out or resume or time.strftime("runs/train-%Y%m%d-%H%M%S"))
     state = ckpt.load_state(resume / ckpt.STATE_FILE) if resume else None
-    img_size = config.img_size or default_img_size(config.model)
+    img_size = config.img_size or preferred_img_size(config.data) or default_img_size(config.model)
     train_set, test_set, info = build_datasets(config.data, img_size)
     config = resolve_config(replace(config, out=str(out)), info, img_size)
     if env.is_main:
@@ -247,7 +255,9 @@ def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Pa
 
 def load_run_state(run: Run, state: dict) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
+    # the schedule itself comes from the current options (so --epochs can extend a run), its position from the state
+    scheduler_state = state["scheduler"]
+    run.scheduler.load_state_dict({**scheduler_state, "lr_lambdas": [None] * len(scheduler_state["lr_lambdas"])})
     if run.ema is not None:
         if state["ema"] is None:
             raise ValueError("--resume: the run was trained without --ema; resume it without --ema")
