@@ -143,6 +143,15 @@ def test_torchscript_falls_back_to_tracing_and_says_so(tmp_path):
     assert rel_err(eager(model, x), torch.jit.load(str(path))(x)) <= TOL
 
 
+def test_a_check_on_tiny_outputs_is_flagged_as_weak(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        model[0].weight.mul_(1e-6)
+        model[0].bias.zero_()
+    result = export_model(model, tmp_path / "tiny.onnx", "onnx", input_size=8)
+    assert any("says little" in n for n in result.notes)
+
+
 def test_ort_callable_for_bench_matches_pytorch():
     model = make_model("xsep_mobilenetv3_small_100_cifar")
     runner = make_ort_callable(model, (2, 3, 32, 32), threads=1)

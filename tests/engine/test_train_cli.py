@@ -110,6 +110,7 @@ def _write_tree(root, train_classes, val_classes):
     ("unknown_model", "--model 'resnet50' is not a known model"),
     ("bad_config_key", "unknown option 'learning_rate'"),
     ("bad_config_value", "option 'epochs' expects an integer, got 'many'"),
+    ("bad_config_choice", "option 'opt': 'lamb' is not one of sgd, rmsprop, adamw"),
     ("previous_run", "already holds a run"),
 ])
 def test_bad_input_is_one_clear_line_before_training(tmp_path, capsys, monkeypatch, case, message):
@@ -131,8 +132,9 @@ def test_bad_input_is_one_clear_line_before_training(tmp_path, capsys, monkeypat
         args += ["--lr", "-1"]
     elif case == "unknown_model":
         args += ["--model", "resnet50"]
-    elif case in ("bad_config_key", "bad_config_value"):
-        (tmp_path / "c.yaml").write_text("learning_rate: 0.1\n" if case == "bad_config_key" else "epochs: many\n")
+    elif case.startswith("bad_config"):
+        text = {"bad_config_key": "learning_rate: 0.1", "bad_config_value": "epochs: many", "bad_config_choice": "opt: lamb"}
+        (tmp_path / "c.yaml").write_text(text[case] + "\n")
         args += ["--config", str(tmp_path / "c.yaml")]
     elif case == "previous_run":
         (tmp_path / "out").mkdir()
@@ -179,3 +181,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
     assert all(torch.equal(tensors[k], state["model"][k]) for k in tensors)
     assert not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_undecodable_image_is_reported_by_path(tmp_path, capsys, workers):
+    _write_tree(tmp_path / "tree", ["a", "b"], ["a", "b"])
+    bad = tmp_path / "tree" / "val" / "b" / "broken.png"
+    bad.write_bytes(b"not an image")
+    capsys.readouterr()
+    assert main(["train", *TINY, "--data", str(tmp_path / "tree"), "--batch-size", "2", "--epochs", "1",
+                 "--workers", workers, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: cannot decode image {bad}: " in err

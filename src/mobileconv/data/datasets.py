@@ -7,7 +7,7 @@ the train split, the test split and a :class:`DataInfo` describing them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,6 @@ class DataInfo:
     hflip: float = 0.5
     color_jitter: float = 0.4
     test_split: str = "test"
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -207,7 +206,8 @@ CIFAR_STATS = {
 def load_cifar(root: Path, folder: Path, layout: cifar.CifarLayout):
     """CIFAR-10/100 at their native 32x32 (the batch transform resizes when ``--img-size`` differs)."""
     classes = cifar.read_classes(folder, layout)
-    train, test = (TensorImageDataset(*map(torch.from_numpy, cifar.read_split(folder, layout, t))) for t in (True, False))
+    train, test = (TensorImageDataset(*map(torch.from_numpy, cifar.read_split(folder, layout, is_train)))
+                   for is_train in (True, False))
     for split_name, split in (("train", train), ("test", test)):
         bad = split.labels[(split.labels < 0) | (split.labels >= len(classes))]
         if len(bad):

@@ -135,19 +135,22 @@ def grouped_as_conv(grouped: GroupedConv2d) -> nn.Conv2d:
 def fold_batchnorms(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
     """Fold every eval-mode BN that receives a conv's output into that conv, in place.
 
-    The pairs come from one forward pass on ``example_input``: a BN is folded when its input is
+    The pairs come from a forward pass on ``example_input``: a BN is folded when its input is
     the very tensor a ``nn.Conv2d`` (or ``GroupedConv2d``) returned. Folded BNs become
-    ``nn.Identity``. BNs without running statistics (they normalise with batch statistics even
-    in eval mode) are left alone.
+    ``nn.Identity``, which passes that tensor on, so a BN right after a folded BN (XSepConv's
+    last BN followed by the block's BN) is folded by the next pass. BNs without running
+    statistics (they normalise with batch statistics even in eval mode) are left alone.
 
     Returns:
         The ``(conv_name, bn_name)`` pairs that were folded.
     """
-    pairs = trace_conv_bn_pairs(model, example_input)
-    for conv_name, bn_name in pairs:
-        _fold(model.get_submodule(conv_name), model.get_submodule(bn_name))
-        _replace(model, bn_name, nn.Identity())
-    return pairs
+    folded: list[tuple[str, str]] = []
+    while pairs := trace_conv_bn_pairs(model, example_input):
+        for conv_name, bn_name in pairs:
+            _fold(model.get_submodule(conv_name), model.get_submodule(bn_name))
+            _replace(model, bn_name, nn.Identity())
+        folded += pairs
+    return folded
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class StepSettings:
-    """How each training step runs (precision, clipping, mixing)."""
+    """How each step runs: autocast dtype, gradient clipping, memory format."""
 
     amp_dtype: torch.dtype | None = None  # autocast dtype, None = full precision
     clip_grad: float | None = None
@@ -33,12 +33,23 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _batches(loader):
+    """The loader's batches; a ValueError raised in a worker process comes back as its own one-line message."""
+    try:
+        yield from loader
+    except ValueError as e:
+        lines = str(e).strip().splitlines()
+        if len(lines) > 1 and "DataLoader worker" in lines[0]:
+            raise ValueError(lines[-1].removeprefix("ValueError: ")) from None
+        raise
+
+
 def _progress(loader, enabled: bool, desc: str):
     if not enabled:
-        return loader
+        return _batches(loader)
     from tqdm import tqdm
 
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, unit="batch")
+    return tqdm(_batches(loader), total=len(loader), desc=desc, leave=False, dynamic_ncols=True, unit="batch")
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler, criterion,
@@ -75,7 +86,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         steps += 1
         images_seen += len(targets) * env.world_size
         if progress:
-            bar.set_postfix(loss=f"{loss_total / steps:.4f}", img_s=f"{images_seen / (time.perf_counter() - start):.0f}")
+            rate = images_seen / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loss_total / steps:.4f}", img_s=f"{rate:.0f}")
     seconds = time.perf_counter() - start
     return {"loss": loss_total / max(steps, 1), "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
             "img/s": images_seen / max(seconds, 1e-9), "steps": steps}

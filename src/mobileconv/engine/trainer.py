@@ -22,7 +22,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +72,15 @@ def default_img_size(name: str) -> int:
 
 # ---- configuration ------------------------------------------------------------------------------
 
+SMALL_INPUT_PX = 64  # up to this size one CPU thread per process beats several (tiny tensors per op)
+
+
 def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainConfig:
     """Fill the options left to the model / dataset / optimizer defaults."""
     pick = lambda value, default: default if value is None else value  # noqa: E731
+    threads = 1 if img_size <= SMALL_INPUT_PX else torch.get_num_threads()
     return replace(
-        config, img_size=img_size, lr=pick(config.lr, DEFAULT_LR[config.opt]),
+        config, img_size=img_size, threads=pick(config.threads, threads), lr=pick(config.lr, DEFAULT_LR[config.opt]),
         weight_decay=pick(config.weight_decay, DEFAULT_WEIGHT_DECAY[config.opt]),
         opt_eps=pick(config.opt_eps, DEFAULT_EPS[config.opt]), hflip=pick(config.hflip, info.hflip),
         color_jitter=pick(config.color_jitter, info.color_jitter))
@@ -150,7 +154,7 @@ class Run:
     criterion: nn.Module
     settings: StepSettings
     start_epoch: int = 0
-    history: list | None = None
+    history: list = field(default_factory=list)
     best_top1: float = -1.0
     best_epoch: int = 0
     train_seconds: float = 0.0
@@ -192,9 +196,37 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     test_set = limit_samples(test_set, config.max_val_samples)
 
     seed_everything(config.seed, config.deterministic)
-    model = build_model(config.model, info.num_classes, config.drop, config.drop_path)
+    if env.device.type == "cpu":
+        torch.set_num_threads(config.threads)
     if state is not None:
         check_resumable(state, config, info, resume)
+    model, train_model = prepare_model(config, info, env, state)
+    train_loader, test_loader = make_loaders(config, train_set, test_set, env)
+    optimizer = create_optimizer(model, config.opt, config.lr, config.weight_decay, config.momentum, config.opt_eps)
+    scheduler = create_scheduler(optimizer, config.epochs, len(train_loader), config.warmup_epochs, config.lr,
+                                 config.min_lr)
+    dtype = amp_dtype(config, env.device)
+    mixer = MixupCutmix(info.num_classes, config.mixup, config.cutmix, config.smoothing)
+    run = Run(
+        config=config, env=env, info=info, out=out, model=model, train_model=train_model,
+        ema=ModelEma(model, config.ema_decay) if config.ema else None, optimizer=optimizer, scheduler=scheduler,
+        scaler=torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None,
+        train_loader=train_loader, test_loader=test_loader,
+        train_transform=make_transform(config, info, train=True).to(env.device),
+        test_transform=make_transform(config, info, train=False).to(env.device),
+        mixer=mixer, criterion=nn.CrossEntropyLoss(label_smoothing=0.0 if mixer.enabled else config.smoothing),
+        settings=StepSettings(dtype, config.clip_grad, config.channels_last))
+    if state is not None:
+        load_run_state(run, state)
+    if env.is_main:
+        ckpt.atomic_write_text(out / "config.yaml", dump_yaml(config))
+    return run
+
+
+def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict | None):
+    """The model (resumed weights, device, memory format, synchronised BN) and the wrapper the steps go through."""
+    model = build_model(config.model, info.num_classes, config.drop, config.drop_path)
+    if state is not None:
         model.load_state_dict(state["model"])
     model.to(env.device)
     if config.channels_last:
@@ -203,37 +235,23 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         model = convert_sync_batchnorm(model, env.device)
     train_model = model
     if env.distributed:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda"
-                                                          else None)
+        device_ids = [env.device] if env.device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if config.compile:
         train_model = torch.compile(train_model)
+    return model, train_model
 
+
+def make_loaders(config: TrainConfig, train_set, test_set, env: DistEnv) -> tuple[DataLoader, DataLoader]:
+    """Loaders over this process's shard: shuffled full global batches for training, every test image once."""
     train_sampler = ShardedBatchSampler(len(train_set), config.batch_size, shuffle=True, seed=config.seed,
                                         rank=env.rank, world_size=env.world_size, drop_last=True)
     test_sampler = ShardedBatchSampler(len(test_set), config.batch_size, shuffle=False, rank=env.rank,
                                        world_size=env.world_size, drop_last=False)
-    loader_args = {"num_workers": config.workers, "pin_memory": env.device.type == "cuda",
-                   "persistent_workers": config.workers > 0}
-    optimizer = create_optimizer(model, config.opt, config.lr, config.weight_decay, config.momentum, config.opt_eps)
-    scheduler = create_scheduler(optimizer, config.epochs, len(train_sampler), config.warmup_epochs, config.lr,
-                                 config.min_lr)
-    dtype = amp_dtype(config, env.device)
-    mixer = MixupCutmix(info.num_classes, config.mixup, config.cutmix, config.smoothing)
-    run = Run(
-        config=config, env=env, info=info, out=out, model=model, train_model=train_model,
-        ema=ModelEma(model, config.ema_decay) if config.ema else None, optimizer=optimizer, scheduler=scheduler,
-        scaler=torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None,
-        train_loader=DataLoader(train_set, batch_sampler=train_sampler, **loader_args),
-        test_loader=DataLoader(test_set, batch_sampler=test_sampler, **loader_args),
-        train_transform=make_transform(config, info, train=True).to(env.device),
-        test_transform=make_transform(config, info, train=False).to(env.device),
-        mixer=mixer, criterion=nn.CrossEntropyLoss(label_smoothing=0.0 if mixer.enabled else config.smoothing),
-        settings=StepSettings(dtype, config.clip_grad, config.channels_last), history=[])
-    if state is not None:
-        load_run_state(run, state)
-    if env.is_main:
-        ckpt.atomic_write_text(out / "config.yaml", dump_yaml(config))
-    return run
+    args = {"num_workers": config.workers, "pin_memory": env.device.type == "cuda",
+            "persistent_workers": config.workers > 0}
+    return (DataLoader(train_set, batch_sampler=train_sampler, **args),
+            DataLoader(test_set, batch_sampler=test_sampler, **args))
 
 
 def make_transform(config: TrainConfig, info: DataInfo, train: bool) -> BatchTransform:

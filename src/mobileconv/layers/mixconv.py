@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .conv import check_padding_mode, conv2d
+from .depthwise_grad import MixedDepthwiseConv, use_grouped_weight_grad
 from .grouped import check_impl
 from .helpers import (check_input_channels, check_kernel_sizes, check_positive, check_stride, dilate_kernel,
                       pad_kernel, split_channels, tf_same_pad)
@@ -103,6 +104,10 @@ class MixConv2d(nn.ModuleList):
                 pw = tf_same_pad(x.shape[-1], k, s)
                 x = F.pad(x, [pw[0], pw[1], ph[0], ph[1]])
                 pad = 0
+            if not torch.jit.is_scripting() and not self.dilated:  # CPU training: per-group weight grad
+                weights = [conv.weight for conv in self]
+                if use_grouped_weight_grad(x, weights):
+                    return MixedDepthwiseConv.apply(x, s, pad, self.kernel_sizes, self.splits, *weights)
             return F.conv2d(x, self.fused_weight(), None, s, pad, 1, self.channels)
         xs = torch.split(x, self.splits, 1)
         return torch.cat([conv(xs[i]) for i, conv in enumerate(self)], 1)

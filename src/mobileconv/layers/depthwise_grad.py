@@ -1,0 +1,104 @@
+"""A faster CPU weight gradient for depthwise / MixConv convolutions (used by ``impl="fast"``).
+
+On CPU, PyTorch computes a depthwise conv's weight gradient with oneDNN, whose fast depthwise
+kernel handles 3x3 only; for 5x5 and larger it falls back to a generic grouped-conv kernel that
+is 5-10x slower than the forward pass (measured: ``benchmarks/mixconv_speed.py``), which is most
+of MixNet's training-time "MixConv tax". The weight gradient
+
+    ``dW[c, i, j] = sum_{n, h, w} x_pad[n, c, h*s + i, w*s + j] * g[n, c, h, w]``
+
+is, for each ``(n, c)``, a correlation of the padded input with the output gradient ``g`` (dilated
+by the stride ``s``). With the batch folded into the channels it is one depthwise *forward* conv
+with ``N * C`` channels and ``k x k`` outputs, which runs on the fast kernel.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Above this input size (pixels per channel) the batch-second copies of x and g cost more than
+# oneDNN's generic weight-gradient kernel saves (measured on MixNet-S/M layers, 1 thread).
+SWAP_MAX_PIXELS = 14 * 14
+
+
+def use_grouped_weight_grad(x: torch.Tensor, weights: list[torch.Tensor]) -> bool:
+    """True when :class:`MixedDepthwiseConv` pays: eager CPU training in float32 / float64, no autocast."""
+    return (torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and any(w.requires_grad for w in weights) and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+
+def depthwise_weight_grad(x_t: torch.Tensor, grad_t: torch.Tensor, kernel_size: int, stride: int,
+                          padding: int) -> torch.Tensor:
+    """Weight gradient of a ``k x k`` depthwise conv (symmetric ``padding``), by a depthwise forward conv.
+
+    Args:
+        x_t: the conv input, batch second: ``(C, N, H, W)``, contiguous.
+        grad_t: the output gradient, batch second: ``(C, N, Ho, Wo)``, contiguous.
+        kernel_size: ``k``.
+        stride: ``s``.
+        padding: the conv's padding ``p``; a negative ``p`` crops ``-p`` rows / columns instead
+            (a small kernel centred inside a TF-SAME-padded larger one).
+
+    Returns:
+        The ``(C, 1, k, k)`` weight gradient.
+    """
+    c, n, ho, wo = grad_t.shape
+    k, s = kernel_size, stride
+    if padding < 0:  # read exactly the rows / columns the conv reads
+        start = -padding
+        x_t = x_t[:, :, start:start + (ho - 1) * s + k, start:start + (wo - 1) * s + k]
+        padding = 0
+    image = x_t.reshape(1, c * n, x_t.shape[-2], x_t.shape[-1])
+    kernel = grad_t.reshape(c * n, 1, ho, wo)
+    out = F.conv2d(image, kernel, None, 1, padding, s, c * n)  # (1, c*n, >= k, >= k)
+    return out[..., :k, :k].reshape(c, n, k, k).sum(1).unsqueeze(1)
+
+
+class MixedDepthwiseConv(torch.autograd.Function):
+    """A MixConv as one fused ``K x K`` depthwise conv, with its weight gradient computed per group.
+
+    ``apply(x, stride, padding, kernel_sizes, splits, *weights)``: ``weights[t]`` is group ``t``'s
+    ``(c_t, 1, k_t, k_t)`` kernel, centred in the fused kernel. Forward and input gradient use the
+    fused weight (one conv each). Each group's weight gradient is computed at its own ``k_t x k_t``
+    size, so the zero taps of the padded kernels cost nothing: 3x3 (and 1x1) groups and inputs
+    larger than ``SWAP_MAX_PIXELS`` by oneDNN's weight-gradient kernels, the others by
+    :func:`depthwise_weight_grad`. The result is
+    the same as autograd through the fused weight (MixConv paper, Eq. 2), up to summation order.
+    """
+
+    @staticmethod
+    def forward(ctx, x, stride, padding, kernel_sizes, splits, *weights):
+        big = max(kernel_sizes)
+        fused = torch.cat([F.pad(w, [(big - k) // 2] * 4) for w, k in zip(weights, kernel_sizes)], 0)
+        ctx.save_for_backward(x, fused)
+        ctx.conf = stride, padding, kernel_sizes, splits
+        return F.conv2d(x, fused, None, stride, padding, 1, x.shape[1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, fused = ctx.saved_tensors
+        s, p, kernel_sizes, splits = ctx.conf
+        conv_backward = torch.ops.aten.convolution_backward
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = conv_backward(grad, x, fused, None, [s, s], [p, p], [1, 1], False, [0, 0], x.shape[1],
+                                   [True, False, False])[0]
+        big = max(kernel_sizes)
+        grad_ws = []
+        start = 0
+        for i, (k, c) in enumerate(zip(kernel_sizes, splits)):
+            p_i = p - (big - k) // 2  # the group's own padding inside the fused conv
+            if not ctx.needs_input_grad[5 + i]:
+                grad_ws.append(None)
+            elif p_i >= 0 and (k <= 3 or x.shape[-2] * x.shape[-1] > SWAP_MAX_PIXELS):
+                w = fused.new_empty(c, 1, k, k)
+                grad_ws.append(conv_backward(grad[:, start:start + c], x[:, start:start + c], w, None, [s, s],
+                                             [p_i, p_i], [1, 1], False, [0, 0], c, [False, True, False])[1])
+            else:
+                x_t = x[:, start:start + c].transpose(0, 1).contiguous()  # batch second
+                grad_t = grad[:, start:start + c].transpose(0, 1).contiguous()
+                grad_ws.append(depthwise_weight_grad(x_t, grad_t, k, s, p_i))
+            start += c
+        return (grad_x, None, None, None, None, *grad_ws)
