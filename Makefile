@@ -16,7 +16,7 @@ $(BIN)/mobileconv: pyproject.toml
 setup: $(BIN)/mobileconv
 
 demo: setup
-	$(BIN)/mobileconv train --out runs/demo
+	$(BIN)/mobileconv train --out runs/demo --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2 tests
