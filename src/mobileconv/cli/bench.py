@@ -1,6 +1,95 @@
-"""`mobileconv bench` subcommands (placeholder until the owning issue lands)."""
+"""`mobileconv bench`: images/s, latency, peak memory and MACs/s of models, side by side."""
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 
-def register(subparsers) -> None:  # noqa: D103 - filled in by the owning issue
-    pass
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="time models: images/s, latency p50/p90, peak memory, MACs/s",
+        description="Time registered models with random weights. Inference runs the model through "
+                    "optimize_for_inference (BN folded, MixConv / XSepConv as plain convs, channels_last); "
+                    "training times one SGD step with the fast operators in channels_last. "
+                    "--compare-reference also times the reference implementation (impl='reference', split / "
+                    "conv per group / concat, BN not folded) of the same weights in alternating rounds and "
+                    "prints the speed-up.",
+        epilog="example: mobileconv bench mixnet_s mobilenetv3_large_100 --threads 2 --compare-reference")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="registered model names (see `mobileconv models`)")
+    p.add_argument("--mode", choices=("infer", "train"), default="infer",
+                   help="infer: forward under inference_mode; train: forward + backward + SGD step (default infer)")
+    p.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="images per call (default 32)")
+    p.add_argument("--image-size", type=_positive, default=None, metavar="N",
+                   help="square input size (default: the model's own, e.g. 224)")
+    p.add_argument("--threads", type=_positive, default=None, metavar="N",
+                   help="torch.set_num_threads for the run (default: torch's current setting)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    p.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the timed model (not the reference)")
+    p.add_argument("--backend", choices=("torch", "pytorch", "onnxruntime"), default="torch",
+                   help="inference runtime: torch (default) or onnxruntime (the optimised model exported to "
+                        "ONNX; needs the 'export' extra)")
+    p.add_argument("--compare-reference", action="store_true",
+                   help="also time impl='reference' (same weights, alternating rounds) and print the speed-up")
+    p.add_argument("--rounds", type=_positive, default=5, metavar="N", help="timed rounds (default 5)")
+    p.add_argument("--iters", type=_positive, default=2, metavar="N", help="timed calls per round (default 2)")
+    p.add_argument("--warmup", type=_non_negative, default=2, metavar="N", help="untimed calls first (default 2)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
+    p.set_defaults(func=run_bench)
+
+
+def variants_for(args: argparse.Namespace) -> list[str]:
+    """The variants that ``args`` asks for: the timed one, then the reference if compared."""
+    from ..engine.bench import MAIN_VARIANT, REFERENCE_VARIANT
+
+    if args.backend == "onnxruntime":
+        if args.mode != "infer":
+            raise ValueError("--backend onnxruntime times inference only; use --mode infer")
+        main = "onnxruntime"
+    else:
+        main = MAIN_VARIANT[args.mode]
+    return [main, REFERENCE_VARIANT] if args.compare_reference else [main]
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from ..engine.bench import BenchConfig, benchmark_model, check_device, format_table
+    from ..models import list_models
+
+    check_device(args.device)  # before any model is built
+    known = set(list_models())
+    unknown = [m for m in args.models if m not in known]
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; see `mobileconv models` for the registered names")
+    config = BenchConfig(mode=args.mode, batch_size=args.batch_size, image_size=args.image_size,
+                         threads=args.threads, device=args.device, amp=args.amp, compile=args.compile,
+                         warmup=args.warmup, rounds=args.rounds, iters=args.iters, memory=not args.no_memory)
+    variants = variants_for(args)
+    progress = sys.stderr.isatty()
+    results = [benchmark_model(name, config, variants, progress=progress) for name in args.models]
+    if args.format == "json":
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        print(format_table(results))
+    return 0

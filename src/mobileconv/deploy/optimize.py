@@ -19,6 +19,8 @@ import copy
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from ..layers import Conv2dSame, GroupedConv2d, MixConv2d, XSepConv2d, set_layer_impl
 
@@ -27,6 +29,9 @@ DEFAULT_TRACE_SIZE = 64
 # Output of the optimised model vs the eval-mode model, relative to the output scale.
 VERIFY_RTOL = 1e-4
 _BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+# Modules whose output channels are those of their conv(s): a BN right after them folds into them
+# (a split / concat module per group: GroupedConv2d, and a MixConv that cannot be fused).
+_CONVS = (nn.Conv2d, GroupedConv2d, MixConv2d)
 
 
 def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | None = None,
@@ -80,13 +85,13 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
 def fuse_operators(model: nn.Module) -> nn.Module:
     """Replace MixConv / XSepConv / evenly split grouped convs by plain convs, in place (eval-mode maths)."""
     for name, module in list(model.named_modules()):
-        if isinstance(module, MixConv2d):
+        if isinstance(module, MixConv2d) and getattr(module, "fusable", True):
             _replace(model, name, mixconv_as_conv(module))
         elif isinstance(module, XSepConv2d):
             _replace(model, name, xsepconv_as_sequential(module))
         elif isinstance(module, GroupedConv2d) and module.single_conv:
             _replace(model, name, grouped_as_conv(module))
-        elif isinstance(module, GroupedConv2d):
+        elif isinstance(module, (GroupedConv2d, MixConv2d)):
             module.impl = "reference"  # split / concat; its BN is folded into the per-group convs
     return model
 
@@ -136,7 +141,8 @@ def fold_batchnorms(model: nn.Module, example_input: torch.Tensor) -> list[tuple
     """Fold every eval-mode BN that receives a conv's output into that conv, in place.
 
     The pairs come from a forward pass on ``example_input``: a BN is folded when its input is
-    the very tensor a ``nn.Conv2d`` (or ``GroupedConv2d``) returned. Folded BNs become
+    the very tensor a ``nn.Conv2d`` (or a split / concat ``GroupedConv2d`` / ``MixConv2d``)
+    returned and nothing else reads that tensor (:func:`trace_conv_bn_pairs`). Folded BNs become
     ``nn.Identity``, which passes that tensor on, so a BN right after a folded BN (XSepConv's
     last BN followed by the block's BN) is folded by the next pass. BNs without running
     statistics (they normalise with batch statistics even in eval mode) are left alone.
@@ -155,38 +161,65 @@ def fold_batchnorms(model: nn.Module, example_input: torch.Tensor) -> list[tuple
 
 @torch.no_grad()
 def trace_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
-    """``(conv_name, bn_name)`` for every foldable BN whose input is a conv's output tensor."""
+    """``(conv_name, bn_name)`` for every foldable BN whose input is a conv's output, used by nothing else.
+
+    Forward hooks record the tensor each conv returns and the tensor each BN receives; a
+    dispatch mode counts the ATen ops that read each conv output. A pair is foldable when the BN
+    receives the conv's output and that BN is its only reader (an in-place op in between, a
+    skip connection from the raw conv output or a second BN all read it too).
+    """
     produced: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) -> (conv name, output kept alive)
-    pairs: dict[str, str] = {}
+    pairs: dict[str, str] = {}  # bn name -> conv name
+    readers = _ReaderCount(produced)
     handles = []
 
     def record_conv(name):
         def hook(module, args, output):
-            produced[id(output)] = (name, output)
+            if isinstance(output, torch.Tensor):
+                produced[id(output)] = (name, output)
+                readers.counts[id(output)] = 0
         return hook
 
     def record_bn(name):
         def hook(module, args):
             hit = produced.get(id(args[0]))
             if hit is not None and hit[1] is args[0]:
-                pairs.setdefault(name, hit[0])
+                pairs[name] = hit[0]
         return hook
 
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, GroupedConv2d)):
+        if isinstance(module, _CONVS):
             handles.append(module.register_forward_hook(record_conv(name)))
         elif isinstance(module, _BATCHNORMS) and _foldable(module):
             handles.append(module.register_forward_pre_hook(record_bn(name)))
     was_training = model.training
     try:
-        model.eval()(example_input)
+        with readers:
+            model.eval()(example_input)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    convs = [conv for conv in pairs.values()]
-    shared = {c for c in convs if convs.count(c) > 1}
-    return [(conv, bn) for bn, conv in pairs.items() if conv not in shared]
+    output_of = {name: key for key, (name, _) in produced.items()}
+    convs = list(pairs.values())
+    return [(conv, bn) for bn, conv in pairs.items()
+            if convs.count(conv) == 1 and readers.counts.get(output_of[conv]) == 1]
+
+
+class _ReaderCount(TorchDispatchMode):
+    """Counts, per recorded conv output, the ATen ops that take it as an input."""
+
+    def __init__(self, produced: dict[int, tuple[str, torch.Tensor]]) -> None:
+        super().__init__()
+        self.produced = produced
+        self.counts: dict[int, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves((args, kwargs)):
+            if isinstance(leaf, torch.Tensor) and id(leaf) in self.counts and self.produced[id(leaf)][1] is leaf:
+                self.counts[id(leaf)] += 1
+        return out
 
 
 def _foldable(bn: nn.Module) -> bool:
@@ -201,7 +234,7 @@ def _fold(conv: nn.Module, bn: nn.Module) -> None:
     shift = -bn.running_mean * scale
     if bn.bias is not None:
         shift = shift + bn.bias
-    pieces = list(conv) if isinstance(conv, GroupedConv2d) else [conv]
+    pieces = list(conv) if isinstance(conv, (GroupedConv2d, MixConv2d)) else [conv]
     start = 0
     for piece in pieces:
         n = piece.out_channels

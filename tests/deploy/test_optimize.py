@@ -1,0 +1,284 @@
+"""optimize_for_inference: BN folding, fused MixConv / XSepConv, channels_last, registry-wide numerics.
+
+Oracles: the eval-mode model itself with ``impl="reference"`` (PyTorch's own BatchNorm and the
+split / conv-per-group / concat operators), and BN / MixConv formulas written out here with plain
+``F.conv2d`` / tensor arithmetic.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mobileconv
+from mobileconv.deploy.optimize import fold_batchnorms, optimize_for_inference, trace_conv_bn_pairs
+from mobileconv.layers import GroupedConv2d, MixConv2d, XSepConv2d, set_layer_impl
+
+REL_TOL = 1e-4  # of the output scale (the issue's acceptance bound)
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine terms, unit-scale linear weights: folding must matter.
+
+    (A fresh model has identity BNs and a near-zero classifier, which would hide a dropped BN.)
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            elif isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features ** 0.5)
+            elif isinstance(m, nn.Conv2d) and m.weight.abs().max() == 0:  # zero-initialised convs
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5)
+    return model
+
+
+def reference_output(model: nn.Module, x: torch.Tensor):
+    ref = set_layer_impl(copy.deepcopy(model), "reference").eval()
+    with torch.no_grad():
+        return ref(x)
+
+
+def assert_close_to_scale(got: torch.Tensor, expected: torch.Tensor, rel: float = REL_TOL) -> None:
+    assert got.shape == expected.shape
+    scale = expected.abs().max().item()
+    err = (got - expected).abs().max().item()
+    assert scale > 1e-3, f"output scale {scale} too small for a meaningful comparison"
+    assert err <= rel * scale, f"max abs diff {err:.3g} > {rel} x output scale {scale:.3g}"
+
+
+def batch(n: int, c: int, h: int, w: int | None = None, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, c, h, h if w is None else w, generator=torch.Generator().manual_seed(seed))
+
+
+def bn_oracle(y: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """Eval-mode BN written out: gamma * (y - mu) / sqrt(var + eps) + beta."""
+    v = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
+    return v(bn.weight) * (y - v(bn.running_mean)) / torch.sqrt(v(bn.running_var) + bn.eps) + v(bn.bias)
+
+
+# --- registry-wide -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", mobileconv.list_models())
+def test_registered_model_matches_eval_model(name):
+    torch.manual_seed(0)
+    model = randomize(mobileconv.create_model(name)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = batch(2, 3, 32, 36)  # even / uneven sizes: TF SAME pads asymmetrically for stride 2
+    fast = optimize_for_inference(model)
+
+    # output: the eval-mode reference model is the oracle, at the traced size and at another one
+    assert_close_to_scale(fast(x), reference_output(model, x))
+    y = batch(1, 3, 40, 33, seed=2)
+    assert_close_to_scale(fast(y), reference_output(model, y))
+
+    # what the copy is: eval mode, no BN / MixConv / XSepConv left, frozen, channels_last weights
+    assert not fast.training
+    kinds = {type(m) for m in fast.modules()}
+    assert nn.BatchNorm2d not in kinds and XSepConv2d not in kinds
+    assert all(not m.fusable for m in fast.modules() if isinstance(m, MixConv2d))
+    assert all(not p.requires_grad for p in fast.parameters())
+    convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[-1] > 1]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+
+    # the input model is untouched: same weights, still in train mode, still the fast operators
+    assert model.training
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["tf_mixnet_s", "xsep_mobilenetv3_small_100"])
+def test_model_contract_survives(name):
+    model = randomize(mobileconv.create_model(name, num_classes=7))
+    fast = optimize_for_inference(model)
+    x = batch(2, 3, 48)
+    ref = set_layer_impl(copy.deepcopy(model), "reference").eval()
+    with torch.no_grad():
+        assert_close_to_scale(fast.forward_features(x), ref.forward_features(x))
+        assert_close_to_scale(fast.forward_head(fast.forward_features(x), pre_logits=True),
+                              ref.forward_head(ref.forward_features(x), pre_logits=True))
+    assert fast(x).shape == (2, 7)
+
+
+def test_features_only_model():
+    model = randomize(mobileconv.create_model("mixnet_s", features_only=True))
+    x = batch(1, 3, 64)
+    fast = optimize_for_inference(model)
+    got, expected = fast(x), reference_output(model, x)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert_close_to_scale(g, e)
+
+
+def test_channels_last_off_keeps_nchw_weights():
+    model = randomize(mobileconv.create_model("mixnet_s_cifar"))
+    fast = optimize_for_inference(model, channels_last=False)
+    assert all(m.weight.is_contiguous() for m in fast.modules() if isinstance(m, nn.Conv2d))
+    x = batch(2, 3, 32)
+    assert_close_to_scale(fast(x), reference_output(model, x))
+
+
+# --- the rewrites, against formulas ----------------------------------------------------------------
+
+class ConvBN(nn.Module):
+    def __init__(self, conv: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.conv, self.bn = conv, nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def test_conv_bn_folds_to_the_formula():
+    m = randomize(ConvBN(nn.Conv2d(3, 5, 3, padding=1, bias=True), 5)).eval()
+    with torch.no_grad():
+        m.conv.bias.normal_()
+    fast = optimize_for_inference(m)
+    assert isinstance(fast.bn, nn.Identity)
+    s = m.bn.weight / torch.sqrt(m.bn.running_var + m.bn.eps)
+    torch.testing.assert_close(fast.conv.weight, m.conv.weight * s.view(-1, 1, 1, 1))
+    torch.testing.assert_close(fast.conv.bias, (m.conv.bias - m.bn.running_mean) * s + m.bn.bias)
+    x = batch(2, 3, 9)
+    with torch.no_grad():
+        expected = bn_oracle(F.conv2d(x, m.conv.weight, m.conv.bias, padding=1), m.bn)
+    assert_close_to_scale(fast(x), expected)
+
+
+@pytest.mark.parametrize("ks, stride, padding, size", [
+    ([3, 5, 7], 1, "", (9, 9)),
+    ([3, 5, 7, 9, 11], 2, "", (12, 11)),
+    ([3, 5, 7, 9], 2, "tf", (10, 13)),
+])
+def test_mixconv_bn_becomes_one_depthwise_conv(ks, stride, padding, size):
+    c = 14
+    m = randomize(ConvBN(MixConv2d(c, ks, stride, padding=padding), c)).eval()
+    fast = optimize_for_inference(m, example_input=batch(2, c, *size))
+    convs = [mod for mod in fast.modules() if isinstance(mod, nn.Conv2d)]
+    assert len(convs) == 1 and convs[0].groups == c and convs[0].weight.shape[-2:] == (max(ks),) * 2
+
+    # oracle weight: every group's kernel centred in a K x K zero kernel, times gamma / sqrt(var + eps)
+    big = max(ks)
+    oracle = torch.zeros(c, 1, big, big)
+    start = 0
+    for conv, k in zip(m.conv, ks):
+        n, o = conv.weight.shape[0], (big - k) // 2
+        oracle[start:start + n, :, o:o + k, o:o + k] = conv.weight.detach()
+        start += n
+    s = m.bn.weight / torch.sqrt(m.bn.running_var + m.bn.eps)
+    torch.testing.assert_close(convs[0].weight.detach(), oracle * s.view(-1, 1, 1, 1))
+
+    # oracle output: split / per-group F.conv2d / concat, then the BN formula
+    x = batch(2, c, *size, seed=3)
+    outs, start = [], 0
+    for conv, k in zip(m.conv, ks):
+        n = conv.weight.shape[0]
+        xi = x[:, start:start + n]
+        if padding == "tf":
+            ph = max((-(-size[0] // stride) - 1) * stride + k - size[0], 0)
+            pw = max((-(-size[1] // stride) - 1) * stride + k - size[1], 0)
+            xi = F.pad(xi, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+            outs.append(F.conv2d(xi, conv.weight, None, stride, 0, 1, n))
+        else:
+            outs.append(F.conv2d(xi, conv.weight, None, stride, k // 2, 1, n))
+        start += n
+    with torch.no_grad():
+        expected = bn_oracle(torch.cat(outs, 1), m.bn)
+    assert_close_to_scale(fast(x), expected)
+
+
+@pytest.mark.parametrize("padding", ["symmetric", "right_top", "left_bottom"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_xsepconv_bns_fold_including_a_following_bn(padding, stride):
+    c = 12
+    m = randomize(ConvBN(XSepConv2d(c, 5, stride, padding=padding, act_layer="hswish"), c)).eval()
+    x = batch(2, c, 11, 10)
+    fast = optimize_for_inference(m, example_input=x)
+    assert not any(isinstance(mod, (nn.BatchNorm2d, XSepConv2d)) for mod in fast.modules())
+    # four BNs (three inside, one after) fold into three convs
+    assert sum(isinstance(mod, nn.Conv2d) for mod in fast.modules()) == 3
+    assert_close_to_scale(fast(x), reference_output(m, x))
+
+
+def test_uneven_grouped_conv_folds_into_its_groups():
+    m = randomize(ConvBN(GroupedConv2d(7, 11, [1, 1, 1]), 11)).eval()  # splits 3,2,2 -> 5,3,3
+    fast = optimize_for_inference(m, example_input=batch(2, 7, 6))
+    assert isinstance(fast.conv, GroupedConv2d) and isinstance(fast.bn, nn.Identity)
+    x = batch(2, 7, 6, seed=4)
+    with torch.no_grad():
+        expected = bn_oracle(torch.cat([F.conv2d(xi, conv.weight) for xi, conv in
+                                        zip(torch.split(x, [3, 2, 2], 1), m.conv)], 1), m.bn)
+    assert_close_to_scale(fast(x), expected)
+
+
+def test_unfusable_mixconv_folds_into_its_groups():
+    # TF SAME with a 1x1 kernel at stride 2 is not a centred crop of the 5x5 padding: kept split
+    m = randomize(ConvBN(MixConv2d(9, [1, 3, 5], 2, padding="tf"), 9)).eval()
+    x = batch(2, 9, 10, 12)
+    fast = optimize_for_inference(m, example_input=x)
+    assert isinstance(fast.conv, MixConv2d) and isinstance(fast.bn, nn.Identity)
+    assert_close_to_scale(fast(x), reference_output(m, x))
+
+
+# --- what must not be folded ----------------------------------------------------------------------
+
+class ConvReadTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y  # the raw conv output is read twice
+
+
+class InplaceBetween(ConvReadTwice):
+    def forward(self, x):
+        y = self.conv(x)
+        y.relu_()  # same tensor object reaches the BN, but it is not the conv's output any more
+        return self.bn(y)
+
+
+class BatchStatsBN(ConvReadTwice):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4, track_running_stats=False)  # batch statistics even in eval mode
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+@pytest.mark.parametrize("make", [ConvReadTwice, InplaceBetween, BatchStatsBN])
+def test_bn_is_kept_when_folding_would_change_the_result(make):
+    m = randomize(make()).eval()
+    x = batch(3, 3, 8)
+    assert trace_conv_bn_pairs(m, x) == []
+    fast = optimize_for_inference(m, example_input=x)
+    assert isinstance(fast.bn, nn.BatchNorm2d)
+    with torch.no_grad():
+        assert_close_to_scale(fast(x), m(x))
+
+
+def test_fold_batchnorms_reports_pairs():
+    m = randomize(ConvBN(nn.Conv2d(3, 4, 1), 4)).eval()
+    assert fold_batchnorms(m, batch(1, 3, 4)) == [("conv", "bn")]
+    assert isinstance(m.bn, nn.Identity)
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+def test_rejects_a_non_module():
+    with pytest.raises(ValueError, match="model must be a torch.nn.Module, got dict"):
+        optimize_for_inference({})
+
+
+def test_rejects_a_bad_example_input():
+    with pytest.raises(ValueError, match=r"example_input must be a 4-d tensor \(N, C, H, W\), got torch.Size\(\[3, 8\]\)"):
+        optimize_for_inference(nn.Conv2d(3, 3, 1), example_input=torch.zeros(3, 8))
