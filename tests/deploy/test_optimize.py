@@ -20,24 +20,29 @@ from mobileconv.layers import GroupedConv2d, MixConv2d, XSepConv2d, set_layer_im
 REL_TOL = 1e-4  # of the output scale (the issue's acceptance bound)
 
 
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine terms, unit-scale linear weights: folding must matter.
+def randomize(model: nn.Module, in_chans: int = 3, seed: int = 0, size: int = 64) -> nn.Module:
+    """Random BN affine terms and a unit-scale classifier, BN statistics calibrated on random data.
 
-    (A fresh model has identity BNs and a near-zero classifier, which would hide a dropped BN.)
+    A fresh model has identity BNs and a near-zero classifier, and made-up running statistics
+    let the signal die out (the output would not depend on early layers): here every BN sees
+    statistics of its actual input, so dropping or mis-folding any one of them changes the
+    logits by far more than the tolerance (checked by hand: >= 10% for every BN of mixnet_s).
     """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
                 m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the calibration batch
             elif isinstance(m, nn.Linear):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features ** 0.5)
-            elif isinstance(m, nn.Conv2d) and m.weight.abs().max() == 0:  # zero-initialised convs
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5)
-    return model
+        model.train()(torch.randn(24, in_chans, size, size, generator=g))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    return model.eval()
 
 
 def reference_output(model: nn.Module, x: torch.Tensor):
@@ -50,7 +55,7 @@ def assert_close_to_scale(got: torch.Tensor, expected: torch.Tensor, rel: float 
     assert got.shape == expected.shape
     scale = expected.abs().max().item()
     err = (got - expected).abs().max().item()
-    assert scale > 1e-3, f"output scale {scale} too small for a meaningful comparison"
+    assert scale > 1e-2, f"output scale {scale} too small for a meaningful comparison"
     assert err <= rel * scale, f"max abs diff {err:.3g} > {rel} x output scale {scale:.3g}"
 
 
@@ -71,13 +76,12 @@ def test_registered_model_matches_eval_model(name):
     torch.manual_seed(0)
     model = randomize(mobileconv.create_model(name)).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x = batch(2, 3, 32, 36)  # even / uneven sizes: TF SAME pads asymmetrically for stride 2
     fast = optimize_for_inference(model)
 
-    # output: the eval-mode reference model is the oracle, at the traced size and at another one
-    assert_close_to_scale(fast(x), reference_output(model, x))
-    y = batch(1, 3, 40, 33, seed=2)
-    assert_close_to_scale(fast(y), reference_output(model, y))
+    # output: the eval-mode reference model is the oracle, at the calibration size and at odd sizes
+    # (TF SAME pads asymmetrically for stride 2), batch 2 and batch 1
+    for x in (batch(2, 3, 64), batch(1, 3, 57, 62, seed=2)):
+        assert_close_to_scale(fast(x), reference_output(model, x))
 
     # what the copy is: eval mode, no BN / MixConv / XSepConv left, frozen, channels_last weights
     assert not fast.training
@@ -159,7 +163,7 @@ def test_conv_bn_folds_to_the_formula():
 ])
 def test_mixconv_bn_becomes_one_depthwise_conv(ks, stride, padding, size):
     c = 14
-    m = randomize(ConvBN(MixConv2d(c, ks, stride, padding=padding), c)).eval()
+    m = randomize(ConvBN(MixConv2d(c, ks, stride, padding=padding), c), c).eval()
     fast = optimize_for_inference(m, example_input=batch(2, c, *size))
     convs = [mod for mod in fast.modules() if isinstance(mod, nn.Conv2d)]
     assert len(convs) == 1 and convs[0].groups == c and convs[0].weight.shape[-2:] == (max(ks),) * 2
@@ -198,7 +202,7 @@ def test_mixconv_bn_becomes_one_depthwise_conv(ks, stride, padding, size):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_xsepconv_bns_fold_including_a_following_bn(padding, stride):
     c = 12
-    m = randomize(ConvBN(XSepConv2d(c, 5, stride, padding=padding, act_layer="hswish"), c)).eval()
+    m = randomize(ConvBN(XSepConv2d(c, 5, stride, padding=padding, act_layer="hswish"), c), c).eval()
     x = batch(2, c, 11, 10)
     fast = optimize_for_inference(m, example_input=x)
     assert not any(isinstance(mod, (nn.BatchNorm2d, XSepConv2d)) for mod in fast.modules())
@@ -208,7 +212,7 @@ def test_xsepconv_bns_fold_including_a_following_bn(padding, stride):
 
 
 def test_uneven_grouped_conv_folds_into_its_groups():
-    m = randomize(ConvBN(GroupedConv2d(7, 11, [1, 1, 1]), 11)).eval()  # splits 3,2,2 -> 5,3,3
+    m = randomize(ConvBN(GroupedConv2d(7, 11, [1, 1, 1]), 11), 7).eval()  # splits 3,2,2 -> 5,3,3
     fast = optimize_for_inference(m, example_input=batch(2, 7, 6))
     assert isinstance(fast.conv, GroupedConv2d) and isinstance(fast.bn, nn.Identity)
     x = batch(2, 7, 6, seed=4)
@@ -220,7 +224,7 @@ def test_uneven_grouped_conv_folds_into_its_groups():
 
 def test_unfusable_mixconv_folds_into_its_groups():
     # TF SAME with a 1x1 kernel at stride 2 is not a centred crop of the 5x5 padding: kept split
-    m = randomize(ConvBN(MixConv2d(9, [1, 3, 5], 2, padding="tf"), 9)).eval()
+    m = randomize(ConvBN(MixConv2d(9, [1, 3, 5], 2, padding="tf"), 9), 9).eval()
     x = batch(2, 9, 10, 12)
     fast = optimize_for_inference(m, example_input=x)
     assert isinstance(fast.conv, MixConv2d) and isinstance(fast.bn, nn.Identity)

@@ -16,6 +16,7 @@ is checked against the eval-mode model on that input.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -26,6 +27,8 @@ from ..layers import Conv2dSame, GroupedConv2d, MixConv2d, XSepConv2d, set_layer
 
 # The example input used to trace the data flow when the caller gives none.
 DEFAULT_TRACE_SIZE = 64
+# A grouped 1x1 conv with fewer input channels per group runs as a dense block-diagonal conv.
+DENSE_MAX_GROUP_CHANNELS = 16
 # Output of the optimised model vs the eval-mode model, relative to the output scale.
 VERIFY_RTOL = 1e-4
 _BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
@@ -35,7 +38,8 @@ _CONVS = (nn.Conv2d, GroupedConv2d, MixConv2d)
 
 
 def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | None = None,
-                           channels_last: bool = True, verify: bool = True) -> nn.Module:
+                           channels_last: bool = True, fuse_activations: bool = True,
+                           verify: bool = True) -> nn.Module:
     """An inference copy of ``model``: eval mode, BN folded, MixConv / XSepConv fused, channels_last.
 
     The input model is not changed. The copy keeps the model contract (``forward``,
@@ -48,9 +52,12 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
 
     * every ``MixConv2d`` -> one depthwise ``nn.Conv2d`` (kernels zero-padded to the largest);
     * every ``XSepConv2d`` -> ``3x3 dw -> act -> 1xK dw -> act -> Kx1 dw``, BNs folded;
-    * every ``GroupedConv2d`` with an even split -> one ``nn.Conv2d(groups=g)``; with an uneven
-      split its BN is folded into the per-group convs;
+    * every ``GroupedConv2d`` with an even split -> one ``nn.Conv2d(groups=g)`` (a dense,
+      block-diagonal one for 1x1 convs with few channels per group); with an uneven split its BN
+      is folded into the per-group convs;
     * every BN that directly follows a conv is folded into it and becomes ``nn.Identity``;
+    * every conv followed by an activation runs as one oneDNN conv with the activation as a
+      post-op (:class:`FusedConvAct`; plain ops again under autograd, TorchScript, export);
     * weights in channels_last (``channels_last=False`` keeps NCHW).
 
     Args:
@@ -58,6 +65,7 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
         example_input: a batch to trace the conv -> BN data flow and to verify the result with;
             default ``zeros(2, in_chans, 64, 64)`` (``model.in_chans``, else 3).
         channels_last: store the conv weights in channels_last.
+        fuse_activations: fuse conv + activation pairs (:class:`FusedConvAct`).
         verify: compare the result with the eval-mode model on ``example_input`` and raise
             ``RuntimeError`` if they differ by more than ``1e-4`` of the output scale.
 
@@ -73,6 +81,8 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
     set_layer_impl(model, "fast")
     fuse_operators(model)
     fold_batchnorms(model, x)
+    if fuse_activations:
+        fuse_conv_activations(model, x)
     for p in model.parameters():
         p.requires_grad_(False)
     if channels_last:
@@ -121,19 +131,109 @@ def xsepconv_as_sequential(xsep: XSepConv2d) -> nn.Sequential:
 
 
 def grouped_as_conv(grouped: GroupedConv2d) -> nn.Conv2d:
-    """An evenly split ``GroupedConv2d`` (same kernel per group) as one ``nn.Conv2d(groups=g)``."""
+    """An evenly split ``GroupedConv2d`` (same kernel per group) as one ``nn.Conv2d``.
+
+    ``groups=g`` in general; a 1x1 conv with fewer than ``DENSE_MAX_GROUP_CHANNELS`` input channels
+    per group becomes a dense conv with a block-diagonal weight instead (zeros off the diagonal
+    blocks): oneDNN's grouped kernel wastes most of a SIMD register on so few channels, and the
+    dense conv, though it multiplies by zeros, is faster (MixNet-S's 16 -> 96 expansion at 112x112,
+    2 threads: 79 ms grouped, 57 ms dense; from 36 channels per group on, grouped is faster).
+    """
     if not grouped.single_conv:
         raise ValueError("grouped_as_conv needs an even split and one kernel size "
                          f"(got in_splits={grouped.in_splits}, out_splits={grouped.out_splits}, "
                          f"kernel_sizes={grouped.kernel_sizes})")
-    first, k = grouped[0], grouped.kernel_sizes[0]
+    first, k, g = grouped[0], grouped.kernel_sizes[0], len(grouped)
+    dense = k == 1 and grouped.in_splits[0] < DENSE_MAX_GROUP_CHANNELS
     conv = nn.Conv2d(grouped.in_channels, grouped.out_channels, k, grouped.stride, padding=(k - 1) // 2,
-                     groups=len(grouped), bias=first.bias is not None)
+                     groups=1 if dense else g, bias=first.bias is not None)
     with torch.no_grad():
-        conv.weight.copy_(torch.cat([c.weight for c in grouped], 0))
+        if dense:
+            conv.weight.zero_()
+            for i, c in enumerate(grouped):
+                ci, co = grouped.in_splits[0], grouped.out_splits[0]
+                conv.weight[i * co:(i + 1) * co, i * ci:(i + 1) * ci] = c.weight
+        else:
+            conv.weight.copy_(torch.cat([c.weight for c in grouped], 0))
         if conv.bias is not None:
             conv.bias.copy_(torch.cat([c.bias for c in grouped], 0))
     return conv.to(first.weight)
+
+
+class FusedConvAct(nn.Module):
+    """``act(conv(x))`` as one oneDNN convolution with the activation as a post-op (CPU inference).
+
+    The activation is applied while the conv output is still in cache instead of in a second pass
+    over memory (MixNet-S, 2 threads, batch 32: about 10% of the optimised model's time, measured
+    by ``benchmarks/mixconv_speed.py``'s prototype runs; README, section Speed). The same maths
+    as the two modules; ``conv`` and ``act`` stay sub-modules. Wherever the fused kernel does not
+    apply it runs ``act(conv(x))``: autograd, tensors that are not float32 on the CPU, autocast,
+    and TorchScript / tracing / ``torch.compile`` / export, so exported graphs keep standard ops.
+    """
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module) -> None:
+        super().__init__()
+        if not can_fuse_conv_act(conv, act):
+            raise ValueError(f"FusedConvAct takes an nn.Conv2d with numeric zero padding and one of "
+                             f"{sorted(t.__name__ for t in _ACT_POST_OPS)}, got {type(conv).__name__} "
+                             f"and {type(act).__name__}")
+        self.conv, self.act = conv, act
+        self.post_op, self.post_op_scalars = _ACT_POST_OPS[type(act)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self._fusable_call(x):
+                c = self.conv
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation), c.groups,
+                    self.post_op, list(self.post_op_scalars), "")
+        return self.act(self.conv(x))
+
+    def _fusable_call(self, x: torch.Tensor) -> bool:
+        w = self.conv.weight
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+                and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
+                and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+                and not torch.onnx.is_in_onnx_export())
+
+
+# Activations oneDNN can apply as a conv post-op: (post-op name, its scalars).
+_ACT_POST_OPS: dict[type, tuple[str, tuple[float, ...]]] = {
+    nn.ReLU: ("relu", ()), nn.ReLU6: ("hardtanh", (0.0, 6.0)), nn.SiLU: ("swish", ()),
+    nn.Hardswish: ("hardswish", ()), nn.Hardsigmoid: ("hardsigmoid", ()), nn.Sigmoid: ("sigmoid", ()),
+}
+
+
+def fused_conv_act_available() -> bool:
+    """Whether this PyTorch build has oneDNN's fused conv + activation op (private API, checked)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def can_fuse_conv_act(conv: nn.Module, act: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros"
+            and type(act) in _ACT_POST_OPS)
+
+
+@torch.no_grad()
+def fuse_conv_activations(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
+    """Replace every ``nn.Conv2d`` whose output only an activation reads by a :class:`FusedConvAct`, in place.
+
+    Run after :func:`fold_batchnorms` (a folded BN is an ``nn.Identity`` between the two). The
+    activation's own slot becomes ``nn.Identity``. Returns the ``(conv_name, act_name)`` pairs.
+    """
+    if not fused_conv_act_available():
+        return []
+    pairs = trace_pairs(model, example_input, lambda m: type(m) is nn.Conv2d,
+                        lambda m: type(m) in _ACT_POST_OPS)
+    fused = []
+    for conv_name, act_name in pairs:
+        conv, act = model.get_submodule(conv_name), model.get_submodule(act_name)
+        if can_fuse_conv_act(conv, act):
+            _replace(model, conv_name, FusedConvAct(conv, act))
+            _replace(model, act_name, nn.Identity())
+            fused.append((conv_name, act_name))
+    return fused
 
 
 @torch.no_grad()
@@ -161,37 +261,59 @@ def fold_batchnorms(model: nn.Module, example_input: torch.Tensor) -> list[tuple
 
 @torch.no_grad()
 def trace_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
-    """``(conv_name, bn_name)`` for every foldable BN whose input is a conv's output, used by nothing else.
+    """``(conv_name, bn_name)`` for every foldable BN whose input is a conv's output, read by nothing else."""
+    return trace_pairs(model, example_input, lambda m: isinstance(m, _CONVS),
+                       lambda m: isinstance(m, _BATCHNORMS) and _foldable(m))
 
-    Forward hooks record the tensor each conv returns and the tensor each BN receives; a
-    dispatch mode counts the ATen ops that read each conv output. A pair is foldable when the BN
-    receives the conv's output and that BN is its only reader (an in-place op in between, a
-    skip connection from the raw conv output or a second BN all read it too).
+
+@torch.no_grad()
+def trace_pairs(model: nn.Module, example_input: torch.Tensor, is_producer: Callable[[nn.Module], bool],
+                is_consumer: Callable[[nn.Module], bool]) -> list[tuple[str, str]]:
+    """``(producer_name, consumer_name)`` where the consumer module is the only reader of the producer's output.
+
+    Forward hooks record the tensor each producer returns and the tensor each consumer receives;
+    a dispatch mode counts the ATen ops that read each producer output. A pair qualifies when the
+    consumer receives the producer's output and is its only reader (an in-place op in between, a
+    skip connection from the raw output or a second consumer all read it too), except that an
+    in-place consumer's result, being the same tensor, may be read afterwards. Modules called more
+    than once in the pass (shared weights) are never paired.
     """
-    produced: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) -> (conv name, output kept alive)
-    pairs: dict[str, str] = {}  # bn name -> conv name
+    produced: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) -> (producer name, output kept alive)
+    pairs: dict[str, str] = {}  # consumer name -> producer name
+    calls: dict[str, int] = {}  # a module called twice (shared weights) cannot be rewritten for one call
+    read_before: dict[str, int] = {}  # consumer name -> reads of the producer output before the consumer
+    in_place: dict[str, bool] = {}  # consumer returned its input (an in-place activation)
     readers = _ReaderCount(produced)
     handles = []
 
-    def record_conv(name):
+    def record_producer(name):
         def hook(module, args, output):
+            calls[name] = calls.get(name, 0) + 1
             if isinstance(output, torch.Tensor):
                 produced[id(output)] = (name, output)
                 readers.counts[id(output)] = 0
         return hook
 
-    def record_bn(name):
+    def record_consumer(name):
         def hook(module, args):
-            hit = produced.get(id(args[0]))
+            calls[name] = calls.get(name, 0) + 1
+            hit = produced.get(id(args[0])) if args else None
             if hit is not None and hit[1] is args[0]:
                 pairs[name] = hit[0]
+                read_before[name] = readers.counts[id(args[0])]
+        return hook
+
+    def record_consumer_output(name):
+        def hook(module, args, output):
+            in_place[name] = bool(args) and output is args[0]
         return hook
 
     for name, module in model.named_modules():
-        if isinstance(module, _CONVS):
-            handles.append(module.register_forward_hook(record_conv(name)))
-        elif isinstance(module, _BATCHNORMS) and _foldable(module):
-            handles.append(module.register_forward_pre_hook(record_bn(name)))
+        if is_producer(module):
+            handles.append(module.register_forward_hook(record_producer(name)))
+        elif is_consumer(module):
+            handles.append(module.register_forward_pre_hook(record_consumer(name)))
+            handles.append(module.register_forward_hook(record_consumer_output(name)))
     was_training = model.training
     try:
         with readers:
@@ -201,13 +323,16 @@ def trace_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[t
             h.remove()
         model.train(was_training)
     output_of = {name: key for key, (name, _) in produced.items()}
-    convs = list(pairs.values())
-    return [(conv, bn) for bn, conv in pairs.items()
-            if convs.count(conv) == 1 and readers.counts.get(output_of[conv]) == 1]
+    producers = list(pairs.values())
+    # nothing read the output before the consumer, and nothing after it unless the consumer worked in
+    # place (later reads then see the consumer's result, fused or not)
+    return [(prod, cons) for cons, prod in pairs.items()
+            if producers.count(prod) == 1 and calls[prod] == 1 and calls[cons] == 1 and read_before[cons] == 0
+            and (in_place.get(cons, False) or readers.counts.get(output_of[prod]) == 1)]
 
 
 class _ReaderCount(TorchDispatchMode):
-    """Counts, per recorded conv output, the ATen ops that take it as an input."""
+    """Counts, per recorded producer output, the ATen ops that take it as an input."""
 
     def __init__(self, produced: dict[int, tuple[str, torch.Tensor]]) -> None:
         super().__init__()

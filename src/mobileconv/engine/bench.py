@@ -138,6 +138,10 @@ class BenchResult:
         """True MACs (``impl="reference"`` count) per second of ``variant``."""
         return self.macs_per_image * self.measurements[variant].images_per_s
 
+    def speedup(self, variant: str, over: str = REFERENCE_VARIANT) -> float:
+        """Median over rounds of ``variant``'s images/s / ``over``'s images/s in the same round."""
+        return paired_ratio(self.measurements[variant].round_images_per_s, self.measurements[over].round_images_per_s)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         for name, m in d["measurements"].items():
@@ -343,6 +347,13 @@ def summarize_times(name: str, rounds: list[list[float]], batch_size: int) -> Me
                        peak_memory_mb=None, round_images_per_s=per_round)
 
 
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median of ``numerator[i] / denominator[i]``: a ratio of two things measured in the same rounds."""
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"need the same non-zero number of rounds, got {len(numerator)} and {len(denominator)}")
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
 def make_batch(config: BenchConfig, image_size: int, in_chans: int, num_classes: int) -> tuple:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(config.batch_size, in_chans, image_size, image_size, generator=g)
@@ -388,10 +399,11 @@ def benchmark_model(model: nn.Module | str, config: BenchConfig, variants: Seque
             m = summarize_times(v, times[v], config.batch_size)
             if config.memory:
                 m.peak_memory_mb = peak_memory_mb(steps[v], batch, config.device)
-            if REFERENCE_VARIANT in times and v != REFERENCE_VARIANT:
-                m.speedup = statistics.median(
-                    sum(ref) / sum(mine) for ref, mine in zip(times[REFERENCE_VARIANT], times[v]))
             result.measurements[v] = m
+        if REFERENCE_VARIANT in times:
+            for v, m in result.measurements.items():
+                if v != REFERENCE_VARIANT:
+                    m.speedup = result.speedup(v)
     return result
 
 

@@ -1,0 +1,222 @@
+"""MixConv without its tax (issue #6): fast vs reference MixNet / XSepConv on CPU, side by side.
+
+Every number is a ratio of two things timed in alternating rounds in this one process, from the
+same weights (random, so no download is needed): absolute images/s on a shared machine drift,
+ratios measured this way do not. Scenarios (defaults: fp32, 2 threads, 224x224):
+
+* ``infer``     batch 32: ``optimize_for_inference(model)`` vs the eval-mode ``impl="reference"``
+                model (split / conv per group / concat, BN not folded), in PyTorch's default memory
+                format (``reference``) and in channels_last (``reference_cl``, the issue's baseline).
+* ``latency``   the same at batch 1 (per-image latency).
+* ``train``     batch 32, one SGD step: ``impl="fast"`` in channels_last vs ``impl="reference"``.
+* ``tax``       batch 32, mixnet_s and mobilenetv3_large_100, both optimised, alternating: the ratio
+                of their MACs per second (true MACs, ``FlopCounterMode`` / 2 on the reference model).
+
+Writes ``benchmarks/results/mixconv_speed.{md,json,png}``. ``make bench`` runs it; ``--quick``
+is a smoke run (64 px, batch 4, 2 rounds) that says nothing about speed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from mobileconv import create_model
+from mobileconv.engine.bench import (BenchConfig, BenchResult, benchmark_model, build_variant, count_macs,
+                                     format_table, make_batch, num_threads, paired_ratio, summarize_times,
+                                     time_variants)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("mixnet_s", "mixnet_m", "mixnet_l", "xsep_mobilenetv3_small_100", "mobilenetv3_large_100")
+TAX_PAIR = ("mixnet_s", "mobilenetv3_large_100")
+# (scenario, measured quantity, target) from the issue
+TARGETS = (
+    ("infer", "speed-up over reference", 2.5),
+    ("latency", "speed-up over reference", 2.0),
+    ("train", "speed-up over reference", 1.5),
+    ("tax", "MACs/s of mixnet_s / mobilenetv3_large_100", 0.8),
+)
+MAIN = {"infer": "optimized", "latency": "optimized", "train": "fast"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), help="models to time (default: the issue's five)")
+    p.add_argument("--scenarios", nargs="+", default=["infer", "latency", "train", "tax"],
+                   choices=("infer", "latency", "train", "tax"), help="what to run (default: all)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch for infer / train / tax (default 32)")
+    p.add_argument("--image-size", type=int, default=224, help="input size (default 224)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds (default 5)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 64 px, batch 4, 2 rounds")
+    p.add_argument("--out", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.image_size, args.batch_size, args.rounds = 64, 4, 2
+    return args
+
+
+def scenario_config(scenario: str, args: argparse.Namespace) -> BenchConfig:
+    common = dict(image_size=args.image_size, threads=args.threads, rounds=args.rounds)
+    if scenario == "latency":
+        return BenchConfig(mode="infer", batch_size=1, iters=10, warmup=5, **common)
+    if scenario == "train":
+        return BenchConfig(mode="train", batch_size=args.batch_size, iters=1, warmup=2, **common)
+    return BenchConfig(mode="infer", batch_size=args.batch_size, iters=2, warmup=2, **common)
+
+
+def run_scenario(scenario: str, args: argparse.Namespace) -> list[BenchResult]:
+    config = scenario_config(scenario, args)
+    variants = [MAIN[scenario], "reference", "reference_cl"]
+    results = []
+    for name in args.models:
+        torch.manual_seed(0)
+        results.append(benchmark_model(create_model(name), config, variants, progress=True, name=name))
+        print(f"{scenario}:\n{format_table(results[-1:])}", file=sys.stderr)
+    return results
+
+
+def run_tax(args: argparse.Namespace) -> dict:
+    """mixnet_s and mobilenetv3_large_100, both optimised, timed in the same alternating rounds."""
+    config = scenario_config("tax", args)
+    steps, macs = {}, {}
+    with num_threads(config.threads):
+        batch = make_batch(config, args.image_size, 3, 1000)
+        for name in TAX_PAIR:
+            torch.manual_seed(0)
+            model = create_model(name)
+            macs[name] = count_macs(model, args.image_size)
+            steps[name] = build_variant(model, "optimized", config, batch[0])
+        times = time_variants(steps, batch, config, progress=True, desc="tax")
+    measured = {name: summarize_times(name, times[name], config.batch_size) for name in TAX_PAIR}
+    mix, mnv3 = TAX_PAIR
+    ratio = paired_ratio([macs[mix] * r for r in measured[mix].round_images_per_s],
+                         [macs[mnv3] * r for r in measured[mnv3].round_images_per_s])
+    return {"models": list(TAX_PAIR), "macs_per_image": macs, "macs_per_s_ratio": ratio,
+            "images_per_s": {n: m.images_per_s for n, m in measured.items()},
+            "gmacs_per_s": {n: macs[n] * m.images_per_s / 1e9 for n, m in measured.items()}}
+
+
+def speedup_rows(scenario: str, results: list[BenchResult]) -> list[dict]:
+    main = MAIN[scenario]
+    return [{"scenario": scenario, "model": r.model, "variant": main,
+             "images_per_s": r.measurements[main].images_per_s,
+             "reference_images_per_s": r.measurements["reference"].images_per_s,
+             "speedup": r.speedup(main), "speedup_over_reference_cl": r.speedup(main, "reference_cl"),
+             "latency_p50_ms": r.measurements[main].latency_p50_ms,
+             "reference_latency_p50_ms": r.measurements["reference"].latency_p50_ms,
+             "peak_memory_mb": r.measurements[main].peak_memory_mb,
+             "reference_peak_memory_mb": r.measurements["reference"].peak_memory_mb}
+            for r in results]
+
+
+def targets_table(rows: list[dict], tax: dict | None) -> list[str]:
+    lines = ["| scenario | model | measured | target | met |", "| --- | --- | --- | --- | --- |"]
+    for scenario, what, target in TARGETS:
+        if scenario == "tax":
+            if tax is not None:
+                v = tax["macs_per_s_ratio"]
+                lines.append(f"| tax | {what} | {v:.2f} | >= {target} | {'yes' if v >= target else 'NO'} |")
+            continue
+        for row in rows:
+            if row["scenario"] == scenario and row["model"] != "mobilenetv3_large_100":
+                v = row["speedup"]
+                lines.append(f"| {scenario} | {row['model']} | x{v:.2f} (x{row['speedup_over_reference_cl']:.2f} "
+                             f"over reference_cl) | >= x{target} | {'yes' if v >= target else 'NO'} |")
+    return lines
+
+
+def markdown(args: argparse.Namespace, env: dict, results: dict[str, list[BenchResult]], rows: list[dict],
+             tax: dict | None) -> str:
+    out = ["# MixConv speed (benchmarks/mixconv_speed.py)", "",
+           f"Command: `{env['command']}`  ", f"Date: {env['date']}; torch {env['torch']}; "
+           f"{env['threads']} threads on {env['cpus']} CPUs ({env['cpu']}); "
+           f"load average {env['load_before']} before, {env['load_after']} after.", "",
+           "Speed-ups are medians over rounds of per-round ratios (variants alternate within each round; same "
+           "weights). `reference` = `impl=\"reference\"` (split / conv per group / concat, BN not folded) in the "
+           "default memory format; `reference_cl` = the same in channels_last.", "",
+           "## Targets (issue #6)", "", *targets_table(rows, tax), ""]
+    for scenario, res in results.items():
+        out += [f"## {scenario}", "", format_table(res), ""]
+    if tax is not None:
+        out += ["## tax: MACs per second, both optimised, alternating", "",
+                "| model | MACs/image | img/s | GMAC/s |", "| --- | --- | --- | --- |"]
+        out += [f"| {n} | {tax['macs_per_image'][n] / 1e6:.1f}M | {tax['images_per_s'][n]:.1f} | "
+                f"{tax['gmacs_per_s'][n]:.2f} |" for n in tax["models"]]
+        out += ["", f"MACs/s ratio (median over rounds): {tax['macs_per_s_ratio']:.2f}", ""]
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], tax: dict | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = [s for s in ("infer", "latency", "train") if any(r["scenario"] == s for r in rows)]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / max(len(scenarios), 1)
+    for i, s in enumerate(scenarios):
+        vals = [next((r["speedup"] for r in rows if r["scenario"] == s and r["model"] == m), 0.0) for m in models]
+        xs = [j + (i - (len(scenarios) - 1) / 2) * width for j in range(len(models))]
+        bars = ax.bar(xs, vals, width, label=f"{s} ({MAIN[s]} / reference)")
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    for _, _, target in TARGETS[:3]:
+        ax.axhline(target, color="grey", lw=0.6, ls="--")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(range(len(models)), models, fontsize=8)
+    ax.set_ylabel("speed-up over impl='reference' (x)")
+    title = "MixConv / XSepConv fast path vs reference, CPU fp32 (targets dashed: 2.5 / 2.0 / 1.5)"
+    if tax is not None:
+        title += f"\nMACs/s mixnet_s / mobilenetv3_large_100 (both optimised): {tax['macs_per_s_ratio']:.2f}"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def environment(args: argparse.Namespace) -> dict:
+    return {"command": "python benchmarks/mixconv_speed.py " + " ".join(sys.argv[1:]),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
+            "threads": args.threads, "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "load_before": " / ".join(f"{v:.1f}" for v in os.getloadavg()), "load_after": None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = environment(args)
+    results = {s: run_scenario(s, args) for s in args.scenarios if s != "tax"}
+    tax = run_tax(args) if "tax" in args.scenarios else None
+    env["load_after"] = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    rows = [row for s, res in results.items() for row in speedup_rows(s, res)]
+    stem = "mixconv_speed_quick" if args.quick else "mixconv_speed"
+    report = markdown(args, env, results, rows, tax)
+    write_atomic(args.out / f"{stem}.md", report + "\n")
+    payload = {"environment": env, "speedups": rows, "tax": tax,
+               "results": {s: [r.to_dict() for r in res] for s, res in results.items()}}
+    write_atomic(args.out / f"{stem}.json", json.dumps(payload, indent=2) + "\n")
+    plot(rows, tax, args.out / f"{stem}.png")
+    print(report)
+    print(f"\nwrote {args.out / stem}.md / .json / .png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

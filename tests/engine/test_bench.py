@@ -1,0 +1,187 @@
+"""mobileconv.engine.bench and `mobileconv bench`: what is measured and reported (never how fast).
+
+Tiny runs only (a few calls at 32 px); nothing here asserts on timings.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import mobileconv
+from mobileconv.cli import main
+from mobileconv.engine import bench
+from mobileconv.layers import set_layer_impl
+
+TINY = dict(batch_size=2, image_size=32, rounds=2, iters=1, warmup=1, threads=1)
+
+
+# --- configuration and errors ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mode="eval"), "mode must be one of ('infer', 'train'), got 'eval'"),
+    (dict(device="tpu"), "device must be one of ('cpu', 'cuda'), got 'tpu'"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+    (dict(rounds=0), "rounds must be an integer >= 1, got 0"),
+    (dict(warmup=-1), "warmup must be an integer >= 0, got -1"),
+    (dict(image_size=4), "image_size must be an integer >= 8 or None, got 4"),
+    (dict(threads=0), "threads must be an integer >= 1 or None, got 0"),
+])
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        bench.BenchConfig(**kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is absent")
+def test_cuda_without_cuda_is_a_clear_error(capsys):
+    with pytest.raises(ValueError, match="--device cuda was requested but CUDA is not available"):
+        bench.check_device("cuda")
+    assert main(["bench", "mixnet_s", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "mobileconv bench: error: --device cuda was requested but CUDA is not available" in err
+
+
+def test_unknown_variant_and_model(capsys):
+    with pytest.raises(ValueError, match=r"variant 'fast' is not defined for mode='infer'; expected one of"):
+        bench.check_variants("infer", ["fast"])
+    assert main(["bench", "mixnet_s", "no_such_net"]) == 2
+    assert "unknown model(s) no_such_net" in capsys.readouterr().err
+
+
+def test_onnxruntime_backend_is_inference_only(capsys):
+    assert main(["bench", "mixnet_s", "--backend", "onnxruntime", "--mode", "train"]) == 2
+    assert "--backend onnxruntime times inference only" in capsys.readouterr().err
+
+
+# --- the pieces -----------------------------------------------------------------------------------
+
+def test_percentile_matches_numpy():
+    values = [3.0, 1.0, 4.0, 1.5, 9.0, 2.6, 5.0]
+    for q in (0, 10, 50, 90, 100):
+        assert bench.percentile(values, q) == pytest.approx(np.percentile(values, q))
+
+
+def test_count_macs_is_the_true_count_not_the_fused_one():
+    model = mobileconv.create_model("mixnet_s")
+    macs = bench.count_macs(model, 224)
+    assert macs == pytest.approx(239.2e6, rel=5e-4)  # SPEC.md: MixNet-S, 239.2M MACs
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:  # the fused kernels count their zero taps
+        set_layer_impl(model, "fast").eval()(torch.zeros(1, 3, 224, 224))
+    assert fc.get_total_flops() // 2 > macs
+
+
+def test_peak_memory_sees_the_tensors_a_call_allocates():
+    mib = 2**20
+
+    def step(batch):
+        a = torch.ones(mib // 4)        # 1 MiB
+        b = torch.ones(3 * mib // 4)    # + 3 MiB live at once
+        del a, b
+        c = torch.ones(mib // 2)        # 2 MiB, after the others are freed
+        return c.sum()
+
+    peak = bench.peak_memory_mb(step, (), "cpu")
+    assert 4.0 <= peak < 4.1
+
+
+def test_num_threads_is_restored():
+    before = torch.get_num_threads()
+    with bench.num_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_train_step_is_one_sgd_step():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    expected = {k: v.clone() for k, v in net.named_parameters()}
+    # the oracle: first SGD step with momentum 0.9 is w - lr * grad
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    for (k, w), g in zip(net.named_parameters(), grads):
+        expected[k] = w.detach() - bench.TRAIN_LR * g
+    step = bench.make_train_step(net, bench.BenchConfig(mode="train"))
+    step((x, y))
+    for k, w in net.named_parameters():
+        torch.testing.assert_close(w.detach(), expected[k])
+
+
+def test_variants_work_on_copies():
+    model = mobileconv.create_model("mixnet_s_cifar", num_classes=10)
+    config = bench.BenchConfig(mode="train", **TINY)
+    batch = bench.make_batch(config, 32, 3, 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for variant in ("fast", "reference"):
+        assert torch.isfinite(bench.build_variant(model, variant, config, batch[0])(batch))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# --- benchmark_model / format ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode, variants", [("infer", ["optimized", "reference", "reference_cl"]),
+                                            ("train", ["fast", "reference"])])
+def test_benchmark_model_reports_every_variant(mode, variants):
+    model = mobileconv.create_model("mixnet_s_cifar")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    threads = torch.get_num_threads()
+    result = bench.benchmark_model(model, bench.BenchConfig(mode=mode, **TINY), variants, name="tiny")
+    assert torch.get_num_threads() == threads
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert (result.model, result.mode, result.batch_size, result.image_size) == ("tiny", mode, 2, 32)
+    assert result.macs_per_image == bench.count_macs(model, 32)
+    assert list(result.measurements) == variants
+    for name, m in result.measurements.items():
+        assert len(m.round_images_per_s) == TINY["rounds"]
+        assert m.images_per_s == pytest.approx(statistics.median(m.round_images_per_s))
+        assert 0 < m.latency_p50_ms <= m.latency_p90_ms
+        assert m.peak_memory_mb is not None and m.peak_memory_mb > 0
+        assert result.macs_per_s(name) == pytest.approx(result.macs_per_image * m.images_per_s)
+        assert (m.speedup is None) == (name == "reference")
+    table = bench.format_table([result])
+    lines = table.splitlines()
+    assert lines[0].startswith("| model") and len(lines) == 2 + len(variants)
+    assert all(f"| {v} " in table for v in variants)
+
+
+def test_bench_cli_json(capsys):
+    code = main(["bench", "mixnet_s_cifar", "xsep_mobilenetv3_small_100_cifar", "--batch-size", "2",
+                 "--rounds", "1", "--iters", "1", "--warmup", "0", "--threads", "1", "--compare-reference",
+                 "--no-memory", "--format", "json"])
+    assert code == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in results] == ["mixnet_s_cifar", "xsep_mobilenetv3_small_100_cifar"]
+    for r in results:
+        assert r["image_size"] == 32 and r["threads"] == 1
+        assert set(r["measurements"]) == {"optimized", "reference"}
+        opt = r["measurements"]["optimized"]
+        assert opt["speedup"] > 0 and opt["peak_memory_mb"] is None
+        assert opt["gmacs_per_s"] == pytest.approx(r["macs_per_image"] * opt["images_per_s"] / 1e9)
+
+
+def test_onnxruntime_variant_runs_the_optimised_model():
+    pytest.importorskip("onnxruntime")
+    model = mobileconv.create_model("mobilenetv3_small_100_cifar")
+    config = bench.BenchConfig(mode="infer", **TINY)
+    batch = bench.make_batch(config, 32, 3, 1000)
+    ort = bench.build_variant(model, "onnxruntime", config, batch[0])
+    eager = bench.build_variant(model, "reference", config, batch[0])
+    a, b = ort(batch), eager(batch)
+    assert a.shape == b.shape == (2, 1000)
+    assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item())
+
+
+def test_cli_documented_options_parse():
+    """Every option the README's speed section and the issue name is accepted by the parser."""
+    from mobileconv.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["bench", "mixnet_s", "mobilenetv3_large_100", "--mode", "train", "--batch-size", "32", "--image-size", "224",
+         "--threads", "2", "--device", "cpu", "--amp", "--compile", "--compare-reference", "--format", "table",
+         "--backend", "torch", "--rounds", "3", "--iters", "1", "--warmup", "1", "--no-memory"])
+    assert args.models == ["mixnet_s", "mobilenetv3_large_100"] and args.mode == "train" and args.amp
