@@ -55,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=224, help="input size (default 224)")
     p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds (default 5)")
     p.add_argument("--quick", action="store_true", help="smoke run: 64 px, batch 4, 2 rounds")
+    p.add_argument("--heap-malloc", action="store_true",
+                   help="glibc only: serve large tensors from the heap (mallopt M_MMAP_THRESHOLD=1 GiB) instead of "
+                        "fresh mmap'd pages, as jemalloc / tcmalloc do; removes the page-fault cost of every large "
+                        "allocation (results go to *_heap.*)")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
     args = p.parse_args(argv)
     if args.quick:
@@ -136,7 +140,7 @@ def markdown(args: argparse.Namespace, env: dict, results: dict[str, list[BenchR
              tax: dict | None) -> str:
     out = ["# MixConv speed (benchmarks/mixconv_speed.py)", "",
            f"Command: `{env['command']}`  ", f"Date: {env['date']}; torch {env['torch']}; "
-           f"{env['threads']} threads on {env['cpus']} CPUs ({env['cpu']}); "
+           f"{env['threads']} threads on {env['cpus']} CPUs ({env['cpu']}); malloc: {env['malloc']}; "
            f"load average {env['load_before']} before, {env['load_after']} after.", "",
            "Speed-ups are medians over rounds of per-round ratios (variants alternate within each round; same "
            "weights). `reference` = `impl=\"reference\"` (split / conv per group / concat, BN not folded) in the "
@@ -168,6 +172,9 @@ def plot(rows: list[dict], tax: dict | None, path: Path) -> None:
         xs = [j + (i - (len(scenarios) - 1) / 2) * width for j in range(len(models))]
         bars = ax.bar(xs, vals, width, label=f"{s} ({MAIN[s]} / reference)")
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        cl = [next((r["speedup_over_reference_cl"] for r in rows if r["scenario"] == s and r["model"] == m), 0.0)
+              for m in models]
+        ax.plot(xs, cl, "k_", markersize=12, mew=2, label="over reference_cl" if i == 0 else None)
     for _, _, target in TARGETS[:3]:
         ax.axhline(target, color="grey", lw=0.6, ls="--")
     ax.axhline(1.0, color="black", lw=0.8)
@@ -198,15 +205,28 @@ def environment(args: argparse.Namespace) -> dict:
             "load_before": " / ".join(f"{v:.1f}" for v in os.getloadavg()), "load_after": None}
 
 
+def use_heap_for_large_allocations() -> None:
+    """glibc's ``mallopt``: large blocks from the heap, reused, instead of new zeroed pages per allocation."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if not (libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30)):
+        raise OSError("mallopt failed: --heap-malloc needs glibc")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.heap_malloc:
+        use_heap_for_large_allocations()
     args.out.mkdir(parents=True, exist_ok=True)
     env = environment(args)
+    env["malloc"] = "heap (mallopt M_MMAP_THRESHOLD=1 GiB)" if args.heap_malloc else "glibc default"
     results = {s: run_scenario(s, args) for s in args.scenarios if s != "tax"}
     tax = run_tax(args) if "tax" in args.scenarios else None
     env["load_after"] = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     rows = [row for s, res in results.items() for row in speedup_rows(s, res)]
-    stem = "mixconv_speed_quick" if args.quick else "mixconv_speed"
+    stem = "mixconv_speed" + ("_quick" if args.quick else "") + ("_heap" if args.heap_malloc else "")
     report = markdown(args, env, results, rows, tax)
     write_atomic(args.out / f"{stem}.md", report + "\n")
     payload = {"environment": env, "speedups": rows, "tax": tax,

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import mobileconv
-from mobileconv.deploy.optimize import fold_batchnorms, optimize_for_inference, trace_conv_bn_pairs
-from mobileconv.layers import GroupedConv2d, MixConv2d, XSepConv2d, set_layer_impl
+from mobileconv.deploy.optimize import (InplaceSqueezeExcite, fold_batchnorms, optimize_for_inference,
+                                        trace_conv_bn_pairs)
+from mobileconv.layers import GroupedConv2d, MixConv2d, SqueezeExcite, XSepConv2d, set_layer_impl
 
 REL_TOL = 1e-4  # of the output scale (the acceptance bound)
 
@@ -211,6 +212,21 @@ def test_xsepconv_bns_fold_including_a_following_bn(padding, stride):
     assert_close_to_scale(fast(x), reference_output(m, x))
 
 
+@pytest.mark.parametrize("cin, cout, dense", [(16, 96, True), (72, 24, False)])
+def test_even_grouped_1x1_conv_becomes_one_conv(cin, cout, dense):
+    m = randomize(ConvBN(GroupedConv2d(cin, cout, [1, 1]), cout), cin).eval()
+    x = batch(2, cin, 5)
+    fast = optimize_for_inference(m, example_input=x)
+    assert isinstance(fast.conv, nn.Conv2d) and fast.conv.groups == (1 if dense else 2)
+    with torch.no_grad():  # oracle: one conv per half of the channels, concatenated
+        expected = bn_oracle(torch.cat([F.conv2d(xi, conv.weight) for xi, conv in
+                                        zip(torch.chunk(x, 2, 1), m.conv)], 1), m.bn)
+    assert_close_to_scale(fast(x), expected)
+    if dense:  # block-diagonal: the off-diagonal blocks are zero
+        w = fast.conv.weight
+        assert not w[:cout // 2, cin // 2:].any() and not w[cout // 2:, :cin // 2].any()
+
+
 def test_uneven_grouped_conv_folds_into_its_groups():
     m = randomize(ConvBN(GroupedConv2d(7, 11, [1, 1, 1]), 11), 7).eval()  # splits 3,2,2 -> 5,3,3
     fast = optimize_for_inference(m, example_input=batch(2, 7, 6))
@@ -284,5 +300,83 @@ def test_rejects_a_non_module():
 
 
 def test_rejects_a_bad_example_input():
-    with pytest.raises(ValueError, match=r"example_input must be a 4-d tensor \(N, C, H, W\), got torch.Size\(\[3, 8\]\)"):
+    message = r"example_input must be a 4-d tensor \(N, C, H, W\), got torch.Size\(\[3, 8\]\)"
+    with pytest.raises(ValueError, match=message):
         optimize_for_inference(nn.Conv2d(3, 3, 1), example_input=torch.zeros(3, 8))
+
+
+class SharedBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.bn = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv2(self.bn(self.conv1(x))))  # one BN module after two convs
+
+
+def test_a_bn_module_used_twice_is_kept():
+    m = randomize(SharedBN(), 4).eval()
+    x = batch(2, 4, 6)
+    assert trace_conv_bn_pairs(m, x) == []
+    fast = optimize_for_inference(m, example_input=x)
+    assert isinstance(fast.bn, nn.BatchNorm2d)
+    with torch.no_grad():
+        assert_close_to_scale(fast(x), m(x))
+
+
+# --- squeeze-excite in place ----------------------------------------------------------------------
+
+class SEInputReadAgain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.se = nn.Conv2d(3, 8, 3, padding=1), SqueezeExcite(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return self.se(y) + y  # the SE input is needed after the SE
+
+
+class SEOnTheInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.se = SqueezeExcite(3, 2)
+
+    def forward(self, x):
+        return self.se(x)  # in place would overwrite the caller's tensor
+
+
+@pytest.mark.parametrize("name, expected", [("mixnet_s", 13), ("mobilenetv3_large_100", 8)])
+def test_every_block_se_scales_in_place(name, expected):
+    fast = optimize_for_inference(mobileconv.create_model(name))
+    assert sum(isinstance(m, InplaceSqueezeExcite) for m in fast.modules()) == expected
+    assert not any(type(m) is SqueezeExcite for m in fast.modules())
+
+
+@pytest.mark.parametrize("make", [SEInputReadAgain, SEOnTheInput])
+def test_se_stays_out_of_place_when_its_input_is_needed(make):
+    m = randomize(make()).eval()
+    x = batch(2, 3, 8)
+    fast = optimize_for_inference(m, example_input=x)
+    assert not any(isinstance(mod, InplaceSqueezeExcite) for mod in fast.modules())
+    x_before = x.clone()
+    with torch.no_grad():
+        assert_close_to_scale(fast(x), m(x))
+    assert torch.equal(x, x_before)
+
+
+def test_inplace_se_matches_the_formula_and_keeps_autograd():
+    se = randomize(SqueezeExcite(6, 3, act_layer=nn.SiLU), 6).eval()
+    fast = InplaceSqueezeExcite.from_module(se)
+    x = batch(2, 6, 5)
+    s = torch.sigmoid(F.conv2d(F.silu(F.conv2d(x.mean((2, 3), keepdim=True), se.conv_reduce.weight,
+                                                se.conv_reduce.bias)), se.conv_expand.weight, se.conv_expand.bias))
+    expected = (x * s).detach()
+    xg = x.clone().requires_grad_()
+    out = fast(xg)  # autograd recording: out of place, gradients flow
+    torch.testing.assert_close(out.detach(), expected)
+    out.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    with torch.no_grad():
+        y = x.clone()
+        assert fast(y) is y  # in place
+    torch.testing.assert_close(y, expected)

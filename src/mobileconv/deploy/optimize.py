@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ..layers import Conv2dSame, GroupedConv2d, MixConv2d, XSepConv2d, set_layer_impl
+from ..layers import Conv2dSame, GroupedConv2d, MixConv2d, SqueezeExcite, XSepConv2d, set_layer_impl
 
 # The example input used to trace the data flow when the caller gives none.
 DEFAULT_TRACE_SIZE = 64
@@ -38,17 +38,17 @@ _CONVS = (nn.Conv2d, GroupedConv2d, MixConv2d)
 
 
 def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | None = None,
-                           channels_last: bool = True, fuse_activations: bool = True,
-                           verify: bool = True) -> nn.Module:
+                           channels_last: bool = True, verify: bool = True) -> nn.Module:
     """An inference copy of ``model``: eval mode, BN folded, MixConv / XSepConv fused, channels_last.
 
     The input model is not changed. The copy keeps the model contract (``forward``,
     ``forward_features``, ``forward_head``...), accepts plain NCHW input (the first conv's
     channels_last weight makes every later activation channels_last) and returns the same logits
     within ``1e-4`` of the output scale. Its parameters do not require grad, so no autograd
-    graph is recorded; call it under ``torch.inference_mode()`` for the last few percent.
+    graph is recorded unless the input requires grad (then every rewrite still computes correctly).
 
-    Rewrites, each measured by ``benchmarks/mixconv_speed.py`` (see README, section Speed):
+    Rewrites (what each buys was measured while developing it, README section Speed;
+    ``benchmarks/mixconv_speed.py`` measures the whole):
 
     * every ``MixConv2d`` -> one depthwise ``nn.Conv2d`` (kernels zero-padded to the largest);
     * every ``XSepConv2d`` -> ``3x3 dw -> act -> 1xK dw -> act -> Kx1 dw``, BNs folded;
@@ -56,16 +56,15 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
       block-diagonal one for 1x1 convs with few channels per group); with an uneven split its BN
       is folded into the per-group convs;
     * every BN that directly follows a conv is folded into it and becomes ``nn.Identity``;
-    * every conv followed by an activation runs as one oneDNN conv with the activation as a
-      post-op (:class:`FusedConvAct`; plain ops again under autograd, TorchScript, export);
+    * every ``SqueezeExcite`` whose input nothing else reads scales that input in place
+      (:class:`InplaceSqueezeExcite`): one large allocation less per block;
     * weights in channels_last (``channels_last=False`` keeps NCHW).
 
     Args:
         model: any ``nn.Module`` built from ``torch.nn`` and ``mobileconv.layers``.
         example_input: a batch to trace the conv -> BN data flow and to verify the result with;
-            default ``zeros(2, in_chans, 64, 64)`` (``model.in_chans``, else 3).
+            default a random ``(2, in_chans, 64, 64)`` batch (``model.in_chans``, else 3).
         channels_last: store the conv weights in channels_last.
-        fuse_activations: fuse conv + activation pairs (:class:`FusedConvAct`).
         verify: compare the result with the eval-mode model on ``example_input`` and raise
             ``RuntimeError`` if they differ by more than ``1e-4`` of the output scale.
 
@@ -81,8 +80,7 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
     set_layer_impl(model, "fast")
     fuse_operators(model)
     fold_batchnorms(model, x)
-    if fuse_activations:
-        fuse_conv_activations(model, x)
+    scale_in_place(model, x)
     for p in model.parameters():
         p.requires_grad_(False)
     if channels_last:
@@ -160,82 +158,6 @@ def grouped_as_conv(grouped: GroupedConv2d) -> nn.Conv2d:
     return conv.to(first.weight)
 
 
-class FusedConvAct(nn.Module):
-    """``act(conv(x))`` as one oneDNN convolution with the activation as a post-op (CPU inference).
-
-    The activation is applied while the conv output is still in cache instead of in a second pass
-    over memory (MixNet-S, 2 threads, batch 32: about 10% of the optimised model's time, measured
-    by ``benchmarks/mixconv_speed.py``'s prototype runs; README, section Speed). The same maths
-    as the two modules; ``conv`` and ``act`` stay sub-modules. Wherever the fused kernel does not
-    apply it runs ``act(conv(x))``: autograd, tensors that are not float32 on the CPU, autocast,
-    and TorchScript / tracing / ``torch.compile`` / export, so exported graphs keep standard ops.
-    """
-
-    def __init__(self, conv: nn.Conv2d, act: nn.Module) -> None:
-        super().__init__()
-        if not can_fuse_conv_act(conv, act):
-            raise ValueError(f"FusedConvAct takes an nn.Conv2d with numeric zero padding and one of "
-                             f"{sorted(t.__name__ for t in _ACT_POST_OPS)}, got {type(conv).__name__} "
-                             f"and {type(act).__name__}")
-        self.conv, self.act = conv, act
-        self.post_op, self.post_op_scalars = _ACT_POST_OPS[type(act)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            if self._fusable_call(x):
-                c = self.conv
-                return torch.ops.mkldnn._convolution_pointwise(
-                    x, c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation), c.groups,
-                    self.post_op, list(self.post_op_scalars), "")
-        return self.act(self.conv(x))
-
-    def _fusable_call(self, x: torch.Tensor) -> bool:
-        w = self.conv.weight
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
-                and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
-                and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-                and not torch.onnx.is_in_onnx_export())
-
-
-# Activations oneDNN can apply as a conv post-op: (post-op name, its scalars).
-_ACT_POST_OPS: dict[type, tuple[str, tuple[float, ...]]] = {
-    nn.ReLU: ("relu", ()), nn.ReLU6: ("hardtanh", (0.0, 6.0)), nn.SiLU: ("swish", ()),
-    nn.Hardswish: ("hardswish", ()), nn.Hardsigmoid: ("hardsigmoid", ()), nn.Sigmoid: ("sigmoid", ()),
-}
-
-
-def fused_conv_act_available() -> bool:
-    """Whether this PyTorch build has oneDNN's fused conv + activation op (private API, checked)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-
-
-def can_fuse_conv_act(conv: nn.Module, act: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros"
-            and type(act) in _ACT_POST_OPS)
-
-
-@torch.no_grad()
-def fuse_conv_activations(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
-    """Replace every ``nn.Conv2d`` whose output only an activation reads by a :class:`FusedConvAct`, in place.
-
-    Run after :func:`fold_batchnorms` (a folded BN is an ``nn.Identity`` between the two). The
-    activation's own slot becomes ``nn.Identity``. Returns the ``(conv_name, act_name)`` pairs.
-    """
-    if not fused_conv_act_available():
-        return []
-    pairs = trace_pairs(model, example_input, lambda m: type(m) is nn.Conv2d,
-                        lambda m: type(m) in _ACT_POST_OPS)
-    fused = []
-    for conv_name, act_name in pairs:
-        conv, act = model.get_submodule(conv_name), model.get_submodule(act_name)
-        if can_fuse_conv_act(conv, act):
-            _replace(model, conv_name, FusedConvAct(conv, act))
-            _replace(model, act_name, nn.Identity())
-            fused.append((conv_name, act_name))
-    return fused
-
-
 @torch.no_grad()
 def fold_batchnorms(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
     """Fold every eval-mode BN that receives a conv's output into that conv, in place.
@@ -274,15 +196,12 @@ def trace_pairs(model: nn.Module, example_input: torch.Tensor, is_producer: Call
     Forward hooks record the tensor each producer returns and the tensor each consumer receives;
     a dispatch mode counts the ATen ops that read each producer output. A pair qualifies when the
     consumer receives the producer's output and is its only reader (an in-place op in between, a
-    skip connection from the raw output or a second consumer all read it too), except that an
-    in-place consumer's result, being the same tensor, may be read afterwards. Modules called more
-    than once in the pass (shared weights) are never paired.
+    skip connection from the raw output or a second consumer all read it too). Modules called
+    more than once in the pass (shared weights) are never paired.
     """
     produced: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) -> (producer name, output kept alive)
     pairs: dict[str, str] = {}  # consumer name -> producer name
     calls: dict[str, int] = {}  # a module called twice (shared weights) cannot be rewritten for one call
-    read_before: dict[str, int] = {}  # consumer name -> reads of the producer output before the consumer
-    in_place: dict[str, bool] = {}  # consumer returned its input (an in-place activation)
     readers = _ReaderCount(produced)
     handles = []
 
@@ -300,12 +219,6 @@ def trace_pairs(model: nn.Module, example_input: torch.Tensor, is_producer: Call
             hit = produced.get(id(args[0])) if args else None
             if hit is not None and hit[1] is args[0]:
                 pairs[name] = hit[0]
-                read_before[name] = readers.counts[id(args[0])]
-        return hook
-
-    def record_consumer_output(name):
-        def hook(module, args, output):
-            in_place[name] = bool(args) and output is args[0]
         return hook
 
     for name, module in model.named_modules():
@@ -313,7 +226,6 @@ def trace_pairs(model: nn.Module, example_input: torch.Tensor, is_producer: Call
             handles.append(module.register_forward_hook(record_producer(name)))
         elif is_consumer(module):
             handles.append(module.register_forward_pre_hook(record_consumer(name)))
-            handles.append(module.register_forward_hook(record_consumer_output(name)))
     was_training = model.training
     try:
         with readers:
@@ -324,15 +236,97 @@ def trace_pairs(model: nn.Module, example_input: torch.Tensor, is_producer: Call
         model.train(was_training)
     output_of = {name: key for key, (name, _) in produced.items()}
     producers = list(pairs.values())
-    # nothing read the output before the consumer, and nothing after it unless the consumer worked in
-    # place (later reads then see the consumer's result, fused or not)
     return [(prod, cons) for cons, prod in pairs.items()
-            if producers.count(prod) == 1 and calls[prod] == 1 and calls[cons] == 1 and read_before[cons] == 0
-            and (in_place.get(cons, False) or readers.counts.get(output_of[prod]) == 1)]
+            if producers.count(prod) == 1 and calls[prod] == 1 and calls[cons] == 1
+            and readers.counts.get(output_of[prod]) == 1]
+
+
+class InplaceSqueezeExcite(SqueezeExcite):
+    """``SqueezeExcite`` that multiplies its input by the gate in place (inference only).
+
+    The same maths as :class:`~mobileconv.layers.SqueezeExcite` (``x * gate(excite(pool(x)))``),
+    without allocating a new activation-sized tensor: on CPU every large allocation comes with
+    fresh zeroed pages, which costs about as much as the multiply itself (MixNet-S, batch 32:
+    1.15-1.19x for the whole optimised model on 1 thread, 1.05-1.08x on 2; no change at batch 1).
+    Only for an input that nothing reads afterwards
+    (:func:`scale_in_place` checks that); with autograd recording it computes out of place.
+    """
+
+    @classmethod
+    def from_module(cls, se: SqueezeExcite) -> InplaceSqueezeExcite:
+        """The same module (same sub-modules and parameters) with the in-place forward."""
+        new = copy.copy(se)
+        new.__class__ = cls
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        s = self.gate(self.conv_expand(self.act1(self.conv_reduce(s))))
+        if torch.is_grad_enabled() and x.requires_grad:
+            return x * s
+        return x.mul_(s)
+
+
+@torch.no_grad()
+def scale_in_place(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Turn every ``SqueezeExcite`` whose input is read by nothing after it into an :class:`InplaceSqueezeExcite`.
+
+    Returns the names of the modules changed.
+    """
+    names = trace_overwritable_inputs(model, example_input, lambda m: type(m) is SqueezeExcite)
+    for name in names:
+        _replace(model, name, InplaceSqueezeExcite.from_module(model.get_submodule(name)))
+    return names
+
+
+@torch.no_grad()
+def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor,
+                              is_candidate: Callable[[nn.Module], bool]) -> list[str]:
+    """Names of the candidate modules whose input tensor no ATen op reads once they have returned.
+
+    Such a module may overwrite its input. The input must also be a tensor made inside the model
+    (not the caller's ``example_input``) and not a view of another tensor, and the module must be
+    called once per forward pass.
+    """
+    watched: dict[int, tuple[str, torch.Tensor]] = {}
+    readers = _ReaderCount(watched)
+    inputs: dict[str, torch.Tensor | None] = {}
+    calls: dict[str, int] = {}
+    handles = []
+
+    def before(name):
+        def hook(module, args):
+            calls[name] = calls.get(name, 0) + 1
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            inputs[name] = x if x is not None and x is not example_input and x._base is None else None
+        return hook
+
+    def after(name):
+        def hook(module, args, output):
+            x = inputs.get(name)
+            if x is not None and output is not x:  # count the reads of the input from now on
+                watched[id(x)] = (name, x)
+                readers.counts[id(x)] = 0
+        return hook
+
+    for name, module in model.named_modules():
+        if is_candidate(module):
+            handles.append(module.register_forward_pre_hook(before(name)))
+            handles.append(module.register_forward_hook(after(name)))
+    was_training = model.training
+    try:
+        with readers:
+            model.eval()(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return [name for name, x in inputs.items()
+            if x is not None and calls[name] == 1 and readers.counts.get(id(x)) == 0]
 
 
 class _ReaderCount(TorchDispatchMode):
-    """Counts, per recorded producer output, the ATen ops that take it as an input."""
+    """Counts, per watched tensor, the ATen ops that take it as an input."""
 
     def __init__(self, produced: dict[int, tuple[str, torch.Tensor]]) -> None:
         super().__init__()
