@@ -199,7 +199,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def environment(args: argparse.Namespace) -> dict:
-    return {"command": "python benchmarks/mixconv_speed.py " + " ".join(sys.argv[1:]),
+    return {"command": " ".join(["python benchmarks/mixconv_speed.py", *sys.argv[1:]]),
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
             "threads": args.threads, "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
             "load_before": " / ".join(f"{v:.1f}" for v in os.getloadavg()), "load_after": None}

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,12 +119,23 @@ def test_xsepconv_fast_equals_reference_property(h, w, stride, k, extra, padding
     (lambda: MixConv2d(12, [3, 5, 7, 9], dilated=True), 12, 1, 4),
     (lambda: XSepConv2d(8, 5, padding="symmetric"), 8, 3, 6),   # 2x2 (x4 groups), 1xK, Kx1
     (lambda: XSepConv2d(8, 5, padding="left_top"), 8, 3, 3),
-    (lambda: GroupedConv2d(8, 8, [1, 1]), 8, 1, 2),
+    (lambda: GroupedConv2d(8, 8, [1, 1]).train(), 8, 1, 2),  # fused while training only
 ], ids=["mixconv", "mixconv_tf_s2", "mixconv_dilated", "xsep_symmetric", "xsep_left_top", "grouped_even"])
 def test_fast_path_launches_fewer_convs(make, channels, fast_convs, reference_convs):
-    m = make().eval()
+    m = make()
+    if not isinstance(m, GroupedConv2d):
+        m.eval()
     x = _x(channels, 8, 8)
     m.impl = "fast"
     assert count_conv2d_calls(m, x) == fast_convs
     m.impl = "reference"
     assert count_conv2d_calls(m, x) == reference_convs
+
+
+def test_grouped_conv_in_eval_mode_runs_per_group_and_matches_the_split_form_bitwise():
+    """Eval mode keeps the per-group convs, so outputs equal the split form exactly (timm parity)."""
+    m = GroupedConv2d(40, 240, [1, 1]).eval()
+    x = _x(40, 9, 9)
+    assert count_conv2d_calls(m, x) == 2
+    expected = torch.cat([F.conv2d(xi, conv.weight) for xi, conv in zip(torch.split(x, 20, 1), m)], 1)
+    assert torch.equal(m(x), expected)

@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 
 from mobileconv.cli import main as cli_main
 from mobileconv.deploy.weights import load_pretrained
-from mobileconv.layers import set_layer_impl
 from mobileconv.models import create_model
 
 ATOL = 1e-4
@@ -18,7 +17,8 @@ ATOL = 1e-4
 # alone moves them by up to ~1e-3: oneDNN picks other 1x1-conv kernels on 1 thread than on
 # several (8e-4 for mobilenetv3_large_100 on 1 thread; even its float64 value is 6e-4 away).
 # So each reference is evaluated in the summation order it was computed in: timm's on several
-# intra-op threads with the split ("reference") MixConv (difference 0.0), torchvision's on
+# intra-op threads (difference 0.0 with the default impl: in eval mode the fused MixConv is
+# bitwise equal to the split form and grouped 1x1 convs run per group), torchvision's on
 # 1 thread (difference 1e-8; the same on several).
 # reference file stem -> (mobileconv model name, intra-op threads)
 REFERENCES = {
@@ -31,7 +31,6 @@ REFERENCES = {
 def reference_logits(model: torch.nn.Module, reference_dir, stem: str) -> tuple[torch.Tensor, torch.Tensor]:
     threads = REFERENCES[stem][1]
     io = load_file(str(reference_dir / f"{stem}.io.safetensors"))
-    set_layer_impl(model, "reference")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

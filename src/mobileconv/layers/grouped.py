@@ -27,7 +27,9 @@ class GroupedConv2d(nn.ModuleList):
     With an uneven split this is *not* ``nn.Conv2d(groups=g)``. Parameters:
     ``sum(k_i^2 * cin_i * cout_i)``. The sub-convs are the children ``0 .. g-1``.
 
-    ``impl="fast"`` runs one ``groups=g`` conv when the split is even and the kernels equal;
+    ``impl="fast"`` runs one ``groups=g`` conv in training when the split is even and the kernels
+    equal (1.4-2.5x faster per layer on CPU); in eval mode it keeps the per-group convs so that
+    outputs match timm's bit for bit (``optimize_for_inference`` fuses them for deployment).
     ``impl="reference"`` is the split / conv-per-group / concat formulation.
     """
 
@@ -55,7 +57,10 @@ class GroupedConv2d(nn.ModuleList):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.in_channels, "GroupedConv2d")
-        if self.impl == "fast" and self.single_conv:
+        # Fused only while training: one grouped GEMM sums in another order than g dense ones
+        # (~1e-4 on ImageNet logits), and eval-mode outputs should match timm's split form bit for
+        # bit. Inference speed comes from optimize_for_inference, which fuses these convs for good.
+        if self.impl == "fast" and self.single_conv and self.training:
             weight = torch.cat([conv.weight for conv in self], 0)
             k = self.kernel_sizes[0]
             return F.conv2d(x, weight, None, self.stride, (k - 1) // 2, 1, len(self.kernel_sizes))
