@@ -5,7 +5,9 @@ Tiny runs only (a few calls at 32 px); nothing here asserts on timings.
 from __future__ import annotations
 
 import json
+import re
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,11 +41,12 @@ def test_config_rejects_bad_values(kwargs, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is absent")
 def test_cuda_without_cuda_is_a_clear_error(capsys):
-    with pytest.raises(ValueError, match="--device cuda was requested but CUDA is not available"):
+    message = r"device 'cuda' \(--device cuda\) was requested but CUDA is not available"
+    with pytest.raises(ValueError, match=message):
         bench.check_device("cuda")
     assert main(["bench", "mixnet_s", "--device", "cuda"]) == 2
     err = capsys.readouterr().err
-    assert "mobileconv bench: error: --device cuda was requested but CUDA is not available" in err
+    assert re.search("mobileconv bench: error: " + message, err)
 
 
 def test_unknown_variant_and_model(capsys):
@@ -185,3 +188,38 @@ def test_cli_documented_options_parse():
          "--threads", "2", "--device", "cpu", "--amp", "--compile", "--compare-reference", "--format", "table",
          "--backend", "torch", "--rounds", "3", "--iters", "1", "--warmup", "1", "--no-memory"])
     assert args.models == ["mixnet_s", "mobilenetv3_large_100"] and args.mode == "train" and args.amp
+
+
+def _speed_section() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    return readme.split("<!-- section:speed -->")[1].split("<!-- /section:speed -->")[0]
+
+
+def test_readme_speed_commands_and_options_parse(capsys):
+    """The README's `mobileconv bench` lines parse, and every --option it names exists (docs cannot drift)."""
+    from mobileconv.cli import build_parser
+
+    parser = build_parser()
+    section = _speed_section()
+    commands = [line.split()[1:] for line in section.splitlines() if line.startswith("mobileconv bench")]
+    assert len(commands) >= 3
+    for argv in commands:
+        assert parser.parse_args(argv).command == "bench"
+    bench_parser = parser._subparsers._group_actions[0].choices["bench"]
+    bench_options = {opt for action in bench_parser._actions for opt in action.option_strings}
+    with pytest.raises(SystemExit):
+        _load_benchmark_script().parse_args(["--help"])
+    script_options = set(re.findall(r"--[a-z][a-z-]+", capsys.readouterr().out))
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", section))
+    assert "--heap-malloc" in named and "--heap-malloc" in script_options
+    assert named <= bench_options | script_options, named - bench_options - script_options
+
+
+def _load_benchmark_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "mixconv_speed.py"
+    spec = importlib.util.spec_from_file_location("mixconv_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -94,6 +94,24 @@ class MixConv2d(nn.ModuleList):
             weights.append(pad_kernel(w, p, p, p, p))
         return torch.cat(weights, 0)
 
+    def _cached_fused_weight(self) -> torch.Tensor:
+        """``fused_weight()``, rebuilt only when a kernel is replaced, moved / cast, or changed in place (no grad).
+
+        A kernel counts as unchanged while it is the same tensor, with the same version counter
+        (in-place updates) and the same storage (``.to()`` swaps a parameter's storage; the cache
+        holds the old one, so its address cannot be reused meanwhile).
+        """
+        if any(conv.weight.is_inference() for conv in self):  # made under inference_mode: no version counter
+            return self.fused_weight()
+        state = [(conv.weight, conv.weight._version, conv.weight.untyped_storage()) for conv in self]
+        cache = self.__dict__.get("_fused_cache")
+        if cache is None or len(cache[0]) != len(state) or any(
+                w is not cw or v != cv or s.data_ptr() != cs.data_ptr()
+                for (w, v, s), (cw, cv, cs) in zip(state, cache[0])):
+            cache = (state, self.fused_weight())
+            self.__dict__["_fused_cache"] = cache  # a plain attribute: not in state_dict, not moved by .to()
+        return cache[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.channels, "MixConv2d")
         if self.impl == "fast" and self.fusable:
@@ -104,9 +122,13 @@ class MixConv2d(nn.ModuleList):
                 pw = tf_same_pad(x.shape[-1], k, s)
                 x = F.pad(x, [pw[0], pw[1], ph[0], ph[1]])
                 pad = 0
-            if not torch.jit.is_scripting() and not self.dilated:  # CPU training: per-group weight grad
+            if not torch.jit.is_scripting():
+                if not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+                    # eager inference: reuse the fused kernel while the weights are unchanged (a trace or an
+                    # export must build it from the parameters instead of baking in a constant)
+                    return F.conv2d(x, self._cached_fused_weight(), None, s, pad, 1, self.channels)
                 weights = [conv.weight for conv in self]
-                if use_grouped_weight_grad(x, weights):
+                if not self.dilated and use_grouped_weight_grad(x, weights):  # CPU training: per-group weight grad
                     return MixedDepthwiseConv.apply(x, s, pad, self.kernel_sizes, self.splits, *weights)
             return F.conv2d(x, self.fused_weight(), None, s, pad, 1, self.channels)
         xs = torch.split(x, self.splits, 1)
