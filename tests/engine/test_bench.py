@@ -223,3 +223,20 @@ def _load_benchmark_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_torch_and_onnxruntime_backends_are_timed_side_by_side(capsys):
+    rc = main(["bench", "mobilenetv3_small_100_cifar", "--batch-size", "2", "--image-size", "32",
+               "--backend", "torch,onnxruntime", "--compare-reference", "--rounds", "2", "--iters", "1",
+               "--warmup", "1", "--no-memory", "--format", "json"])
+    assert rc == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    text = json.dumps(result)
+    for variant in ("optimized", "onnxruntime", "reference"):
+        assert f'"{variant}"' in text, f"variant {variant} missing from {text[:300]}"
+
+
+def test_unknown_backend_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "mixnet_s", "--backend", "tensorrt"])
+    assert "comma-separated list" in capsys.readouterr().err

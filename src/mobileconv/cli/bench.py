@@ -26,6 +26,17 @@ def _non_negative(text: str) -> int:
     return value
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
+def _backends(text: str) -> list[str]:
+    names = ["torch" if n.strip() == "pytorch" else n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in BACKENDS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {BACKENDS}, got {text!r}")
+    return list(dict.fromkeys(names))
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="time models: images/s, latency p50/p90, peak memory, MACs/s",
@@ -47,9 +58,10 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     p.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the timed model (not the reference)")
-    p.add_argument("--backend", choices=("torch", "pytorch", "onnxruntime"), default="torch",
-                   help="inference runtime: torch (default) or onnxruntime (the optimised model exported to "
-                        "ONNX; needs the 'export' extra)")
+    p.add_argument("--backend", type=_backends, default=["torch"], metavar="NAME[,NAME]",
+                   help="inference runtime(s), timed side by side in one run: torch (default), onnxruntime "
+                        "(the optimised model exported to ONNX; needs the 'export' extra), or both: "
+                        "--backend torch,onnxruntime")
     p.add_argument("--compare-reference", action="store_true",
                    help="also time impl='reference' (same weights, alternating rounds) and print the speed-up")
     p.add_argument("--rounds", type=_positive, default=5, metavar="N", help="timed rounds (default 5)")
@@ -64,13 +76,10 @@ def variants_for(args: argparse.Namespace) -> list[str]:
     """The variants that ``args`` asks for: the timed one, then the reference if compared."""
     from ..engine.bench import MAIN_VARIANT, REFERENCE_VARIANT
 
-    if args.backend == "onnxruntime":
-        if args.mode != "infer":
-            raise ValueError("--backend onnxruntime times inference only; use --mode infer")
-        main = "onnxruntime"
-    else:
-        main = MAIN_VARIANT[args.mode]
-    return [main, REFERENCE_VARIANT] if args.compare_reference else [main]
+    if "onnxruntime" in args.backend and args.mode != "infer":
+        raise ValueError("--backend onnxruntime times inference only; use --mode infer")
+    timed = [MAIN_VARIANT[args.mode] if b == "torch" else "onnxruntime" for b in args.backend]
+    return timed + [REFERENCE_VARIANT] if args.compare_reference else timed
 
 
 def run_bench(args: argparse.Namespace) -> int:
