@@ -5,25 +5,7 @@ import argparse
 import json
 import sys
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+from ._args import non_negative_int, positive_int
 
 
 BACKENDS = ("torch", "onnxruntime")
@@ -50,10 +32,10 @@ def register(subparsers) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL", help="registered model names (see `mobileconv models`)")
     p.add_argument("--mode", choices=("infer", "train"), default="infer",
                    help="infer: forward under inference_mode; train: forward + backward + SGD step (default infer)")
-    p.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="images per call (default 32)")
-    p.add_argument("--image-size", type=_positive, default=None, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per call (default 32)")
+    p.add_argument("--image-size", type=positive_int, default=None, metavar="N",
                    help="square input size (default: the model's own, e.g. 224)")
-    p.add_argument("--threads", type=_positive, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch.set_num_threads for the run (default: torch's current setting)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     p.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")
@@ -64,9 +46,9 @@ def register(subparsers) -> None:
                         "--backend torch,onnxruntime")
     p.add_argument("--compare-reference", action="store_true",
                    help="also time impl='reference' (same weights, alternating rounds) and print the speed-up")
-    p.add_argument("--rounds", type=_positive, default=5, metavar="N", help="timed rounds (default 5)")
-    p.add_argument("--iters", type=_positive, default=2, metavar="N", help="timed calls per round (default 2)")
-    p.add_argument("--warmup", type=_non_negative, default=2, metavar="N", help="untimed calls first (default 2)")
+    p.add_argument("--rounds", type=positive_int, default=5, metavar="N", help="timed rounds (default 5)")
+    p.add_argument("--iters", type=positive_int, default=2, metavar="N", help="timed calls per round (default 2)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, metavar="N", help="untimed calls first (default 2)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
     p.set_defaults(func=run_bench)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._args import positive_int
+
 
 def register(subparsers) -> None:
     """Add the ``convert`` subcommand."""
@@ -15,7 +17,7 @@ def register(subparsers) -> None:
     p.add_argument("src", metavar="SRC", help="checkpoint to read")
     p.add_argument("dst", metavar="DST", help="safetensors file to write (replaced if it exists)")
     p.add_argument("--model", required=True, metavar="NAME", help="mobileconv model name (see `mobileconv models`)")
-    p.add_argument("--num-classes", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--num-classes", type=positive_int, default=None, metavar="N",
                    help="classes of the model (default: those of the checkpoint's classifier)")
     p.set_defaults(func=run_convert)
 
@@ -31,11 +33,3 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._args import positive_int
+
 SUFFIX_FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pt2": "exported-program"}
 
 
@@ -24,12 +26,12 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="file to write (replaced if it exists)")
     p.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="weights: mobileconv .safetensors, or a timm / torchvision state_dict (default: random init)")
-    p.add_argument("--num-classes", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--num-classes", type=positive_int, default=None, metavar="N",
                    help="classes (default: the checkpoint classifier's, else 1000)")
-    p.add_argument("--input-size", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--input-size", type=positive_int, default=None, metavar="N",
                    help="export for N x N images (default: the model's, 224 or 32); ONNX and exported programs "
                         "are static in H and W")
-    p.add_argument("--batch-size", type=_positive_int, default=2, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=2, metavar="N",
                    help="batch of the export example and of the check (default 2)")
     p.add_argument("--static-batch", action="store_true",
                    help="fix the batch size at --batch-size (default: dynamic, checked at N and N + 1)")
@@ -96,11 +98,3 @@ def _one_line_errors(fn, *args):
         raise ValueError(f"{lines[0]} ({details})") from e
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
