@@ -226,14 +226,7 @@ def trace_pairs(model: nn.Module, example_input: torch.Tensor, is_producer: Call
             handles.append(module.register_forward_hook(record_producer(name)))
         elif is_consumer(module):
             handles.append(module.register_forward_pre_hook(record_consumer(name)))
-    was_training = model.training
-    try:
-        with readers:
-            model.eval()(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    _run_watched(model, example_input, readers, handles)
     output_of = {name: key for key, (name, _) in produced.items()}
     producers = list(pairs.values())
     return [(prod, cons) for cons, prod in pairs.items()
@@ -313,6 +306,14 @@ def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor,
         if is_candidate(module):
             handles.append(module.register_forward_pre_hook(before(name)))
             handles.append(module.register_forward_hook(after(name)))
+    _run_watched(model, example_input, readers, handles)
+    return [name for name, x in inputs.items()
+            if x is not None and calls[name] == 1 and readers.counts.get(id(x)) == 0]
+
+
+def _run_watched(model: nn.Module, example_input: torch.Tensor, readers: "_ReaderCount", handles: list) -> None:
+    """One eval-mode forward pass under ``readers`` with the hooks in ``handles``; then remove the
+    hooks and restore the model's training flag, whatever happens."""
     was_training = model.training
     try:
         with readers:
@@ -321,8 +322,6 @@ def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor,
         for h in handles:
             h.remove()
         model.train(was_training)
-    return [name for name, x in inputs.items()
-            if x is not None and calls[name] == 1 and readers.counts.get(id(x)) == 0]
 
 
 class _ReaderCount(TorchDispatchMode):
