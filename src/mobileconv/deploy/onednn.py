@@ -1,0 +1,121 @@
+"""Conv + activation as one oneDNN primitive with a pre-packed weight (CPU inference).
+
+PyTorch's eager CPU conv re-lays its weight out in oneDNN's blocked format on every call and
+runs the activation as a second pass over the output. :class:`OneDNNConv2d` keeps a packed copy
+of the weight (``torch._C._nn.mkldnn_reorder_conv2d_weight``, what ``torch.compile`` freezing does)
+and calls ``torch.ops.mkldnn._convolution_pointwise`` with the activation as a oneDNN post-op.
+It is an ``nn.Conv2d`` with the same parameters and ``state_dict``; wherever the oneDNN call does
+not apply (autograd recording, another device or dtype, TorchScript, tracing, ONNX export,
+``torch.compile``, PyTorch built without oneDNN) it computes ``act(conv2d(x))`` with plain ops.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# activation module -> (oneDNN post-op name, its scalars)
+_POST_OPS: dict[type[nn.Module], tuple[str, list[float]]] = {
+    nn.ReLU: ("relu", []),
+    nn.ReLU6: ("hardtanh", [0.0, 6.0]),
+    nn.SiLU: ("swish", []),
+    nn.Hardswish: ("hardswish", []),
+    nn.Sigmoid: ("sigmoid", []),
+    nn.Hardsigmoid: ("hardsigmoid", []),
+}
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def fusable_activation(module: nn.Module) -> bool:
+    """Whether ``module`` is an activation oneDNN can apply as a post-op of a conv."""
+    return type(module) in _POST_OPS or type(module) is nn.Identity
+
+
+def onednn_available() -> bool:
+    """oneDNN (MKL-DNN) is compiled in and enabled, and has the fused conv op."""
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+
+
+class _PackedWeight:
+    """A packed copy of a conv weight and the key it was made for; never copied, saved or moved."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo: dict) -> _PackedWeight:
+        return _PackedWeight()
+
+    def __reduce__(self):
+        return _PackedWeight, ()
+
+
+class OneDNNConv2d(nn.Conv2d):
+    """``act(conv2d(x))`` for CPU inference; ``act`` is ``nn.Identity`` or one of :data:`_POST_OPS`.
+
+    Build it with :meth:`from_conv`: it shares the conv's parameters. The packed weight is made
+    on the first call and again whenever the weight changes (in place, replaced, moved or cast)
+    or the input's shape does (the packed layout depends on it).
+    """
+
+    __jit_unused_properties__ = ["post_op"]
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, act: nn.Module | None = None) -> OneDNNConv2d:
+        if type(conv) is not nn.Conv2d or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+            raise ValueError(f"OneDNNConv2d needs a plain nn.Conv2d with numeric zero padding, got {conv}")
+        act = nn.Identity() if act is None else act
+        if not fusable_activation(act):
+            raise ValueError(f"activation must be nn.Identity or one of {[t.__name__ for t in _POST_OPS]}, "
+                             f"got {type(act).__name__}")
+        new = cls.__new__(cls)
+        new.__dict__.update(conv.__dict__)
+        new._parameters = dict(conv._parameters)
+        new._buffers = dict(conv._buffers)
+        new._modules = dict(conv._modules)
+        new.act = act
+        new._packed = _PackedWeight()
+        return new
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", post_op={self.post_op[0]}"
+
+    @property
+    def post_op(self) -> tuple[str, list[float]]:
+        return _POST_OPS.get(type(self.act), ("none", []))
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``act(conv(x))``, or ``act(conv(x) + residual)`` with a ``residual`` of the output's shape."""
+        if not torch.jit.is_scripting():
+            if self._use_onednn(x) and (residual is None or self._use_onednn(residual)):
+                attr, scalars = self.post_op
+                args = (self._packed_weight(x), self.bias, list(self.padding), list(self.stride), list(self.dilation),
+                        self.groups)
+                if residual is None:
+                    return torch.ops.mkldnn._convolution_pointwise(x, *args, attr, scalars, None)
+                # oneDNN post-ops in order: + residual, then the activation (after an add it takes ReLU only)
+                fused_act = attr == "relu"
+                y = torch.ops.mkldnn._convolution_pointwise.binary(
+                    x, residual, *args, "add", None, "relu" if fused_act else None, [], None)
+                return y if fused_act else self.act(y)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return self.act(y if residual is None else y + residual)
+
+    def _use_onednn(self, x: torch.Tensor) -> bool:
+        recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        return (x.device.type == "cpu" and x.dtype in _DTYPES and self.weight.dtype == x.dtype and x.dim() == 4
+                and not recording and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+                and not torch.onnx.is_in_onnx_export() and onednn_available())
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        packed = self._packed.value
+        # an inference tensor has no version counter to tell an in-place change: pack it every call
+        key = None if w.is_inference() else (id(w), w._version, w.data_ptr(), w.dtype, tuple(x.shape))
+        if key is None or self._packed.key != key:
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                w.detach().to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
+                list(x.shape))
+            self._packed.key, self._packed.value = key, packed
+        return packed
