@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def scenario_config(scenario: str, args: argparse.Namespace) -> BenchConfig:
     common = dict(image_size=args.image_size, threads=args.threads, rounds=args.rounds)
     if scenario == "latency":
-        return BenchConfig(mode="infer", batch_size=1, iters=10, warmup=5, **common)
+        return BenchConfig(mode="infer", batch_size=1, iters=20, warmup=5, **common)
     if scenario == "train":
         return BenchConfig(mode="train", batch_size=args.batch_size, iters=1, warmup=2, **common)
     return BenchConfig(mode="infer", batch_size=args.batch_size, iters=2, warmup=2, **common)

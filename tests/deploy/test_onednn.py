@@ -21,6 +21,7 @@ from mobileconv.layers import Conv2dSame, SqueezeExcite
 
 from .test_optimize import assert_close_to_scale, batch, randomize, reference_output
 
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning", "ignore::torch.jit.TracerWarning")
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="PyTorch built without oneDNN")
 
 ACTS = [

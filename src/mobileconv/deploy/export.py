@@ -313,7 +313,7 @@ def prepare_for_export(model: nn.Module, example: torch.Tensor, *, optimize: boo
 
         try:
             prepared = optimize_for_inference(model, example_input=example, channels_last=channels_last,
-                                              onednn=False, verify=False)  # plain convs: portable graphs
+                                              onednn=False, micro_batch=False, verify=False)  # portable graphs
             return prepared, True, notes
         except Exception as e:  # noqa: BLE001 - an unusual user model: export it unoptimised
             notes.append(f"optimize_for_inference failed ({_first_line(e)}); exported without BN folding")
