@@ -229,3 +229,18 @@ def test_a_residual_block_with_an_activation_after_its_last_conv_keeps_its_add()
     assert fuse_residual_adds(fast) == []
     with torch.no_grad():
         torch.testing.assert_close(fast(x), block(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_optimized_model_exports_to_onnx_with_plain_convs(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from mobileconv.deploy.export import export_onnx
+
+    model = randomize(mobileconv.create_model("mixnet_s_cifar"), size=32)
+    fast = optimize_for_inference(model)
+    assert any(isinstance(m, OneDNNConv2d) for m in fast.modules())
+    path = tmp_path / "m.onnx"
+    export_onnx(fast, batch(2, 3, 32), path)
+    x = batch(3, 3, 32, seed=5)  # another batch size: a dynamic batch axis
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    assert_close_to_scale(got, reference_output(model, x))

@@ -31,10 +31,16 @@ def fusable_activation(module: nn.Module) -> bool:
     return type(module) in _POST_OPS or type(module) is nn.Identity
 
 
+def _has_fused_op() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+_HAS_FUSED_OP = _has_fused_op()
+
+
 def onednn_available() -> bool:
-    """oneDNN (MKL-DNN) is compiled in and enabled, and has the fused conv op."""
-    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+    """oneDNN (MKL-DNN) is compiled in and enabled (``torch.backends.mkldnn.enabled``), with the fused conv op."""
+    return _HAS_FUSED_OP and torch._C._get_mkldnn_enabled()
 
 
 class _PackedWeight:
@@ -103,10 +109,13 @@ class OneDNNConv2d(nn.Conv2d):
         return self.act(y if residual is None else y + residual)
 
     def _use_onednn(self, x: torch.Tensor) -> bool:
-        recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        return (x.device.type == "cpu" and x.dtype in _DTYPES and self.weight.dtype == x.dtype and x.dim() == 4
-                and not recording and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-                and not torch.onnx.is_in_onnx_export() and onednn_available())
+        # called once per conv and image batch: cheapest tests first (ONNX export traces or compiles)
+        if x.device.type != "cpu" or x.dtype not in _DTYPES or x.dim() != 4:
+            return False
+        w = self.weight
+        if w.dtype != x.dtype or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
+            return False
+        return not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and onednn_available()
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight

@@ -1,10 +1,12 @@
-"""What the oneDNN rewrite of optimize_for_inference buys: ``onednn=True`` vs ``onednn=False``, side by side.
+"""What the CPU-only steps of optimize_for_inference buy, each switched off in turn, side by side.
 
-Both variants are ``optimize_for_inference`` of the same weights (BN folded, MixConv / XSepConv
-fused, channels_last); the first also runs every conv as a
-:class:`~mobileconv.deploy.onednn.OneDNNConv2d` (pre-packed weight, activation and residual add as
-oneDNN post-ops). They alternate within each round in one process; the speed-up is the median of
-the per-round ratios. Writes ``benchmarks/results/onednn_fusion.md``.
+Three variants of ``optimize_for_inference`` of the same weights (BN folded, MixConv / XSepConv
+fused, channels_last in all three): ``all`` (the default on CPU), ``onednn=False`` (plain convs
+instead of :class:`~mobileconv.deploy.onednn.OneDNNConv2d`: no pre-packed weights, no activation
+or residual add as oneDNN post-ops) and ``micro_batch=False`` (no
+:class:`~mobileconv.deploy.optimize.MicroBatchedStages`). They alternate within each round in one
+process; a speed-up is the median of the per-round ratios ``all / variant``. Writes
+``benchmarks/results/cpu_steps.md``.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from mobileconv.engine.bench import (BenchConfig, make_batch, make_inference_ste
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("mixnet_s", "mixnet_l", "xsep_mobilenetv3_small_100", "mobilenetv3_large_100")
+VARIANTS = {"all": {}, "onednn=False": {"onednn": False}, "micro_batch=False": {"micro_batch": False}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,27 +47,30 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.models:
                 torch.manual_seed(0)
                 model = create_model(name)
-                steps = {str(flag): make_inference_step(optimize_for_inference(model, onednn=flag,
-                                                                               example_input=batch[0][:1]), config)
-                         for flag in (True, False)}
+                steps = {variant: make_inference_step(optimize_for_inference(model, example_input=batch[0][:1],
+                                                                             **kwargs), config)
+                         for variant, kwargs in VARIANTS.items()}
                 times = time_variants(steps, batch, config, progress=True, desc=f"{name} b{batch_size}")
                 m = {k: summarize_times(k, v, batch_size) for k, v in times.items()}
-                ratio = paired_ratio(m["True"].round_images_per_s, m["False"].round_images_per_s)
-                rows.append(f"| {name} | {batch_size} | {m['True'].images_per_s:.1f} | {m['False'].images_per_s:.1f} "
-                            f"| x{ratio:.2f} |")
+                ratios = [paired_ratio(m["all"].round_images_per_s, m[v].round_images_per_s) for v in VARIANTS
+                          if v != "all"]
+                rows.append(f"| {name} | {batch_size} | " + " | ".join(f"{m[v].images_per_s:.1f}" for v in VARIANTS)
+                            + " | " + " | ".join(f"x{r:.2f}" for r in ratios) + " |")
                 print(rows[-1], file=sys.stderr)
 
     report = "\n".join([
-        "# oneDNN rewrite (benchmarks/onednn_fusion.py)", "",
-        f"Command: `python benchmarks/onednn_fusion.py {' '.join(sys.argv[1:])}`  ",
+        "# CPU steps of optimize_for_inference (benchmarks/cpu_steps.py)", "",
+        f"Command: `python benchmarks/cpu_steps.py {' '.join(sys.argv[1:])}`  ",
         f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}; torch {torch.__version__}; "
         f"{args.threads} threads, {args.image_size}x{args.image_size}, fp32, {args.rounds} alternating rounds.", "",
-        "| model | batch | img/s onednn=True | img/s onednn=False | speed-up (median of per-round ratios) |",
-        "| --- | --- | --- | --- | --- |", *rows, ""])
+        "Speed-up = what the step switched off buys: the median over rounds of img/s of `all` over img/s "
+        "of the variant.", "",
+        "| model | batch | img/s all | img/s onednn=False | img/s micro_batch=False | oneDNN step | "
+        "micro-batching step |", "| --- | --- | --- | --- | --- | --- | --- |", *rows, ""])
     args.out.mkdir(parents=True, exist_ok=True)
-    tmp = args.out / "onednn_fusion.md.tmp"
+    tmp = args.out / "cpu_steps.md.tmp"
     tmp.write_text(report)
-    os.replace(tmp, args.out / "onednn_fusion.md")
+    os.replace(tmp, args.out / "cpu_steps.md")
     print(report)
     return 0
 
