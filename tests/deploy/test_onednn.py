@@ -244,3 +244,13 @@ def test_an_optimized_model_exports_to_onnx_with_plain_convs(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     assert_close_to_scale(got, reference_output(model, x))
+
+
+def test_autocast_gets_the_plain_conv():
+    conv = make_conv(CONVS[0])
+    fused = OneDNNConv2d.from_conv(conv, nn.ReLU())
+    x = batch(2, 8, 6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, expected = fused(x), torch.relu(conv(x))
+    assert got.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected)

@@ -240,3 +240,18 @@ def test_unknown_backend_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "mixnet_s", "--backend", "tensorrt"])
     assert "comma-separated list" in capsys.readouterr().err
+
+
+def test_cpu_steps_script_writes_its_table(tmp_path):
+    """benchmarks/cpu_steps.py: a smoke run (tiny images, one round) writes one row per model and batch size."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "cpu_steps.py"
+    spec = importlib.util.spec_from_file_location("cpu_steps", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--models", "mixnet_s_cifar", "--batch-sizes", "1", "4", "--image-size", "32",
+                        "--rounds", "1", "--out", str(tmp_path)]) == 0
+    rows = [line for line in (tmp_path / "cpu_steps.md").read_text().splitlines() if line.startswith("| mixnet_s_cifar")]
+    assert [row.split("|")[2].strip() for row in rows] == ["1", "4"]
+    assert all(len(re.findall(r"x\d+\.\d\d", row)) == 2 for row in rows)
