@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="time models: images/s, latency p50/p90, peak memory, MACs/s",
         description="Time registered models with random weights. Inference runs the model through "
-                    "optimize_for_inference (BN folded, MixConv / XSepConv as plain convs, channels_last); "
+                    "optimize_for_inference (BN folded, MixConv / XSepConv as plain convs, channels_last; "
+                    "on CPU also oneDNN conv + activation calls and micro-batched early stages); "
                     "training times one SGD step with the fast operators in channels_last. "
                     "--compare-reference also times the reference implementation (impl='reference', split / "
                     "conv per group / concat, BN not folded) of the same weights in alternating rounds and "

@@ -65,12 +65,16 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
       is folded into the per-group convs;
     * every BN that directly follows a conv is folded into it and becomes ``nn.Identity``;
     * every ``SqueezeExcite`` whose input nothing else reads scales that input in place
-      (:class:`InplaceSqueezeExcite`): one large allocation less per block;
+      (:class:`InplaceSqueezeExcite`): one large allocation less per block; its 1x1 convs on the
+      pooled 1x1 map run as ``F.linear``;
     * on CPU, every plain conv -> :class:`~mobileconv.deploy.onednn.OneDNNConv2d` (a pre-packed
       oneDNN weight, and the activation that follows it as a post-op); ``onednn=False`` keeps
       plain convs. Autograd, TorchScript, tracing and ONNX export see plain convs either way;
     * on CPU, the skip connection of every residual block whose last conv ends the branch is
       added by that conv's oneDNN call (:func:`fuse_residual_adds`);
+    * on CPU, ``model.blocks`` runs its first, high-resolution stages on chunks of a large batch
+      (:class:`MicroBatchedStages`, :func:`micro_batch_stages`); ``micro_batch=False`` keeps
+      whole batches;
     * weights in channels_last (``channels_last=False`` keeps NCHW).
 
     Args:
@@ -80,6 +84,8 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
         channels_last: store the conv weights in channels_last.
         onednn: fuse convs and activations into oneDNN calls (:func:`fuse_conv_activations`);
             default: when the model is on the CPU and PyTorch has oneDNN.
+        micro_batch: run the leading stages of ``model.blocks`` on chunks of large batches;
+            default: when the model is on the CPU.
         verify: compare the result with the eval-mode model on ``example_input`` and raise
             ``RuntimeError`` if they differ by more than ``1e-4`` of the output scale.
 
