@@ -254,3 +254,20 @@ def test_autocast_gets_the_plain_conv():
         got, expected = fused(x), torch.relu(conv(x))
     assert got.dtype == expected.dtype == torch.bfloat16
     torch.testing.assert_close(got, expected)
+
+
+@needs_onednn
+def test_bfloat16_runs_the_onednn_call_where_supported():
+    from mobileconv.deploy import onednn
+
+    if torch.bfloat16 not in onednn._DTYPES:
+        pytest.skip("oneDNN has no bfloat16 conv on this CPU")
+    conv = make_conv(CONVS[1]).to(torch.bfloat16)
+    fused = OneDNNConv2d.from_conv(copy.deepcopy(conv), nn.SiLU())
+    x = batch(2, 12, 9).to(torch.bfloat16)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        got = fused(x)
+    assert "mkldnn::_convolution_pointwise" in {e.name for e in prof.events()}
+    assert got.dtype == torch.bfloat16
+    expected = F.silu(F.conv2d(x.float(), conv.weight.float(), conv.bias.float(), 2, 2, 1, 12))
+    torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2)

@@ -29,7 +29,16 @@ _POST_OPS: dict[type[nn.Module], tuple[str, list[float]]] = {
     nn.Sigmoid: ("sigmoid", []),
     nn.Hardsigmoid: ("hardsigmoid", []),
 }
-_DTYPES = (torch.float32, torch.bfloat16)
+
+def _bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# input dtypes the oneDNN call takes on this CPU (bfloat16 where oneDNN supports it)
+_DTYPES = (torch.float32, torch.bfloat16) if _bf16_supported() else (torch.float32,)
 
 
 def fusable_activation(module: nn.Module) -> bool:
