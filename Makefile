@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-steps clean
 
 $(BIN)/mobileconv: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/mixconv_speed.py
+
+bench-steps: setup
+	$(BIN)/python benchmarks/cpu_steps.py
 
 clean:
 	rm -rf $(VENV) runs
