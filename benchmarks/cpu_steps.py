@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 
 from mobileconv import create_model
 from mobileconv.deploy.optimize import optimize_for_inference
+from mobileconv.engine.checkpoint import atomic_write
 from mobileconv.engine.bench import (BenchConfig, make_batch, make_inference_step, num_threads, paired_ratio,
                                      summarize_times, time_variants)
 
@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         "| model | batch | img/s all | img/s onednn=False | img/s micro_batch=False | oneDNN step | "
         "micro-batching step |", "| --- | --- | --- | --- | --- | --- | --- |", *rows, ""])
     args.out.mkdir(parents=True, exist_ok=True)
-    tmp = args.out / "cpu_steps.md.tmp"
-    tmp.write_text(report)
-    os.replace(tmp, args.out / "cpu_steps.md")
+    atomic_write(args.out / "cpu_steps.md", lambda f: f.write(report.encode()))
     print(report)
     return 0
 

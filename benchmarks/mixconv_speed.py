@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from mobileconv import create_model
+from mobileconv.engine.checkpoint import atomic_write
 from mobileconv.engine.bench import (BenchConfig, BenchResult, benchmark_model, build_variant, count_macs,
                                      format_table, make_batch, num_threads, paired_ratio, summarize_times,
                                      time_variants)
@@ -189,16 +190,10 @@ def plot(rows: list[dict], tax: dict | None, path: Path) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:
+        plt.close(fig)
 
 
 def environment(args: argparse.Namespace) -> dict:
@@ -259,10 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for s, res in results.items() for row in speedup_rows(s, res)]
     stem = "mixconv_speed" + ("_quick" if args.quick else "") + ("_heap" if args.heap_malloc else "")
     report = markdown(args, env, results, rows, tax)
-    write_atomic(args.out / f"{stem}.md", report + "\n")
+    atomic_write(args.out / f"{stem}.md", lambda f: f.write((report + "\n").encode()))
     payload = {"environment": env, "speedups": rows, "tax": tax,
                "results": {s: [r.to_dict() for r in res] for s, res in results.items()}}
-    write_atomic(args.out / f"{stem}.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write(args.out / f"{stem}.json", lambda f: f.write((json.dumps(payload, indent=2) + "\n").encode()))
     plot(rows, tax, args.out / f"{stem}.png")
     print(report)
     print(f"\nwrote {args.out / stem}.md / .json / .png", file=sys.stderr)

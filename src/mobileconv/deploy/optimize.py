@@ -15,6 +15,7 @@ is checked against the eval-mode model on that input.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 
@@ -270,7 +271,7 @@ def trace_pairs(model: nn.Module, example_input: torch.Tensor, is_producer: Call
         elif is_consumer(module):
             handles.append(module.register_forward_pre_hook(record_consumer(name)))
             handles.append(module.register_forward_hook(record_in_place(name)))
-    _run_watched(model, example_input, readers, handles)
+    _run_watched(model, example_input, handles, readers)
     output_of = {name: key for key, (name, _) in produced.items()}
     producers = list(pairs.values())
 
@@ -358,13 +359,7 @@ def _called_modules(model: nn.Module, example_input: torch.Tensor, predicate: Ca
     called: set[str] = set()
     handles = [m.register_forward_pre_hook(lambda *_, name=name: called.add(name))
                for name, m in model.named_modules() if predicate(m)]
-    was_training = model.training
-    try:
-        model.eval()(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    _run_watched(model, example_input, handles)
     return called
 
 
@@ -445,17 +440,18 @@ def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor,
         if is_candidate(module):
             handles.append(module.register_forward_pre_hook(before(name)))
             handles.append(module.register_forward_hook(after(name)))
-    _run_watched(model, example_input, readers, handles)
+    _run_watched(model, example_input, handles, readers)
     return [name for name, x in inputs.items()
             if x is not None and calls[name] == 1 and readers.counts.get(id(x)) == 0]
 
 
-def _run_watched(model: nn.Module, example_input: torch.Tensor, readers: "_ReaderCount", handles: list) -> None:
-    """One eval-mode forward pass under ``readers`` with the hooks in ``handles``; then remove the
-    hooks and restore the model's training flag, whatever happens."""
+def _run_watched(model: nn.Module, example_input: torch.Tensor, handles: list,
+                 readers: _ReaderCount | None = None) -> None:
+    """One eval-mode forward pass with the hooks in ``handles`` (under ``readers`` if given); then
+    remove the hooks and restore the model's training flag, whatever happens."""
     was_training = model.training
     try:
-        with readers:
+        with readers if readers is not None else contextlib.nullcontext():
             model.eval()(example_input)
     finally:
         for h in handles:
@@ -618,11 +614,7 @@ def micro_batch_stages(model: nn.Module, example_input: torch.Tensor, budget: in
             if isinstance(output, torch.Tensor) and output.dim() == 4:
                 peaks[i] = max(peaks[i], output[0].numel())
         handles += [m.register_forward_hook(on_output) for m in stage.modules()]
-    try:
-        model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_watched(model, example_input, handles)
     if len(size) != 1 or not all(peaks):
         return False  # blocks not called once, or a stage made no activations
     blocks.__class__ = MicroBatchedStages
