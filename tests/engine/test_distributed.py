@@ -13,7 +13,7 @@ ARGS = ["train", *TINY, "--max-train-samples", "96", "--epochs", "1", "--no-aug"
 def test_two_processes_match_one_process(tmp_path):
     single = run_cli([*ARGS, "--out", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr
-    double = run_cli(["--nproc_per_node", "2", "-m", "mobileconv", *ARGS, "--out", str(tmp_path / "two")],
+    double = run_cli(["--standalone", "--nproc_per_node", "2", "-m", "mobileconv", *ARGS, "--out", str(tmp_path / "two")],
                      module=("-m", "torch.distributed.run"))
     assert double.returncode == 0, double.stderr[-2000:]
     assert "2 process(es)" in double.stdout

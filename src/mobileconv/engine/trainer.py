@@ -34,7 +34,7 @@ from ..data import (BatchTransform, DataInfo, MixupCutmix, ShardedBatchSampler, 
                     preferred_img_size)
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_yaml
-from .distributed import DistEnv, cleanup_distributed, convert_sync_batchnorm, init_distributed
+from .distributed import DistEnv, barrier, cleanup_distributed, convert_sync_batchnorm, init_distributed
 from .ema import ModelEma
 from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from .metrics import plot_curves, write_metrics_csv
@@ -175,7 +175,11 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> dict:
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         run = setup_run(config.validate(), env, Path(resume) if resume else None)
-        return train_epochs(run)
+        summary = train_epochs(run)
+        # gloo aborts a process that leaves the group while a peer is still connected (rank 0 is
+        # still writing its files): everyone leaves together
+        barrier()
+        return summary
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         cleanup_distributed()
