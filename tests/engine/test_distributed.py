@@ -13,8 +13,8 @@ ARGS = ["train", *TINY, "--max-train-samples", "96", "--epochs", "1", "--no-aug"
 def test_two_processes_match_one_process(tmp_path):
     single = run_cli([*ARGS, "--out", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr
-    double = run_cli(["--standalone", "--nproc_per_node", "2", "-m", "mobileconv", *ARGS, "--out", str(tmp_path / "two")],
-                     module=("-m", "torch.distributed.run"))
+    torchrun = ["--standalone", "--nproc_per_node", "2", "-m", "mobileconv"]
+    double = run_cli([*torchrun, *ARGS, "--out", str(tmp_path / "two")], module=("-m", "torch.distributed.run"))
     assert double.returncode == 0, double.stderr[-2000:]
     assert "2 process(es)" in double.stdout
     one, two = read_metrics_csv(tmp_path / "one" / "metrics.csv"), read_metrics_csv(tmp_path / "two" / "metrics.csv")
