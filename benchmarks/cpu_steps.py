@@ -4,7 +4,7 @@ Three variants of ``optimize_for_inference`` of the same weights (BN folded, Mix
 fused, channels_last in all three): ``all`` (the default on CPU), ``onednn=False`` (plain convs
 instead of :class:`~mobileconv.deploy.onednn.OneDNNConv2d`: no pre-packed weights, no activation
 or residual add as oneDNN post-ops) and ``micro_batch=False`` (no
-:class:`~mobileconv.deploy.optimize.MicroBatchedStages`). They alternate within each round in one
+:class:`~mobileconv.deploy.optimize.MicroBatchedMobileNet`). They alternate within each round in one
 process; a speed-up is the median of the per-round ratios ``all / variant``. Writes
 ``benchmarks/results/cpu_steps.md``.
 """

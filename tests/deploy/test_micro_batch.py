@@ -11,7 +11,8 @@ from torch import nn
 
 import mobileconv
 from mobileconv.deploy import optimize
-from mobileconv.deploy.optimize import MicroBatchedStages, micro_batch_stages, optimize_for_inference
+from mobileconv.deploy.optimize import (MicroBatchedMobileNet, MicroBatchedStages, micro_batch_stages,
+                                        optimize_for_inference)
 
 from .test_optimize import assert_close_to_scale, batch, randomize, reference_output
 
@@ -63,11 +64,11 @@ def test_plan_follows_the_rule(monkeypatch):
 def test_chunks_give_the_whole_batch_output(name, small_images):
     model, fast = small_budget_model(name)
     x = batch(7, 3, 64)  # 7 is not a multiple of the chunk
-    prefix, chunk = fast.blocks.plan(fast.act1(fast.bn1(fast.conv_stem(x))))
-    assert prefix >= 1 and 1 <= chunk < 7
+    prefix, chunk = fast.plan(x)
+    assert prefix >= 2 and 1 <= chunk < 7  # the stem and at least one stage
     with torch.no_grad():
         got = fast(x)
-        fast.blocks.budget = 2**40  # one chunk: the whole batch
+        fast.budget = 2**40  # one chunk: the whole batch
         whole = fast(x)
     # the same maths; oneDNN may pick another summation order for another batch size
     assert_close_to_scale(got, whole, rel=1e-5)
@@ -76,11 +77,12 @@ def test_chunks_give_the_whole_batch_output(name, small_images):
 
 def test_only_the_planned_stages_run_in_chunks(small_images):
     _, fast = small_budget_model()
-    counters = [CountCalls() for _ in fast.blocks]
-    for stage, counter in zip(fast.blocks, counters):
+    counters = [CountCalls() for _ in range(1 + len(fast.blocks))]  # the stem, then every stage
+    fast.act1 = nn.Sequential(fast.act1, counters[0])
+    for stage, counter in zip(fast.blocks, counters[1:]):
         stage.append(counter)
     x = batch(7, 3, 64)
-    prefix, chunk = fast.blocks.plan(fast.act1(fast.bn1(fast.conv_stem(x))))
+    prefix, chunk = fast.plan(x)
     with torch.no_grad():
         fast(x)
     expected_chunks = [min(chunk, 7 - i) for i in range(0, 7, chunk)]
@@ -95,31 +97,60 @@ def test_only_the_planned_stages_run_in_chunks(small_images):
     assert [c.batches for c in counters] == [[7, 7]] * len(counters)
 
 
-def test_default_plan_for_mixnet_s_at_224():
+def test_default_plan_at_224():
+    images = torch.zeros(32, 3, 224, 224)  # 602 112 bytes per image
     fast = optimize_for_inference(mobileconv.create_model("mixnet_s"))
-    assert isinstance(fast.blocks, MicroBatchedStages)
-    stem_out = torch.zeros(32, 16, 112, 112)
-    # largest activations per image: stage 1 makes 96 x 112 x 112 floats (4.8 MB), stage 2 144 x 56 x 56
-    # (1.8 MB), stage 3 240 x 28 x 28 (0.75 MB, under 1 MiB): stages 0-2 in chunks of 16 MiB // 4.8 MB = 3
-    assert fast.blocks.peak_ratios[1] == pytest.approx(6.0)
-    assert fast.blocks.plan(stem_out) == (3, 16 * 2**20 // (96 * 112 * 112 * 4))
-    assert fast.blocks.plan(stem_out[:1]) == (0, 1)
+    assert type(fast) is MicroBatchedMobileNet and type(fast.blocks) is nn.Sequential
+    # largest activations per image, in floats: stem 16 x 112 x 112 (0.8 MB); stages 0-3: 16 x 112 x 112,
+    # 96 x 112 x 112 (4.8 MB), 144 x 56 x 56, 240 x 28 x 28 (0.75 MB, under 768 KiB): the stem and
+    # stages 0-2 in chunks of 16 MiB // 4.8 MB = 3 images
+    assert fast.peak_ratios[:5] == pytest.approx([16 / 12, 16 / 12, 96 / 12, 144 / 48, 240 / 192])
+    assert fast.plan(images) == (4, 16 * 2**20 // (96 * 112 * 112 * 4))
+    assert fast.plan(images[:3]) == (0, 3)
+    # MobileNetV3-Small-sized: no stage above 1 MiB, but the stem (0.8 MB) and stage 1 (72 x 56 x 56,
+    # 0.9 MB) are above 768 KiB: stem and stages 0-1 in chunks of 16 MiB // 0.9 MB = 18 images
+    fast = optimize_for_inference(mobileconv.create_model("xsep_mobilenetv3_small_100"))
+    assert fast.plan(images) == (3, 16 * 2**20 // (72 * 56 * 56 * 4))
+
+
+def test_models_other_than_mobilenet_chunk_their_blocks(small_images):
+    model = randomize(mobileconv.create_model("mixnet_s_cifar"))
+
+    class Wrapped(nn.Module):  # a MobileNet's stem and stages in a model of another class
+        def __init__(self, net):
+            super().__init__()
+            self.stem = nn.Sequential(net.conv_stem, net.bn1, net.act1)
+            self.blocks = net.blocks
+            self.net = net  # for its head
+
+        def forward(self, x):
+            net = self.net
+            return net.forward_head(net.act2(net.bn2(net.conv_head(self.blocks(self.stem(x))))))
+
+    wrapped = Wrapped(model)
+    fast = optimize_for_inference(wrapped, micro_batch=False)
+    assert micro_batch_stages(fast, batch(2, 3, 32), budget=2**16)
+    assert type(fast.blocks) is MicroBatchedStages and type(fast) is Wrapped
+    x = batch(5, 3, 32)
+    assert fast.blocks.plan(fast.stem(x))[0] >= 1
+    with torch.no_grad():
+        assert_close_to_scale(fast(x), reference_output(model, x))
 
 
 def test_off_switch_and_batch_statistics_keep_plain_stages():
     model = mobileconv.create_model("mixnet_s_cifar")
-    assert type(optimize_for_inference(model, micro_batch=False).blocks) is nn.Sequential
+    assert type(optimize_for_inference(model, micro_batch=False)) is type(model)
     # a BN that normalises with batch statistics couples the images: no chunks
     fast = optimize_for_inference(model, micro_batch=False)
     fast.blocks[0].append(nn.BatchNorm2d(fast.blocks[0][-1].out_channels, track_running_stats=False).eval())
     assert not micro_batch_stages(fast, batch(2, 3, 32))
-    assert type(fast.blocks) is nn.Sequential
+    assert type(fast) is type(model) and type(fast.blocks) is nn.Sequential
 
 
 def test_scripted_model_runs_the_whole_batch(small_images):
     model, fast = small_budget_model("mixnet_s_cifar", budget=2**16)
     x = batch(5, 3, 32)
-    assert fast.blocks.plan(fast.act1(fast.bn1(fast.conv_stem(x))))[0] >= 1
+    assert fast.plan(x)[0] >= 1
     scripted = torch.jit.script(fast)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), fast(x), rtol=1e-5, atol=1e-5)

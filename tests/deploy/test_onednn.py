@@ -132,13 +132,31 @@ def test_autograd_tracing_and_scripting_see_plain_ops():
         torch.testing.assert_close(m(x), F.hardswish(conv(x)), rtol=1e-5, atol=1e-5)
 
 
+def test_alternating_batch_sizes_pack_once_per_shape(monkeypatch):
+    # a micro-batched model calls each conv with its chunk size and a smaller last chunk
+    fused = OneDNNConv2d.from_conv(make_conv(CONVS[0]), nn.ReLU())
+    packs = []
+    reorder = torch._C._nn.mkldnn_reorder_conv2d_weight
+    monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight",
+                        lambda *args: packs.append(tuple(args[-1])) or reorder(*args))
+    big, small = batch(3, 8, 5), batch(2, 8, 5)
+    with torch.no_grad():
+        for x in (big, small, big, small, big):
+            torch.testing.assert_close(fused(x), F.relu(fused._conv_forward(x, fused.weight, fused.bias)))
+        assert packs == [tuple(big.shape), tuple(small.shape)]
+        fused.weight.mul_(2)  # a changed weight drops every packed copy
+        fused(big)
+    assert packs[2:] == [tuple(big.shape)]
+
+
 def test_copy_and_pickle_drop_the_packed_weight():
     fused = OneDNNConv2d.from_conv(make_conv(CONVS[0]), nn.ReLU())
     x = batch(2, 8, 5)
     with torch.no_grad():
         expected = fused(x)  # packs
+        assert list(fused._packed.by_shape) == [tuple(x.shape)]
         for clone in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
-            assert clone._packed.value is None
+            assert not clone._packed.by_shape
             torch.testing.assert_close(clone(x), expected)
 
 

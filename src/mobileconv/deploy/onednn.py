@@ -59,11 +59,17 @@ def onednn_available() -> bool:
 
 
 class _PackedWeight:
-    """A packed copy of a conv weight and the key it was made for; never copied, saved or moved."""
+    """Packed copies of a conv weight, one per input shape, for the weight they were made from.
+
+    Never copied, saved or moved. A micro-batched model calls a conv with two or three batch
+    sizes per forward pass (its chunks, the last one smaller), so it keeps a few shapes.
+    """
+
+    MAX_SHAPES = 4
 
     def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.value: torch.Tensor | None = None
+        self.weight_key: tuple | None = None
+        self.by_shape: dict[tuple[int, ...], torch.Tensor] = {}
 
     def __deepcopy__(self, memo: dict) -> _PackedWeight:
         return _PackedWeight()
@@ -135,13 +141,17 @@ class OneDNNConv2d(nn.Conv2d):
         return onednn_available()
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        packed = self._packed.value
+        w, cache, shape = self.weight, self._packed, tuple(x.shape)
         # an inference tensor has no version counter to tell an in-place change: pack it every call
-        key = None if w.is_inference() else (id(w), w._version, w.data_ptr(), w.dtype, tuple(x.shape))
-        if key is None or self._packed.key != key:
+        key = None if w.is_inference() else (id(w), w._version, w.data_ptr(), w.dtype)
+        if key is None or cache.weight_key != key:
+            cache.weight_key, cache.by_shape = key, {}
+        packed = cache.by_shape.get(shape)
+        if packed is None:
             packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
                 w.detach().to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
-                list(x.shape))
-            self._packed.key, self._packed.value = key, packed
+                list(shape))
+            if len(cache.by_shape) >= cache.MAX_SHAPES:
+                cache.by_shape.clear()
+            cache.by_shape[shape] = packed
         return packed

@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..layers import Conv2dSame, GroupedConv2d, MixConv2d, SqueezeExcite, XSepConv2d, set_layer_impl
 from ..models._blocks import DepthwiseSeparableBlock, DropPath, InvertedResidual
+from ..models._builder import MobileNet
 from .onednn import OneDNNConv2d, fusable_activation, onednn_available
 
 # The example input used to trace the data flow when the caller gives none.
@@ -36,7 +37,9 @@ DENSE_MAX_GROUP_CHANNELS = 16
 # Micro-batching: the largest activation a stage makes for one chunk of the batch stays below this.
 MICRO_BATCH_BYTES = 16 * 2**20
 # ... for the leading stages whose largest activation per image is above this (later ones run whole).
-MICRO_BATCH_MIN_PEAK = 2**20
+# 768 KiB: MobileNetV3-Small's stem and stage 1 (0.8 and 0.9 MB at 224x224) pass it; MixNet-S's
+# stage 3 (0.75 MB) and the 14x14 stages of every model, which run best on the whole batch, do not.
+MICRO_BATCH_MIN_PEAK = 3 * 2**18
 # Output of the optimised model vs the eval-mode model, relative to the output scale.
 VERIFY_RTOL = 1e-4
 _BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
@@ -73,9 +76,10 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
       plain convs. Autograd, TorchScript, tracing and ONNX export see plain convs either way;
     * on CPU, the skip connection of every residual block whose last conv ends the branch is
       added by that conv's oneDNN call (:func:`fuse_residual_adds`);
-    * on CPU, ``model.blocks`` runs its first, high-resolution stages on chunks of a large batch
-      (:class:`MicroBatchedStages`, :func:`micro_batch_stages`); ``micro_batch=False`` keeps
-      whole batches;
+    * on CPU, the stem and the first, high-resolution stages of ``model.blocks`` run on chunks
+      of a large batch (:class:`MicroBatchedMobileNet`; :class:`MicroBatchedStages` for the
+      stages alone in models of other classes; :func:`micro_batch_stages`);
+      ``micro_batch=False`` keeps whole batches;
     * weights in channels_last (``channels_last=False`` keeps NCHW).
 
     Args:
@@ -85,7 +89,7 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
         channels_last: store the conv weights in channels_last.
         onednn: fuse convs and activations into oneDNN calls (:func:`fuse_conv_activations`);
             default: when the model is on the CPU and PyTorch has oneDNN.
-        micro_batch: run the leading stages of ``model.blocks`` on chunks of large batches;
+        micro_batch: run the stem and leading stages on chunks of large batches;
             default: when the model is on the CPU.
         verify: compare the result with the eval-mode model on ``example_input`` and raise
             ``RuntimeError`` if they differ by more than ``1e-4`` of the output scale.
@@ -537,6 +541,28 @@ def _verify(expected, got) -> None:
                            f"> {VERIFY_RTOL} x output scale {scale.item():.3g}; please report this model")
 
 
+def chunk_plan(peak_ratios: list[float], budget: int, x: torch.Tensor) -> tuple[int, int]:
+    """``(number of leading steps to run in chunks, images per chunk)`` for a batch ``x``.
+
+    ``peak_ratios[i]``: the largest activation step ``i`` makes per image, over the size of one
+    image of ``x``. The leading steps up to the last one whose largest activation per image is
+    above :data:`MICRO_BATCH_MIN_PEAK` run on chunks of the most images that keep every one of
+    their activations within ``budget`` bytes; ``(0, len(x))`` when no step qualifies or one
+    chunk would hold the whole batch.
+    """
+    n = x.shape[0]
+    per_image = (x[0].numel() if n else 0) * x.element_size()
+    peaks = [r * per_image for r in peak_ratios]
+    prefix = max((i + 1 for i, p in enumerate(peaks) if p > MICRO_BATCH_MIN_PEAK), default=0)
+    chunk = max(1, int(budget // max(peaks[:prefix], default=1.0)))
+    return (prefix, chunk) if chunk < n else (0, n)
+
+
+def _whole_batch_only(x: torch.Tensor) -> bool:
+    """Autograd recording, tracing and ``torch.compile`` see the plain whole-batch forward."""
+    return (torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 class MicroBatchedStages(nn.Sequential):
     """``model.blocks`` (an ``nn.Sequential`` of stages) running its first stages on chunks of the batch.
 
@@ -548,76 +574,103 @@ class MicroBatchedStages(nn.Sequential):
     they stay in the last-level cache and on the allocator's heap.
 
     ``peak_ratios[i]`` is stage ``i``'s largest activation over the input of ``blocks``, per image
-    (measured by :func:`micro_batch_stages`). The leading stages up to the last one whose largest
-    activation per image exceeds :data:`MICRO_BATCH_MIN_PEAK` (1 MiB) run on chunks of the most
-    images that keep all their activations within ``budget`` bytes; the chunks are concatenated
-    once and the later stages, whose small maps run best on the whole batch, follow. For
-    MixNet-S at 224x224 that is stages 0-2 (112x112 down to 28x28) in chunks of 3 images. Batches
-    no larger than one chunk, autograd, tracing, scripting and ``torch.compile`` run whole.
+    (measured by :func:`micro_batch_stages`); :func:`chunk_plan` turns them into the stages to
+    chunk and the chunk size. The chunks are concatenated once and the later stages, whose small
+    maps run best on the whole batch, follow. Batches no larger than one chunk, autograd,
+    tracing, scripting and ``torch.compile`` run whole. In a :class:`MicroBatchedMobileNet` the
+    model runs the chunks, with its stem in front of them.
     """
 
     def plan(self, x: torch.Tensor) -> tuple[int, int]:
         """``(number of leading stages to chunk, images per chunk)`` for input ``x``."""
-        n = x.shape[0]
-        per_image = (x[0].numel() if n else 0) * x.element_size()
-        peaks = [r * per_image for r in self.peak_ratios]
-        prefix = max((i + 1 for i, p in enumerate(peaks) if p > MICRO_BATCH_MIN_PEAK), default=0)
-        chunk = max(1, int(self.budget // max(peaks[:prefix], default=1.0)))
-        return (prefix, chunk) if chunk < n else (0, n)
+        return chunk_plan(self.peak_ratios, self.budget, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            recording = torch.is_grad_enabled() and x.requires_grad
-            if not (recording or torch.jit.is_tracing() or torch.compiler.is_compiling()):
-                prefix, chunk = self.plan(x)
-                if prefix:
-                    return self._forward_in_chunks(x, prefix, chunk)
+        if not torch.jit.is_scripting() and not _whole_batch_only(x):
+            prefix, chunk = self.plan(x)
+            if prefix:
+                return _run_in_chunks(list(self), x, prefix, chunk)
         for stage in self:
             x = stage(x)
         return x
 
-    def _forward_in_chunks(self, x: torch.Tensor, prefix: int, chunk: int) -> torch.Tensor:
-        stages = list(self)
-        parts = []
-        for i in range(0, x.shape[0], chunk):
-            y = x[i:i + chunk]
-            for stage in stages[:prefix]:
-                y = stage(y)
-            parts.append(y)
-        x = torch.cat(parts)
-        for stage in stages[prefix:]:
-            x = stage(x)
+
+def _run_in_chunks(steps: list[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, prefix: int,
+                   chunk: int) -> torch.Tensor:
+    """``steps[:prefix]`` on each chunk of ``chunk`` images, one concatenation, then the other steps."""
+    parts = []
+    for part in x.split(chunk):
+        for step in steps[:prefix]:
+            part = step(part)
+        parts.append(part)
+    x = torch.cat(parts)
+    for step in steps[prefix:]:
+        x = step(x)
+    return x
+
+
+class MicroBatchedMobileNet(MobileNet):
+    """A :class:`~mobileconv.models.MobileNet` whose stem runs in the chunks of its first stages.
+
+    The same rule as :class:`MicroBatchedStages`, over the steps ``stem, stage 0, stage 1, ...``
+    and the input image: ``peak_ratios[0]`` is the stem's output over the image, per image. For
+    a small model none of whose stages passes the rule on its own (MobileNetV3-Small at 224x224:
+    0.8 MB per image out of the stem, 0.9 MB in stage 1), the large batch-wide stem output, and
+    the conversion of the NCHW input to channels_last, then happen per chunk as well.
+    ``model.blocks`` stays an ``nn.Sequential`` with the same stages and names.
+    """
+
+    def plan(self, x: torch.Tensor) -> tuple[int, int]:
+        """``(number of leading steps to chunk, the stem being step 0; images per chunk)`` for images ``x``."""
+        return chunk_plan(self.peak_ratios, self.budget, x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and not _whole_batch_only(x):
+            prefix, chunk = self.plan(x)
+            if prefix:
+                x = _run_in_chunks([self.forward_stem, *self.blocks], x, prefix, chunk)
+                return self.act2(self.bn2(self.conv_head(x))) if self.head_kind == "conv_bn" else x
+        x = self.blocks(self.forward_stem(x))
+        if self.head_kind == "conv_bn":
+            x = self.act2(self.bn2(self.conv_head(x)))
         return x
 
 
 @torch.no_grad()
 def micro_batch_stages(model: nn.Module, example_input: torch.Tensor, budget: int | None = None) -> bool:
-    """Make ``model.blocks`` a :class:`MicroBatchedStages`, in place; whether it did.
+    """Let ``model`` run the first stages of ``model.blocks`` on chunks of large batches, in place; whether it did.
 
-    ``model.blocks`` must be an ``nn.Sequential`` of stages (every registered model); the
-    per-stage peak ratios come from one forward pass on ``example_input``. Left alone if a
-    BatchNorm in it normalises with batch statistics. ``budget``: bytes per chunk for the largest
-    activation, default :data:`MICRO_BATCH_BYTES` (16 MiB: half this machine's 32 MiB L3 and
-    below glibc's largest mmap threshold, 32 MiB; 12-24 MiB measured the same within noise).
+    A :class:`~mobileconv.models.MobileNet` (every registered classifier) becomes a
+    :class:`MicroBatchedMobileNet`, whose stem joins the chunks; in any other model
+    ``model.blocks``, an ``nn.Sequential`` of stages, becomes a :class:`MicroBatchedStages`.
+    The per-step peak ratios come from one forward pass on ``example_input``. Left alone if a
+    BatchNorm in the chunked part normalises with batch statistics. ``budget``: bytes per chunk
+    for the largest activation, default :data:`MICRO_BATCH_BYTES` (16 MiB: half this machine's
+    32 MiB L3 and below glibc's largest mmap threshold, 32 MiB; 12-24 MiB measured the same
+    within noise).
     """
     blocks = getattr(model, "blocks", None)
     if type(blocks) is not nn.Sequential or not len(blocks):
         return False
-    if any(isinstance(m, _BATCHNORMS) and (m.training or not _foldable(m)) for m in blocks.modules()):
+    with_stem = type(model) is MobileNet
+    steps = [nn.ModuleList([model.conv_stem, model.bn1, model.act1])] if with_stem else []
+    steps += list(blocks)
+    if any(isinstance(m, _BATCHNORMS) and (m.training or not _foldable(m)) for s in steps for m in s.modules()):
         return False
-    stages = list(blocks)
-    peaks = [0] * len(stages)
-    size: list[int] = []  # numel of one image of the input of blocks
-    handles = [blocks.register_forward_pre_hook(lambda module, args: size.append(args[0][0].numel()))]
-    for i, stage in enumerate(stages):
+    peaks = [0] * len(steps)
+    size: list[int] = []  # numel of one image of the input of the first step
+    first = model if with_stem else blocks
+    handles = [first.register_forward_pre_hook(lambda module, args: size.append(args[0][0].numel()))]
+    for i, step in enumerate(steps):
         def on_output(module, args, output, i=i):
             if isinstance(output, torch.Tensor) and output.dim() == 4:
                 peaks[i] = max(peaks[i], output[0].numel())
-        handles += [m.register_forward_hook(on_output) for m in stage.modules()]
+        handles += [m.register_forward_hook(on_output) for m in step.modules()]
     _run_watched(model, example_input, handles)
     if len(size) != 1 or not all(peaks):
-        return False  # blocks not called once, or a stage made no activations
-    blocks.__class__ = MicroBatchedStages
-    blocks.peak_ratios = [p / size[0] for p in peaks]
-    blocks.budget = MICRO_BATCH_BYTES if budget is None else budget
+        return False  # not called once, or a step made no activations
+    owner = model if with_stem else blocks
+    owner.__class__ = MicroBatchedMobileNet if with_stem else MicroBatchedStages
+    owner.peak_ratios = [p / size[0] for p in peaks]
+    owner.budget = MICRO_BATCH_BYTES if budget is None else budget
     return True
