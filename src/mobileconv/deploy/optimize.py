@@ -563,7 +563,22 @@ def _whole_batch_only(x: torch.Tensor) -> bool:
     return (torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-class MicroBatchedStages(nn.Sequential):
+class _ChunkPlan:
+    """The plan :class:`MicroBatchedStages` and :class:`MicroBatchedMobileNet` share.
+
+    ``peak_ratios`` (per step) and ``budget`` are set by :func:`micro_batch_stages`.
+    """
+
+    def plan(self, x: torch.Tensor) -> tuple[int, int]:
+        """``(number of leading steps to chunk, images per chunk)`` for input ``x``."""
+        return chunk_plan(self.peak_ratios, self.budget, x)
+
+    def _chunking(self, x: torch.Tensor) -> tuple[int, int]:
+        """:meth:`plan`, or no chunks where the whole batch must run at once (not for TorchScript)."""
+        return (0, x.shape[0]) if _whole_batch_only(x) else self.plan(x)
+
+
+class MicroBatchedStages(_ChunkPlan, nn.Sequential):
     """``model.blocks`` (an ``nn.Sequential`` of stages) running its first stages on chunks of the batch.
 
     Inference only, for stages without batch-coupled ops (eval-mode or folded BN): the output is
@@ -581,13 +596,9 @@ class MicroBatchedStages(nn.Sequential):
     model runs the chunks, with its stem in front of them.
     """
 
-    def plan(self, x: torch.Tensor) -> tuple[int, int]:
-        """``(number of leading stages to chunk, images per chunk)`` for input ``x``."""
-        return chunk_plan(self.peak_ratios, self.budget, x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and not _whole_batch_only(x):
-            prefix, chunk = self.plan(x)
+        if not torch.jit.is_scripting():
+            prefix, chunk = self._chunking(x)
             if prefix:
                 return _run_in_chunks(list(self), x, prefix, chunk)
         for stage in self:
@@ -609,24 +620,20 @@ def _run_in_chunks(steps: list[Callable[[torch.Tensor], torch.Tensor]], x: torch
     return x
 
 
-class MicroBatchedMobileNet(MobileNet):
+class MicroBatchedMobileNet(_ChunkPlan, MobileNet):
     """A :class:`~mobileconv.models.MobileNet` whose stem runs in the chunks of its first stages.
 
     The same rule as :class:`MicroBatchedStages`, over the steps ``stem, stage 0, stage 1, ...``
-    and the input image: ``peak_ratios[0]`` is the stem's output over the image, per image. For
-    a small model none of whose stages passes the rule on its own (MobileNetV3-Small at 224x224:
-    0.8 MB per image out of the stem, 0.9 MB in stage 1), the large batch-wide stem output, and
-    the conversion of the NCHW input to channels_last, then happen per chunk as well.
-    ``model.blocks`` stays an ``nn.Sequential`` with the same stages and names.
+    and the input image: ``peak_ratios[0]`` is the stem's output over the image, per image, and
+    the stem is step 0 of :meth:`plan`. The batch-wide stem output (MobileNetV3-Small at
+    224x224: 0.8 MB per image, as large as any stage's activations) and the conversion of the
+    NCHW input to channels_last then happen per chunk as well. ``model.blocks`` stays an
+    ``nn.Sequential`` with the same stages and names.
     """
 
-    def plan(self, x: torch.Tensor) -> tuple[int, int]:
-        """``(number of leading steps to chunk, the stem being step 0; images per chunk)`` for images ``x``."""
-        return chunk_plan(self.peak_ratios, self.budget, x)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and not _whole_batch_only(x):
-            prefix, chunk = self.plan(x)
+        if not torch.jit.is_scripting():
+            prefix, chunk = self._chunking(x)
             if prefix:
                 x = _run_in_chunks([self.forward_stem, *self.blocks], x, prefix, chunk)
                 return self.act2(self.bn2(self.conv_head(x))) if self.head_kind == "conv_bn" else x
