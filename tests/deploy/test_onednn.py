@@ -154,9 +154,9 @@ def test_copy_and_pickle_drop_the_packed_weight():
     x = batch(2, 8, 5)
     with torch.no_grad():
         expected = fused(x)  # packs
-        assert list(fused._packed.by_shape) == [tuple(x.shape)]
+        assert list(fused._packed.entries) == [tuple(x.shape)]
         for clone in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
-            assert not clone._packed.by_shape
+            assert not clone._packed.entries
             torch.testing.assert_close(clone(x), expected)
 
 

@@ -275,7 +275,16 @@ class BatchStatsBN(ConvReadTwice):
         return self.bn(self.conv(x))
 
 
-@pytest.mark.parametrize("make", [ConvReadTwice, InplaceBetween, BatchStatsBN])
+class SharedBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.bn = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv2(self.bn(self.conv1(x))))  # one BN module after two convs
+
+
+@pytest.mark.parametrize("make", [ConvReadTwice, InplaceBetween, BatchStatsBN, SharedBN])
 def test_bn_is_kept_when_folding_would_change_the_result(make):
     m = randomize(make()).eval()
     x = batch(3, 3, 8)
@@ -303,25 +312,6 @@ def test_rejects_a_bad_example_input():
     message = r"example_input must be a 4-d tensor \(N, C, H, W\), got torch.Size\(\[3, 8\]\)"
     with pytest.raises(ValueError, match=message):
         optimize_for_inference(nn.Conv2d(3, 3, 1), example_input=torch.zeros(3, 8))
-
-
-class SharedBN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.conv2, self.bn = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
-
-    def forward(self, x):
-        return self.bn(self.conv2(self.bn(self.conv1(x))))  # one BN module after two convs
-
-
-def test_a_bn_module_used_twice_is_kept():
-    m = randomize(SharedBN(), 4).eval()
-    x = batch(2, 4, 6)
-    assert trace_conv_bn_pairs(m, x) == []
-    fast = optimize_for_inference(m, example_input=x)
-    assert isinstance(fast.bn, nn.BatchNorm2d)
-    with torch.no_grad():
-        assert_close_to_scale(fast(x), m(x))
 
 
 # --- squeeze-excite in place ----------------------------------------------------------------------

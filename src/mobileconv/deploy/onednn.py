@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.helpers import DerivedTensorCache
+
 # activation module -> (oneDNN post-op name, its scalars)
 _POST_OPS: dict[type[nn.Module], tuple[str, list[float]]] = {
     nn.ReLU: ("relu", []),
@@ -58,32 +60,17 @@ def onednn_available() -> bool:
     return _HAS_FUSED_OP and torch._C._get_mkldnn_enabled()
 
 
-class _PackedWeight:
-    """Packed copies of a conv weight, one per input shape, for the weight they were made from.
-
-    Never copied, saved or moved. A micro-batched model calls a conv with two or three batch
-    sizes per forward pass (its chunks, the last one smaller), so it keeps a few shapes.
-    """
-
-    MAX_SHAPES = 4
-
-    def __init__(self) -> None:
-        self.weight_key: tuple | None = None
-        self.by_shape: dict[tuple[int, ...], torch.Tensor] = {}
-
-    def __deepcopy__(self, memo: dict) -> _PackedWeight:
-        return _PackedWeight()
-
-    def __reduce__(self):
-        return _PackedWeight, ()
+# A micro-batched model calls a conv with two or three batch sizes per forward pass (its
+# chunks, the last one smaller): a packed weight is kept per input shape, for this many shapes.
+PACKED_SHAPES = 4
 
 
 class OneDNNConv2d(nn.Conv2d):
     """``act(conv2d(x))`` for CPU inference; ``act`` is ``nn.Identity`` or one of :data:`_POST_OPS`.
 
-    Build it with :meth:`from_conv`: it shares the conv's parameters. The packed weight is made
-    on the first call and again whenever the weight changes (in place, replaced, moved or cast)
-    or the input's shape does (the packed layout depends on it).
+    Build it with :meth:`from_conv`: it shares the conv's parameters. A packed weight is made per
+    input shape (the packed layout depends on it; up to :data:`PACKED_SHAPES` are kept) and all
+    are made again whenever the weight changes (in place, replaced, moved or cast).
     """
 
     __jit_unused_properties__ = ["post_op"]
@@ -102,7 +89,7 @@ class OneDNNConv2d(nn.Conv2d):
         new._buffers = dict(conv._buffers)
         new._modules = dict(conv._modules)
         new.act = act
-        new._packed = _PackedWeight()
+        new._packed = DerivedTensorCache(PACKED_SHAPES)
         return new
 
     def extra_repr(self) -> str:
@@ -141,17 +128,9 @@ class OneDNNConv2d(nn.Conv2d):
         return onednn_available()
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        w, cache, shape = self.weight, self._packed, tuple(x.shape)
-        # an inference tensor has no version counter to tell an in-place change: pack it every call
-        key = None if w.is_inference() else (id(w), w._version, w.data_ptr(), w.dtype)
-        if key is None or cache.weight_key != key:
-            cache.weight_key, cache.by_shape = key, {}
-        packed = cache.by_shape.get(shape)
-        if packed is None:
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                w.detach().to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
-                list(shape))
-            if len(cache.by_shape) >= cache.MAX_SHAPES:
-                cache.by_shape.clear()
-            cache.by_shape[shape] = packed
-        return packed
+        def pack() -> torch.Tensor:
+            return torch._C._nn.mkldnn_reorder_conv2d_weight(
+                self.weight.detach().to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation),
+                self.groups, list(x.shape))
+
+        return self._packed.get([self.weight], pack, key=tuple(x.shape))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -120,3 +120,44 @@ def pad_tf_same(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int
     if ph == (0, 0) and pw == (0, 0):
         return x
     return F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
+
+
+class DerivedTensorCache:
+    """Tensors derived from some source tensors (a fused or packed weight), rebuilt when a source changes.
+
+    A source counts as unchanged while it is the same tensor, with the same version counter
+    (in-place updates) and the same storage (``.to()`` swaps a parameter's storage; the cache
+    holds the old one, so its address cannot be reused meanwhile). Tensors made under
+    ``inference_mode`` have no version counter: for them nothing is cached. Values are kept per
+    ``key`` (an input shape, say), at most ``max_entries`` of them. Never copied or pickled: a
+    copy or an unpickled module starts with an empty cache.
+    """
+
+    def __init__(self, max_entries: int = 1) -> None:
+        self.max_entries = max_entries
+        self._sources: list[tuple[torch.Tensor, int, torch.UntypedStorage]] = []
+        self.entries: dict = {}
+
+    def get(self, sources: Sequence[torch.Tensor], build: Callable[[], torch.Tensor], key=None) -> torch.Tensor:
+        """The value made by ``build()`` for ``key``, from the cache while no tensor of ``sources`` changed."""
+        if any(t.is_inference() for t in sources):
+            return build()
+        if not self._unchanged(sources):
+            self._sources, self.entries = [(t, t._version, t.untyped_storage()) for t in sources], {}
+        value = self.entries.get(key)
+        if value is None:
+            if len(self.entries) >= self.max_entries:
+                self.entries.clear()
+            value = self.entries[key] = build()
+        return value
+
+    def _unchanged(self, sources: Sequence[torch.Tensor]) -> bool:
+        return len(sources) == len(self._sources) and all(
+            t is held and t._version == version and t.untyped_storage().data_ptr() == storage.data_ptr()
+            for t, (held, version, storage) in zip(sources, self._sources))
+
+    def __deepcopy__(self, memo: dict) -> DerivedTensorCache:
+        return DerivedTensorCache(self.max_entries)
+
+    def __reduce__(self):
+        return DerivedTensorCache, (self.max_entries,)

@@ -10,8 +10,8 @@ from torch import nn
 from .conv import check_padding_mode, conv2d
 from .depthwise_grad import MixedDepthwiseConv, use_grouped_weight_grad
 from .grouped import check_impl
-from .helpers import (check_input_channels, check_kernel_sizes, check_positive, check_stride, dilate_kernel,
-                      pad_kernel, split_channels, tf_same_pad)
+from .helpers import (DerivedTensorCache, check_input_channels, check_kernel_sizes, check_positive, check_stride,
+                      dilate_kernel, pad_kernel, split_channels, tf_same_pad)
 
 SPLITS = ("equal", "exponential")
 
@@ -95,22 +95,11 @@ class MixConv2d(nn.ModuleList):
         return torch.cat(weights, 0)
 
     def _cached_fused_weight(self) -> torch.Tensor:
-        """``fused_weight()``, rebuilt only when a kernel is replaced, moved / cast, or changed in place (no grad).
-
-        A kernel counts as unchanged while it is the same tensor, with the same version counter
-        (in-place updates) and the same storage (``.to()`` swaps a parameter's storage; the cache
-        holds the old one, so its address cannot be reused meanwhile).
-        """
-        if any(conv.weight.is_inference() for conv in self):  # made under inference_mode: no version counter
-            return self.fused_weight()
-        state = [(conv.weight, conv.weight._version, conv.weight.untyped_storage()) for conv in self]
+        """``fused_weight()``, rebuilt only when a kernel is replaced, moved / cast, or changed in place (no grad)."""
         cache = self.__dict__.get("_fused_cache")
-        if cache is None or len(cache[0]) != len(state) or any(
-                w is not cw or v != cv or s.data_ptr() != cs.data_ptr()
-                for (w, v, s), (cw, cv, cs) in zip(state, cache[0])):
-            cache = (state, self.fused_weight())
-            self.__dict__["_fused_cache"] = cache  # a plain attribute: not in state_dict, not moved by .to()
-        return cache[1]
+        if cache is None:  # a plain attribute: not in state_dict, not moved by .to()
+            cache = self.__dict__["_fused_cache"] = DerivedTensorCache()
+        return cache.get([conv.weight for conv in self], self.fused_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.channels, "MixConv2d")
