@@ -4,9 +4,11 @@ Every number is a ratio of two things timed in alternating rounds in this one pr
 same weights (random, so no download is needed): absolute images/s on a shared machine drift,
 ratios measured this way do not. Scenarios (defaults: fp32, 2 threads, 224x224):
 
-* ``infer``     batch 32: ``optimize_for_inference(model)`` vs the eval-mode ``impl="reference"``
-                model (split / conv per group / concat, BN not folded), in PyTorch's default memory
-                format (``reference``) and in channels_last (``reference_cl``, the issue's baseline).
+* ``infer``     batch 32: ``optimize_for_inference(model)`` (``optimized``) and
+                ``optimize_for_inference(model, compile=True)`` (``compiled``; ``--no-compiled`` skips
+                it) vs the eval-mode ``impl="reference"`` model (split / conv per group / concat, BN
+                not folded), in PyTorch's default memory format (``reference``) and in channels_last
+                (``reference_cl``, the issue's baseline).
 * ``latency``   the same at batch 1 (per-image latency).
 * ``train``     batch 32, one SGD step: ``impl="fast"`` in channels_last vs ``impl="reference"``.
 * ``tax``       batch 32, mixnet_s and mobilenetv3_large_100, both optimised, alternating: the ratio
@@ -63,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--same-process", action="store_true",
                    help="run all scenarios in this process (default: each in a fresh one, so that the allocator state a "
                         "batch-32 scenario leaves behind does not slow the batch-1 one)")
+    p.add_argument("--no-compiled", dest="compiled", action="store_false",
+                   help="skip the compiled variant (optimize_for_inference(..., compile=True)) of infer / latency")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
     args = p.parse_args(argv)
     if args.quick:
@@ -81,7 +85,8 @@ def scenario_config(scenario: str, args: argparse.Namespace) -> BenchConfig:
 
 def run_scenario(scenario: str, args: argparse.Namespace) -> list[BenchResult]:
     config = scenario_config(scenario, args)
-    variants = [MAIN[scenario], "reference", "reference_cl"]
+    timed = [MAIN[scenario], *(["compiled"] if args.compiled and scenario != "train" else [])]
+    variants = [*timed, "reference", "reference_cl"]
     results = []
     for name in args.models:
         torch.manual_seed(0)
@@ -112,30 +117,31 @@ def run_tax(args: argparse.Namespace) -> dict:
 
 
 def speedup_rows(scenario: str, results: list[BenchResult]) -> list[dict]:
-    main = MAIN[scenario]
-    return [{"scenario": scenario, "model": r.model, "variant": main,
-             "images_per_s": r.measurements[main].images_per_s,
+    """One row per model and timed variant (``optimized`` / ``fast``, and ``compiled`` where timed)."""
+    return [{"scenario": scenario, "model": r.model, "variant": v,
+             "images_per_s": r.measurements[v].images_per_s,
              "reference_images_per_s": r.measurements["reference"].images_per_s,
-             "speedup": r.speedup(main), "speedup_over_reference_cl": r.speedup(main, "reference_cl"),
-             "latency_p50_ms": r.measurements[main].latency_p50_ms,
+             "speedup": r.speedup(v), "speedup_over_reference_cl": r.speedup(v, "reference_cl"),
+             "latency_p50_ms": r.measurements[v].latency_p50_ms,
              "reference_latency_p50_ms": r.measurements["reference"].latency_p50_ms,
-             "peak_memory_mb": r.measurements[main].peak_memory_mb,
+             "peak_memory_mb": r.measurements[v].peak_memory_mb,
              "reference_peak_memory_mb": r.measurements["reference"].peak_memory_mb}
-            for r in results]
+            for r in results for v in (MAIN[scenario], "compiled") if v in r.measurements]
 
 
 def targets_table(rows: list[dict], tax: dict | None) -> list[str]:
-    lines = ["| scenario | model | measured | target | met |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| scenario | model | variant | measured | target | met |", "| --- | --- | --- | --- | --- | --- |"]
     for scenario, what, target in TARGETS:
         if scenario == "tax":
             if tax is not None:
                 v = tax["macs_per_s_ratio"]
-                lines.append(f"| tax | {what} | {v:.2f} | >= {target} | {'yes' if v >= target else 'NO'} |")
+                lines.append(f"| tax | {what} | optimized | {v:.2f} | >= {target} | {'yes' if v >= target else 'NO'} |")
             continue
         for row in rows:
             if row["scenario"] == scenario and row["model"] != "mobilenetv3_large_100":
                 v = row["speedup"]
-                lines.append(f"| {scenario} | {row['model']} | x{v:.2f} (x{row['speedup_over_reference_cl']:.2f} "
+                lines.append(f"| {scenario} | {row['model']} | {row['variant']} | x{v:.2f} "
+                             f"(x{row['speedup_over_reference_cl']:.2f} "
                              f"over reference_cl) | >= x{target} | {'yes' if v >= target else 'NO'} |")
     return lines
 
@@ -167,17 +173,20 @@ def plot(rows: list[dict], tax: dict | None, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scenarios = [s for s in ("infer", "latency", "train") if any(r["scenario"] == s for r in rows)]
+    series = list(dict.fromkeys((r["scenario"], r["variant"]) for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / max(len(scenarios), 1)
-    for i, s in enumerate(scenarios):
-        vals = [next((r["speedup"] for r in rows if r["scenario"] == s and r["model"] == m), 0.0) for m in models]
-        xs = [j + (i - (len(scenarios) - 1) / 2) * width for j in range(len(models))]
-        bars = ax.bar(xs, vals, width, label=f"{s} ({MAIN[s]} / reference)")
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-        cl = [next((r["speedup_over_reference_cl"] for r in rows if r["scenario"] == s and r["model"] == m), 0.0)
-              for m in models]
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    width = 0.8 / max(len(series), 1)
+
+    def value(key: str, s: str, v: str, m: str) -> float:
+        return next((r[key] for r in rows if (r["scenario"], r["variant"], r["model"]) == (s, v, m)), 0.0)
+
+    for i, (s, v) in enumerate(series):
+        vals = [value("speedup", s, v, m) for m in models]
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(models))]
+        bars = ax.bar(xs, vals, width, label=f"{s} ({v} / reference)")
+        ax.bar_label(bars, fmt="%.2f", fontsize=6)
+        cl = [value("speedup_over_reference_cl", s, v, m) for m in models]
         ax.plot(xs, cl, "k_", markersize=12, mew=2, label="over reference_cl" if i == 0 else None)
     for _, _, target in TARGETS[:3]:
         ax.axhline(target, color="grey", lw=0.6, ls="--")

@@ -152,6 +152,16 @@ def test_benchmark_model_reports_every_variant(mode, variants):
     assert all(f"| {v} " in table for v in variants)
 
 
+@pytest.mark.slow
+def test_compiled_variant_is_timed_beside_the_reference():
+    result = bench.benchmark_model("mobilenetv3_small_100_cifar", bench.BenchConfig(mode="infer", **TINY),
+                                   ["compiled", "reference"])
+    compiled = result.measurements["compiled"]
+    assert compiled.speedup > 0 and len(compiled.round_images_per_s) == TINY["rounds"]
+    assert compiled.peak_memory_mb is None  # the profiler sees none of an Inductor graph's buffers
+    assert result.measurements["reference"].peak_memory_mb > 0
+
+
 def test_bench_cli_json(capsys):
     code = main(["bench", "mixnet_s_cifar", "xsep_mobilenetv3_small_100_cifar", "--batch-size", "2",
                  "--rounds", "1", "--iters", "1", "--warmup", "0", "--threads", "1", "--compare-reference",
@@ -255,3 +265,17 @@ def test_cpu_steps_script_writes_its_table(tmp_path):
     rows = [line for line in (tmp_path / "cpu_steps.md").read_text().splitlines() if line.startswith("| mixnet_s_cifar")]
     assert [row.split("|")[2].strip() for row in rows] == ["1", "4"]
     assert all(len(re.findall(r"x\d+\.\d\d", row)) == 2 for row in rows)
+
+
+@pytest.mark.slow
+def test_mixconv_speed_script_writes_its_report(tmp_path):
+    """benchmarks/mixconv_speed.py: a smoke run writes the targets table, one row per timed variant, and the chart."""
+    module = _load_benchmark_script()
+    assert module.main(["--quick", "--same-process", "--models", "mobilenetv3_small_100_cifar", "--scenarios",
+                        "latency", "--image-size", "32", "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "mixconv_speed_quick.md").read_text()
+    targets = [line for line in report.splitlines() if line.startswith("| latency | mobilenetv3_small_100_cifar")]
+    assert [row.split("|")[3].strip() for row in targets] == ["optimized", "compiled"]
+    payload = json.loads((tmp_path / "mixconv_speed_quick.json").read_text())
+    assert [(r["variant"], r["speedup"] > 0) for r in payload["speedups"]] == [("optimized", True), ("compiled", True)]
+    assert (tmp_path / "mixconv_speed_quick.png").read_bytes()[:4] == b"\x89PNG"

@@ -40,7 +40,8 @@ def register(subparsers) -> None:
                    help="torch.set_num_threads for the run (default: torch's current setting)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     p.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")
-    p.add_argument("--compile", action="store_true", help="torch.compile the timed model (not the reference)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the timed model (not the reference); in inference: "
+                        "optimize_for_inference(model, compile=True), Inductor with the weights frozen")
     p.add_argument("--backend", type=_backends, default=["torch"], metavar="NAME[,NAME]",
                    help="inference runtime(s), timed side by side in one run: torch (default), onnxruntime "
                         "(the optimised model exported to ONNX; needs the 'export' extra), or both: "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import shutil
 from collections.abc import Callable
 
 import torch
@@ -50,7 +51,7 @@ _CONVS = (nn.Conv2d, GroupedConv2d, MixConv2d)
 
 def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | None = None,
                            channels_last: bool = True, onednn: bool | None = None, micro_batch: bool | None = None,
-                           verify: bool = True) -> nn.Module:
+                           verify: bool = True, compile: bool = False) -> nn.Module:
     """An inference copy of ``model``: eval mode, BN folded, MixConv / XSepConv fused, channels_last.
 
     The input model is not changed. The copy keeps the model contract (``forward``,
@@ -80,7 +81,8 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
       of a large batch (:class:`MicroBatchedMobileNet`; :class:`MicroBatchedStages` for the
       stages alone in models of other classes; :func:`micro_batch_stages`);
       ``micro_batch=False`` keeps whole batches;
-    * weights in channels_last (``channels_last=False`` keeps NCHW).
+    * weights in channels_last (``channels_last=False`` keeps NCHW);
+    * with ``compile=True``, the model is compiled in place (:func:`compile_for_inference`).
 
     Args:
         model: any ``nn.Module`` built from ``torch.nn`` and ``mobileconv.layers``.
@@ -93,6 +95,12 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
             default: when the model is on the CPU.
         verify: compare the result with the eval-mode model on ``example_input`` and raise
             ``RuntimeError`` if they differ by more than ``1e-4`` of the output scale.
+        compile: compile the result with ``torch.compile`` (Inductor, weights frozen into the
+            graph; :func:`compile_for_inference`): the lowest latency for small batches, at the
+            cost of compiling on the first call of every new input shape (10-60 s on 2 CPU cores)
+            and of a C++ compiler on the CPU. Implies ``onednn=False`` and ``micro_batch=False``
+            unless given (Inductor packs the conv weights and fuses the activations itself, and
+            a compiled model runs whole batches).
 
     Example:
         >>> fast = optimize_for_inference(mobileconv.create_model("mixnet_s"))
@@ -101,6 +109,10 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     x = _example_input(model, example_input)
+    if compile:
+        check_compiler(x.device)
+        onednn = False if onednn is None else onednn
+        micro_batch = False if micro_batch is None else micro_batch
     model = copy.deepcopy(model).eval()
     expected = _forward(model, x) if verify else None
     set_layer_impl(model, "fast")
@@ -121,6 +133,30 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
         model = model.to(memory_format=torch.channels_last)
     if verify:
         _verify(expected, _forward(model, x))
+    if compile:
+        compile_for_inference(model)
+    return model
+
+
+def check_compiler(device: torch.device) -> None:
+    """Raise a ``RuntimeError`` naming what is missing when Inductor cannot compile for ``device`` here."""
+    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        raise RuntimeError("compile=True needs a C++ compiler for torch.compile's CPU backend (Inductor): none of "
+                           "g++, c++, clang++ is on PATH; install one (e.g. apt install g++) or use compile=False")
+
+
+def compile_for_inference(model: nn.Module) -> nn.Module:
+    """Compile ``model`` in place for inference (``nn.Module.compile``); returns it.
+
+    Inductor with ``freezing``: under ``torch.no_grad`` / ``torch.inference_mode`` the weights
+    become constants of the graph, so BN folding, conv weight packing and conv + activation
+    fusion happen at compile time, and the squeeze-excite pooling, gates and products become a
+    few generated C++ loops. ``dynamic=False``: each input shape gets a graph of its own, compiled
+    on its first call. The module keeps its class, ``state_dict`` and sub-modules; weights changed
+    after a shape was compiled are not seen by that graph (compile a new copy).
+    What it buys is measured in ``benchmarks/mixconv_speed.py`` (the ``compiled`` variant).
+    """
+    model.compile(dynamic=False, options={"freezing": True})
     return model
 
 

@@ -11,7 +11,8 @@ MACs per second; the speed-up of a variant is the median over rounds of
 Variants (``VARIANTS``):
 
 * inference: ``optimized`` = :func:`mobileconv.optimize_for_inference` (BN folded, MixConv /
-  XSepConv as plain convs, channels_last); ``eager`` = the eval-mode model with ``impl="fast"``;
+  XSepConv as plain convs, channels_last); ``compiled`` = the same with ``compile=True`` (Inductor,
+  weights frozen; compiled in the warm-up); ``eager`` = the eval-mode model with ``impl="fast"``;
   ``reference`` = the eval-mode model with ``impl="reference"`` (split / conv per group / concat,
   BN not folded, PyTorch's default memory format); ``reference_cl`` = the same in channels_last.
 * training (one SGD step: forward, cross-entropy, backward, step): ``fast`` = ``impl="fast"`` in
@@ -28,7 +29,8 @@ process-wide high-water mark), so one extra, untimed call runs under ``torch.pro
 ``profile_memory=True`` and the peak is the running sum of the tensor allocations and frees it
 records, in time order, above what was live before the call. This is the tensor memory a call
 needs (activations, gradients, workspaces allocated through torch); oneDNN's private scratch
-buffers and the Python heap are not included, and onnxruntime's memory is not measured.
+buffers and the Python heap are not included, and the memory of onnxruntime and of a compiled
+model on CPU (its buffers are not recorded by the profiler) is not measured.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ from ..layers import set_layer_impl
 MODES = ("infer", "train")
 DEVICES = ("cpu", "cuda")
 VARIANTS = {
-    "infer": ("optimized", "eager", "reference", "reference_cl", "onnxruntime"),
+    "infer": ("optimized", "compiled", "eager", "reference", "reference_cl", "onnxruntime"),
     "train": ("fast", "reference", "reference_cl"),
 }
 # The variant timed by default, and the one it is compared with.
@@ -71,7 +73,8 @@ class BenchConfig:
         threads: ``torch.set_num_threads`` for the run (restored after); ``None`` keeps the current.
         device: ``"cpu"`` or ``"cuda"``.
         amp: autocast (bfloat16 on CPU, float16 on CUDA).
-        compile: ``torch.compile`` the timed (non-reference) variants.
+        compile: ``torch.compile`` the timed (non-reference) variants; in inference the
+            ``optimized`` variant becomes ``optimize_for_inference(..., compile=True)``.
         warmup: untimed calls per variant before the first round.
         rounds: timed rounds; each runs every variant ``iters`` times, variants alternating.
         iters: timed calls per variant per round.
@@ -247,10 +250,12 @@ def build_variant(model: nn.Module, variant: str, config: BenchConfig,
             raise ValueError("the onnxruntime variant runs on the CPU; use --device cpu")
         run = make_ort_callable(copy.deepcopy(model).eval(), tuple(example.shape), threads=config.threads)
         return lambda batch: run(batch[0])
-    if mode == "infer" and variant == "optimized":
+    compiled = _is_compiled(variant, config)
+    if mode == "infer" and variant in ("optimized", "compiled"):
         from ..deploy.optimize import optimize_for_inference  # noqa: PLC0415
 
-        net = optimize_for_inference(copy.deepcopy(model).to(device), example_input=example[:1].to(device))
+        net = optimize_for_inference(copy.deepcopy(model).to(device), example_input=example[:1].to(device),
+                                     compile=compiled)
     else:
         net = copy.deepcopy(model).to(device)
         set_layer_impl(net, "reference" if variant.startswith("reference") else "fast")
@@ -258,9 +263,13 @@ def build_variant(model: nn.Module, variant: str, config: BenchConfig,
             net = net.to(memory_format=torch.channels_last)
         if mode == "infer":
             net.eval()
-    if config.compile and not variant.startswith("reference"):
+    if compiled and not (mode == "infer" and variant in ("optimized", "compiled")):
         net = torch.compile(net)
     return make_inference_step(net, config) if mode == "infer" else make_train_step(net, config)
+
+
+def _is_compiled(variant: str, config: BenchConfig) -> bool:
+    return variant == "compiled" or (config.compile and not variant.startswith("reference"))
 
 
 def _sync(device: str) -> None:
@@ -396,7 +405,10 @@ def benchmark_model(model: nn.Module | str, config: BenchConfig, variants: Seque
                              compile=config.compile, macs_per_image=macs)
         for v in variants:
             m = summarize_times(v, times[v], config.batch_size)
-            if config.memory and v != "onnxruntime":  # onnxruntime's own allocator is invisible to torch
+            # onnxruntime's own allocator is invisible to torch; so are the buffers of an Inductor CPU
+            # graph (the profiler records none of them: it would read 0)
+            invisible = v == "onnxruntime" or (config.device == "cpu" and _is_compiled(v, config))
+            if config.memory and not invisible:
                 m.peak_memory_mb = peak_memory_mb(steps[v], batch, config.device)
             result.measurements[v] = m
         if REFERENCE_VARIANT in times:

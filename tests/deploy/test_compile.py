@@ -1,0 +1,45 @@
+"""optimize_for_inference(..., compile=True): Inductor with frozen weights, checked against the eval-mode model.
+
+Oracle: the eval-mode ``impl="reference"`` model (split / conv per group / concat, PyTorch's own
+BatchNorm), as for the eager optimised model.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mobileconv
+from mobileconv.deploy import optimize
+from mobileconv.deploy.optimize import optimize_for_inference
+from mobileconv.models import MobileNet
+
+from .test_optimize import assert_close_to_scale, batch, randomize, reference_output
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_the_eval_model_and_keeps_its_api():
+    model = randomize(mobileconv.create_model("xsep_mobilenetv3_small_100_cifar", num_classes=10), size=32)
+    eager = optimize_for_inference(model, example_input=batch(2, 3, 32))
+    fast = optimize_for_inference(model, example_input=batch(2, 3, 32), compile=True)
+
+    # the same module: class, state_dict, frozen parameters; no oneDNN modules (Inductor packs itself)
+    assert isinstance(fast, MobileNet) and not fast.training
+    assert fast.state_dict().keys() == eager.state_dict().keys()
+    assert all(not p.requires_grad for p in fast.parameters())
+    assert not any(type(m).__name__ == "OneDNNConv2d" for m in fast.modules())
+
+    # compiled on the first call of each shape, under inference_mode and no_grad alike
+    for n, mode in ((3, torch.inference_mode), (1, torch.no_grad)):
+        x = batch(n, 3, 32, seed=n)
+        with mode():
+            got = fast(x)
+        assert_close_to_scale(got, reference_output(model, x))
+    assert fast._compiled_call_impl is not None  # nn.Module.compile: calls go through the compiled graph
+
+
+def test_compile_without_a_cpp_compiler_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(optimize.shutil, "which", lambda name: None)
+    model = mobileconv.create_model("mobilenetv3_small_100_cifar")
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler.*g\\+\\+, c\\+\\+, clang\\+\\+"):
+        optimize_for_inference(model, compile=True)
+    assert optimize_for_inference(model, example_input=batch(1, 3, 32)) is not model  # compile=False needs none
