@@ -17,7 +17,7 @@ from .test_optimize import assert_close_to_scale, batch, randomize, reference_ou
 
 
 @pytest.mark.slow
-def test_compiled_model_matches_the_eval_model_and_keeps_its_api():
+def test_compiled_model_matches_the_eval_model_and_keeps_its_api(monkeypatch):
     model = randomize(mobileconv.create_model("xsep_mobilenetv3_small_100_cifar", num_classes=10), size=32)
     eager = optimize_for_inference(model, example_input=batch(2, 3, 32))
     fast = optimize_for_inference(model, example_input=batch(2, 3, 32), compile=True)
@@ -35,6 +35,21 @@ def test_compiled_model_matches_the_eval_model_and_keeps_its_api():
             got = fast(x)
         assert_close_to_scale(got, reference_output(model, x))
     assert fast._compiled_call_impl is not None  # nn.Module.compile: calls go through the compiled graph
+
+    # micro-batching is part of the graph: chunks of one image give the whole-batch output
+    monkeypatch.setattr(optimize, "MICRO_BATCH_MIN_PEAK", 0)  # every step qualifies at 32x32
+    fast.budget = 1  # one image per chunk
+    x = batch(3, 3, 32, seed=5)
+    assert fast.plan(x) == (len(fast.blocks) + 1, 1)
+    with torch.inference_mode():
+        got = fast(x)
+    assert_close_to_scale(got, reference_output(model, x))
+
+    # the weights are constants of the graph (Inductor froze them): an in-place change is not seen
+    with torch.no_grad():
+        fast.conv_stem.weight.mul_(0)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), got)
 
 
 def test_compile_without_a_cpp_compiler_is_a_clear_error(monkeypatch):

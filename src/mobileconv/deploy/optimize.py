@@ -98,9 +98,9 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
         compile: compile the result with ``torch.compile`` (Inductor, weights frozen into the
             graph; :func:`compile_for_inference`): the lowest latency for small batches, at the
             cost of compiling on the first call of every new input shape (10-60 s on 2 CPU cores)
-            and of a C++ compiler on the CPU. Implies ``onednn=False`` and ``micro_batch=False``
-            unless given (Inductor packs the conv weights and fuses the activations itself, and
-            a compiled model runs whole batches).
+            and of a C++ compiler on the CPU. Implies ``onednn=False`` unless given (Inductor
+            packs the conv weights and fuses the activations itself); micro-batching stays, as
+            part of the compiled graph.
 
     Example:
         >>> fast = optimize_for_inference(mobileconv.create_model("mixnet_s"))
@@ -112,7 +112,6 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
     if compile:
         check_compiler(x.device)
         onednn = False if onednn is None else onednn
-        micro_batch = False if micro_batch is None else micro_batch
     model = copy.deepcopy(model).eval()
     expected = _forward(model, x) if verify else None
     set_layer_impl(model, "fast")
@@ -156,7 +155,16 @@ def compile_for_inference(model: nn.Module) -> nn.Module:
     after a shape was compiled are not seen by that graph (compile a new copy).
     What it buys is measured in ``benchmarks/mixconv_speed.py`` (the ``compiled`` variant).
     """
-    model.compile(dynamic=False, options={"freezing": True})
+    model.compile(dynamic=False)
+    compiled = model._compiled_call_impl
+
+    def call_with_freezing(*args, **kwargs):
+        # Dynamo reads the flag while it traces (the first call of a shape) to keep the weights as
+        # graph attributes that Inductor can freeze: torch.compile(options=...) is applied too late
+        with torch._inductor.config.patch(freezing=True):
+            return compiled(*args, **kwargs)
+
+    model._compiled_call_impl = call_with_freezing
     return model
 
 
@@ -589,14 +597,15 @@ def chunk_plan(peak_ratios: list[float], budget: int, x: torch.Tensor) -> tuple[
     n = x.shape[0]
     per_image = (x[0].numel() if n else 0) * x.element_size()
     peaks = [r * per_image for r in peak_ratios]
-    prefix = max((i + 1 for i, p in enumerate(peaks) if p > MICRO_BATCH_MIN_PEAK), default=0)
-    chunk = max(1, int(budget // max(peaks[:prefix], default=1.0)))
+    # (no ``max(..., default=...)``: torch.compile traces this plan)
+    prefix = max([0] + [i + 1 for i, p in enumerate(peaks) if p > MICRO_BATCH_MIN_PEAK])
+    chunk = max(1, int(budget // max([1.0] + peaks[:prefix])))
     return (prefix, chunk) if chunk < n else (0, n)
 
 
 def _whole_batch_only(x: torch.Tensor) -> bool:
-    """Autograd recording, tracing and ``torch.compile`` see the plain whole-batch forward."""
-    return (torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing() or torch.compiler.is_compiling()
+    """Autograd recording and tracing see the plain whole-batch forward (``torch.compile`` traces the chunks)."""
+    return (torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing()
 
 
 class _ChunkPlan:
@@ -628,7 +637,7 @@ class MicroBatchedStages(_ChunkPlan, nn.Sequential):
     (measured by :func:`micro_batch_stages`); :func:`chunk_plan` turns them into the stages to
     chunk and the chunk size. The chunks are concatenated once and the later stages, whose small
     maps run best on the whole batch, follow. Batches no larger than one chunk, autograd,
-    tracing, scripting and ``torch.compile`` run whole. In a :class:`MicroBatchedMobileNet` the
+    tracing and scripting run whole (``torch.compile`` traces the chunks). In a :class:`MicroBatchedMobileNet` the
     model runs the chunks, with its stem in front of them.
     """
 
