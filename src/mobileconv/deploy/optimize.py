@@ -155,13 +155,15 @@ def compile_for_inference(model: nn.Module) -> nn.Module:
     after a shape was compiled are not seen by that graph (compile a new copy).
     What it buys is measured in ``benchmarks/mixconv_speed.py`` (the ``compiled`` variant).
     """
+    import torch._inductor.config as inductor_config  # noqa: PLC0415 - only where compiling is asked for
+
     model.compile(dynamic=False)
     compiled = model._compiled_call_impl
 
     def call_with_freezing(*args, **kwargs):
         # Dynamo reads the flag while it traces (the first call of a shape) to keep the weights as
         # graph attributes that Inductor can freeze: torch.compile(options=...) is applied too late
-        with torch._inductor.config.patch(freezing=True):
+        with inductor_config.patch(freezing=True):
             return compiled(*args, **kwargs)
 
     model._compiled_call_impl = call_with_freezing
