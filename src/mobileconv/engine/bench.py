@@ -318,13 +318,16 @@ def time_variants(steps: dict[str, Callable[[tuple], object]], batch: tuple, con
     """Warm up every step, then time them in alternating rounds: ``{variant: [[seconds per call] per round]}``."""
     from tqdm.auto import tqdm
 
-    for step in steps.values():
-        for _ in range(config.warmup):
-            step(batch)
-        _sync(config.device)
     times: dict[str, list[list[float]]] = {name: [] for name in steps}
-    bar = tqdm(total=config.rounds * len(steps), desc=desc, unit="run", disable=not progress, leave=False)
+    bar = tqdm(total=(config.warmup + config.rounds) * len(steps), desc=desc, unit="run", disable=not progress,
+               leave=False)
     with bar:
+        for name, step in steps.items():  # a compiled variant compiles here, on its first call
+            bar.set_postfix_str(f"warm-up {name}")
+            for _ in range(config.warmup):
+                step(batch)
+                bar.update()
+            _sync(config.device)
         for _ in range(config.rounds):
             for name, step in steps.items():
                 calls = []
