@@ -153,13 +153,16 @@ def test_benchmark_model_reports_every_variant(mode, variants):
 
 
 @pytest.mark.slow
-def test_compiled_variant_is_timed_beside_the_reference():
-    result = bench.benchmark_model("mobilenetv3_small_100_cifar", bench.BenchConfig(mode="infer", **TINY),
-                                   ["compiled", "reference"])
-    compiled = result.measurements["compiled"]
-    assert compiled.speedup > 0 and len(compiled.round_images_per_s) == TINY["rounds"]
-    assert compiled.peak_memory_mb is None  # the profiler sees none of an Inductor graph's buffers
-    assert result.measurements["reference"].peak_memory_mb > 0
+def test_bench_compile_times_the_compiled_model_beside_the_reference(capsys):
+    code = main(["bench", "mobilenetv3_small_100_cifar", "--compile", "--compare-reference", "--batch-size", "2",
+                 "--rounds", "2", "--iters", "1", "--warmup", "1", "--threads", "1", "--format", "json"])
+    assert code == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["compile"] is True and set(result["measurements"]) == {"compiled", "reference"}
+    compiled = result["measurements"]["compiled"]
+    assert compiled["speedup"] > 0 and len(compiled["round_images_per_s"]) == 2
+    assert compiled["peak_memory_mb"] is None  # the profiler sees none of an Inductor graph's buffers
+    assert result["measurements"]["reference"]["peak_memory_mb"] > 0
 
 
 def test_bench_cli_json(capsys):
