@@ -97,7 +97,7 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
             ``RuntimeError`` if they differ by more than ``1e-4`` of the output scale.
         compile: compile the result with ``torch.compile`` (Inductor, weights frozen into the
             graph; :func:`compile_for_inference`): the lowest latency for small batches, at the
-            cost of compiling on the first call of every new input shape (10-60 s on 2 CPU cores)
+            cost of compiling on the first call of every new input shape (15-100 s on 2 CPU cores)
             and of a C++ compiler on the CPU. Implies ``onednn=False`` unless given (Inductor
             packs the conv weights and fuses the activations itself); micro-batching stays, as
             part of the compiled graph.

@@ -251,7 +251,8 @@ def build_variant(model: nn.Module, variant: str, config: BenchConfig,
         run = make_ort_callable(copy.deepcopy(model).eval(), tuple(example.shape), threads=config.threads)
         return lambda batch: run(batch[0])
     compiled = _is_compiled(variant, config)
-    if mode == "infer" and variant in ("optimized", "compiled"):
+    optimized = mode == "infer" and variant in ("optimized", "compiled")
+    if optimized:  # compiled by optimize_for_inference itself
         from ..deploy.optimize import optimize_for_inference  # noqa: PLC0415
 
         net = optimize_for_inference(copy.deepcopy(model).to(device), example_input=example[:1].to(device),
@@ -263,7 +264,7 @@ def build_variant(model: nn.Module, variant: str, config: BenchConfig,
             net = net.to(memory_format=torch.channels_last)
         if mode == "infer":
             net.eval()
-    if compiled and not (mode == "infer" and variant in ("optimized", "compiled")):
+    if compiled and not optimized:
         net = torch.compile(net)
     return make_inference_step(net, config) if mode == "infer" else make_train_step(net, config)
 
