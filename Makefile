@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench bench-steps clean
+.PHONY: setup demo test bench bench-steps bench-gap clean
 
 $(BIN)/mobileconv: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,9 @@ bench: setup
 
 bench-steps: setup
 	$(BIN)/python benchmarks/cpu_steps.py
+
+bench-gap: setup
+	$(BIN)/python benchmarks/mixnet_gap.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -228,11 +229,11 @@ def test_readme_speed_commands_and_options_parse(capsys):
     assert named <= bench_options | script_options, named - bench_options - script_options
 
 
-def _load_benchmark_script():
+def _load_benchmark_script(name: str = "mixconv_speed"):
     import importlib.util
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "mixconv_speed.py"
-    spec = importlib.util.spec_from_file_location("mixconv_speed", path)
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -284,3 +285,39 @@ def test_mixconv_speed_script_writes_its_report(tmp_path):
     assert set(payload["tax"]["variants"]) == {"optimized", "compiled"}
     assert len(re.findall(r"^\| tax \| .* \| (optimized|compiled) \| \d+\.\d\d \|", report, re.M)) == 2
     assert (tmp_path / "mixconv_speed_quick.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mixnet_gap_what_if_variants_compute_what_they_say():
+    """benchmarks/mixnet_gap.py: `relu` swaps every swish for ReLU, `k3` keeps the centre 3x3 of each mixed kernel."""
+    gap = _load_benchmark_script("mixnet_gap")
+    x = torch.randn(2, 3, 32, 32)
+    nets = gap.build_variants("mixnet_s", x[:1])
+    assert list(nets) == list(gap.VARIANTS)
+    published, relu, k3 = nets["as published"], nets["relu"], nets["k3"]
+    assert not any(type(m) is nn.SiLU for m in relu.modules())
+    assert any(type(m) is nn.SiLU for m in published.modules())
+    name = "blocks.4.1.conv_dw"  # MixConv k3.5.7.9 in mixnet_s
+    full, cropped = published.get_submodule(name), k3.get_submodule(name)
+    assert full.kernel_size == (9, 9) and cropped.kernel_size == (3, 3)
+    h = torch.randn(2, full.in_channels, 14, 14).to(memory_format=torch.channels_last)
+    expected = F.silu(F.conv2d(h, full.weight[:, :, 3:6, 3:6], full.bias, 1, 1, 1, full.groups))  # plain-op oracle
+    with torch.inference_mode():
+        torch.testing.assert_close(cropped(h), expected, rtol=1e-4, atol=1e-5)
+        out = published(x)
+        for variant in (relu, k3):  # the logits of random weights are tiny: compare relative to their scale
+            assert (variant(x) - out).abs().max() > 1e-2 * out.abs().max()
+    with pytest.raises(ValueError, match="has no MixConv with mixed kernel sizes"):
+        gap.build_variants("mobilenetv3_small_100", x[:1])
+
+
+def test_mixnet_gap_script_writes_its_report(tmp_path):
+    gap = _load_benchmark_script("mixnet_gap")
+    assert gap.main(["--batch-size", "2", "--image-size", "32", "--rounds", "1", "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "mixnet_gap.json").read_text())
+    variants = [r["variant"] for r in payload["rows"]]
+    assert variants == [f"mixnet_s, {v}" for v in gap.VARIANTS] + ["mobilenetv3_large_100"]
+    assert payload["rows"][-1]["parity"] == pytest.approx(1.0)
+    assert all(r["parity"] > 0 and r["images_per_s"] > 0 for r in payload["rows"])
+    report = (tmp_path / "mixnet_gap.md").read_text()
+    assert len(re.findall(r"^\| mixnet_s, .* \| \d+\.\d\d \|$", report, re.M)) == len(gap.VARIANTS)
+    assert (tmp_path / "mixnet_gap.png").read_bytes()[:4] == b"\x89PNG"
