@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mobileconv
 from mobileconv.cli import main
+from mobileconv.deploy.onednn import OneDNNConv2d
 from mobileconv.engine import bench
 from mobileconv.layers import set_layer_impl
 
@@ -321,3 +323,28 @@ def test_mixnet_gap_script_writes_its_report(tmp_path):
     report = (tmp_path / "mixnet_gap.md").read_text()
     assert len(re.findall(r"^\| mixnet_s, .* \| \d+\.\d\d \|$", report, re.M)) == len(gap.VARIANTS)
     assert (tmp_path / "mixnet_gap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="benchmarks/depthwise_kernel.py builds its kernel with g++")
+@pytest.mark.parametrize("act", [nn.Identity(), nn.ReLU(), nn.SiLU(), nn.Hardswish()])
+def test_depthwise_kernel_prototype_matches_per_group_convs(tmp_path, act):
+    """benchmarks/mixed_depthwise.cpp against plain per-group F.conv2d: tails of a vector, stride 2, maps smaller than a kernel."""
+    dw = _load_benchmark_script("depthwise_kernel")
+    lib = dw.build_library(tmp_path)
+    torch.manual_seed(0)
+    for splits, kernels, stride, size in [([20, 16, 40], [3, 5, 7], 1, 13), ([32, 17], [9, 11], 2, 6),
+                                          ([16, 16], [3, 5], 2, 23)]:
+        c, big = sum(splits), max(kernels)
+        weights = [torch.randn(n, 1, k, k) for n, k in zip(splits, kernels)]
+        fused = nn.Conv2d(c, c, big, stride, (big - 1) // 2, groups=c)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([F.pad(w, [(big - k) // 2] * 4) for w, k in zip(weights, kernels)]))
+        fused = OneDNNConv2d.from_conv(fused, act)
+        x = torch.randn(3, c, size, size + 2).contiguous(memory_format=torch.channels_last)
+        parts = torch.split(x, splits, 1)
+        expected = act(torch.cat([F.conv2d(p, w, None, stride, (k - 1) // 2, 1, n)
+                                  for p, w, k, n in zip(parts, weights, kernels, splits)], 1) + fused.bias[:, None, None])
+        got = dw.MixedDepthwise(lib, fused, kernels, splits)(x)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="a channels_last float32 input with 32 channels"):
+        dw.MixedDepthwise(lib, fused, kernels, splits)(x.contiguous())
