@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from mobileconv import create_model
-from mobileconv.engine.checkpoint import atomic_write
+from mobileconv.engine.checkpoint import atomic_write, save_figure
 from mobileconv.engine.bench import (BenchConfig, BenchResult, benchmark_model, build_variant, count_macs,
                                      format_table, make_batch, num_threads, paired_ratio, summarize_times,
                                      time_variants)
@@ -208,10 +208,7 @@ def plot(rows: list[dict], tax: dict | None, path: Path) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def environment(args: argparse.Namespace) -> dict:

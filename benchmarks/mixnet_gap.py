@@ -34,7 +34,7 @@ from mobileconv.deploy.onednn import OneDNNConv2d
 from mobileconv.deploy.optimize import optimize_for_inference
 from mobileconv.engine.bench import (BenchConfig, count_macs, make_batch, make_inference_step, num_threads,
                                      paired_ratio, summarize_times, time_variants)
-from mobileconv.engine.checkpoint import atomic_write
+from mobileconv.engine.checkpoint import atomic_write, save_figure
 from mobileconv.layers import MixConv2d
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -171,10 +171,7 @@ def plot(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
                  f"{args.threads} threads", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

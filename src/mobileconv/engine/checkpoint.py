@@ -52,6 +52,16 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG, atomically (:func:`atomic_write`), and close it."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - only where a plot is asked for
+
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make the rename durable (a no-op where directories cannot be opened, e.g. Windows)."""
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_bytes, atomic_write_text
+from .checkpoint import atomic_write_text, save_figure
 
 METRIC_COLUMNS = ("epoch", "loss", "top1", "top5", "lr", "img/s", "seconds", "test_loss")
 
@@ -63,15 +63,6 @@ def read_metrics_csv(path: str | Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _save_figure(fig, path: str | Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def plot_curves(path: str | Path, rows: list[dict], title: str = "") -> None:
     """Training / test loss and test top-1 / top-5 against the epoch."""
     import matplotlib
@@ -92,7 +83,7 @@ def plot_curves(path: str | Path, rows: list[dict], title: str = "") -> None:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion(path: str | Path, confusion: list[list[int]], classes: list[str], title: str = "") -> None:
@@ -117,4 +108,4 @@ def plot_confusion(path: str | Path, confusion: list[list[int]], classes: list[s
                             color="white" if count > peak / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)

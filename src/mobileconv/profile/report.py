@@ -4,10 +4,10 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..engine.checkpoint import save_figure
 from .summary import ModelSummary
 
 LAYER_FIELDS = ("name", "type", "output_shape", "params", "macs", "activation_bytes")
@@ -105,7 +105,7 @@ def plot_top1_vs_macs(records: Sequence[dict], path: str | os.PathLike) -> list[
     Models without a published top-1 are left out. Accuracies on different datasets
     (``paper_dataset``: ImageNet, CIFAR-10...) go to separate panels; models at the same point
     (``mixnet_s`` and ``tf_mixnet_s``) share one label. The file is written atomically
-    (temporary file in the same folder, then ``os.replace``).
+    (:func:`mobileconv.engine.checkpoint.save_figure`).
 
     Returns:
         The names of the models plotted, in the order of ``records``.
@@ -142,14 +142,8 @@ def plot_top1_vs_macs(records: Sequence[dict], path: str | os.PathLike) -> list[
             ax.grid(True, alpha=0.3)
             ax.margins(x=0.2, y=0.1)  # room for the labels
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fig.savefig(f, format="png")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    finally:
+    except BaseException:
         plt.close(fig)
+        raise
+    save_figure(fig, path, dpi=120)
     return [r["name"] for r in points]
