@@ -70,9 +70,18 @@ def test_mobilenetv1_width_multiplier_matches_paper(name):
 
 def test_mobilenetv3_small_cifar_matches_xsepconv_baseline():
     # XSepConv paper / authors' repository: MobileNetV3-Small at 32x32, 10 classes: 17.51M MACs, 1.52M params.
-    model = mobileconv.create_model("mobilenetv3_small_100_cifar", num_classes=10)
+    model = mobileconv.create_model("mobilenetv3_small_100_cifar")  # 10 classes by default
     assert n_params(model) == pytest.approx(1.52e6, abs=0.01e6)
     assert macs(model, 32) == pytest.approx(17.51e6, rel=0.005)
+
+
+@pytest.mark.parametrize("name", mobileconv.list_models("*_cifar"))
+def test_cifar_forms_default_to_ten_classes_and_imagenet_forms_to_1000(name):
+    model = mobileconv.create_model(name)
+    assert model.num_classes == model.pretrained_cfg["num_classes"] == 10
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert mobileconv.create_model(name, num_classes=100).num_classes == 100
+    assert mobileconv.create_model(name.removesuffix("_cifar")).num_classes == 1000
 
 
 def test_counts_follow_in_chans_and_num_classes():

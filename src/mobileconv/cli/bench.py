@@ -60,6 +60,9 @@ def variants_for(args: argparse.Namespace) -> list[str]:
     """The variants that ``args`` asks for: the timed one, then the reference if compared."""
     from ..engine.bench import MAIN_VARIANT, REFERENCE_VARIANT
 
+    if args.compile and args.warmup < 1:
+        raise ValueError("--compile needs --warmup 1 or more: a compiled model compiles on its first call, "
+                         "which must not be timed")
     if "onnxruntime" in args.backend and args.mode != "infer":
         raise ValueError("--backend onnxruntime times inference only; use --mode infer")
     torch_variant = "compiled" if args.compile and args.mode == "infer" else MAIN_VARIANT[args.mode]

@@ -69,10 +69,10 @@ def build_model(name: str, checkpoint: str | None = None, num_classes: int | Non
     from ..models import create_model
 
     if checkpoint is None:
-        return create_model(name, num_classes=num_classes or 1000)
+        return create_model(name, num_classes=num_classes)
     state_dict, metadata = read_checkpoint(checkpoint)
     if num_classes is None:
-        num_classes = checkpoint_num_classes(state_dict) or 1000
+        num_classes = checkpoint_num_classes(state_dict)
     model = create_model(name, num_classes=num_classes)
     load_state_dict(model, state_dict, metadata, name=str(checkpoint))
     return model

@@ -411,21 +411,26 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 def model_cfg(input_size: int = 224, *, top1: float | None = None, macs: float | None = None,
               params: float | None = None, source: str = "", dataset: str = "imagenet",
-              mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> dict:
-    """A ``pretrained_cfg`` dict: default resolution, normalisation and the paper's published figures.
+              mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, num_classes: int = 1000) -> dict:
+    """A ``pretrained_cfg`` dict: default resolution, normalisation, classes and the paper's published figures.
+
+    ``num_classes`` is the default of :func:`build_model` (timm's ``pretrained_cfg`` key):
+    1000 for ImageNet, 10 for the CIFAR-10 forms.
 
     ``paper_top1`` is top-1 accuracy (%) on ``paper_dataset``, ``paper_macs`` multiply-adds,
     ``paper_params`` parameters, all as the cited paper table reports them (``None`` where it does not).
     """
-    return dict(input_size=(3, input_size, input_size), mean=mean, std=std, paper_top1=top1, paper_macs=macs,
+    return dict(input_size=(3, input_size, input_size), mean=mean, std=std, num_classes=num_classes,
+                paper_top1=top1, paper_macs=macs,
                 paper_params=params, paper_dataset=dataset, paper=source)
 
 
-def build_model(name: str, arch: ArchSpec, cfg: dict, *, num_classes: int = 1000, in_chans: int = 3,
+def build_model(name: str, arch: ArchSpec, cfg: dict, *, num_classes: int | None = None, in_chans: int = 3,
                 width_mult: float | None = None, drop_rate: float | None = None, drop_path_rate: float = 0.0,
                 **unknown) -> MobileNet:
     """Build ``arch`` as a :class:`MobileNet` and attach its ``pretrained_cfg``.
 
+    ``num_classes`` defaults to ``cfg["num_classes"]`` (1000, or 10 for the CIFAR-10 forms).
     ``width_mult`` overrides the table's multiplier (the paper figures in ``pretrained_cfg`` are then
     dropped, since they no longer describe the model). Unknown options raise a ValueError.
     """
@@ -438,6 +443,7 @@ def build_model(name: str, arch: ArchSpec, cfg: dict, *, num_classes: int = 1000
             raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
         arch = dataclasses.replace(arch, width_mult=float(width_mult))
         cfg.update(paper_top1=None, paper_macs=None, paper_params=None)
+    num_classes = cfg.get("num_classes", 1000) if num_classes is None else num_classes
     model = MobileNet(arch, num_classes, in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate, name=name)
     cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
     cfg["min_input_size"] = arch.min_input_size

@@ -1,7 +1,7 @@
 """Model registry: ``register_model``, ``list_models``, ``create_model``.
 
-A family file registers one small function per name; the function takes ``num_classes``,
-``in_chans`` and keyword overrides and returns the model. No lookup through ``globals()``.
+A family file registers one small function per name; the function takes ``in_chans``, keyword
+overrides and ``num_classes`` when the caller gives one (else its own default), and returns the model. No lookup through ``globals()``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def register_model(fn: ModelFn | None = None, *, name: str | None = None):
     """Register ``fn`` under ``name`` (default: ``fn.__name__``); refuses a name already taken.
 
     Usable as ``@register_model`` or ``@register_model(name="my_net")``. The function is called
-    as ``fn(num_classes=..., in_chans=..., **kwargs)`` and must return an ``nn.Module``.
+    as ``fn(in_chans=..., **kwargs)``, with ``num_classes=...`` among the keywords when the caller
+    of :func:`create_model` gives one, and must return an ``nn.Module``.
     """
     def decorator(f: ModelFn) -> ModelFn:
         key = name or f.__name__
@@ -49,13 +50,15 @@ def get_model_fn(name: str) -> ModelFn:
     return _MODELS[name]
 
 
-def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3,
+def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3,
                  pretrained: str | PathLike | None = None, features_only: bool = False, **kwargs) -> nn.Module:
     """Build a registered model by name.
 
     Args:
         name: a name from :func:`list_models`.
-        num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
+        num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features);
+            default: the model's own (``pretrained_cfg["num_classes"]``: 1000 for the ImageNet
+            forms, 10 for the ``_cifar`` forms).
         in_chans: input channels.
         pretrained: path to a checkpoint (mobileconv safetensors, or a timm / torchvision
             state_dict file), loaded by :func:`mobileconv.deploy.weights.load_pretrained`.
@@ -69,7 +72,9 @@ def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3,
         1536
     """
     fn = get_model_fn(name)
-    model = fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    model = fn(in_chans=in_chans, **kwargs)
     if pretrained is not None:
         from ..deploy.weights import load_pretrained
 

@@ -141,5 +141,5 @@ def tf_mixnet_l(**kwargs):
 @register_model
 def mixnet_s_cifar(**kwargs):
     """MixNet-S for 32x32 inputs: the stem and the first stride-2 block use stride 1 (total stride 8)."""
-    cfg = model_cfg(32, dataset="cifar10", mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    cfg = model_cfg(32, dataset="cifar10", mean=CIFAR10_MEAN, std=CIFAR10_STD, num_classes=10)
     return build_model("mixnet_s_cifar", cifar_form(S_ARCH), cfg, **kwargs)

@@ -124,5 +124,5 @@ def mobilenetv3_small_100_cifar(**kwargs):
     ``paper_top1`` holds that CIFAR-10 accuracy (``paper_dataset="cifar10"``).
     """
     cfg = model_cfg(32, top1=92.97, macs=17.51e6, params=1.52e6, source="XSepConv, Sec. 4.1 (CIFAR-10)",
-                    dataset="cifar10", mean=CIFAR10_MEAN, std=CIFAR10_STD)
+                    dataset="cifar10", mean=CIFAR10_MEAN, std=CIFAR10_STD, num_classes=10)
     return build_model("mobilenetv3_small_100_cifar", cifar_form(SMALL_ARCH), cfg, **kwargs)

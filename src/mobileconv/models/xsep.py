@@ -34,5 +34,5 @@ def xsep_mobilenetv3_small_100(**kwargs):
 def xsep_mobilenetv3_small_100_cifar(**kwargs):
     """The XSepConv paper's CIFAR network: XSep-MobileNetV3-Small, stem and first block at stride 1 (Sec. 4.1)."""
     cfg = model_cfg(32, source="XSepConv, Sec. 4.1 (CIFAR-10)", dataset="cifar10", mean=CIFAR10_MEAN,
-                    std=CIFAR10_STD)
+                    std=CIFAR10_STD, num_classes=10)
     return build_model("xsep_mobilenetv3_small_100_cifar", cifar_form(ARCH), cfg, **kwargs)
