@@ -15,11 +15,13 @@ the optimised mixnet_s with none, one or both of two MixNet traits taken out:
 These variants are not models anyone should use: they compute something else. They exist to
 say how many milliseconds each trait costs. Every mixnet_s variant is scored with mixnet_s's
 true MACs (``FlopCounterMode`` / 2), so its ratio is the MACs/s parity mixnet_s would reach if
-that trait cost nothing. Writes ``benchmarks/results/mixnet_gap.{md,json,png}``.
+that trait cost nothing. It also times one conv with each activation as its oneDNN post-op
+(MixNet-S's 40 -> 240 1x1 expansion at 28x28). Writes ``benchmarks/results/mixnet_gap.{md,json,png}``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -41,6 +43,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 0.8
 BASELINE = "mobilenetv3_large_100"
 VARIANTS = ("as published", "relu", "k3", "relu + k3")
+# the post-op table: MixNet-S's stage-3 expansion, 40 -> 240 channels at 28x28 (224 input)
+POST_OP_CONV = (40, 240, 28)
+POST_OPS = {"none": nn.Identity, "ReLU": nn.ReLU, "h-swish": nn.Hardswish, "swish": nn.SiLU}
 
 
 def swish_to_relu(model: nn.Module) -> int:
@@ -68,6 +73,18 @@ def crop_mixed_kernels(model: nn.Module, mixed: list[str]) -> int:
         new = new.to(memory_format=torch.channels_last)
         model.set_submodule(name, OneDNNConv2d.from_conv(new, old.act) if isinstance(old, OneDNNConv2d) else new)
     return len(mixed)
+
+
+def time_post_ops(config: BenchConfig, image_size: int) -> dict[str, float]:
+    """``{activation: ms per call}`` of :data:`POST_OP_CONV` as a ``OneDNNConv2d`` with each of :data:`POST_OPS`."""
+    c_in, c_out, size = POST_OP_CONV
+    size = max(1, size * image_size // 224)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c_in, c_out, 1).requires_grad_(False).to(memory_format=torch.channels_last)
+    x = torch.randn(config.batch_size, c_in, size, size).contiguous(memory_format=torch.channels_last)
+    steps = {name: make_inference_step(OneDNNConv2d.from_conv(conv, act()), config) for name, act in POST_OPS.items()}
+    times = time_variants(steps, (x,), config, progress=True, desc="post-ops")
+    return {name: summarize_times(name, t, config.batch_size).latency_p50_ms for name, t in times.items()}
 
 
 def build_variants(name: str, example: torch.Tensor) -> dict[str, nn.Module]:
@@ -110,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         nets[args.baseline] = optimize_for_inference(create_model(args.baseline), example_input=example)
         times = time_variants({k: make_inference_step(net, config) for k, net in nets.items()}, batch, config,
                               progress=True, desc="gap")
+        post_ops = time_post_ops(dataclasses.replace(config, iters=5), args.image_size)
     measured = {k: summarize_times(k, t, config.batch_size) for k, t in times.items()}
     base = measured[args.baseline]
     rows = []
@@ -124,18 +142,18 @@ def main(argv: list[str] | None = None) -> int:
            "threads": args.threads, "batch_size": args.batch_size, "image_size": args.image_size,
            "rounds": args.rounds, "load": f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after",
            "macs_per_image": macs}
-    report = markdown(env, rows, args)
+    report = markdown(env, rows, post_ops, args)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out / "mixnet_gap.md", lambda f: f.write((report + "\n").encode()))
     atomic_write(args.out / "mixnet_gap.json",
-                 lambda f: f.write((json.dumps({"environment": env, "rows": rows}, indent=2) + "\n").encode()))
+                 lambda f: f.write((json.dumps({"environment": env, "rows": rows, "post_op_ms": post_ops}, indent=2) + "\n").encode()))
     plot(rows, args, args.out / "mixnet_gap.png")
     print(report)
     print(f"\nwrote {args.out / 'mixnet_gap'}.md / .json / .png", file=sys.stderr)
     return 0
 
 
-def markdown(env: dict, rows: list[dict], args: argparse.Namespace) -> str:
+def markdown(env: dict, rows: list[dict], post_ops: dict[str, float], args: argparse.Namespace) -> str:
     macs = env["macs_per_image"]
     out = ["# Where the MACs/s gap comes from (issue #6)", "",
            f"`{env['command']}`, {env['date']}, torch {env['torch']}, {env['threads']} threads, batch "
@@ -149,7 +167,12 @@ def markdown(env: dict, rows: list[dict], args: argparse.Namespace) -> str:
             f"{r['parity']:.2f} |" for r in rows]
     out += ["", "`relu`: every swish replaced by ReLU. `k3`: every mixed depthwise kernel cut to its centre 3x3 "
             "(fewer MACs than MixConv's true count: a bound on what a depthwise kernel could save). What-if "
-            "variants for attribution only: they compute something else."]
+            "variants for attribution only: they compute something else.", "",
+            f"One conv, {POST_OP_CONV[0]} -> {POST_OP_CONV[1]} 1x1 at {POST_OP_CONV[2]}x{POST_OP_CONV[2]} (at 224 input; "
+            f"scaled with --image-size), batch {env['batch_size']}, each activation as its oneDNN post-op, ms per "
+            "call (p50):", "",
+            "| " + " | ".join(post_ops) + " |", "| " + " | ".join("---" for _ in post_ops) + " |",
+            "| " + " | ".join(f"{v:.2f}" for v in post_ops.values()) + " |"]
     return "\n".join(out)
 
 

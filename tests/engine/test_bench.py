@@ -325,6 +325,7 @@ def test_mixnet_gap_script_writes_its_report(tmp_path):
     variants = [r["variant"] for r in payload["rows"]]
     assert variants == [f"mixnet_s, {v}" for v in gap.VARIANTS] + ["mobilenetv3_large_100"]
     assert payload["rows"][-1]["parity"] == pytest.approx(1.0)
+    assert list(payload["post_op_ms"]) == list(gap.POST_OPS) and all(v > 0 for v in payload["post_op_ms"].values())
     assert all(r["parity"] > 0 and r["images_per_s"] > 0 for r in payload["rows"])
     report = (tmp_path / "mixnet_gap.md").read_text()
     assert len(re.findall(r"^\| mixnet_s, .* \| \d+\.\d\d \|$", report, re.M)) == len(gap.VARIANTS)
@@ -354,3 +355,18 @@ def test_depthwise_kernel_prototype_matches_per_group_convs(tmp_path, act):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="a channels_last float32 input with 32 channels"):
         dw.MixedDepthwise(lib, fused, kernels, splits)(x.contiguous())
+
+
+def test_benchmarks_readme_names_real_scripts_targets_and_options(capsys):
+    """benchmarks/README.md cannot drift: its scripts exist, its `make` targets exist, mixconv_speed takes its options."""
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "benchmarks" / "README.md").read_text()
+    scripts = set(re.findall(r"`(\w+\.(?:py|cpp))`", text))
+    assert {"mixconv_speed.py", "cpu_steps.py", "mixnet_gap.py", "depthwise_kernel.py", "mixed_depthwise.cpp"} <= scripts
+    assert all((root / "benchmarks" / s).is_file() for s in scripts), scripts
+    makefile = (root / "Makefile").read_text()
+    for target in re.findall(r"`make ([\w-]+)`", text):
+        assert re.search(rf"^{target}:", makefile, re.M), f"no make target {target}"
+    with pytest.raises(SystemExit):
+        _load_benchmark_script().parse_args(["--help"])
+    assert {"--quick", "--heap-malloc"} <= set(re.findall(r"--[a-z][a-z-]+", capsys.readouterr().out))
