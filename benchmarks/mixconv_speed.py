@@ -31,6 +31,7 @@ import torch
 
 from mobileconv import create_model
 from mobileconv.engine.checkpoint import atomic_write, save_figure
+from mobileconv.engine.malloc import keep_large_allocations_on_heap
 from mobileconv.engine.bench import (BenchConfig, BenchResult, benchmark_model, build_variant, count_macs,
                                      format_table, make_batch, num_threads, paired_ratio, summarize_times,
                                      time_variants)
@@ -220,11 +221,7 @@ def environment(args: argparse.Namespace) -> dict:
 
 def use_heap_for_large_allocations() -> None:
     """glibc's ``mallopt``: large blocks from the heap, reused, instead of new zeroed pages per allocation."""
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    if not (libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30)):
+    if not keep_large_allocations_on_heap():
         raise OSError("mallopt failed: --heap-malloc needs glibc")
 
 

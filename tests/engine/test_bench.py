@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -362,7 +363,8 @@ def test_benchmarks_readme_names_real_scripts_targets_and_options(capsys):
     root = Path(__file__).resolve().parents[2]
     text = (root / "benchmarks" / "README.md").read_text()
     scripts = set(re.findall(r"`(\w+\.(?:py|cpp))`", text))
-    assert {"mixconv_speed.py", "cpu_steps.py", "mixnet_gap.py", "depthwise_kernel.py", "mixed_depthwise.cpp"} <= scripts
+    assert {"mixconv_speed.py", "cpu_steps.py", "mixnet_gap.py", "train_malloc.py", "depthwise_kernel.py",
+            "mixed_depthwise.cpp"} <= scripts
     assert all((root / "benchmarks" / s).is_file() for s in scripts), scripts
     makefile = (root / "Makefile").read_text()
     for target in re.findall(r"`make ([\w-]+)`", text):
@@ -370,3 +372,26 @@ def test_benchmarks_readme_names_real_scripts_targets_and_options(capsys):
     with pytest.raises(SystemExit):
         _load_benchmark_script().parse_args(["--help"])
     assert {"--quick", "--heap-malloc"} <= set(re.findall(r"--[a-z][a-z-]+", capsys.readouterr().out))
+
+
+def test_train_malloc_script_writes_its_report(tmp_path):
+    """benchmarks/train_malloc.py: one tiny round writes a row per model with both settings' figures and the chart."""
+    script = _load_benchmark_script("train_malloc")
+    assert script.main(["--models", "mobilenetv3_small_100_cifar", "--batch-size", "2", "--image-size", "32",
+                        "--rounds", "1", "--warmup", "1", "--steps", "1", "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "train_malloc.json").read_text())["rows"]
+    assert row["model"] == "mobilenetv3_small_100_cifar" and row["speedup"] > 0
+    assert row["ms_per_step_default"] > 0 and row["ms_per_step_heap"] > 0 and row["max_rss_mb_heap"] > 0
+    assert "| mobilenetv3_small_100_cifar |" in (tmp_path / "train_malloc.md").read_text()
+    assert (tmp_path / "train_malloc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_bench_heap_malloc_option_runs(monkeypatch, capsys):
+    from mobileconv.engine import malloc
+
+    calls = []
+    monkeypatch.setattr(malloc, "keep_large_allocations_on_heap", lambda: calls.append(1) or True)
+    assert main(["bench", "mobilenetv3_small_100_cifar", "--heap-malloc", "--batch-size", "2", "--image-size", "32",
+                 "--rounds", "1", "--iters", "1", "--warmup", "1", "--no-memory", "--format", "json"]) == 0
+    assert calls == [1] and json.loads(capsys.readouterr().out)[0]["model"] == "mobilenetv3_small_100_cifar"

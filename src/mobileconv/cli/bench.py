@@ -50,6 +50,9 @@ def register(subparsers) -> None:
                    help="also time impl='reference' (same weights, alternating rounds) and print the speed-up")
     p.add_argument("--rounds", type=positive_int, default=5, metavar="N", help="timed rounds (default 5)")
     p.add_argument("--iters", type=positive_int, default=2, metavar="N", help="timed calls per round (default 2)")
+    p.add_argument("--heap-malloc", action="store_true",
+                   help="glibc: keep large tensors on the heap instead of fresh zeroed pages per call, for every "
+                        "variant (what jemalloc / tcmalloc do)")
     p.add_argument("--warmup", type=non_negative_int, default=2, metavar="N", help="untimed calls first (default 2)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
@@ -72,9 +75,12 @@ def variants_for(args: argparse.Namespace) -> list[str]:
 
 def run_bench(args: argparse.Namespace) -> int:
     from ..engine.bench import BenchConfig, benchmark_model, check_device, format_table
+    from ..engine.malloc import keep_large_allocations_on_heap
     from ..models import list_models
 
     check_device(args.device)  # before any model is built
+    if args.heap_malloc and not keep_large_allocations_on_heap():
+        raise ValueError("--heap-malloc needs glibc's malloc (Linux); this C library has no mallopt")
     known = set(list_models())
     unknown = [m for m in args.models if m not in known]
     if unknown:

@@ -75,6 +75,8 @@ class TrainConfig:
     threads: int | None = option(None, "intra-op CPU threads per process (default: 1 for inputs up to 64 px, where "
                                        "threading costs more than it gives; else torch's, one per core)", type=int,
                                  metavar="N")
+    heap_malloc: bool = option(True, "glibc: keep large tensors on the heap instead of fresh zeroed pages every step "
+                                     "(what jemalloc / tcmalloc do; costs resident memory)")
     seed: int = option(0, "random seed (weights, data order, augmentation)")
     deterministic: bool = option(False, "deterministic algorithms only (bitwise-reproducible runs)")
     sync_bn: bool = option(True, "synchronise batch-norm statistics across processes")

@@ -37,6 +37,7 @@ from .config import TrainConfig, dump_yaml
 from .distributed import DistEnv, barrier, cleanup_distributed, convert_sync_batchnorm, init_distributed
 from .ema import ModelEma
 from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
+from .malloc import keep_large_allocations_on_heap
 from .metrics import plot_curves, write_metrics_csv
 from .optim import DEFAULT_EPS, DEFAULT_LR, DEFAULT_WEIGHT_DECAY, create_optimizer, create_scheduler
 
@@ -200,6 +201,8 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     test_set = limit_samples(test_set, config.max_val_samples)
 
     seed_everything(config.seed, config.deterministic)
+    if config.heap_malloc:
+        keep_large_allocations_on_heap()
     if env.device.type == "cpu":
         torch.set_num_threads(config.threads)
     if state is not None:
