@@ -227,7 +227,6 @@ def plot(rows: list[dict], whole: list[dict], env: dict, path: Path) -> None:
     ax.set_title(f"{env['model']} mixed depthwise layers, CPU fp32, {env['threads']} threads; whole model: {models}",
                  fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     save_figure(fig, path, dpi=120)
 
 

@@ -208,7 +208,6 @@ def plot(rows: list[dict], tax: dict | None, path: Path) -> None:
         title += f"\nMACs/s mixnet_s / mobilenetv3_large_100 (target 0.8): {ratios}"
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     save_figure(fig, path, dpi=120)
 
 

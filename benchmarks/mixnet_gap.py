@@ -193,7 +193,6 @@ def plot(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
     ax.set_title(f"{args.model}: what each trait costs, optimised, CPU fp32, batch {args.batch_size}, "
                  f"{args.threads} threads", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     save_figure(fig, path, dpi=120)
 
 

@@ -134,12 +134,11 @@ def plot(env: dict, rows: list[dict], path: Path) -> None:
     for i, (tag, label) in enumerate((("default", "glibc default"), ("heap", "large tensors on the heap"))):
         bars = ax.bar([x + (i - 0.5) * 0.4 for x in xs], [r[f"ms_per_step_{tag}"] for r in rows], 0.4, label=label)
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.legend(fontsize=8)
     ax.set_xticks(list(xs), [f"{r['model']}\nx{r['speedup']:.2f}" for r in rows], fontsize=8)
     ax.set_ylabel("ms per training step")
     ax.set_title(f"CPU training step, batch {env['batch_size']}, {env['image_size']} px, {env['threads']} threads",
                  fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
     save_figure(fig, path, dpi=120)
 
 

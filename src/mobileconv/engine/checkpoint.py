@@ -53,10 +53,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
-    """Write a matplotlib figure to ``path`` as PNG, atomically (:func:`atomic_write`), and close it."""
+    """Lay out a matplotlib figure (``tight_layout``), write it to ``path`` as PNG atomically, and close it."""
     import matplotlib.pyplot as plt  # noqa: PLC0415 - only where a plot is asked for
 
     try:
+        fig.tight_layout()
         return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
     finally:
         plt.close(fig)

@@ -82,7 +82,6 @@ def plot_curves(path: str | Path, rows: list[dict], title: str = "") -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -107,5 +106,4 @@ def plot_confusion(path: str | Path, confusion: list[list[int]], classes: list[s
                     ax.text(j, i, count, ha="center", va="center", fontsize=8,
                             color="white" if count > peak / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.tight_layout()
     save_figure(fig, path)

@@ -141,7 +141,6 @@ def plot_top1_vs_macs(records: Sequence[dict], path: str | os.PathLike) -> list[
             ax.set_title(f"Accuracy against cost: {DATASET_NAMES.get(dataset, dataset)}")
             ax.grid(True, alpha=0.3)
             ax.margins(x=0.2, y=0.1)  # room for the labels
-        fig.tight_layout()
     except BaseException:
         plt.close(fig)
         raise
