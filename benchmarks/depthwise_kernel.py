@@ -192,7 +192,8 @@ def markdown(env: dict, rows: list[dict], whole: list[dict]) -> str:
            "ours, median of the per-round ratios.", "",
            "Whole optimised model, its mixed depthwise convs run by oneDNN or by ours:", "",
            "| batch | oneDNN ms | ours ms | speed-up |", "| --- | --- | --- | --- |",
-           *[f"| {w['batch_size']} | {w['onednn_ms']:.2f} | {w['ours_ms']:.2f} | **x{w['speedup']:.2f}** |" for w in whole],
+           *[f"| {w['batch_size']} | {w['onednn_ms']:.2f} | {w['ours_ms']:.2f} | **x{w['speedup']:.2f}** |"
+             for w in whole],
            "", "Per layer:", "",
            "| batch | layer | kernels | input (C, H, W) | stride | fused / true MACs | oneDNN ms | ours ms | speed-up | "
            "max diff / scale |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out / "mixnet_gap.md", lambda f: f.write((report + "\n").encode()))
     atomic_write(args.out / "mixnet_gap.json",
-                 lambda f: f.write((json.dumps({"environment": env, "rows": rows, "post_op_ms": post_ops}, indent=2) + "\n").encode()))
+                 lambda f: f.write((json.dumps({"environment": env, "rows": rows, "post_op_ms": post_ops}, indent=2)
+                                    + "\n").encode()))
     plot(rows, args, args.out / "mixnet_gap.png")
     print(report)
     print(f"\nwrote {args.out / 'mixnet_gap'}.md / .json / .png", file=sys.stderr)

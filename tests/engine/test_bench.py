@@ -336,7 +336,10 @@ def test_mixnet_gap_script_writes_its_report(tmp_path):
 @pytest.mark.skipif(shutil.which("g++") is None, reason="benchmarks/depthwise_kernel.py builds its kernel with g++")
 @pytest.mark.parametrize("act", [nn.Identity(), nn.ReLU(), nn.SiLU(), nn.Hardswish()])
 def test_depthwise_kernel_prototype_matches_per_group_convs(tmp_path, act):
-    """benchmarks/mixed_depthwise.cpp against plain per-group F.conv2d: tails of a vector, stride 2, maps smaller than a kernel."""
+    """benchmarks/mixed_depthwise.cpp against plain per-group F.conv2d.
+
+    Covers groups that end inside a vector, stride 2, and maps smaller than a kernel.
+    """
     dw = _load_benchmark_script("depthwise_kernel")
     lib = dw.build_library(tmp_path)
     torch.manual_seed(0)

@@ -1,7 +1,8 @@
 """Model registry: ``register_model``, ``list_models``, ``create_model``.
 
 A family file registers one small function per name; the function takes ``in_chans``, keyword
-overrides and ``num_classes`` when the caller gives one (else its own default), and returns the model. No lookup through ``globals()``.
+overrides and ``num_classes`` when the caller gives one (else its own default), and returns the
+model. No lookup through ``globals()``.
 """
 from __future__ import annotations
 
