@@ -98,16 +98,14 @@ class MixedDepthwise(nn.Module):
         return y
 
 
-def mixed_layers(name: str, image_size: int) -> dict[str, tuple[MixConv2d, tuple[int, ...]]]:
-    """``{module name: (MixConv2d, its input shape for one image)}`` for the mixed-kernel MixConvs of ``name``."""
-    model = create_model(name).eval()
-    found = {}
-    handles = [m.register_forward_pre_hook(lambda m, args, n=n: found.__setitem__(n, (m, tuple(args[0].shape[1:]))))
-               for n, m in model.named_modules() if isinstance(m, MixConv2d) and len(set(m.kernel_sizes)) > 1]
+def mixed_layers(model: nn.Module, image_size: int) -> dict[str, tuple[MixConv2d, tuple[int, ...]]]:
+    """``{module name: (MixConv2d, its input shape for one image)}`` for the mixed-kernel MixConvs of ``model``."""
+    probe, found = copy.deepcopy(model).eval(), {}  # eval: the probe must not move the caller's BN statistics
+    for n, m in probe.named_modules():
+        if isinstance(m, MixConv2d) and len(set(m.kernel_sizes)) > 1:
+            m.register_forward_pre_hook(lambda m, args, n=n: found.__setitem__(n, (m, tuple(args[0].shape[1:]))))
     with torch.no_grad():
-        model(torch.zeros(1, 3, image_size, image_size))
-    for h in handles:
-        h.remove()
+        probe(torch.zeros(1, 3, image_size, image_size))
     return found
 
 
@@ -133,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         lib = build_library(Path(tmp))
         torch.manual_seed(0)
         model = create_model(args.model)
-        layers = mixed_layers(args.model, args.image_size)
+        layers = mixed_layers(model, args.image_size)
         optimized = optimize_for_inference(model, example_input=torch.randn(1, 3, args.image_size, args.image_size))
         rows = []
         for batch_size in args.batch_sizes:

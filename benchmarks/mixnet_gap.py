@@ -21,6 +21,7 @@ that trait cost nothing. It also times one conv with each activation as its oneD
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime
 import json
@@ -94,9 +95,10 @@ def build_variants(name: str, example: torch.Tensor) -> dict[str, nn.Module]:
     mixed = [n for n, m in model.named_modules() if isinstance(m, MixConv2d) and len(set(m.kernel_sizes)) > 1]
     if not mixed:
         raise ValueError(f"{name} has no MixConv with mixed kernel sizes to attribute")
+    optimized = optimize_for_inference(model, example_input=example)
     out = {}
     for variant in VARIANTS:
-        net = optimize_for_inference(model, example_input=example)
+        net = copy.deepcopy(optimized)
         if "relu" in variant and not swish_to_relu(net):
             raise ValueError(f"{name} has no swish activation to replace")
         if "k3" in variant:
