@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 # module name -> the subcommands it registers (for the reader; the modules do the registering)
 COMMAND_MODULES = {
@@ -45,5 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> NoReturn:
+    """The ``mobileconv`` console script and ``python -m mobileconv``: :func:`main`, then exit with its status."""
+    code = main()
+    from ..engine.distributed import exit_process  # torch is imported by every command by now
+
+    exit_process(code)  # a torchrun worker must not finalise the interpreter: see there
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -168,6 +168,8 @@ class Run:
 def fit(config: TrainConfig, resume: str | Path | None = None) -> dict:
     """Train, evaluating on the test split after every epoch; returns the summary (also in summary.json).
 
+    Under ``torchrun`` on CPUs, end the program with :func:`~mobileconv.engine.exit_process` (see there).
+
     Raises:
         ValueError: bad options or data, before any training step.
         NonFiniteLossError: the loss became NaN / inf; the last checkpoint (previous epoch) is kept.
