@@ -30,7 +30,27 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def make_model(name: str, seed: int = 0, **kwargs) -> nn.Module:
-    return randomize_(mobileconv.create_model(name, **kwargs), seed)
+    """``name`` with weights drawn from ``seed``, randomised, and BN statistics measured on random images.
+
+    With made-up running statistics the activations shrink layer after layer until the logits no
+    longer depend on the input (a constant an export could match without computing anything);
+    statistics measured on a batch keep every layer's output at unit scale, as after training.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = randomize_(mobileconv.create_model(name, **kwargs), seed)
+        size = test_size(name)
+        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        momenta = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # a cumulative average: one batch sets the statistics
+        model.train()
+        with torch.no_grad():
+            model(torch.randn(8, getattr(model, "in_chans", 3), size, size))
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+    return model.eval()
 
 
 def test_size(name: str) -> int:

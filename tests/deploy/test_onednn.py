@@ -103,6 +103,10 @@ def test_packed_weight_follows_every_change_of_the_weight():
         fused.double()  # cast: the fallback runs float64 with plain ops
         torch.testing.assert_close(fused(x.double()), plain(fused, lambda y: y, x.double()))
         fused.float()
+        fused.bias.add_(1)  # the bias is kept with the packed weight: in place
+        torch.testing.assert_close(fused(x), plain(fused, lambda y: y, x))
+        fused.bias = nn.Parameter(torch.randn_like(fused.bias))  # replaced
+        torch.testing.assert_close(fused(x), plain(fused, lambda y: y, x))
         x2 = batch(3, 8, 13)  # another input shape
         torch.testing.assert_close(fused(x2), plain(fused, lambda y: y, x2))
     with torch.inference_mode():  # weights made under inference_mode have no version counter

@@ -70,7 +70,8 @@ class OneDNNConv2d(nn.Conv2d):
 
     Build it with :meth:`from_conv`: it shares the conv's parameters. A packed weight is made per
     input shape (the packed layout depends on it; up to :data:`PACKED_SHAPES` are kept) and all
-    are made again whenever the weight changes (in place, replaced, moved or cast).
+    are made again whenever the weight or bias changes (in place, replaced, moved or cast). The
+    post-op is read from ``act`` when a shape is first called: to change ``act``, build a new one.
     """
 
     __jit_unused_properties__ = ["post_op"]
@@ -103,34 +104,43 @@ class OneDNNConv2d(nn.Conv2d):
         """``act(conv(x))``, or ``act(conv(x) + residual)`` with a ``residual`` of the output's shape."""
         if not torch.jit.is_scripting():
             if self._use_onednn(x) and (residual is None or self._use_onednn(residual)):
-                attr, scalars = self.post_op
-                args = (self._packed_weight(x), self.bias, list(self.padding), list(self.stride), list(self.dilation),
-                        self.groups)
+                args = self._onednn_args(x)
                 if residual is None:
-                    return torch.ops.mkldnn._convolution_pointwise(x, *args, attr, scalars, None)
+                    return torch.ops.mkldnn._convolution_pointwise(x, *args, None)
                 # oneDNN post-ops in order: + residual, then the activation (after an add it takes ReLU only)
-                fused_act = attr == "relu"
+                fused_act = args[-2] == "relu"
                 y = torch.ops.mkldnn._convolution_pointwise.binary(
-                    x, residual, *args, "add", None, "relu" if fused_act else None, [], None)
+                    x, residual, *args[:-2], "add", None, "relu" if fused_act else None, [], None)
                 return y if fused_act else self.act(y)
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         return self.act(y if residual is None else y + residual)
 
     def _use_onednn(self, x: torch.Tensor) -> bool:
         # called once per conv and image batch: cheapest tests first (ONNX export traces or compiles)
-        if x.device.type != "cpu" or x.dtype not in _DTYPES or x.dim() != 4:
+        if not x.is_cpu or x.dtype not in _DTYPES or x.dim() != 4:
             return False
-        w = self.weight
+        w = self._parameters["weight"]
         if w.dtype != x.dtype or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
             return False
         if torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return False  # autocast picks the conv's dtype; traces and compiled graphs get plain ops
         return onednn_available()
 
-    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        def pack() -> torch.Tensor:
-            return torch._C._nn.mkldnn_reorder_conv2d_weight(
-                self.weight.detach().to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation),
-                self.groups, list(x.shape))
+    def _onednn_args(self, x: torch.Tensor) -> tuple:
+        """The oneDNN call's arguments after the input: packed weight, bias, geometry, post-op.
 
-        return self._packed.get([self.weight], pack, key=tuple(x.shape))
+        At batch 1 a conv call takes tens of microseconds, so what Python does around it counts:
+        the arguments are made once per input shape and kept while the weight and bias stay the same.
+        """
+        weight, bias = self._parameters["weight"], self._parameters["bias"]
+        sources = (weight,) if bias is None else (weight, bias)
+        args = self._packed.lookup(sources, x.shape)
+        if args is None:
+            args = self._packed.get(sources, lambda: self._make_onednn_args(x.shape, weight, bias), key=x.shape)
+        return args
+
+    def _make_onednn_args(self, shape: torch.Size, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+        padding, stride, dilation = list(self.padding), list(self.stride), list(self.dilation)
+        packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.detach().to_mkldnn(), padding, stride, dilation,
+                                                          self.groups, list(shape))
+        return (packed, bias, padding, stride, dilation, self.groups, *self.post_op)

@@ -138,23 +138,32 @@ class DerivedTensorCache:
         self._sources: list[tuple[torch.Tensor, int, torch.UntypedStorage]] = []
         self.entries: dict = {}
 
+    def lookup(self, sources: Sequence[torch.Tensor], key=None):
+        """The cached value for ``key`` if no tensor of ``sources`` changed since it was made, else ``None``."""
+        value = self.entries.get(key)
+        return value if value is not None and self._unchanged(sources) else None
+
     def get(self, sources: Sequence[torch.Tensor], build: Callable[[], torch.Tensor], key=None) -> torch.Tensor:
         """The value made by ``build()`` for ``key``, from the cache while no tensor of ``sources`` changed."""
+        value = self.lookup(sources, key)
+        if value is not None:
+            return value
         if any(t.is_inference() for t in sources):
             return build()
         if not self._unchanged(sources):
             self._sources, self.entries = [(t, t._version, t.untyped_storage()) for t in sources], {}
-        value = self.entries.get(key)
-        if value is None:
-            if len(self.entries) >= self.max_entries:
-                self.entries.clear()
-            value = self.entries[key] = build()
+        if len(self.entries) >= self.max_entries:
+            self.entries.clear()
+        value = self.entries[key] = build()
         return value
 
     def _unchanged(self, sources: Sequence[torch.Tensor]) -> bool:
-        return len(sources) == len(self._sources) and all(
-            t is held and t._version == version and t.untyped_storage().data_ptr() == storage.data_ptr()
-            for t, (held, version, storage) in zip(sources, self._sources))
+        if len(sources) != len(self._sources):
+            return False
+        for t, (held, version, storage) in zip(sources, self._sources):
+            if t is not held or t._version != version or t.untyped_storage().data_ptr() != storage.data_ptr():
+                return False
+        return True
 
     def __deepcopy__(self, memo: dict) -> DerivedTensorCache:
         return DerivedTensorCache(self.max_entries)
