@@ -134,10 +134,7 @@ class OneDNNConv2d(nn.Conv2d):
         """
         weight, bias = self._parameters["weight"], self._parameters["bias"]
         sources = (weight,) if bias is None else (weight, bias)
-        args = self._packed.lookup(sources, x.shape)
-        if args is None:
-            args = self._packed.get(sources, lambda: self._make_onednn_args(x.shape, weight, bias), key=x.shape)
-        return args
+        return self._packed.get(sources, lambda: self._make_onednn_args(x.shape, weight, bias), key=x.shape)
 
     def _make_onednn_args(self, shape: torch.Size, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
         padding, stride, dilation = list(self.padding), list(self.stride), list(self.dilation)

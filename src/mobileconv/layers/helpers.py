@@ -138,15 +138,10 @@ class DerivedTensorCache:
         self._sources: list[tuple[torch.Tensor, int, torch.UntypedStorage]] = []
         self.entries: dict = {}
 
-    def lookup(self, sources: Sequence[torch.Tensor], key=None):
-        """The cached value for ``key`` if no tensor of ``sources`` changed since it was made, else ``None``."""
-        value = self.entries.get(key)
-        return value if value is not None and self._unchanged(sources) else None
-
     def get(self, sources: Sequence[torch.Tensor], build: Callable[[], torch.Tensor], key=None) -> torch.Tensor:
         """The value made by ``build()`` for ``key``, from the cache while no tensor of ``sources`` changed."""
-        value = self.lookup(sources, key)
-        if value is not None:
+        value = self.entries.get(key)
+        if value is not None and self._unchanged(sources):  # the common case, first: once per layer call
             return value
         if any(t.is_inference() for t in sources):
             return build()
