@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from mobileconv.layers import (ConvNormAct, DepthwiseSeparableConv2d, GroupedConv2d, MixConv2d,
-                               SpatialSeparableConv2d, SqueezeExcite, XSepConv2d, create_act, exponential_split,
-                               get_act, set_layer_impl, xsep_padding_schedule)
+                               SpatialSeparableConv2d, SqueezeExcite, XSepConv2d, create_act, create_conv2d,
+                               exponential_split, get_act, set_layer_impl, xsep_padding_schedule)
 
 ODD = re.escape("positive odd integer (1, 3, 5, 7, ...)")
 STRIDE = "stride must be 1 or 2, got "
@@ -35,6 +35,10 @@ BAD_ARGUMENTS = {
                            r"stride must be 1 for a dilated MixConv \(dilated=True\), got stride=2"),
     "mix_channels": (lambda: MixConv2d(0, [3]), r"channels must be a positive integer, got 0"),
     "mix_impl": (lambda: MixConv2d(8, [3], impl="turbo"), r"impl must be one of \('fast', 'reference'\), got 'turbo'"),
+    # create_conv2d: "same" padding needs an odd kernel (an even one would shrink the map by one pixel)
+    "create_even_kernel": (lambda: create_conv2d(8, 8, 4), rf"kernel_size must be a {ODD} .*got 4 \(bad value 4\)"),
+    "create_even_dw_list": (lambda: create_conv2d(8, 8, [4], depthwise=True),
+                            rf"kernel_size must be a {ODD} .*got \[4\] \(bad value 4\)"),
     # GroupedConv2d
     "grouped_in": (lambda: GroupedConv2d(2, 8, [1, 1, 1]),
                    r"in_channels=2 is fewer than the number of groups \(3\); need in_channels >= 3"),

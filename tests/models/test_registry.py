@@ -1,11 +1,14 @@
 """Registry: names, patterns, duplicate refusal, helpful errors, immutable architecture tables."""
 import dataclasses
+import re
 
 import pytest
 from torch import nn
 
 import mobileconv
 from mobileconv.models import _registry, mixnet, mobilenetv3
+
+from ..conftest import REPO
 
 ISSUE_NAMES = {
     "mobilenetv1_100", "mobilenetv1_075", "mobilenetv1_050", "mobilenetv1_025", "mobilenetv2_100", "mobilenetv2_140",
@@ -95,6 +98,32 @@ def test_width_mult_override():
     model = mobileconv.create_model("mobilenetv1_100", width_mult=0.75)
     assert n_params(model) == n_params(mobileconv.create_model("mobilenetv1_075"))
     assert model.pretrained_cfg["paper_top1"] is None  # the paper figure no longer describes it
+    assert mobileconv.create_model("mobilenetv1_075", width_mult=0.5).pretrained_cfg["paper_top1"] is None
+    # the model's own width is no override
+    assert mobileconv.create_model("mobilenetv1_075", width_mult=0.75).pretrained_cfg["paper_top1"] == 68.4
+
+
+def _spec_paper_figures() -> dict[str, tuple[float, float, float]]:
+    """``name -> (top-1 %, MACs, params)`` from the models table of ``../shared/SPEC.md`` (the oracle)."""
+    spec = REPO.parent / "shared" / "SPEC.md"
+    if not spec.is_file():
+        pytest.fail(f"{spec} not found (../shared must sit beside the clone)")
+    figures = {}
+    row = re.compile(r"^\| (\w+) \|.*\| ([\d.]+)% / ([\d.]+)M / ([\d.]+)M \|$")
+    for line in spec.read_text().splitlines():
+        if m := row.match(line.strip()):
+            figures[m[1]] = (float(m[2]), float(m[3]) * 1e6, float(m[4]) * 1e6)
+    return figures
+
+
+def test_paper_figures_match_spec():
+    """Every model with published figures carries them, width multiplier variants included."""
+    figures = _spec_paper_figures()
+    assert {"mobilenetv1_025", "mobilenetv3_large_075", "mobilenetv3_small_075", "mixnet_l"} <= set(figures)
+    figures["mobilenetv2_140"] = (74.7, 585e6, 6.9e6)  # not in SPEC.md: MobileNetV2 paper, Table 4
+    for name, (top1, macs, params) in figures.items():
+        cfg = mobileconv.create_model(name).pretrained_cfg
+        assert (cfg["paper_top1"], cfg["paper_macs"], cfg["paper_params"]) == pytest.approx((top1, macs, params)), name
 
 
 def test_mixnet_block_strings_chain():

@@ -167,3 +167,15 @@ def test_readme_commands_parse():
     for command in commands:  # argparse exits (SystemExit) on an option the parser does not know
         args = parser.parse_args(shlex.split(command))
         assert args.func is not None
+
+
+def test_plot_labels_do_not_collide_or_leave_the_axes():
+    from mobileconv.profile.report import _label_offsets
+
+    # mobilenetv3_large_100 sits just below and beside mixnet_s; mixnet_l is at the right edge
+    offsets = _label_offsets([(217.0, 75.2), (239.0, 75.8), (555.0, 78.9), (41.0, 50.6)])
+    assert offsets[217.0, 75.2][2] == "right" and offsets[217.0, 75.2][0] < 0  # label to the left of its point
+    assert offsets[239.0, 75.8][2] == "left" and offsets[239.0, 75.8][0] > 0
+    assert offsets[555.0, 78.9][2] == "right"  # would run off the right edge otherwise
+    assert offsets[41.0, 50.6][2] == "left"
+    assert _label_offsets([(1.0, 2.0)]) == {(1.0, 2.0): (4, 4, "left")}  # a single point: no zero division

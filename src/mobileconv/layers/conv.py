@@ -66,8 +66,8 @@ def create_conv2d(in_channels: int, out_channels: int, kernel_size: int | Sequen
     from .mixconv import MixConv2d
 
     check_stride(stride)
+    check_kernel_sizes(kernel_size, "kernel_size")  # odd: "same" padding is symmetric
     if isinstance(kernel_size, int):
-        check_kernel_sizes(kernel_size, "kernel_size", odd=False)
         groups = in_channels if depthwise else 1
         if depthwise and in_channels != out_channels:
             raise ValueError(f"a depthwise conv needs in_channels == out_channels, got {in_channels} -> {out_channels}")

@@ -14,6 +14,8 @@ without skip (paper Fig. 3, Table 1); the width multiplier alpha scales every wi
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ._builder import ArchSpec, BlockSpec, HeadSpec, build_model, model_cfg
 from ._registry import register_model
 
@@ -42,7 +44,8 @@ PAPER = "MobileNets, Table 6"
 
 def _build(name: str, width: float, top1: float, macs: float, params: float, kwargs: dict):
     cfg = model_cfg(224, top1=top1, macs=macs, params=params, source=PAPER)
-    return build_model(name, ARCH, cfg, **{"width_mult": width, **kwargs})
+    # the width is the architecture's own, so its paper figures stay (a width_mult override drops them)
+    return build_model(name, dataclasses.replace(ARCH, width_mult=width), cfg, **kwargs)
 
 
 @register_model

@@ -10,6 +10,8 @@ Width multiplier 1.4 scales the stem and every block (rounded to 8) and the head
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ._builder import ArchSpec, BlockSpec, HeadSpec, build_model, model_cfg
 from ._registry import register_model
 
@@ -55,4 +57,4 @@ def mobilenetv2_100(**kwargs):
 def mobilenetv2_140(**kwargs):
     """MobileNetV2 1.4 (head 1792): 74.7% top-1, 585M MACs, 6.9M params (Table 4)."""
     cfg = model_cfg(224, top1=74.7, macs=585e6, params=6.9e6, source=PAPER)
-    return build_model("mobilenetv2_140", ARCH, cfg, **{"width_mult": 1.4, **kwargs})
+    return build_model("mobilenetv2_140", dataclasses.replace(ARCH, width_mult=1.4), cfg, **kwargs)

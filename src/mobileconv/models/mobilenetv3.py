@@ -14,6 +14,8 @@ multiply-adds from ``torch.utils.flop_counter`` / 2. Module names and shapes equ
 """
 from __future__ import annotations
 
+import dataclasses
+
 from ._builder import (CIFAR10_MEAN, CIFAR10_STD, ArchSpec, BlockSpec, HeadSpec, SESpec, build_model, cifar_form,
                        model_cfg)
 from ._registry import register_model
@@ -99,7 +101,7 @@ def mobilenetv3_large_100(**kwargs):
 def mobilenetv3_large_075(**kwargs):
     """MobileNetV3-Large 0.75 (every width, stem included, x0.75 rounded to 8; head 1280 kept): 73.3%, 155M, 4.0M."""
     cfg = model_cfg(224, top1=73.3, macs=155e6, params=4.0e6, source=PAPER)
-    return build_model("mobilenetv3_large_075", LARGE_ARCH, cfg, **{"width_mult": 0.75, **kwargs})
+    return build_model("mobilenetv3_large_075", dataclasses.replace(LARGE_ARCH, width_mult=0.75), cfg, **kwargs)
 
 
 @register_model
@@ -113,7 +115,7 @@ def mobilenetv3_small_100(**kwargs):
 def mobilenetv3_small_075(**kwargs):
     """MobileNetV3-Small 0.75 (widths x0.75 rounded to 8; head 1024 kept): 65.4% top-1, 44M MACs, 2.4M params."""
     cfg = model_cfg(224, top1=65.4, macs=44e6, params=2.4e6, source=PAPER)
-    return build_model("mobilenetv3_small_075", SMALL_ARCH, cfg, **{"width_mult": 0.75, **kwargs})
+    return build_model("mobilenetv3_small_075", dataclasses.replace(SMALL_ARCH, width_mult=0.75), cfg, **kwargs)
 
 
 @register_model

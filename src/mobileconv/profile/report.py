@@ -99,6 +99,24 @@ def _dataset(record: dict) -> str:
     return record.get("paper_dataset") or "imagenet"
 
 
+def _label_offsets(points: list[tuple[float, float]]) -> dict[tuple[float, float], tuple[int, int, str]]:
+    """Where each point's label goes: ``(dx, dy)`` in points and the horizontal alignment.
+
+    Above and to the right of the point; to the left for points in the right quarter of the
+    axis (so it is not cut off) and for a point whose neighbour sits just above and beside it
+    (so the two labels do not overlap).
+    """
+    xs, ys = zip(*points)
+    x_span, y_span = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    offsets = {}
+    for x, y in points:
+        right = x > min(xs) + 0.75 * x_span
+        crowded = any(0 < oy - y < 0.04 * y_span and abs(ox - x) < 0.15 * x_span for ox, oy in points)
+        left = right or crowded
+        offsets[x, y] = (-4 if left else 4, 4, "right" if left else "left")
+    return offsets
+
+
 def plot_top1_vs_macs(records: Sequence[dict], path: str | os.PathLike) -> list[str]:
     """Scatter the published top-1 against the counted MACs, one labelled point per model; PNG.
 
@@ -134,8 +152,9 @@ def plot_top1_vs_macs(records: Sequence[dict], path: str | os.PathLike) -> list[
                     labels.setdefault((r["macs"] / 1e6, r["paper_top1"]), []).append(r["name"])
             xs, ys = zip(*labels)
             ax.scatter(xs, ys, s=28, color="tab:blue", zorder=3)
-            for (x, y), names in labels.items():
-                ax.annotate(" / ".join(names), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            for (x, y), (dx, dy, ha) in _label_offsets(list(labels)).items():
+                ax.annotate(" / ".join(labels[x, y]), (x, y), textcoords="offset points", xytext=(dx, dy),
+                            ha=ha, fontsize=7)
             ax.set_xlabel("MACs (millions, counted by mobileconv, batch 1)")
             ax.set_ylabel(f"{DATASET_NAMES.get(dataset, dataset)} top-1 (%, as published)")
             ax.set_title(f"Accuracy against cost: {DATASET_NAMES.get(dataset, dataset)}")
