@@ -113,3 +113,28 @@ def test_missing_train_file_is_named(tmp_path):
     (tmp_path / "data_batch_3.bin").unlink()
     with pytest.raises(ValueError, match="cifar10 files missing: data_batch_3.bin"):
         build_datasets(str(tmp_path), 32)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("data", None, "pixels must be integers in"),
+    ("data", np.full((N, 3072), -1), "pixels must be integers in"),
+    ("data", np.full((N, 3072), 0.5), "pixels must be integers in"),
+    ("labels", None, "labels must be a list of integers"),
+    ("labels", [10**30] * N, "labels must be a list of integers"),
+    ("labels", ["cat"] * N, "labels must be a list of integers"),
+])
+def test_tampered_python_batch_names_the_file(tmp_path, field, value, message):
+    """Well-formed pickles with the wrong contents: a one-line error naming the file, no traceback."""
+    write_cifar_python(tmp_path, cifar100=False, protocol=4, bytes_keys=False)
+    batch = {"data": _images(0).reshape(N, -1), "labels": _labels(0, 10).tolist(), field: value}
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=4))
+    with pytest.raises(ValueError, match=rf"cannot read CIFAR file .*test_batch: {message}"):
+        build_datasets(str(tmp_path), 32)
+
+
+@pytest.mark.parametrize("names", [None, 5, [1, 2]])
+def test_tampered_class_names_name_the_file(tmp_path, names):
+    write_cifar_python(tmp_path, cifar100=False, protocol=4, bytes_keys=False)
+    (tmp_path / "batches.meta").write_bytes(pickle.dumps({"label_names": names}, protocol=4))
+    with pytest.raises(ValueError, match=r"cannot read CIFAR file .*batches\.meta: expected a dict with 'label_names'"):
+        build_datasets(str(tmp_path), 32)

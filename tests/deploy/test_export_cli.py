@@ -103,6 +103,12 @@ def test_opset_below_17(tmp_path, capsys):
            "opset must be an integer from 17")
 
 
+def test_impl_without_no_optimize_is_refused(tmp_path, capsys):
+    """The optimised export fuses every MixConv, so --impl would be silently ignored there."""
+    _fails(["export", "mixnet_s_cifar", "--impl", "reference", "--out", str(tmp_path / "m.onnx")], capsys, tmp_path,
+           "--impl reference applies only with --no-optimize")
+
+
 def test_readme_export_commands_parse():
     """Every `mobileconv export` / `bench` command in the README's deploy section is accepted by the parser."""
     from pathlib import Path

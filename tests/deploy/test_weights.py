@@ -250,3 +250,31 @@ def test_checkpoint_num_classes():
           "classifier.3.bias": torch.zeros(11)}
     assert weights.checkpoint_num_classes(tv) == 11
     assert weights.checkpoint_num_classes({"conv_stem.weight": torch.zeros(1)}) is None
+
+
+@pytest.mark.parametrize("eps", ["-1", "0", "NaN", "Infinity", "true", '{"bn1": -0.5}'])
+def test_bad_bn_eps_metadata_is_refused_and_changes_nothing(model, tmp_path, eps):
+    """A negative, zero, NaN or infinite eps would make every BN wrong or fail only at the first forward."""
+    path = tmp_path / "w.safetensors"
+    save_file(random_state(), str(path), metadata={"format": "mobileconv", "bn_eps": eps})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"w\.safetensors: metadata bn_eps must be a positive finite number"):
+        load_pretrained(model, path)
+    assert_untouched(model, before)
+    assert model.bn1.eps == 1e-5
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through a private temporary file; the result has the mode open() would give it."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = save_weights(TinyNet(), tmp_path / "w.safetensors")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.umask(0o077)
+        path = save_weights(TinyNet(), tmp_path / "w.safetensors")  # replacing it: the new umask applies
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

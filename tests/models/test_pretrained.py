@@ -73,6 +73,18 @@ def test_failed_convert_writes_nothing(reference_dir, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["missing_dir", "dst_is_dir"])
+def test_convert_to_an_unwritable_path_names_it(reference_dir, tmp_path, capsys, where):
+    """Checked before the checkpoint is read; the message names the path, not a temporary file."""
+    (tmp_path / "existing").mkdir()
+    dst = tmp_path / ("nodir/out.safetensors" if where == "missing_dir" else "existing")
+    rc = cli_main(["convert", str(reference_dir / "timm_mixnet_s.safetensors"), str(dst), "--model", "mixnet_s"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mobileconv convert: error: cannot write {dst}") and ".tmp" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"] and not any((tmp_path / "existing").iterdir())
+
+
 def test_convert_num_classes_mismatch_suggests_flag(reference_dir, tmp_path, capsys):
     dst = tmp_path / "out.safetensors"
     rc = cli_main(["convert", str(reference_dir / "timm_mixnet_s.safetensors"), str(dst),

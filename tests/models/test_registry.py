@@ -64,8 +64,12 @@ def test_unknown_option_is_a_clear_error():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_classes=-1), "num_classes must be a non-negative integer"),
     (dict(in_chans=0), "in_chans must be a positive integer"),
-    (dict(width_mult=0), "width_mult must be a positive number"),
+    (dict(width_mult=0), "width_mult must be a positive finite number"),
+    (dict(width_mult=float("inf")), "width_mult must be a positive finite number, got inf"),
+    (dict(width_mult=float("nan")), "width_mult must be a positive finite number, got nan"),
     (dict(drop_rate=1.5), r"drop_rate must be in \[0, 1\)"),
+    (dict(drop_path_rate=1.5), r"drop_path_rate must be in \[0, 1\), got 1.5$"),  # the value given, not a block's
+    (dict(drop_path_rate=-0.1), r"drop_path_rate must be in \[0, 1\), got -0.1$"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

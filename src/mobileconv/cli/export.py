@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset, 17 to 20 (default 17)")
     p.add_argument("--no-optimize", dest="optimize", action="store_false",
                    help="export the eval model as it is, without BN folding / operator fusion")
-    p.add_argument("--impl", default="fast", metavar="IMPL",
+    p.add_argument("--impl", default=None, metavar="IMPL",
                    help="with --no-optimize: MixConv / XSepConv implementation, fast (one depthwise conv, the "
                         "default) or reference (split / conv per group / concat)")
     p.add_argument("--tolerance", type=float, default=1e-4, metavar="T",
@@ -53,11 +53,14 @@ def run_export(args: argparse.Namespace) -> int:
     check_format(fmt)
     if fmt == "onnx":
         check_opset(args.opset)
+    if args.impl is not None and args.optimize:
+        raise ValueError(f"--impl {args.impl} applies only with --no-optimize (the optimised export runs every "
+                         f"MixConv / XSepConv as plain convs)")
     check_output_path(args.out)  # before the (slow) model build
     model = _one_line_errors(build_model, args.name, args.checkpoint, args.num_classes)
     result = export_model(model, args.out, fmt, input_size=args.input_size, batch_size=args.batch_size,
                           dynamic_batch=not args.static_batch, opset=args.opset, optimize=args.optimize,
-                          impl=args.impl, tolerance=args.tolerance,
+                          impl=args.impl or "fast", tolerance=args.tolerance,
                           log=lambda line: print(line, file=sys.stderr, flush=True))
     print(result.summary(args.name))
     return 0

@@ -124,9 +124,10 @@ def read_classes(folder: Path, layout: CifarLayout) -> list[str]:
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
     meta = safe_unpickle(path)
     key = "label_names" if layout.name == "cifar10" else "fine_label_names"
-    if not isinstance(meta, dict) or key not in meta:
-        raise ValueError(f"cannot read CIFAR file {path}: expected a dict with {key!r}")
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]]
+    names = meta.get(key) if isinstance(meta, dict) else None
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise ValueError(f"cannot read CIFAR file {path}: expected a dict with {key!r}, a list of class names")
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
 
 
 def _read_binary(path: Path, layout: CifarLayout) -> tuple[np.ndarray, np.ndarray]:
@@ -144,8 +145,17 @@ def _read_python(path: Path, layout: CifarLayout) -> tuple[np.ndarray, np.ndarra
     key = "labels" if layout.name == "cifar10" else "fine_labels"
     if not isinstance(batch, dict) or "data" not in batch or key not in batch:
         raise ValueError(f"cannot read CIFAR file {path}: expected a dict with 'data' and {key!r}")
-    data = np.asarray(batch["data"], dtype=np.uint8)
-    labels = np.asarray(batch[key], dtype=np.int64)
+    try:  # a tampered file may hold anything here: None, strings, out-of-range numbers
+        data = np.asarray(batch["data"])
+        labels = np.asarray(batch[key])
+        if data.dtype != np.uint8 and not (np.issubdtype(data.dtype, np.integer) and data.size
+                                           and 0 <= data.min() and data.max() <= 255):
+            raise ValueError(f"pixels must be integers in [0, 255], got dtype {data.dtype}")
+        if not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1:
+            raise ValueError(f"labels must be a list of integers, got dtype {labels.dtype}, shape {labels.shape}")
+        data, labels = data.astype(np.uint8), labels.astype(np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"cannot read CIFAR file {path}: {e}") from None
     if data.ndim != 2 or data.shape[1] != IMAGE_BYTES or len(labels) != len(data):
         raise ValueError(f"cannot read CIFAR file {path}: data {data.shape} and {len(labels)} labels")
     return data.reshape(-1, 3, 32, 32), labels

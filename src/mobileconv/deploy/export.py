@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ..layers import IMPLS, set_layer_impl
+from .weights import check_output_path, new_file_mode
 
 FORMATS: dict[str, str] = {  # format -> usual file suffix
     "onnx": ".onnx",
@@ -149,23 +150,6 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """The output path as a ``Path``; an ``OSError`` naming the problem if it cannot be written."""
-    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise ValueError(f"the output path must be a file name, got {path!r}")
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a directory (give a file name, "
-                                f"e.g. {path / 'model.onnx'})")
-    parent = path.parent
-    if not parent.is_dir():
-        what = "is not a directory" if parent.exists() else "does not exist"
-        raise FileNotFoundError(f"cannot write {path}: {parent} {what}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {path}: directory {parent} is not writable")
-    return path
-
-
 def resolve_input_shape(model: nn.Module, input_size: int | Sequence[int] | None = None,
                         batch_size: int = DEFAULT_BATCH) -> tuple[int, int, int, int]:
     """``(batch, C, H, W)`` of the export example.
@@ -269,7 +253,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
             notes.append(f"the model's outputs are tiny (max |logit| {worst.output_scale:.2g}, untrained weights?), "
                          f"so this check says little; export trained weights (--checkpoint)")
         size = tmp.stat().st_size
-        tmp.chmod(_new_file_mode())  # mkstemp made it private; give it the mode a plain open() would
+        tmp.chmod(new_file_mode())  # mkstemp made it private; give it the mode a plain open() would
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -434,12 +418,6 @@ def _temporary_path(path: Path) -> Path:
         raise type(e)(f"cannot write {path}: {e.strerror or e}") from e
     os.close(fd)
     return Path(name)
-
-
-def _new_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _first_line(e: BaseException) -> str:

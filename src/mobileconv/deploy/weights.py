@@ -25,6 +25,7 @@ unexpected, shape mismatch) before anything in the model changes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -170,7 +171,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
+    path = check_output_path(path)
     meta = {"format": FORMAT, **{k: str(v) for k, v in (metadata or {}).items()}}
     eps = bn_eps_of(model)
     if eps is not None:
@@ -180,6 +181,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, new_file_mode())  # mkstemp made it private; give it the mode a plain open() would
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -187,6 +189,29 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """The output path as a ``Path``; an ``OSError`` naming the problem if it cannot be written."""
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"the output path must be a file name, got {path!r}")
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a directory (give a file name inside it)")
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise FileNotFoundError(f"cannot write {path}: {parent} {what}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: directory {parent} is not writable")
+    return path
+
+
+def new_file_mode() -> int:
+    """The permissions ``open(path, "w")`` would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_name: str,
@@ -198,6 +223,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_nam
     """
     from ..models import create_model
 
+    check_output_path(dst)  # before reading and checking the whole checkpoint
     state_dict, metadata = read_checkpoint(src)
     if num_classes is None:
         num_classes = checkpoint_num_classes(state_dict)
@@ -313,7 +339,13 @@ def _source_bn_eps(source: str, state_dict: Mapping[str, torch.Tensor], metadata
         except json.JSONDecodeError as e:
             raise ValueError(f"{name}: metadata bn_eps={metadata['bn_eps']!r} is not JSON (a number or "
                              f"{{module: eps}})") from e
-        if not isinstance(eps, (int, float, dict)):
-            raise ValueError(f"{name}: metadata bn_eps must be a number or {{module: eps}}, got {eps!r}")
+        values = eps.values() if isinstance(eps, dict) else [eps]
+        if not isinstance(eps, (int, float, dict)) or not all(_valid_eps(v) for v in values):
+            raise ValueError(f"{name}: metadata bn_eps must be a positive finite number or {{module: eps}} of them, "
+                             f"got {eps!r}")
         return eps
     return None
+
+
+def _valid_eps(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0

@@ -13,6 +13,7 @@ with ``in`` the (scaled) block input width.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -285,6 +286,9 @@ class MobileNet(nn.Module):
         self.drop_rate = arch.drop_rate if drop_rate is None else float(drop_rate)
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
+                or not 0.0 <= drop_path_rate < 1.0:  # checked here: each block gets a scaled rate
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
         norm_layer = partial(nn.BatchNorm2d, eps=arch.bn_eps)
         stem = arch.stem_channels if arch.fix_stem else round_channels(arch.stem_channels, arch.width_mult)
         self.conv_stem = create_conv2d(in_chans, stem, 3, arch.stem_stride, padding=arch.padding)
@@ -439,8 +443,8 @@ def build_model(name: str, arch: ArchSpec, cfg: dict, *, num_classes: int | None
                          f"pretrained, features_only, width_mult, drop_rate, drop_path_rate")
     cfg = dict(cfg)
     if width_mult is not None and width_mult != arch.width_mult:
-        if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or width_mult <= 0:
-            raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
+        if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not 0 < width_mult < math.inf:
+            raise ValueError(f"width_mult must be a positive finite number, got {width_mult!r}")
         arch = dataclasses.replace(arch, width_mult=float(width_mult))
         cfg.update(paper_top1=None, paper_macs=None, paper_params=None)
     num_classes = cfg.get("num_classes", 1000) if num_classes is None else num_classes

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 
 from torch import nn
 
@@ -26,8 +27,8 @@ def create_for_profile(name: str, width_mult: float | None = None) -> nn.Module:
     check_model_name(name)
     if width_mult is None:
         return mobileconv.create_model(name)
-    if not width_mult > 0:
-        raise ValueError(f"width multiplier must be a positive number, got {width_mult!r}")
+    if not 0 < width_mult < math.inf:
+        raise ValueError(f"width multiplier must be a positive finite number, got {width_mult!r}")
     try:
         return mobileconv.create_model(name, width_mult=width_mult)
     except TypeError as e:  # the family's builder has no width_mult argument
