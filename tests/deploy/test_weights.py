@@ -209,6 +209,20 @@ def test_pickled_objects_are_refused(model, tmp_path):
         load_pretrained(model, path2)
 
 
+def test_plain_pickle_error_gives_the_reason_quietly(model, tmp_path):
+    """torch's own advice to load with weights_only=False is left out, and so is its protocol warning."""
+    import warnings
+
+    path = tmp_path / "p4.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"conv_stem.weight": [1.0]}, f, protocol=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"p4\.pth could not be read .*: Unsupported operand \d+; expected") as info:
+            load_pretrained(model, path)
+    assert "weights_only` set to `False`" not in str(info.value) and "arbitrary code" not in str(info.value)
+
+
 @pytest.mark.parametrize("content, expected", [
     ({"epoch": torch.tensor(1), "lr": 0.1}, "non-tensor entries"),
     ({}, "empty mapping"),

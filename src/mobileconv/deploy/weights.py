@@ -28,6 +28,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -249,7 +250,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 def _read_torch(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about any pickle protocol but 2: the error below says enough
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
         raise ValueError(f"{path} could not be read as a PyTorch state_dict with torch.load(weights_only=True) "
                          f"(truncated, corrupt, or it holds objects other than tensors): {_torch_load_reason(e)}; "
@@ -259,7 +262,12 @@ def _read_torch(path: Path) -> object:
 def _torch_load_reason(error: Exception) -> str:
     """The informative line of a torch.load error (its weights_only advice to load unsafely is left out)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
+    at = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)
+    if at is None:
+        reason = lines[0] if lines else ""
+    else:  # "... WeightsUnpickler error: <reason>", the reason on that line or the next
+        reason = lines[at].split("WeightsUnpickler error:")[-1].strip()
+        reason = reason or (lines[at + 1] if at + 1 < len(lines) else "")
     return reason.split(" Please use `torch.serialization")[0] or type(error).__name__
 
 
