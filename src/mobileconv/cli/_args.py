@@ -20,3 +20,15 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "an integer >= 0")
+
+
+def call_with_one_line_errors(fn, *args):
+    """Call ``fn``; a multi-line ValueError / OSError message (a key listing) becomes one line with its headings."""
+    try:
+        return fn(*args)
+    except (ValueError, OSError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        if len(lines) <= 1:
+            raise
+        details = ", ".join(line.split(":")[0] for line in lines[1:])
+        raise ValueError(f"{lines[0]} ({details})") from e

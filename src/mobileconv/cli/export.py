@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._args import positive_int
+from ._args import call_with_one_line_errors, positive_int
 
 SUFFIX_FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pt2": "exported-program"}
 
@@ -57,7 +57,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise ValueError(f"--impl {args.impl} applies only with --no-optimize (the optimised export runs every "
                          f"MixConv / XSepConv as plain convs)")
     check_output_path(args.out)  # before the (slow) model build
-    model = _one_line_errors(build_model, args.name, args.checkpoint, args.num_classes)
+    model = call_with_one_line_errors(build_model, args.name, args.checkpoint, args.num_classes)
     result = export_model(model, args.out, fmt, input_size=args.input_size, batch_size=args.batch_size,
                           dynamic_batch=not args.static_batch, opset=args.opset, optimize=args.optimize,
                           impl=args.impl or "fast", tolerance=args.tolerance,
@@ -87,17 +87,3 @@ def _format_from_suffix(out: str) -> str:
             return fmt
     raise ValueError(f"cannot tell the format from --out {out!r}; pass --format onnx, torchscript or "
                      f"exported-program (or use a .onnx / .pt / .pt2 file name)")
-
-
-def _one_line_errors(fn, *args):
-    """Call ``fn``; a multi-line ValueError / OSError message (a key listing) becomes one line with its headings."""
-    try:
-        return fn(*args)
-    except (ValueError, OSError) as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        if len(lines) <= 1:
-            raise
-        details = ", ".join(line.split(":")[0] for line in lines[1:])
-        raise ValueError(f"{lines[0]} ({details})") from e
-
-

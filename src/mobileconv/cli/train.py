@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from ._args import call_with_one_line_errors, positive_int
+
 
 def register(subparsers) -> None:
     register_train(subparsers)
@@ -92,10 +94,11 @@ def register_eval(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .safetensors state_dict")
     p.add_argument("--model", metavar="NAME", help="model name (default: recorded in the checkpoint)")
     p.add_argument("--data", help="digits | synthetic | PATH (default: recorded in the checkpoint)")
-    p.add_argument("--img-size", type=int, metavar="PX", help="resolution (default: recorded, else the model's)")
+    p.add_argument("--img-size", type=positive_int, metavar="PX",
+                   help="resolution (default: recorded, else the model's)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--max-val-samples", type=int, metavar="N", help="evaluate only this many test images")
+    p.add_argument("--max-val-samples", type=positive_int, metavar="N", help="evaluate only this many test images")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--plot", metavar="FILE.png", help="write the confusion matrix as a PNG")
     p.add_argument("--out", metavar="DIR", help="write eval.json and confusion.png into DIR")
@@ -106,14 +109,19 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import atomic_write_text
     from ..engine.inference import evaluate_checkpoint
     from ..engine.metrics import plot_confusion
+    from ..profile.report import check_plot_path
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.plot:
+        check_plot_path(args.plot)  # before the evaluation
     out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    result = call_with_one_line_errors(evaluate_checkpoint, args.model, args.checkpoint, args.data, args.img_size,
+                                       args.batch_size, args.device, args.max_val_samples)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    result = evaluate_checkpoint(args.model, args.checkpoint, args.data, args.img_size, args.batch_size, args.device,
-                                 args.max_val_samples)
     title = f"{result['model']} on {result['dataset']}: top-1 {result['top1']:.2f}%"
     for png in filter(None, (args.plot, out and out / "confusion.png")):
         plot_confusion(png, result["confusion"], result["classes"], title)
@@ -142,7 +150,8 @@ def register_predict(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .safetensors state_dict")
     p.add_argument("--model", metavar="NAME", help="model name (default: recorded in the checkpoint)")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--img-size", type=int, metavar="PX", help="resolution (default: recorded, else the model's)")
+    p.add_argument("--img-size", type=positive_int, metavar="PX",
+                   help="resolution (default: recorded, else the model's)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=run_predict)
@@ -153,7 +162,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    results = predict_images(args.model, args.checkpoint, args.images, args.top_k, args.img_size, args.device)
+    results = call_with_one_line_errors(predict_images, args.model, args.checkpoint, args.images, args.top_k,
+                                        args.img_size, args.device)
     if args.format == "json":
         print(json.dumps(results, indent=2))
         return 0

@@ -11,12 +11,31 @@ from torch.utils.data import DataLoader
 
 from ..data import (BatchTransform, ShardedBatchSampler, build_datasets, limit_samples, load_image,
                     preferred_img_size)
-from .checkpoint import load_weights
+from ..deploy.weights import checkpoint_num_classes, load_state_dict, read_checkpoint
+from .checkpoint import _json_or_str
 from .distributed import DistEnv, resolve_device
 from .loop import evaluate
-from .trainer import build_model, default_img_size
+from .trainer import build_model
 
-CLASSIFIER_KEY = "classifier.weight"
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_channel_values(value) -> bool:
+    return (isinstance(value, list) and len(value) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
+# recorded field -> (check, what it must be); what eval / predict read from a checkpoint's metadata
+RECORDED = {
+    "model": (lambda v: isinstance(v, str) and v != "", "a model name"),
+    "dataset": (lambda v: isinstance(v, str) and v != "", "a --data value (digits, synthetic or a path)"),
+    "img_size": (_is_positive_int, "a positive integer (pixels)"),
+    "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
+    "mean": (_is_channel_values, "a list of 3 numbers (per channel)"),
+    "std": (lambda v: _is_channel_values(v) and all(x > 0 for x in v), "a list of 3 numbers > 0 (per channel)"),
+}
 
 
 @dataclass
@@ -27,42 +46,90 @@ class LoadedCheckpoint:
     name: str
     num_classes: int
     meta: dict  # safetensors metadata (model, dataset, classes, img_size, mean, std...), else summary.json
+    sources: dict  # key of meta -> the file it was read from (the checkpoint or summary.json)
 
     def get(self, key: str, default=None):
-        return self.meta.get(key, default)
+        """The recorded value, checked against :data:`RECORDED`; ``default`` when none is recorded."""
+        return recorded(self.meta, self.sources, key, default)
+
+
+def recorded(meta: dict, sources: dict, key: str, default=None):
+    """``meta[key]`` if it is what :data:`RECORDED` says it must be, else a ValueError naming the file and field."""
+    value = meta.get(key)
+    if value is None:
+        return default
+    check, expected = RECORDED[key]
+    if not check(value):
+        raise ValueError(f"{sources[key]}: recorded {key} {value!r} is not {expected}")
+    return value
 
 
 def summary_beside(checkpoint: Path) -> dict:
     """The run's summary.json next to a checkpoint (classes, dataset, img_size...), or ``{}``."""
     path = checkpoint.parent / "summary.json"
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        summary = json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError:
         return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def load_checkpoint(model_name: str | None, checkpoint: str | Path, device: torch.device) -> LoadedCheckpoint:
     """Build the model with as many classes as the checkpoint's classifier has, and load the weights.
 
-    ``model_name`` defaults to the name recorded with the checkpoint. Raises ``ValueError`` if the
-    file is missing / unreadable or its tensors do not fit the model.
+    ``model_name`` defaults to the name recorded with the checkpoint. The weights are loaded as
+    ``create_model(..., pretrained=checkpoint)`` does (every key and shape checked, BatchNorm eps
+    restored from mobileconv metadata). Raises ``ValueError`` (``FileNotFoundError`` for a missing
+    file) if the file is unreadable, its recorded model is not one, or its tensors do not fit the model.
     """
+    from .. import models
+
     checkpoint = Path(checkpoint)
-    tensors, meta = load_weights(checkpoint)
-    meta = {**summary_beside(checkpoint), **meta}
-    model_name = model_name or meta.get("model")
+    tensors, raw_meta = read_checkpoint(checkpoint)
+    summary = summary_beside(checkpoint)
+    meta = {**summary, **{k: _json_or_str(v) for k, v in raw_meta.items()}}
+    sources = {**{k: checkpoint.parent / "summary.json" for k in summary}, **{k: checkpoint for k in raw_meta}}
     if model_name is None:
-        raise ValueError(f"checkpoint {checkpoint} does not record its model: pass --model")
-    if CLASSIFIER_KEY not in tensors:
-        raise ValueError(f"checkpoint {checkpoint} has no {CLASSIFIER_KEY!r}: not a mobileconv model state_dict")
-    num_classes = int(tensors[CLASSIFIER_KEY].shape[0])
+        model_name = recorded(meta, sources, "model")
+        if model_name is None:
+            raise ValueError(f"checkpoint {checkpoint} does not record its model: pass --model")
+        if model_name not in models.list_models():
+            raise ValueError(f"{sources['model']}: recorded model {model_name!r} is not a known model (list them "
+                             f"with `mobileconv models`); pass --model")
+    num_classes = checkpoint_num_classes(tensors)
+    if num_classes is None:
+        raise ValueError(f"checkpoint {checkpoint} has no classifier: not a classification model's state_dict")
     model = build_model(model_name, num_classes)
-    result = model.load_state_dict(tensors, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"checkpoint {checkpoint} does not fit --model {model_name}: "
-                         f"{len(result.missing_keys)} missing tensors (e.g. {result.missing_keys[:2]}), "
-                         f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})")
-    return LoadedCheckpoint(model.to(device).eval(), model_name, num_classes, meta)
+    load_state_dict(model, tensors, raw_meta, name=str(checkpoint))
+    return LoadedCheckpoint(model.to(device).eval(), model_name, num_classes, meta, sources)
+
+
+def check_positive(value: int | None, option: str) -> None:
+    """A ValueError naming ``option`` unless ``value`` is None or a positive integer."""
+    if value is not None and not _is_positive_int(value):
+        raise ValueError(f"{option} must be a positive integer, got {value!r}")
+
+
+def resolve_img_size(loaded: LoadedCheckpoint, img_size: int | None, data: str | None = None) -> int:
+    """``img_size`` (--img-size), else the recorded size, else ``data``'s preferred size, else the model's.
+
+    Raises ``ValueError`` if it is smaller than the model accepts (its ``min_input_size``).
+    """
+    if img_size is not None:
+        source = f"--img-size {img_size}"
+    elif loaded.get("img_size") is not None:
+        img_size = loaded.get("img_size")
+        source = f"img_size {img_size} recorded in {loaded.sources['img_size']}"
+    elif data is not None and preferred_img_size(data) is not None:
+        img_size = preferred_img_size(data)
+        source = f"the default img_size {img_size} of --data {data}"
+    else:
+        return int(loaded.model.pretrained_cfg["input_size"][-1])
+    minimum = getattr(loaded.model, "min_input_size", 1)
+    if img_size < minimum:
+        raise ValueError(f"{source} is too small for {loaded.name}: it needs at least {minimum} pixels; "
+                         f"pass a larger --img-size")
+    return img_size
 
 
 def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: str | None = None,
@@ -72,12 +139,14 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
 
     ``data`` and ``img_size`` default to those recorded with the checkpoint.
     """
+    check_positive(img_size, "--img-size")
+    check_positive(max_samples, "--max-val-samples")
     dev = resolve_device(device)
     loaded = load_checkpoint(model_name, checkpoint, dev)
     data = data or loaded.get("dataset")
     if data is None:
         raise ValueError(f"checkpoint {checkpoint} does not record its dataset: pass --data")
-    img_size = img_size or loaded.get("img_size") or preferred_img_size(data) or default_img_size(loaded.name)
+    img_size = resolve_img_size(loaded, img_size, data)
     _, test_set, info = build_datasets(data, img_size)
     if info.num_classes != loaded.num_classes:
         raise ValueError(f"checkpoint {checkpoint} has {loaded.num_classes} classes, --data {data} has "
@@ -94,12 +163,14 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
 def predict_images(model_name: str | None, checkpoint: str | Path, images: list[str | Path], top_k: int = 5,
                    img_size: int | None = None, device: str = "auto") -> list[dict]:
     """Top-k classes (name, probability) per image file, preprocessed as the checkpoint's test images were."""
+    check_positive(img_size, "--img-size")
     dev = resolve_device(device)
     loaded = load_checkpoint(model_name, checkpoint, dev)
     classes = loaded.get("classes") or [str(i) for i in range(loaded.num_classes)]
     if len(classes) != loaded.num_classes:
-        raise ValueError(f"checkpoint {checkpoint}: {len(classes)} class names for {loaded.num_classes} outputs")
-    img_size = img_size or loaded.get("img_size") or default_img_size(loaded.name)
+        raise ValueError(f"{loaded.sources['classes']}: {len(classes)} recorded class names for the checkpoint's "
+                         f"{loaded.num_classes} outputs")
+    img_size = resolve_img_size(loaded, img_size)
     transform = BatchTransform(img_size, loaded.get("mean", (0.5,) * 3), loaded.get("std", (0.5,) * 3)).to(dev)
     k = min(top_k, loaded.num_classes)
     results = []
