@@ -255,11 +255,11 @@ def _read_torch(path: Path) -> object:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
         raise ValueError(f"{path} could not be read as a PyTorch state_dict with torch.load(weights_only=True) "
-                         f"(truncated, corrupt, or it holds objects other than tensors): {_torch_load_reason(e)}; "
+                         f"(truncated, corrupt, or it holds objects other than tensors): {torch_load_reason(e)}; "
                          f"expected {EXPECTED}") from e
 
 
-def _torch_load_reason(error: Exception) -> str:
+def torch_load_reason(error: Exception) -> str:
     """The informative line of a torch.load error (its weights_only advice to load unsafely is left out)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     at = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)

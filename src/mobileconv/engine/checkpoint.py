@@ -127,7 +127,10 @@ def load_state(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"--resume: cannot load {path} ({str(e).splitlines()[0]})") from None
+        from ..deploy.weights import torch_load_reason  # without torch's advice to load unsafely
+
+        raise ValueError(f"--resume: cannot load {path} (truncated, corrupt, or not a state.pt of mobileconv train: "
+                         f"{torch_load_reason(e)})") from None
 
 
 def get_rng_states() -> dict:

@@ -17,6 +17,7 @@ OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("auto", "bfloat16", "float16")
 DEFAULT_MODEL = "mobilenetv3_small_100_cifar"
+SEED_LIMIT = 2 ** 64  # torch.manual_seed takes seeds up to 0xffff_ffff_ffff_ffff
 
 
 def option(default, help: str, *, type=None, choices=None, nargs=None, metavar=None):
@@ -65,7 +66,8 @@ class TrainConfig:
     drop_path: float = option(0.0, "stochastic-depth rate of the residual blocks")
     ema: bool = option(False, "keep an exponential moving average of the weights and evaluate / save it")
     ema_decay: float = option(0.999, "EMA decay per step")
-    clip_grad: float | None = option(None, "clip the gradient norm to this value", type=float, metavar="NORM")
+    clip_grad: float | None = option(None, "clip the global gradient norm to this value, > 0 (default: off)",
+                                     type=float, metavar="NORM")
     amp: bool = option(False, "mixed precision: bfloat16 on CPU, float16 on GPU (see --amp-dtype)")
     amp_dtype: str = option("auto", "mixed-precision dtype", choices=AMP_DTYPES)
     channels_last: bool = option(False, "channels-last memory format")
@@ -115,16 +117,19 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(self, name)!r}")
 
-        check(self.seed >= 0, "seed", ">= 0")
+        check(0 <= self.seed < SEED_LIMIT, "seed", "in [0, 2**64), the range torch.manual_seed accepts")
         for name in ("epochs", "batch_size"):
             check(getattr(self, name) >= 1, name, ">= 1")
         for name in ("img_size", "max_train_samples", "max_val_samples", "threads"):
             check(getattr(self, name) is None or getattr(self, name) >= 1, name, ">= 1")
         check(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr", "a finite number > 0")
         for name in ("min_lr", "warmup_epochs", "momentum", "opt_eps", "weight_decay", "mixup", "cutmix",
-                     "drop", "clip_grad", "color_jitter", "workers"):
+                     "drop", "color_jitter", "workers"):
             value = getattr(self, name)
             check(value is None or (math.isfinite(value) and value >= 0), name, "a finite number >= 0")
+        # a norm of 0 would zero every gradient: no clipping is "leave it out", not 0
+        check(self.clip_grad is None or (math.isfinite(self.clip_grad) and self.clip_grad > 0), "clip_grad",
+              "a finite number > 0 (leave it out for no clipping)")
         check(0 <= self.smoothing < 1, "smoothing", "in [0, 1)")
         check(0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")

@@ -23,8 +23,12 @@ class StepSettings:
     """How each step runs: autocast dtype, gradient clipping, memory format."""
 
     amp_dtype: torch.dtype | None = None  # autocast dtype, None = full precision
-    clip_grad: float | None = None
+    clip_grad: float | None = None  # max global gradient norm, None = no clipping
     channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.clip_grad is not None and not self.clip_grad > 0:  # a norm of 0 would zero every gradient
+            raise ValueError(f"clip_grad must be > 0 (None: no clipping), got {self.clip_grad!r}")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

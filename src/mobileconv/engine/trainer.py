@@ -87,21 +87,30 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
         color_jitter=pick(config.color_jitter, info.color_jitter))
 
 
-def prepare_out_dir(out: Path, *, resuming_here: bool, overwrite: bool) -> None:
-    """Create the run folder and check it is writable; refuse to clobber another run unless told to."""
+def check_out_dir(out: Path, *, resuming_here: bool, overwrite: bool) -> list[str]:
+    """The previous run's files that :func:`prepare_out_dir` will delete; refuse to clobber a run unless told to.
+
+    Changes nothing: the folder is only touched once the whole setup has succeeded.
+    """
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     previous = [name for name in RUN_FILES if (out / name).exists()]
-    if previous and not resuming_here:
-        if not overwrite:
-            raise ValueError(f"--out {out} already holds a run ({', '.join(previous)}); continue it with "
-                             f"--resume {out}, replace it with --overwrite, or choose another --out")
-        for name in previous:
-            (out / name).unlink()
+    if not previous or resuming_here:
+        return []
+    if not overwrite:
+        raise ValueError(f"--out {out} already holds a run ({', '.join(previous)}); continue it with "
+                         f"--resume {out}, replace it with --overwrite, or choose another --out")
+    return previous
+
+
+def prepare_out_dir(out: Path, previous: list[str]) -> None:
+    """Create the run folder, check it is writable, then delete the ``previous`` run's files (``--overwrite``)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = ckpt.atomic_write_bytes(out / ".write-test", b"")
         probe.unlink()
+        for name in previous:
+            (out / name).unlink()
     except OSError as e:
         raise ValueError(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
@@ -171,7 +180,8 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> dict:
     Under ``torchrun`` on CPUs, end the program with :func:`~mobileconv.engine.exit_process` (see there).
 
     Raises:
-        ValueError: bad options or data, before any training step.
+        ValueError: bad options, data or resume state, before any training step and before anything in the
+            run folder changes.
         NonFiniteLossError: the loss became NaN / inf; the last checkpoint (previous epoch) is kept.
     """
     env = init_distributed(config.device)
@@ -189,16 +199,20 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> dict:
 
 
 def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
-    """Check the inputs, build data, model, optimizer and schedule, and load ``resume``'s state."""
+    """Check the inputs, build data, model, optimizer and schedule, and load ``resume``'s state.
+
+    The run folder is written to (created, a previous run's files deleted with ``--overwrite``,
+    config.yaml written) only once all of that has succeeded: a failed start changes nothing there.
+    """
     check_model_name(config.model)
     out = Path(config.out or resume or time.strftime("runs/train-%Y%m%d-%H%M%S"))
-    state = ckpt.load_state(resume / ckpt.STATE_FILE) if resume else None
+    state_path = resume / ckpt.STATE_FILE if resume else None
+    state = read_state(state_path) if state_path else None
     img_size = config.img_size or preferred_img_size(config.data) or default_img_size(config.model)
     train_set, test_set, info = build_datasets(config.data, img_size)
     config = resolve_config(replace(config, out=str(out)), info, img_size)
-    if env.is_main:
-        prepare_out_dir(out, resuming_here=resume is not None and out.resolve() == resume.resolve(),
-                        overwrite=config.overwrite)
+    resuming_here = resume is not None and out.resolve() == resume.resolve()
+    previous = check_out_dir(out, resuming_here=resuming_here, overwrite=config.overwrite) if env.is_main else []
     train_set = limit_samples(train_set, config.max_train_samples)
     test_set = limit_samples(test_set, config.max_val_samples)
 
@@ -209,7 +223,7 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         torch.set_num_threads(config.threads)
     if state is not None:
         check_resumable(state, config, info, resume)
-    model, train_model = prepare_model(config, info, env, state)
+    model, train_model = prepare_model(config, info, env, state, state_path)
     train_loader, test_loader = make_loaders(config, train_set, test_set, env)
     optimizer = create_optimizer(model, config.opt, config.lr, config.weight_decay, config.momentum, config.opt_eps)
     scheduler = create_scheduler(optimizer, config.epochs, len(train_loader), config.warmup_epochs, config.lr,
@@ -226,17 +240,23 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         mixer=mixer, criterion=nn.CrossEntropyLoss(label_smoothing=0.0 if mixer.enabled else config.smoothing),
         settings=StepSettings(dtype, config.clip_grad, config.channels_last))
     if state is not None:
-        load_run_state(run, state)
+        load_run_state(run, state, state_path)
     if env.is_main:
+        prepare_out_dir(out, previous)
         ckpt.atomic_write_text(out / "config.yaml", dump_yaml(config))
     return run
 
 
-def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict | None):
+def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict | None = None,
+                  state_path: Path | None = None):
     """The model (resumed weights, device, memory format, synchronised BN) and the wrapper the steps go through."""
     model = build_model(config.model, info.num_classes, config.drop, config.drop_path)
+    minimum = getattr(model, "min_input_size", 1)
+    if config.img_size < minimum:
+        raise ValueError(f"--img-size {config.img_size} is too small for {config.model}: it needs at least {minimum} "
+                         f"pixels (its minimum input size); pass a larger --img-size")
     if state is not None:
-        model.load_state_dict(state["model"])
+        load_checked(model, state["model"], f"--resume: {state_path}: its model weights")
     model.to(env.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -280,20 +300,77 @@ def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Pa
                          f"{info.num_classes}")
 
 
-def load_run_state(run: Run, state: dict) -> None:
-    run.optimizer.load_state_dict(state["optimizer"])
-    # the schedule itself comes from the current options (so --epochs can extend a run), its position from the state
-    scheduler_state = state["scheduler"]
-    run.scheduler.load_state_dict({**scheduler_state, "lr_lambdas": [None] * len(scheduler_state["lr_lambdas"])})
+def load_run_state(run: Run, state: dict, path: Path) -> None:
+    """Restore optimizer, schedule, EMA, grad scaler, RNG states and history from ``path``'s ``state``.
+
+    An entry that does not fit this run is a one-line ``ValueError`` naming ``path`` and the entry.
+    """
+    if run.ema is not None and state["ema"] is None:
+        raise ValueError("--resume: the run was trained without --ema; resume it without --ema")
+
+    def load_scheduler(saved: dict) -> None:
+        # the schedule itself comes from the current options (so --epochs can extend a run), its position from here
+        run.scheduler.load_state_dict({**saved, "lr_lambdas": [None] * len(saved["lr_lambdas"])})
+
+    def load_ema(saved: dict) -> None:
+        load_checked(run.ema.module, saved["module"], "the EMA weights")
+        run.ema.load_state_dict(saved)
+
+    parts = {"optimizer": run.optimizer.load_state_dict, "scheduler": load_scheduler}
     if run.ema is not None:
-        if state["ema"] is None:
-            raise ValueError("--resume: the run was trained without --ema; resume it without --ema")
-        run.ema.load_state_dict(state["ema"])
+        parts["ema"] = load_ema
     if run.scaler is not None and state["scaler"] is not None:
-        run.scaler.load_state_dict(state["scaler"])
+        parts["scaler"] = run.scaler.load_state_dict
+    parts["rng"] = ckpt.set_rng_states
+    for key, load in parts.items():
+        try:
+            load(state[key])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            reason = " ".join(str(e).split()) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            raise ValueError(f"--resume: {path}: its {key!r} entry does not fit this run ({reason})") from None
     run.start_epoch, run.history = state["epoch"], list(state["history"])
     run.best_top1, run.best_epoch, run.train_seconds = state["best_top1"], state["best_epoch"], state["train_seconds"]
-    ckpt.set_rng_states(state["rng"])
+
+
+def load_checked(module: nn.Module, weights: dict, what: str) -> None:
+    """``module.load_state_dict(weights)`` after comparing names and shapes: a one-line ``ValueError`` if they differ."""
+    if not all(isinstance(name, str) and isinstance(t, torch.Tensor) for name, t in weights.items()):
+        raise ValueError(f"{what} are not a mapping of names to tensors")
+    expected = module.state_dict()
+    mismatches = {
+        "missing": [name for name in expected if name not in weights],
+        "unexpected": [name for name in weights if name not in expected],
+        "of another shape": [name for name in expected
+                             if name in weights and weights[name].shape != expected[name].shape],
+    }
+    listed = [f"{len(names)} {kind} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+              for kind, names in mismatches.items() if names]
+    if listed:
+        name = getattr(module, "name", type(module).__name__)
+        raise ValueError(f"{what} do not fit {name}: tensors {'; '.join(listed)}")
+    module.load_state_dict(weights)
+
+
+# the entries of a state.pt (see run_state) and their types, checked before a run is resumed
+STATE_TYPES = {"epoch": int, "num_classes": int, "config": dict, "model": dict, "optimizer": dict, "scheduler": dict,
+               "ema": (dict, type(None)), "scaler": (dict, type(None)), "rng": dict, "history": list,
+               "best_top1": (int, float), "best_epoch": int, "train_seconds": (int, float)}
+
+
+def read_state(path: Path) -> dict:
+    """A state.pt written by :func:`run_state`; a one-line ``ValueError`` naming ``path`` and what is wrong if not."""
+    state = ckpt.load_state(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"--resume: {path} holds a {type(state).__name__}, not a state.pt of mobileconv train")
+    missing = [key for key in STATE_TYPES if key not in state]
+    wrong = [f"{key} is a {type(state[key]).__name__}" for key, kind in STATE_TYPES.items()
+             if key in state and not isinstance(state[key], kind)]
+    if not missing and not wrong:
+        missing = [f"config.{key}" for key in ("model", "data") if key not in state["config"]]
+    if missing or wrong:
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + wrong
+        raise ValueError(f"--resume: {path} is not a state.pt of mobileconv train ({'; '.join(problems)})")
+    return state
 
 
 def run_state(run: Run, epoch: int) -> dict:
