@@ -160,3 +160,65 @@ def test_bad_arguments():
         mobileconv.mixify(TinyNet(), (3, 4))
     with pytest.raises(ValueError, match="min_kernel must be an integer >= 2"):
         mobileconv.xsepify(TinyNet(), min_kernel=0)
+
+
+def frozen_float64_model():
+    """Two depthwise convs in float64: one frozen (weight and bias), one trainable; 8 channels, K = 5."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 5, padding=2, groups=8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False)).double()
+    with torch.no_grad():  # float64 values, not float32 ones cast up: rounding through float32 would show
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, dtype=torch.float64))
+    model[0].requires_grad_(False)
+    return model
+
+
+def test_mixify_float64_is_exact_and_keeps_requires_grad():
+    model = frozen_float64_model()
+    weight, bias = model[0].weight.clone(), model[0].bias.clone()
+    x = torch.randn(2, 8, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(x)
+    mobileconv.mixify(model, (5, 7))
+    frozen, trainable = model[0], model[2]
+    assert isinstance(frozen, ConvWithBias) and isinstance(trainable, MixConv2d)
+    # copied, not rounded through float32: 5x5 bit for bit, 7x7 = the 5x5 with a zero border
+    g5, g7 = frozen.conv
+    assert g5.weight.dtype == g7.weight.dtype == frozen.bias.dtype == torch.float64
+    assert torch.equal(g5.weight, weight[:4]) and torch.equal(g7.weight[..., 1:6, 1:6], weight[4:])
+    assert torch.equal(frozen.bias, bias)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=0, atol=1e-12)
+    assert [p.requires_grad for p in frozen.parameters()] == [False, False, False]
+    assert all(p.requires_grad for p in trainable.parameters())
+
+
+def test_xsepify_float64_keeps_dtype_bias_and_requires_grad():
+    model = frozen_float64_model()
+    bias = model[0].bias.clone()
+    mobileconv.xsepify(model)
+    frozen, trainable = model[0], model[2]
+    assert isinstance(frozen, ConvWithBias) and isinstance(frozen.conv, XSepConv2d)
+    assert isinstance(trainable, XSepConv2d)
+    assert {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()} == {torch.float64}
+    assert torch.equal(frozen.bias, bias)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert all(p.requires_grad for p in trainable.parameters())
+    model(torch.randn(2, 8, 16, 16, dtype=torch.float64)).sum().backward()
+    assert all(p.grad is not None for p in trainable.parameters())
+
+
+def test_xsepify_leaves_convs_with_fewer_than_4_channels_alone():
+    # one conv gets the schedule's "symmetric" padding (four channel groups), so a 3-channel conv is
+    # left alone, as mixify leaves a conv with fewer channels than kernel sizes
+    small = nn.Sequential(nn.Conv2d(3, 3, 5, padding=2, groups=3))
+    assert mobileconv.xsepify(small) is small and type(small[0]) is nn.Conv2d
+    conv = nn.Conv2d(3, 3, 5, padding=2, groups=3)
+    assert mobileconv.xsepify(conv) is conv
+    model = nn.Sequential(nn.Conv2d(3, 3, 5, padding=2, groups=3), nn.Conv2d(3, 12, 1),
+                          *[nn.Conv2d(12, 12, k, padding=k // 2, groups=12, bias=False) for k in (5, 7, 5)])
+    mobileconv.xsepify(model)
+    assert type(model[0]) is nn.Conv2d
+    assert [model[i].padding for i in (2, 3, 4)] == xsep_padding_schedule(3)  # the last one "symmetric"
+    assert model(torch.randn(1, 3, 9, 9)).shape == (1, 12, 9, 9)

@@ -137,6 +137,9 @@ class OneDNNConv2d(nn.Conv2d):
         return self._packed.get(sources, lambda: self._make_onednn_args(x.shape, weight, bias), key=x.shape)
 
     def _make_onednn_args(self, shape: torch.Size, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+        if shape[1] != self.in_channels:  # oneDNN's own message names no shape (once per input shape: no cost)
+            raise ValueError(f"{type(self).__name__}: expected input of shape (N, {self.in_channels}, H, W), "
+                             f"got {tuple(shape)}: {shape[1]} channels instead of {self.in_channels}")
         padding, stride, dilation = list(self.padding), list(self.stride), list(self.dilation)
         packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.detach().to_mkldnn(), padding, stride, dilation,
                                                           self.groups, list(shape))

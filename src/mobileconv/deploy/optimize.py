@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -81,7 +82,7 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
       of a large batch (:class:`MicroBatchedMobileNet`; :class:`MicroBatchedStages` for the
       stages alone in models of other classes; :func:`micro_batch_stages`);
       ``micro_batch=False`` keeps whole batches;
-    * weights in channels_last (``channels_last=False`` keeps NCHW);
+    * weights in channels_last (``channels_last=False`` keeps NCHW, and the oneDNN step off);
     * with ``compile=True``, the model is compiled in place (:func:`compile_for_inference`).
 
     Args:
@@ -90,7 +91,8 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
             default a random ``(2, in_chans, 64, 64)`` batch (``model.in_chans``, else 3).
         channels_last: store the conv weights in channels_last.
         onednn: fuse convs and activations into oneDNN calls (:func:`fuse_conv_activations`);
-            default: when the model is on the CPU and PyTorch has oneDNN.
+            default: when the model is on the CPU, PyTorch has oneDNN and ``channels_last`` is set
+            (oneDNN's convs write channels_last activations: ``onednn=True`` needs it).
         micro_batch: run the stem and leading stages on chunks of large batches;
             default: when the model is on the CPU.
         verify: compare the result with the eval-mode model on ``example_input`` and raise
@@ -108,6 +110,9 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if onednn and not channels_last:
+        raise ValueError("onednn=True needs channels_last=True: oneDNN's convs write channels_last activations "
+                         "(pass onednn=False to keep NCHW)")
     x = _example_input(model, example_input)
     if compile:
         check_compiler(x.device)
@@ -119,7 +124,7 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
     fold_batchnorms(model, x)
     scale_in_place(model, x)
     if onednn is None:
-        onednn = x.device.type == "cpu" and onednn_available()
+        onednn = channels_last and x.device.type == "cpu" and onednn_available()
     if onednn:
         fuse_conv_activations(model, x)
         fuse_residual_adds(model)
@@ -263,9 +268,16 @@ def fold_batchnorms(model: nn.Module, example_input: torch.Tensor) -> list[tuple
 
 @torch.no_grad()
 def trace_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
-    """``(conv_name, bn_name)`` for every foldable BN whose input is a conv's output, read by nothing else."""
-    return trace_pairs(model, example_input, lambda m: isinstance(m, _CONVS),
+    """``(conv_name, bn_name)`` for every foldable BN whose input is a conv's output, read by nothing else.
+
+    A conv whose weight is computed (``torch.nn.utils.parametrize``: weight or spectral norm) keeps its BN.
+    """
+    return trace_pairs(model, example_input, lambda m: isinstance(m, _CONVS) and not _parametrized(m),
                        lambda m: isinstance(m, _BATCHNORMS) and _foldable(m))
+
+
+def _parametrized(module: nn.Module) -> bool:
+    return any(parametrize.is_parametrized(m) for m in module.modules())
 
 
 @torch.no_grad()
@@ -450,7 +462,11 @@ def scale_in_place(model: nn.Module, example_input: torch.Tensor) -> list[str]:
 
     Returns the names of the modules changed.
     """
-    names = trace_overwritable_inputs(model, example_input, lambda m: type(m) is SqueezeExcite)
+    is_se = lambda m: type(m) is SqueezeExcite  # noqa: E731
+    # in both memory formats: a .contiguous(memory_format=...) in the model copies one and passes the other on
+    names = [name for name in trace_overwritable_inputs(model, example_input, is_se)
+             if name in trace_overwritable_inputs(model, example_input.contiguous(memory_format=torch.channels_last),
+                                                  is_se)]
     for name in names:
         _replace(model, name, InplaceSqueezeExcite.from_module(model.get_submodule(name)))
     return names
@@ -462,8 +478,9 @@ def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor,
     """Names of the candidate modules whose input tensor no ATen op reads once they have returned.
 
     Such a module may overwrite its input. The input must also be a tensor made inside the model
-    (not the caller's ``example_input``) and not a view of another tensor, and the module must be
-    called once per forward pass.
+    (not the caller's ``example_input`` or a view of it) and not a view of another tensor; a read of
+    any view of it counts, and so does the model returning it; the module must be called once per
+    forward pass.
     """
     watched: dict[int, tuple[str, torch.Tensor]] = {}
     readers = _ReaderCount(watched)
@@ -475,7 +492,8 @@ def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor,
         def hook(module, args):
             calls[name] = calls.get(name, 0) + 1
             x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            inputs[name] = x if x is not None and x is not example_input and x._base is None else None
+            mine = x is not None and x._base is None and _storage_of(x) != _storage_of(example_input)
+            inputs[name] = x if mine else None
         return hook
 
     def after(name):
@@ -502,7 +520,9 @@ def _run_watched(model: nn.Module, example_input: torch.Tensor, handles: list,
     was_training = model.training
     try:
         with readers if readers is not None else contextlib.nullcontext():
-            model.eval()(example_input)
+            outputs = model.eval()(example_input)
+        if readers is not None:
+            readers.count_outputs(outputs)
     finally:
         for h in handles:
             h.remove()
@@ -510,19 +530,41 @@ def _run_watched(model: nn.Module, example_input: torch.Tensor, handles: list,
 
 
 class _ReaderCount(TorchDispatchMode):
-    """Counts, per watched tensor, the ATen ops that take it as an input."""
+    """Counts, per watched tensor, the ATen ops that read it or a view of it (the same storage).
+
+    :meth:`count_outputs` counts the model's outputs as readers too: a tensor that leaves the
+    model is read by the caller.
+    """
 
     def __init__(self, produced: dict[int, tuple[str, torch.Tensor]]) -> None:
         super().__init__()
         self.produced = produced
         self.counts: dict[int, int] = {}
+        self._storages: dict[int, int] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for leaf in tree_leaves((args, kwargs)):
-            if isinstance(leaf, torch.Tensor) and id(leaf) in self.counts and self.produced[id(leaf)][1] is leaf:
-                self.counts[id(leaf)] += 1
+        self._count(tree_leaves((args, kwargs)))
         return out
+
+    def count_outputs(self, outputs) -> None:
+        self._count(tree_leaves(outputs))
+
+    def _count(self, leaves) -> None:
+        storages = {_storage_of(leaf) for leaf in leaves if isinstance(leaf, torch.Tensor)}
+        for key in self.counts:
+            if key not in self._storages:  # a watched tensor is kept alive: its storage stays its own
+                self._storages[key] = _storage_of(self.produced[key][1])
+            if self._storages[key] in storages:
+                self.counts[key] += 1
+
+
+def _storage_of(t: torch.Tensor) -> int:
+    """An id of the memory ``t`` lives in, shared by all its views."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # no storage (a tensor subclass, sparse...): itself
+        return id(t)
 
 
 def _foldable(bn: nn.Module) -> bool:
@@ -573,18 +615,46 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _verify(expected, got) -> None:
-    """Compare outputs (a tensor, or a list / tuple of them for ``features_only`` models)."""
+    """Compare outputs: tensors within the tolerance, everything else (``None``, numbers, strings) equal.
+
+    Tensors may sit in tuples, lists and dicts (``features_only`` models, detection-style heads).
+    Infinities and NaNs must be where the eval model has them. The tolerance is
+    :data:`VERIFY_RTOL` of the output scale, or a few units in the last place of a half-precision
+    dtype, whose rounding alone moves a folded conv's output by more than that.
+    """
     if isinstance(expected, (list, tuple)) and isinstance(got, (list, tuple)) and len(expected) == len(got):
         for e, g in zip(expected, got):
             _verify(e, g)
         return
-    if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+    if isinstance(expected, dict) and isinstance(got, dict) and expected.keys() == got.keys():
+        for key in expected:
+            _verify(expected[key], got[key])
+        return
+    if not isinstance(expected, torch.Tensor):
+        if type(got) is not type(expected) or got != expected:
+            raise RuntimeError("optimize_for_inference changed the output's structure or a non-tensor value; "
+                               "please report this model")
+        return
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape or got.dtype != expected.dtype:
         raise RuntimeError("optimize_for_inference changed the output's shape or type; please report this model")
-    scale = expected.abs().max().clamp_min(1e-12)
+    if not expected.is_floating_point():
+        if not torch.equal(got, expected):
+            raise RuntimeError("optimize_for_inference changed an integer output; please report this model")
+        return
+    same = (got == expected) | (got.isnan() & expected.isnan())  # infinities and NaNs where they were
+    finite = expected.isfinite()
+    if not bool((same | finite).all()):
+        raise RuntimeError("optimize_for_inference changed where the output is infinite or NaN; "
+                           "please report this model")
+    tol = max(VERIFY_RTOL, 4 * torch.finfo(expected.dtype).eps)
+    scale = expected[finite].abs().max().double().clamp_min(1e-12) if bool(finite.any()) else None
+    expected, got = expected[finite & ~same].double(), got[finite & ~same].double()
+    if not expected.numel():
+        return
     err = (got - expected).abs().max()
-    if not torch.isfinite(err) or err > VERIFY_RTOL * scale:
+    if not torch.isfinite(err) or err > tol * scale:
         raise RuntimeError(f"optimize_for_inference changed the output: max abs diff {err.item():.3g} "
-                           f"> {VERIFY_RTOL} x output scale {scale.item():.3g}; please report this model")
+                           f"> {tol:.3g} x output scale {scale.item():.3g}; please report this model")
 
 
 def chunk_plan(peak_ratios: list[float], budget: int, x: torch.Tensor) -> tuple[int, int]:
@@ -691,6 +761,30 @@ class MicroBatchedMobileNet(_ChunkPlan, MobileNet):
 
 
 @torch.no_grad()
+def images_independent(model: nn.Module, example_input: torch.Tensor) -> bool:
+    """Whether each image's output is what the model returns for that image alone (within :data:`VERIFY_RTOL`).
+
+    Two images of ``example_input`` (its first, and its first mirrored when it has one) run as a
+    batch and one by one. ``False`` also when an output has no batch dimension to compare.
+    """
+    x = example_input[:2] if len(example_input) > 1 else torch.cat([example_input, example_input.flip(-1)])
+    together = tree_leaves(model(x))
+    alone = [tree_leaves(model(x[i:i + 1])) for i in range(2)]
+    for i, outputs in enumerate(alone):
+        if len(outputs) != len(together):
+            return False
+        for whole, single in zip(together, outputs):
+            if not isinstance(whole, torch.Tensor) or whole.dim() == 0 or whole.shape[0] != 2:
+                return False
+            if whole[i:i + 1].shape != single.shape or not whole.is_floating_point():
+                return False
+            scale = whole.abs().max().clamp_min(1e-12)
+            if not bool(((whole[i:i + 1] - single).abs().max() <= VERIFY_RTOL * scale).item()):
+                return False
+    return True
+
+
+@torch.no_grad()
 def micro_batch_stages(model: nn.Module, example_input: torch.Tensor, budget: int | None = None) -> bool:
     """Let ``model`` run the first stages of ``model.blocks`` on chunks of large batches, in place; whether it did.
 
@@ -711,6 +805,8 @@ def micro_batch_stages(model: nn.Module, example_input: torch.Tensor, budget: in
     steps += list(blocks)
     if any(isinstance(m, _BATCHNORMS) and (m.training or not _foldable(m)) for s in steps for m in s.modules()):
         return False
+    if not images_independent(model, example_input):
+        return False  # something mixes the images of a batch (batch statistics in a functional or 1-d BN...)
     peaks = [0] * len(steps)
     size: list[int] = []  # numel of one image of the input of the first step
     first = model if with_stem else blocks

@@ -76,14 +76,16 @@ class XSepConv2d(nn.Module):
         padding: the 2x2 conv's padding direction, one of ``"right_top"``, ``"right_bottom"``,
             ``"left_top"``, ``"left_bottom"``, or ``"symmetric"`` (channels in four groups, each
             padded towards a different corner). Use :func:`xsep_padding_schedule` for a network.
-        act_layer: activation after the first two convs.
+        act_layer: activation after the first two convs (a class or name, ``None`` for none).
+        norm_layer: a callable taking the channel count (``nn.BatchNorm2d`` by default), or ``None``
+            for no normalisation (each BN is then an ``nn.Identity``; the convs stay bias-free).
         impl: ``"fast"`` runs the 2x2 conv as one pad-1 3x3 depthwise conv, each 2x2 kernel placed
             in the 3x3 corner that matches its padding direction (one conv for every direction,
             no ``F.pad`` of the input); ``"reference"`` pads with ``F.pad`` and runs the 2x2 conv(s).
     """
 
     def __init__(self, channels: int, kernel_size: int, stride: int = 1, *, padding: str = "symmetric",
-                 act_layer: ActLayer = nn.ReLU, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+                 act_layer: ActLayer = nn.ReLU, norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d,
                  impl: str = "fast") -> None:
         super().__init__()
         check_positive(channels, "channels")
@@ -99,6 +101,10 @@ class XSepConv2d(nn.Module):
         self.pads = [list(DIRECTIONS[d]) for d in self.directions]  # (left, right, top, bottom) per group
         self.channels, self.kernel_size, self.stride, self.padding = channels, k, stride, padding
         self.impl = check_impl(impl)
+        if norm_layer is not None and not callable(norm_layer):
+            raise ValueError(f"norm_layer must be a callable taking the channel count (e.g. nn.BatchNorm2d) "
+                             f"or None for no normalisation, got {norm_layer!r}")
+        norm_layer = nn.Identity if norm_layer is None else norm_layer  # nn.Identity(channels) ignores its argument
         self.conv_2x2 = nn.Conv2d(channels, channels, 2, groups=channels, bias=False)
         self.bn1 = norm_layer(channels)
         self.act1 = create_act(act_layer, inplace=True, arg_name="act_layer")

@@ -5,6 +5,8 @@ Both walk the module tree, find "same"-padded square depthwise convs (``nn.Conv2
 TF SAME) and replace them in place; everything else (channel counts, strides, BNs, activations,
 the model's other parameters) is kept. Existing MixConv2d / XSepConv2d / GroupedConv2d are left
 alone. A depthwise conv with a bias is wrapped as :class:`ConvWithBias` so the bias survives.
+The new operator is built in the old conv's dtype and device, in its train / eval mode, and its
+parameters take the old weight's ``requires_grad`` (a frozen conv stays frozen).
 
 Weight initialisation of the new operators:
 
@@ -39,7 +41,7 @@ class ConvWithBias(nn.Module):
     def __init__(self, conv: nn.Module, bias: torch.Tensor) -> None:
         super().__init__()
         self.conv = conv
-        self.bias = nn.Parameter(bias.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x) + self.bias.view(1, -1, 1, 1)
@@ -75,9 +77,14 @@ def _replace(model: nn.Module, found: list, make) -> nn.Module:
     return model
 
 
+def _like(new: nn.Module, old: nn.Conv2d) -> nn.Module:
+    """``new`` in ``old``'s dtype and device (call it before copying weights in, so they are copied exactly)."""
+    return new.to(device=old.weight.device, dtype=old.weight.dtype)
+
+
 def _attach_bias(new: nn.Module, old: nn.Conv2d) -> nn.Module:
-    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
     new.train(old.training)
+    new.requires_grad_(old.weight.requires_grad)
     return ConvWithBias(new, old.bias) if old.bias is not None else new
 
 
@@ -111,8 +118,8 @@ def mixify(model: nn.Module, kernel_sizes: Sequence[int] = (3, 5, 7), *, split: 
     found = [f for f in _find(model) if f[3].in_channels >= len(kernel_sizes)]
 
     def make(conv: nn.Conv2d, _: int) -> MixConv2d:
-        mix = MixConv2d(conv.in_channels, kernel_sizes, conv.stride[0], split=split,
-                        padding="tf" if isinstance(conv, Conv2dSame) else "")
+        mix = _like(MixConv2d(conv.in_channels, kernel_sizes, conv.stride[0], split=split,
+                              padding="tf" if isinstance(conv, Conv2dSame) else ""), conv)
         with torch.no_grad():
             start = 0
             for group, c in zip(mix, mix.splits):
@@ -130,9 +137,10 @@ def xsepify(model: nn.Module, min_kernel: int = 5, *, act_layer: str = "relu") -
 
     As in the XSepConv paper (Sec. 4) stride-2 convs keep the plain depthwise form. The ``n``
     replaced layers take their 2x2 padding directions from ``xsep_padding_schedule(n)`` in
-    module order (improved symmetric padding, Sec. 3.2). Per channel an XSepConv has
-    ``4 + 2K`` weights and three BNs instead of ``K^2`` weights; they are freshly initialised
-    (module docstring).
+    module order (improved symmetric padding, Sec. 3.2). A conv with fewer than 4 channels is
+    left alone, as the schedule's ``"symmetric"`` padding needs four channel groups. Per channel
+    an XSepConv has ``4 + 2K`` weights and three BNs instead of ``K^2`` weights; they are freshly
+    initialised (module docstring).
 
     Args:
         model: any ``nn.Module`` (modified in place and returned).
@@ -143,15 +151,16 @@ def xsepify(model: nn.Module, min_kernel: int = 5, *, act_layer: str = "relu") -
         raise ValueError(f"min_kernel must be an integer >= 2, got {min_kernel!r}")
 
     def eligible(conv: nn.Conv2d) -> bool:
-        return conv.stride == (1, 1) and conv.kernel_size[0] >= min_kernel
+        return conv.stride == (1, 1) and conv.kernel_size[0] >= min_kernel and conv.in_channels >= 4
 
     root = [(None, "", "", model)] if is_same_depthwise(model) else list(_find(model))
     found = [f for f in root if eligible(f[3])]
     schedule = xsep_padding_schedule(len(found))
 
     def make(conv: nn.Conv2d, i: int) -> XSepConv2d:
-        xsep = XSepConv2d(conv.in_channels, conv.kernel_size[0], 1, padding=schedule[i], act_layer=act_layer)
-        init_weights(xsep)
+        xsep = _like(XSepConv2d(conv.in_channels, conv.kernel_size[0], 1, padding=schedule[i], act_layer=act_layer),
+                     conv)
+        init_weights(xsep)  # drawn in the conv's dtype, on its device
         return xsep
 
     if is_same_depthwise(model) and not found:

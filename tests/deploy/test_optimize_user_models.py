@@ -1,0 +1,208 @@
+"""optimize_for_inference on user models that break the usual patterns: every rewrite must keep
+the output (compared with the eval-mode model, not with anything the optimiser computed) or be
+skipped, and the caller's tensors must stay untouched."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+from mobileconv.deploy.onednn import onednn_available
+from mobileconv.deploy.optimize import optimize_for_inference
+from mobileconv.layers import SqueezeExcite
+
+
+def rel(expected: torch.Tensor, got: torch.Tensor) -> float:
+    return ((got - expected).abs().max() / expected.abs().max()).item()
+
+
+def with_bn_stats(model: nn.Module) -> nn.Module:
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 2 - 1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return model.eval()
+
+
+class BatchStatStage(nn.Module):
+    """Batch statistics written as F.batch_norm (transductive BN): each image's output depends on the others."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return F.relu(F.batch_norm(self.conv(x), None, None, training=True))
+
+
+class BatchStatNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 64, 3, padding=1)
+        self.blocks = nn.Sequential(BatchStatStage(64), BatchStatStage(64))
+        self.fc = nn.Linear(64, 5)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def test_stages_with_batch_statistics_are_not_micro_batched():
+    torch.manual_seed(0)
+    model = BatchStatNet().eval()
+    fast = optimize_for_inference(model)
+    assert type(fast.blocks) is nn.Sequential
+    x = torch.randn(20, 3, 64, 64)  # more images than one chunk would hold
+    with torch.no_grad():
+        assert rel(model(x), fast(x)) < 1e-4
+
+
+class RawAlsoReturned(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.act(self.bn(y)), y  # the raw conv output leaves the model: no BN fold, no fused act
+
+
+class SEInputAlsoReturned(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.se = nn.Conv2d(3, 8, 3, padding=1), SqueezeExcite(8, 4)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        return self.se(y), y
+
+
+class SEInputViewReadLater(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.se = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), SqueezeExcite(8, 4)
+
+    def forward(self, x):
+        y = self.c2(F.relu(self.c1(x)))
+        skip = y[:, :4]  # a view taken before the squeeze-excite, read after it
+        return self.se(y)[:, :4] + skip
+
+
+@pytest.mark.parametrize("cls", [RawAlsoReturned, SEInputAlsoReturned, SEInputViewReadLater])
+def test_tensors_read_after_a_rewrite_keep_their_values(cls):
+    torch.manual_seed(0)
+    model = with_bn_stats(cls())
+    fast = optimize_for_inference(model, verify=False)  # the check here is the test's own
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected, got = model(x), fast(x)
+    expected, got = (expected, got) if isinstance(expected, tuple) else ((expected,), (got,))
+    for e, g in zip(expected, got):
+        assert rel(e, g) < 1e-5
+
+
+class SEOnTheInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.se = SqueezeExcite(3, 2)
+
+    def forward(self, x):
+        return self.se(x.contiguous(memory_format=torch.channels_last))  # no copy for channels_last input
+
+
+def test_the_callers_input_is_never_overwritten():
+    fast = optimize_for_inference(SEOnTheInput().eval())
+    for x in (torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)):
+        before = x.clone()
+        with torch.no_grad():
+            fast(x)
+        assert torch.equal(x, before)
+
+
+def test_channels_last_false_keeps_nchw():
+    model = with_bn_stats(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()))
+    fast = optimize_for_inference(model, channels_last=False)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        y = fast(x)
+        assert y.is_contiguous() and rel(model(x), y) < 1e-5
+    with pytest.raises(ValueError, match="onednn=True needs channels_last=True"):
+        optimize_for_inference(model, channels_last=False, onednn=True)
+
+
+class Base(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+
+
+class DictOut(Base):
+    def forward(self, x):
+        return {"out": self.bn(self.conv(x)), "n": 3}
+
+
+class TupleWithNone(Base):
+    def forward(self, x):
+        return self.bn(self.conv(x)), None
+
+
+class MaskedLogits(Base):
+    def forward(self, x):
+        y = self.bn(self.conv(x)).mean((2, 3))
+        y[:, 0] = float("-inf")
+        return y
+
+
+@pytest.mark.parametrize("cls", [DictOut, TupleWithNone, MaskedLogits])
+def test_verify_accepts_outputs_of_any_structure(cls):
+    model = with_bn_stats(cls())
+    fast = optimize_for_inference(model)  # verify=True: no false alarm
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected, got = model(x), fast(x)
+    if isinstance(expected, dict):
+        assert got["n"] == 3 and rel(expected["out"], got["out"]) < 1e-5
+    elif isinstance(expected, tuple):
+        assert got[1] is None and rel(expected[0], got[0]) < 1e-5
+    else:
+        assert torch.equal(got[:, 0], expected[:, 0]) and rel(expected[:, 1:], got[:, 1:]) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_verify_tolerance_follows_the_dtype(dtype):
+    torch.manual_seed(0)
+    model = with_bn_stats(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))).to(dtype)
+    fast = optimize_for_inference(model)  # rounding alone exceeds 1e-4 of the scale in half precision
+    x = torch.randn(2, 3, 16, 16, dtype=dtype)
+    with torch.no_grad():
+        reference = model.float()(x.float())
+        # as accurate as the unoptimised half-precision model, against float32
+        assert rel(reference, fast(x).float()) < 4 * max(rel(reference, model.to(dtype)(x).float()), 1e-3)
+
+
+def test_verify_still_catches_a_wrong_output(monkeypatch):
+    import mobileconv.deploy.optimize as optimize
+
+    monkeypatch.setattr(optimize, "_fold", lambda conv, bn: None)  # "fold" that drops the BN
+    with pytest.raises(RuntimeError, match="changed the output"):
+        optimize_for_inference(with_bn_stats(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))))
+
+
+@pytest.mark.parametrize("parametrization", [weight_norm, spectral_norm])
+def test_parametrized_convs_keep_their_bn(parametrization):
+    torch.manual_seed(0)
+    model = with_bn_stats(nn.Sequential(parametrization(nn.Conv2d(3, 8, 3, padding=1)), nn.BatchNorm2d(8),
+                                        nn.ReLU()))
+    fast = optimize_for_inference(model)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert rel(model(x), fast(x)) < 1e-5
+
+
+@pytest.mark.skipif(not onednn_available(), reason="the message is OneDNNConv2d's")
+def test_wrong_channel_count_names_the_channels():
+    fast = optimize_for_inference(with_bn_stats(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 3, H, W\), got \(2, 4, 16, 16\)"):
+        fast(torch.randn(2, 4, 16, 16))
