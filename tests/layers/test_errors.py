@@ -39,6 +39,8 @@ BAD_ARGUMENTS = {
     "create_even_kernel": (lambda: create_conv2d(8, 8, 4), rf"kernel_size must be a {ODD} .*got 4 \(bad value 4\)"),
     "create_even_dw_list": (lambda: create_conv2d(8, 8, [4], depthwise=True),
                             rf"kernel_size must be a {ODD} .*got \[4\] \(bad value 4\)"),
+    "cna_norm_layer": (lambda: ConvNormAct(8, 8, 3, norm_layer="batchnorm"),
+                       r"norm_layer must be a callable taking the channel count .*got 'batchnorm'"),
     # GroupedConv2d
     "grouped_in": (lambda: GroupedConv2d(2, 8, [1, 1, 1]),
                    r"in_channels=2 is fewer than the number of groups \(3\); need in_channels >= 3"),

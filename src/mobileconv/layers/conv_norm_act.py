@@ -8,7 +8,7 @@ from torch import nn
 
 from .activations import ActLayer, create_act
 from .conv import conv2d
-from .helpers import check_input_channels, check_kernel_size, check_positive, check_stride
+from .helpers import check_input_channels, check_kernel_size, check_norm_layer, check_positive, check_stride
 
 
 class ConvNormAct(nn.Sequential):
@@ -38,6 +38,7 @@ class ConvNormAct(nn.Sequential):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels} "
                              f"(use groups=1 for a dense conv, groups=in_channels for a depthwise one)")
+        check_norm_layer(norm_layer)
         if bias is None:
             bias = norm_layer is None
         layers: dict[str, nn.Module] = {

@@ -165,3 +165,10 @@ class DerivedTensorCache:
 
     def __reduce__(self):
         return DerivedTensorCache, (self.max_entries,)
+
+
+def check_norm_layer(norm_layer: object) -> None:
+    """``norm_layer`` must be ``None`` (no normalisation) or a callable taking the channel count."""
+    if norm_layer is not None and not callable(norm_layer):
+        raise ValueError(f"norm_layer must be a callable taking the channel count (e.g. nn.BatchNorm2d) "
+                         f"or None for no normalisation, got {norm_layer!r}")

@@ -9,7 +9,8 @@ from torch import nn
 
 from .activations import ActLayer, create_act
 from .grouped import check_impl
-from .helpers import check_input_channels, check_kernel_size, check_positive, check_stride, pad_kernel, split_channels
+from .helpers import (check_input_channels, check_kernel_size, check_norm_layer, check_positive, check_stride,
+                      pad_kernel, split_channels)
 
 # One-sided paddings of a 2x2 conv, as (left, right, top, bottom). "right_top" pads one column
 # on the right and one row on the top; the four directions cancel each other's half-pixel shift.
@@ -101,9 +102,7 @@ class XSepConv2d(nn.Module):
         self.pads = [list(DIRECTIONS[d]) for d in self.directions]  # (left, right, top, bottom) per group
         self.channels, self.kernel_size, self.stride, self.padding = channels, k, stride, padding
         self.impl = check_impl(impl)
-        if norm_layer is not None and not callable(norm_layer):
-            raise ValueError(f"norm_layer must be a callable taking the channel count (e.g. nn.BatchNorm2d) "
-                             f"or None for no normalisation, got {norm_layer!r}")
+        check_norm_layer(norm_layer)
         norm_layer = nn.Identity if norm_layer is None else norm_layer  # nn.Identity(channels) ignores its argument
         self.conv_2x2 = nn.Conv2d(channels, channels, 2, groups=channels, bias=False)
         self.bn1 = norm_layer(channels)
