@@ -218,7 +218,8 @@ def test_plain_pickle_error_gives_the_reason_quietly(model, tmp_path):
         pickle.dump({"conv_stem.weight": [1.0]}, f, protocol=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(ValueError, match=r"p4\.pth could not be read .*: Unsupported operand \d+; expected") as info:
+        reason = r"p4\.pth could not be read .*: Unsupported operand \d+; expected"
+        with pytest.raises(ValueError, match=reason) as info:
             load_pretrained(model, path)
     assert "weights_only` set to `False`" not in str(info.value) and "arbitrary code" not in str(info.value)
 

@@ -333,7 +333,10 @@ def load_run_state(run: Run, state: dict, path: Path) -> None:
 
 
 def load_checked(module: nn.Module, weights: dict, what: str) -> None:
-    """``module.load_state_dict(weights)`` after comparing names and shapes: a one-line ``ValueError`` if they differ."""
+    """``module.load_state_dict(weights)`` after comparing names and shapes.
+
+    A one-line ``ValueError`` listing the first mismatches if they differ.
+    """
     if not all(isinstance(name, str) and isinstance(t, torch.Tensor) for name, t in weights.items()):
         raise ValueError(f"{what} are not a mapping of names to tensors")
     expected = module.state_dict()
