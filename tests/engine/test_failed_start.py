@@ -88,6 +88,15 @@ def test_failed_resume_keeps_its_config(finished_run, tmp_path, capsys, no_train
     assert snapshot(out) == before  # config.yaml still says 16 px: the next resume works
 
 
+def test_resume_with_another_optimizer_is_refused_up_front(finished_run, tmp_path, capsys, no_training):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = snapshot(out)
+    err = failed_train(["--resume", str(out), "--epochs", "2", "--opt", "adamw"], capsys)
+    assert f"--resume {out}: the run used --opt sgd, not adamw" in err
+    assert snapshot(out) == before
+
+
 def _rename_model_keys(state):
     state["model"] = {"x." + k: v for k, v in state["model"].items()}
 

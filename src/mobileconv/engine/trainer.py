@@ -292,8 +292,8 @@ def make_transform(config: TrainConfig, info: DataInfo, train: bool) -> BatchTra
 
 def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Path) -> None:
     saved = state["config"]
-    for key in ("model", "data"):
-        if saved[key] != getattr(config, key):
+    for key in ("model", "data", "opt"):  # the optimizer's state only fits the optimizer that made it
+        if saved.get(key, getattr(config, key)) != getattr(config, key):
             raise ValueError(f"--resume {resume}: the run used --{key} {saved[key]}, not {getattr(config, key)}")
     if state["num_classes"] != info.num_classes:
         raise ValueError(f"--resume {resume}: the run had {state['num_classes']} classes, the data has "
