@@ -3,6 +3,8 @@ the output (compared with the eval-mode model, not with anything the optimiser c
 skipped, and the caller's tensors must stay untouched."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -206,3 +208,12 @@ def test_wrong_channel_count_names_the_channels():
     fast = optimize_for_inference(with_bn_stats(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))))
     with pytest.raises(ValueError, match=r"expected input of shape \(N, 3, H, W\), got \(2, 4, 16, 16\)"):
         fast(torch.randn(2, 4, 16, 16))
+
+
+def test_micro_batch_true_that_cannot_apply_says_so():
+    model = with_bn_stats(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
+    with pytest.warns(UserWarning, match=r"micro_batch=True\): left out"):
+        optimize_for_inference(model, micro_batch=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimize_for_inference(model)  # the default (None) only applies it where it can: no warning

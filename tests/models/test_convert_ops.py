@@ -222,3 +222,9 @@ def test_xsepify_leaves_convs_with_fewer_than_4_channels_alone():
     assert type(model[0]) is nn.Conv2d
     assert [model[i].padding for i in (2, 3, 4)] == xsep_padding_schedule(3)  # the last one "symmetric"
     assert model(torch.randn(1, 3, 9, 9)).shape == (1, 12, 9, 9)
+
+
+def test_xsepify_bad_activation_is_an_error_even_when_nothing_qualifies():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1))  # no depthwise conv at all
+    with pytest.raises(ValueError, match=r"act_layer must be one of .*got unknown activation 'bogus'"):
+        mobileconv.xsepify(model, act_layer="bogus")

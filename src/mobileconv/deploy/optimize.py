@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import shutil
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -129,7 +130,10 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
         fuse_conv_activations(model, x)
         fuse_residual_adds(model)
     if micro_batch if micro_batch is not None else x.device.type == "cpu":
-        micro_batch_stages(model, x)
+        if not micro_batch_stages(model, x) and micro_batch:
+            warnings.warn("optimize_for_inference(micro_batch=True): left out, as the model has no `blocks` "
+                          "Sequential of stages, normalises with batch statistics in them, or does not compute "
+                          "its images independently", stacklevel=2)
     model.eval()  # the modules the rewrites made too
     for p in model.parameters():
         p.requires_grad_(False)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import Conv2dSame, GroupedConv2d, MixConv2d, XSepConv2d, xsep_padding_schedule
+from ..layers.activations import get_act
 from ..layers.helpers import check_kernel_sizes
 from ._builder import init_weights
 
@@ -149,6 +150,7 @@ def xsepify(model: nn.Module, min_kernel: int = 5, *, act_layer: str = "relu") -
     """
     if isinstance(min_kernel, bool) or not isinstance(min_kernel, int) or min_kernel < 2:
         raise ValueError(f"min_kernel must be an integer >= 2, got {min_kernel!r}")
+    get_act(act_layer, arg_name="act_layer")  # a bad name is an error even where no conv qualifies
 
     def eligible(conv: nn.Conv2d) -> bool:
         return conv.stride == (1, 1) and conv.kernel_size[0] >= min_kernel and conv.in_channels >= 4
