@@ -466,11 +466,10 @@ def scale_in_place(model: nn.Module, example_input: torch.Tensor) -> list[str]:
 
     Returns the names of the modules changed.
     """
-    is_se = lambda m: type(m) is SqueezeExcite  # noqa: E731
     # in both memory formats: a .contiguous(memory_format=...) in the model copies one and passes the other on
-    names = [name for name in trace_overwritable_inputs(model, example_input, is_se)
-             if name in trace_overwritable_inputs(model, example_input.contiguous(memory_format=torch.channels_last),
-                                                  is_se)]
+    nchw, channels_last = (trace_overwritable_inputs(model, x, lambda m: type(m) is SqueezeExcite)
+                           for x in (example_input, example_input.contiguous(memory_format=torch.channels_last)))
+    names = [name for name in nchw if name in channels_last]  # in module order
     for name in names:
         _replace(model, name, InplaceSqueezeExcite.from_module(model.get_submodule(name)))
     return names
