@@ -15,18 +15,7 @@ from mobileconv.deploy.onednn import onednn_available
 from mobileconv.deploy.optimize import optimize_for_inference
 from mobileconv.layers import SqueezeExcite
 
-
-def rel(expected: torch.Tensor, got: torch.Tensor) -> float:
-    return ((got - expected).abs().max() / expected.abs().max()).item()
-
-
-def with_bn_stats(model: nn.Module) -> nn.Module:
-    gen = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 2 - 1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-    return model.eval()
+from .test_optimize import assert_close_to_scale, randomize
 
 
 class BatchStatStage(nn.Module):
@@ -58,7 +47,7 @@ def test_stages_with_batch_statistics_are_not_micro_batched():
     assert type(fast.blocks) is nn.Sequential
     x = torch.randn(20, 3, 64, 64)  # more images than one chunk would hold
     with torch.no_grad():
-        assert rel(model(x), fast(x)) < 1e-4
+        assert_close_to_scale(fast(x), model(x))
 
 
 class RawAlsoReturned(nn.Module):
@@ -95,14 +84,14 @@ class SEInputViewReadLater(nn.Module):
 @pytest.mark.parametrize("cls", [RawAlsoReturned, SEInputAlsoReturned, SEInputViewReadLater])
 def test_tensors_read_after_a_rewrite_keep_their_values(cls):
     torch.manual_seed(0)
-    model = with_bn_stats(cls())
+    model = randomize(cls())
     fast = optimize_for_inference(model, verify=False)  # the check here is the test's own
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         expected, got = model(x), fast(x)
     expected, got = (expected, got) if isinstance(expected, tuple) else ((expected,), (got,))
     for e, g in zip(expected, got):
-        assert rel(e, g) < 1e-5
+        assert_close_to_scale(g, e, 1e-5)
 
 
 class SEOnTheInput(nn.Module):
@@ -124,12 +113,13 @@ def test_the_callers_input_is_never_overwritten():
 
 
 def test_channels_last_false_keeps_nchw():
-    model = with_bn_stats(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()))
+    model = randomize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()))
     fast = optimize_for_inference(model, channels_last=False)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         y = fast(x)
-        assert y.is_contiguous() and rel(model(x), y) < 1e-5
+        assert y.is_contiguous()
+        assert_close_to_scale(y, model(x), 1e-5)
     with pytest.raises(ValueError, match="onednn=True needs channels_last=True"):
         optimize_for_inference(model, channels_last=False, onednn=True)
 
@@ -159,29 +149,33 @@ class MaskedLogits(Base):
 
 @pytest.mark.parametrize("cls", [DictOut, TupleWithNone, MaskedLogits])
 def test_verify_accepts_outputs_of_any_structure(cls):
-    model = with_bn_stats(cls())
+    model = randomize(cls())
     fast = optimize_for_inference(model)  # verify=True: no false alarm
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         expected, got = model(x), fast(x)
     if isinstance(expected, dict):
-        assert got["n"] == 3 and rel(expected["out"], got["out"]) < 1e-5
+        assert got["n"] == 3
+        assert_close_to_scale(got["out"], expected["out"], 1e-5)
     elif isinstance(expected, tuple):
-        assert got[1] is None and rel(expected[0], got[0]) < 1e-5
+        assert got[1] is None
+        assert_close_to_scale(got[0], expected[0], 1e-5)
     else:
-        assert torch.equal(got[:, 0], expected[:, 0]) and rel(expected[:, 1:], got[:, 1:]) < 1e-5
+        assert torch.equal(got[:, 0], expected[:, 0])
+        assert_close_to_scale(got[:, 1:], expected[:, 1:], 1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_verify_tolerance_follows_the_dtype(dtype):
     torch.manual_seed(0)
-    model = with_bn_stats(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))).to(dtype)
+    model = randomize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))).to(dtype)
     fast = optimize_for_inference(model)  # rounding alone exceeds 1e-4 of the scale in half precision
     x = torch.randn(2, 3, 16, 16, dtype=dtype)
     with torch.no_grad():
         reference = model.float()(x.float())
         # as accurate as the unoptimised half-precision model, against float32
-        assert rel(reference, fast(x).float()) < 4 * max(rel(reference, model.to(dtype)(x).float()), 1e-3)
+        unoptimised_err = (model.to(dtype)(x).float() - reference).abs().max().item() / reference.abs().max().item()
+        assert_close_to_scale(fast(x).float(), reference, 4 * max(unoptimised_err, 1e-3))
 
 
 def test_verify_still_catches_a_wrong_output(monkeypatch):
@@ -189,29 +183,29 @@ def test_verify_still_catches_a_wrong_output(monkeypatch):
 
     monkeypatch.setattr(optimize, "_fold", lambda conv, bn: None)  # "fold" that drops the BN
     with pytest.raises(RuntimeError, match="changed the output"):
-        optimize_for_inference(with_bn_stats(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))))
+        optimize_for_inference(randomize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))))
 
 
 @pytest.mark.parametrize("parametrization", [weight_norm, spectral_norm])
 def test_parametrized_convs_keep_their_bn(parametrization):
     torch.manual_seed(0)
-    model = with_bn_stats(nn.Sequential(parametrization(nn.Conv2d(3, 8, 3, padding=1)), nn.BatchNorm2d(8),
+    model = randomize(nn.Sequential(parametrization(nn.Conv2d(3, 8, 3, padding=1)), nn.BatchNorm2d(8),
                                         nn.ReLU()))
     fast = optimize_for_inference(model)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        assert rel(model(x), fast(x)) < 1e-5
+        assert_close_to_scale(fast(x), model(x), 1e-5)
 
 
 @pytest.mark.skipif(not onednn_available(), reason="the message is OneDNNConv2d's")
 def test_wrong_channel_count_names_the_channels():
-    fast = optimize_for_inference(with_bn_stats(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))))
+    fast = optimize_for_inference(randomize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))))
     with pytest.raises(ValueError, match=r"expected input of shape \(N, 3, H, W\), got \(2, 4, 16, 16\)"):
         fast(torch.randn(2, 4, 16, 16))
 
 
 def test_micro_batch_true_that_cannot_apply_says_so():
-    model = with_bn_stats(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
+    model = randomize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
     with pytest.warns(UserWarning, match=r"micro_batch=True\): left out"):
         optimize_for_inference(model, micro_batch=True)
     with warnings.catch_warnings():
