@@ -14,7 +14,8 @@ ratios measured this way do not. Scenarios (defaults: fp32, 2 threads, 224x224):
 * ``tax``       batch 32, mixnet_s and mobilenetv3_large_100, both optimised, alternating: the ratio
                 of their MACs per second (true MACs, ``FlopCounterMode`` / 2 on the reference model).
 
-Writes ``benchmarks/results/mixconv_speed.{md,json,png}``. ``make bench`` runs it; ``--quick``
+Writes ``benchmarks/results/mixconv_speed.{md,json,png}`` (``mixconv_speed_<scenarios>.*`` for a subset of the
+scenarios, ``_heap`` with ``--heap-malloc``). ``make bench`` runs it; ``--quick``
 is a smoke run (64 px, batch 4, 2 rounds) that says nothing about speed.
 """
 from __future__ import annotations
@@ -47,20 +48,21 @@ TARGETS = (
     ("tax", "MACs/s of mixnet_s / mobilenetv3_large_100", 0.8),
 )
 MAIN = {"infer": "optimized", "latency": "optimized", "train": "fast"}
+SCENARIOS = ("infer", "latency", "train", "tax")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), help="models to time (default: the issue's five)")
-    p.add_argument("--scenarios", nargs="+", default=["infer", "latency", "train", "tax"],
-                   choices=("infer", "latency", "train", "tax"), help="what to run (default: all)")
+    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS,
+                   help="what to run (default: all; a subset writes mixconv_speed_<scenarios>.*)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--batch-size", type=int, default=32, help="batch for infer / train / tax (default 32)")
     p.add_argument("--image-size", type=int, default=224, help="input size (default 224)")
     p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds (default 5)")
     p.add_argument("--quick", action="store_true", help="smoke run: 64 px, batch 4, 2 rounds")
     p.add_argument("--heap-malloc", action="store_true",
-                   help="glibc only: serve large tensors from the heap (mallopt M_MMAP_THRESHOLD=1 GiB) instead of "
+                   help="glibc only: serve large tensors from the heap (mallopt M_MMAP_THRESHOLD=1 GiB, no trimming) instead of "
                         "fresh mmap'd pages, as jemalloc / tcmalloc do; removes the page-fault cost of every large "
                         "allocation (results go to *_heap.*)")
     p.add_argument("--same-process", action="store_true",
@@ -251,19 +253,27 @@ def _run_child(fn, scenario: str, args: argparse.Namespace):
     return fn(scenario, args)
 
 
+def report_stem(args: argparse.Namespace) -> str:
+    """``mixconv_speed[_quick][_heap][_<scenarios>]``: a run of some scenarios does not overwrite the full report."""
+    stem = "mixconv_speed" + ("_quick" if args.quick else "") + ("_heap" if args.heap_malloc else "")
+    if set(args.scenarios) != set(SCENARIOS):
+        stem += "_" + "_".join(s for s in SCENARIOS if s in args.scenarios)
+    return stem
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.heap_malloc:
         use_heap_for_large_allocations()
     args.out.mkdir(parents=True, exist_ok=True)
     env = environment(args)
-    env["malloc"] = "heap (mallopt M_MMAP_THRESHOLD=1 GiB)" if args.heap_malloc else "glibc default"
+    env["malloc"] = "heap (mallopt M_MMAP_THRESHOLD=1 GiB, M_TRIM_THRESHOLD off)" if args.heap_malloc else "glibc default"
     run = _run if args.same_process else _run_in_fresh_process
     results = {s: run(run_scenario, s, args) for s in args.scenarios if s != "tax"}
     tax = run(_run_tax, "tax", args) if "tax" in args.scenarios else None
     env["load_after"] = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     rows = [row for s, res in results.items() for row in speedup_rows(s, res)]
-    stem = "mixconv_speed" + ("_quick" if args.quick else "") + ("_heap" if args.heap_malloc else "")
+    stem = report_stem(args)
     report = markdown(args, env, results, rows, tax)
     atomic_write(args.out / f"{stem}.md", lambda f: f.write((report + "\n").encode()))
     payload = {"environment": env, "speedups": rows, "tax": tax,

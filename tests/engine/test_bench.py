@@ -286,14 +286,14 @@ def test_mixconv_speed_script_writes_its_report(tmp_path):
     module = _load_benchmark_script()
     assert module.main(["--quick", "--same-process", "--models", "mobilenetv3_small_100_cifar", "--scenarios",
                         "latency", "tax", "--image-size", "32", "--out", str(tmp_path)]) == 0
-    report = (tmp_path / "mixconv_speed_quick.md").read_text()
+    report = (tmp_path / "mixconv_speed_quick_latency_tax.md").read_text()
     targets = [line for line in report.splitlines() if line.startswith("| latency | mobilenetv3_small_100_cifar")]
     assert [row.split("|")[3].strip() for row in targets] == ["optimized", "compiled"]
-    payload = json.loads((tmp_path / "mixconv_speed_quick.json").read_text())
+    payload = json.loads((tmp_path / "mixconv_speed_quick_latency_tax.json").read_text())
     assert [(r["variant"], r["speedup"] > 0) for r in payload["speedups"]] == [("optimized", True), ("compiled", True)]
     assert set(payload["tax"]["variants"]) == {"optimized", "compiled"}
     assert len(re.findall(r"^\| tax \| .* \| (optimized|compiled) \| \d+\.\d\d \|", report, re.M)) == 2
-    assert (tmp_path / "mixconv_speed_quick.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "mixconv_speed_quick_latency_tax.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_mixnet_gap_what_if_variants_compute_what_they_say():
