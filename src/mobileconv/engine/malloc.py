@@ -8,8 +8,8 @@ mmap threshold keeps those blocks in the heap, reused from step to step, which i
 and tcmalloc (the allocators PyTorch's CPU tuning guide recommends) do by default. Trimming is
 switched off as well: with a trim threshold (1 GiB was tried), whenever more than that lay free
 at the top of the heap, as it can between a backward pass and the next forward, glibc gave it
-back and the next step faulted it in again (a MixNet-S step: 25,000-230,000 faults in one step
-of three, 1.2-1.8x the step's time).
+back and the next step faulted it in again (MixNet-S at batch 32: 23,000-229,000 faults in four
+training steps of ten, which took 1.04-1.7x as long as the others; benchmarks/README.md).
 The cost is memory: the heap keeps its peak size, freed blocks stay with the process instead of
 going back to the system.
 """
