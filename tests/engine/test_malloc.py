@@ -13,39 +13,26 @@ import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 
+# A training step's pattern, `steps` times: `blocks` tensors of `mib` MiB allocated, written, then freed.
 PROBE = """
 import json, resource, sys
 import torch
 from mobileconv.engine.malloc import keep_large_allocations_on_heap
-applied = keep_large_allocations_on_heap() if sys.argv[1] == "heap" else None
+mode, steps, blocks, mib = sys.argv[1], *map(int, sys.argv[2:5])
+applied = keep_large_allocations_on_heap() if mode == "heap" else None
 faults = []
-for _ in range(6):  # a training step's pattern: the same 64 MiB tensors, allocated, written and freed
+for _ in range(steps):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.empty(16 * 2**20).fill_(1.0)
+    tensors = [torch.empty(mib * 2**18).fill_(1.0) for _ in range(blocks)]
+    del tensors
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(json.dumps({"applied": applied, "faults": faults}))
 """
 
 
-# More than 1 GiB freed at the top of the heap between two "steps" (a backward pass freeing a
-# forward pass's activations): a heap that trims gives it back and faults it in again every step.
-TRIM_PROBE = """
-import json, resource, sys
-import torch
-from mobileconv.engine.malloc import keep_large_allocations_on_heap
-applied = keep_large_allocations_on_heap()
-faults = []
-for _ in range(4):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    blocks = [torch.empty(40 * 2**20).fill_(1.0) for _ in range(8)]  # 8 x 160 MiB
-    del blocks
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"applied": applied, "faults": faults}))
-"""
-
-
-def _probe(mode: str, probe: str = PROBE) -> dict:
-    out = subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True, check=True, timeout=120)
+def _probe(mode: str, steps: int = 6, blocks: int = 1, mib: int = 64) -> dict:
+    argv = [sys.executable, "-c", PROBE, mode, str(steps), str(blocks), str(mib)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -61,7 +48,9 @@ def test_large_blocks_are_reused_from_the_heap():
 
 
 def test_the_heap_is_not_trimmed_between_steps():
-    result = _probe("heap", TRIM_PROBE)
+    # more than 1 GiB freed at the top of the heap between two steps (a backward pass freeing a
+    # forward pass's activations): a heap that trims gives it back and faults it in again
+    result = _probe("heap", steps=4, blocks=8, mib=160)
     assert result["applied"] is True
     pages = 8 * 160 * 2**20 // 4096
     faults = result["faults"]
