@@ -28,5 +28,6 @@ def test_ema_state_round_trip():
     ema.update(model)
     other = ModelEma(nn.Linear(3, 2), decay=0.5)
     other.load_state_dict(ema.state_dict())
-    assert other.updates == 1 and other.decay == 0.99
+    assert other.updates == 1
+    assert other.decay == 0.5  # a setting, not state: a resumed run may change --ema-decay
     torch.testing.assert_close(other.module.weight, ema.module.weight)

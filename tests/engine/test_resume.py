@@ -1,9 +1,15 @@
-"""A run SIGKILLed after an epoch and resumed ends bitwise identical to an uninterrupted run."""
+"""Resuming: a run SIGKILLed after an epoch and resumed ends bitwise identical to an uninterrupted run;
+options given on resume replace the saved settings; a run with no epochs left is refused."""
 import json
+import math
 import signal
 
+import pytest
 import torch
+import yaml
 
+from mobileconv.cli import main
+from mobileconv.engine import trainer
 from mobileconv.engine.checkpoint import load_state, load_weights
 from mobileconv.engine.trainer import KILL_AFTER_EPOCH_ENV
 
@@ -39,3 +45,49 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path):
     assert summary_b["epochs"] == 3
     rows = (killed / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows] == ["epoch", "1", "2", "3"]
+
+
+def test_resume_trains_on_with_the_new_settings(tmp_path, monkeypatch):
+    """--lr, --min-lr, --weight-decay, --momentum and --ema-decay given on resume replace the saved ones;
+    the saved state (momentum buffers, schedule position, EMA update count) carries on."""
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--ema", "--out", str(out)]) == 0
+    saved = load_state(out / "state.pt")
+    runs = []
+    monkeypatch.setattr(trainer, "train_epochs", lambda run: runs.append(run) or {})
+    new = ["--lr", "0.01", "--min-lr", "0.005", "--weight-decay", "0.001", "--momentum", "0.8", "--ema-decay", "0.9"]
+    assert main(["train", "--resume", str(out), "--epochs", "3", *new, "--quiet"]) == 0
+    run = runs[0]
+
+    steps_done, total, warmup = 4, 12, 4  # 64 samples / batch 16 per epoch; one warm-up epoch
+    progress = (steps_done - warmup) / (total - warmup)
+    expected_lr = 0.005 + (0.01 - 0.005) * 0.5 * (1 + math.cos(math.pi * progress))
+    assert run.scheduler.last_epoch == steps_done and run.scheduler.base_lrs == [0.01, 0.01]
+    for group in run.optimizer.param_groups:
+        assert group["lr"] == pytest.approx(expected_lr) and group["initial_lr"] == 0.01
+        assert group["momentum"] == 0.8
+        assert group["weight_decay"] in (0.0, 0.001)  # norm layers and biases never decay
+    assert {g["weight_decay"] for g in run.optimizer.param_groups} == {0.0, 0.001}
+    buffers = [s["momentum_buffer"] for s in run.optimizer.state_dict()["state"].values()]
+    saved_buffers = [s["momentum_buffer"] for s in saved["optimizer"]["state"].values()]
+    assert len(buffers) == len(saved_buffers) and all(torch.equal(a, b) for a, b in zip(buffers, saved_buffers))
+    assert run.ema.decay == 0.9 and run.ema.updates == saved["ema"]["updates"] == steps_done
+    assert yaml.safe_load((out / "config.yaml").read_text())["lr"] == 0.01
+
+    monkeypatch.undo()  # now train the two remaining epochs: the schedule ends at the new --min-lr
+    assert main(["train", "--resume", str(out), "--epochs", "3", *new, "--quiet"]) == 0
+    rows = [line.split(",") for line in (out / "metrics.csv").read_text().splitlines()]
+    lr = rows[0].index("lr")
+    assert [r[0] for r in rows[1:]] == ["1", "2", "3"] and float(rows[3][lr]) == pytest.approx(0.005)
+
+
+def test_resume_with_no_epochs_left_is_refused_up_front(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "1", "--lr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"--resume {out}: the run has already trained 1 epoch(s); pass --epochs above 1 to train on" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # config.yaml still says the old --lr

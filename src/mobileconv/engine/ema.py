@@ -39,5 +39,6 @@ class ModelEma:
         return {"module": self.module.state_dict(), "decay": self.decay, "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the averaged weights and the update count; ``decay`` stays this object's setting."""
         self.module.load_state_dict(state["module"])
-        self.decay, self.updates = state["decay"], state["updates"]
+        self.updates = state["updates"]

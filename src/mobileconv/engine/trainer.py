@@ -295,6 +295,9 @@ def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Pa
     for key in ("model", "data", "opt"):  # the optimizer's state only fits the optimizer that made it
         if saved.get(key, getattr(config, key)) != getattr(config, key):
             raise ValueError(f"--resume {resume}: the run used --{key} {saved[key]}, not {getattr(config, key)}")
+    if state["epoch"] >= config.epochs:
+        raise ValueError(f"--resume {resume}: the run has already trained {state['epoch']} epoch(s); pass --epochs "
+                         f"above {state['epoch']} to train on")
     if state["num_classes"] != info.num_classes:
         raise ValueError(f"--resume {resume}: the run had {state['num_classes']} classes, the data has "
                          f"{info.num_classes}")
@@ -308,15 +311,32 @@ def load_run_state(run: Run, state: dict, path: Path) -> None:
     if run.ema is not None and state["ema"] is None:
         raise ValueError("--resume: the run was trained without --ema; resume it without --ema")
 
+    # The saved state is where the run stands (momentum buffers, step count, EMA weights); the settings
+    # (--lr, --min-lr, --weight-decay, --momentum, --opt-eps, --ema-decay, --epochs) are this command's options,
+    # which the user may have changed for the rest of the run.
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in run.optimizer.param_groups]
+
+    def load_optimizer(saved: dict) -> None:
+        run.optimizer.load_state_dict(saved)
+        for group, fresh in zip(run.optimizer.param_groups, settings):
+            group.update(fresh)
+
     def load_scheduler(saved: dict) -> None:
-        # the schedule itself comes from the current options (so --epochs can extend a run), its position from here
+        # the schedule comes from the current options, only its position (the step count) from the saved state
+        base_lrs = list(run.scheduler.base_lrs)
         run.scheduler.load_state_dict({**saved, "lr_lambdas": [None] * len(saved["lr_lambdas"])})
+        run.scheduler.base_lrs = base_lrs
+        step = run.scheduler.last_epoch
+        lrs = [base * schedule(step) for base, schedule in zip(base_lrs, run.scheduler.lr_lambdas)]
+        for group, lr in zip(run.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        run.scheduler._last_lr = lrs
 
     def load_ema(saved: dict) -> None:
         load_checked(run.ema.module, saved["module"], "the EMA weights")
         run.ema.load_state_dict(saved)
 
-    parts = {"optimizer": run.optimizer.load_state_dict, "scheduler": load_scheduler}
+    parts = {"optimizer": load_optimizer, "scheduler": load_scheduler}
     if run.ema is not None:
         parts["ema"] = load_ema
     if run.scaler is not None and state["scaler"] is not None:
