@@ -221,3 +221,10 @@ def test_failed_eval_writes_nothing(ckpt, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code, err = run(["eval", "--checkpoint", ckpt, "--out", tmp_path / "file"], capsys)
     assert_one_line_error(code, err, "eval", f"--out {tmp_path / 'file'} exists and is not a folder")
+
+
+def test_unwritable_out_is_refused_before_evaluating(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(inference, "evaluate_checkpoint", lambda *a: pytest.fail("evaluation started"))
+    (tmp_path / "file").write_text("x")
+    code, err = run(["eval", "--checkpoint", ckpt, "--out", tmp_path / "file" / "run"], capsys)
+    assert_one_line_error(code, err, "eval", f"--out {tmp_path / 'file' / 'run'}: cannot write there")

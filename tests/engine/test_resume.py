@@ -91,3 +91,17 @@ def test_resume_with_no_epochs_left_is_refused_up_front(tmp_path, capsys):
     assert err.count("\n") == 1
     assert f"--resume {out}: the run has already trained 1 epoch(s); pass --epochs above 1 to train on" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # config.yaml still says the old --lr
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("epochs: [\n", "config.yaml: not valid YAML"),
+    ("epochs: many\n", "config.yaml: option 'epochs' expects an integer, got 'many'"),
+    ("- 1\n", "config.yaml: expected a mapping of option names to values, got list"),
+])
+def test_corrupt_saved_config_is_named_as_the_runs(tmp_path, capsys, text, expected):
+    (tmp_path / "config.yaml").write_text(text)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--config" not in err
+    assert f"--resume {tmp_path}: {tmp_path / expected}" in err

@@ -110,6 +110,7 @@ def _write_tree(root, train_classes, val_classes):
     ("unknown_model", "--model 'resnet50' is not a known model"),
     ("bad_config_key", "unknown option 'learning_rate'"),
     ("bad_config_value", "option 'epochs' expects an integer, got 'many'"),
+    ("bad_config_inf", "option 'epochs' expects an integer, got inf"),
     ("bad_config_choice", "option 'opt': 'lamb' is not one of sgd, rmsprop, adamw"),
     ("previous_run", "already holds a run"),
 ])
@@ -133,7 +134,8 @@ def test_bad_input_is_one_clear_line_before_training(tmp_path, capsys, monkeypat
     elif case == "unknown_model":
         args += ["--model", "resnet50"]
     elif case.startswith("bad_config"):
-        text = {"bad_config_key": "learning_rate: 0.1", "bad_config_value": "epochs: many", "bad_config_choice": "opt: lamb"}
+        text = {"bad_config_key": "learning_rate: 0.1", "bad_config_value": "epochs: many", "bad_config_choice": "opt: lamb",
+                "bad_config_inf": "epochs: .inf"}
         (tmp_path / "c.yaml").write_text(text[case] + "\n")
         args += ["--config", str(tmp_path / "c.yaml")]
     elif case == "previous_run":

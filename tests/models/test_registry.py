@@ -76,6 +76,13 @@ def test_bad_arguments(kwargs, match):
         mobileconv.create_model("mobilenetv1_025", **kwargs)
 
 
+@pytest.mark.parametrize("width_mult", [True, "1.0"])
+def test_width_mult_is_checked_even_when_it_equals_the_tables(width_mult):
+    # True == 1.0 == mixnet_s's own multiplier, so a check after the comparison let it through
+    with pytest.raises(ValueError, match=f"width_mult must be a positive finite number, got {width_mult!r}"):
+        mobileconv.create_model("mixnet_s", width_mult=width_mult)
+
+
 def test_tables_are_not_mutated_by_building():
     # The seed code rescaled its own class-level table, so a second model came out wrong:
     # build the 1.3x model first, then the 1.0x one from the same table.

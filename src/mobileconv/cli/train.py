@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -65,8 +66,9 @@ def train_config_from_args(args: argparse.Namespace):
         resume = Path(args.resume)
         if not (resume / "config.yaml").is_file():
             raise ValueError(f"--resume {resume}: not a run folder (no config.yaml)")
-        saved = {k: v for k, v in load_yaml(resume / "config.yaml").items() if k not in ("out", "overwrite")}
-        config = TrainConfig.from_mapping(saved, f"{resume / 'config.yaml'}")
+        label = f"--resume {resume}: {resume / 'config.yaml'}"
+        saved = {k: v for k, v in load_yaml(resume / "config.yaml", label).items() if k not in ("out", "overwrite")}
+        config = TrainConfig.from_mapping(saved, label)
     if getattr(args, "config", None):
         config = TrainConfig.from_mapping(load_yaml(args.config), f"--config {args.config}", config)
     return TrainConfig.from_mapping(given, "command line", config)
@@ -116,8 +118,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.plot:
         check_plot_path(args.plot)  # before the evaluation
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    if out is not None:
+        _check_out_dir(out)
     result = call_with_one_line_errors(evaluate_checkpoint, args.model, args.checkpoint, args.data, args.img_size,
                                        args.batch_size, args.device, args.max_val_samples)
     if out is not None:
@@ -129,6 +131,15 @@ def run_eval(args: argparse.Namespace) -> int:
         atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2) if args.format == "json" else format_eval_table(result))
     return 0
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse an ``--out`` folder that could not be created or written, before the evaluation (creating nothing)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write there ({existing} is not a writable folder)")
 
 
 def format_eval_table(result: dict) -> str:

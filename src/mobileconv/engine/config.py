@@ -170,28 +170,32 @@ def _scalar(kind, value, where: str):
         raise ValueError(expected)
     try:
         converted = kind(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # int(".inf") overflows
         raise ValueError(expected) from None
     if kind is int and isinstance(value, float) and value != converted:
         raise ValueError(f"{where} expects an integer, got {value!r}")
     return converted
 
 
-def load_yaml(path: str | Path) -> dict:
-    """A YAML mapping of option names to values (``yaml.safe_load``: plain data only)."""
+def load_yaml(path: str | Path, label: str | None = None) -> dict:
+    """A YAML mapping of option names to values (``yaml.safe_load``: plain data only).
+
+    Errors start with ``label`` (default ``--config PATH``), the name the user knows the file by.
+    """
     import yaml
 
     path = Path(path)
+    label = label or f"--config {path}"
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"--config {path}: no such file") from None
+        raise ValueError(f"{label}: no such file") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ValueError(f"{label}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
+        raise ValueError(f"{label}: expected a mapping of option names to values, got {type(data).__name__}")
     return data
 
 

@@ -442,9 +442,10 @@ def build_model(name: str, arch: ArchSpec, cfg: dict, *, num_classes: int | None
         raise ValueError(f"{name}: unknown option(s) {sorted(unknown)}; accepted options are num_classes, in_chans, "
                          f"pretrained, features_only, width_mult, drop_rate, drop_path_rate")
     cfg = dict(cfg)
+    if width_mult is not None and (isinstance(width_mult, bool) or not isinstance(width_mult, (int, float))
+                                   or not 0 < width_mult < math.inf):
+        raise ValueError(f"width_mult must be a positive finite number, got {width_mult!r}")
     if width_mult is not None and width_mult != arch.width_mult:
-        if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not 0 < width_mult < math.inf:
-            raise ValueError(f"width_mult must be a positive finite number, got {width_mult!r}")
         arch = dataclasses.replace(arch, width_mult=float(width_mult))
         cfg.update(paper_top1=None, paper_macs=None, paper_params=None)
     num_classes = cfg.get("num_classes", 1000) if num_classes is None else num_classes
