@@ -80,6 +80,11 @@ BAD_ARGUMENTS = {
     "se_reduced": (lambda: SqueezeExcite(8, 0), r"reduced_channels must be a positive integer, got 0"),
     "se_act": (lambda: SqueezeExcite(8, 2, act_layer="nope"), r"act_layer must be one of .*got unknown activation 'nope'"),
     "se_gate": (lambda: SqueezeExcite(8, 2, gate_layer="nope"), r"gate_layer must be one of .*'nope'"),
+    "cna_act_instance": (lambda: ConvNormAct(4, 8, 3, act_layer=nn.ReLU()),
+                         r"act_layer must be a module class, a name or None, not a module instance; "
+                         r"pass ReLU rather than ReLU\(\)"),
+    "se_gate_instance": (lambda: SqueezeExcite(8, 2, gate_layer=nn.Sigmoid()), r"gate_layer must be a module class.*"
+                                                                              r"pass Sigmoid rather than Sigmoid\(\)"),
     "get_act": (lambda: get_act("mish"), rf"activation must be one of {ACTS}, a module class or None; got .*'mish'"),
     "create_act": (lambda: create_act("Mish"), r"activation must be one of .*'Mish'"),
     "exponential_split": (lambda: exponential_split(3, 3), r"channels=3 is too few .*\[1, 0, 2\].*need channels >= 4"),

@@ -36,6 +36,9 @@ def get_act(name: ActLayer, *, arg_name: str = "activation") -> Callable[..., nn
         name: a name, a module class or ``None``.
         arg_name: the caller's argument name (``"act_layer"``, ``"gate_layer"``) for error messages.
     """
+    if isinstance(name, nn.Module):  # callable, but calling it runs its forward
+        raise ValueError(f"{arg_name} must be a module class, a name or None, not a module instance; "
+                         f"pass {type(name).__name__} rather than {type(name).__name__}()")
     if name is None or callable(name):
         return name
     key = str(name).lower().replace("-", "_")
