@@ -1,6 +1,7 @@
 """mixify / xsepify on a registered model and on a hand-written one: counts by formula, function, training."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import mobileconv
@@ -228,3 +229,49 @@ def test_xsepify_bad_activation_is_an_error_even_when_nothing_qualifies():
     model = nn.Sequential(nn.Conv2d(3, 8, 1))  # no depthwise conv at all
     with pytest.raises(ValueError, match=r"act_layer must be one of .*got unknown activation 'bogus'"):
         mobileconv.xsepify(model, act_layer="bogus")
+
+
+def test_padding_same_depthwise_convs_are_converted():
+    # padding="same" with an odd kernel and stride 1 is symmetric (k - 1) // 2 padding
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding="same", groups=8, bias=False), nn.ReLU(),
+                          nn.Conv2d(8, 8, 5, padding="same", groups=8)).double()
+    reference = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.ReLU(),
+                              nn.Conv2d(8, 8, 5, padding=2, groups=8)).double()
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(2, 8, 11, 12, dtype=torch.float64)
+    with torch.no_grad():
+        before = reference(x)
+    mobileconv.mixify(model, (5, 7))  # both kernels >= the originals: the function is kept
+    assert isinstance(model[0], MixConv2d) and isinstance(model[2], ConvWithBias)
+    assert isinstance(model[2].conv, MixConv2d)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=0, atol=1e-12)
+
+    model = nn.Sequential(nn.Conv2d(8, 8, 5, padding="same", groups=8, bias=False))
+    mobileconv.xsepify(model)
+    assert isinstance(model[0], XSepConv2d) and model[0].kernel_size == 5
+    assert model(torch.randn(2, 8, 11, 12)).shape == (2, 8, 11, 12)
+
+
+def test_bare_padding_same_depthwise_conv_is_converted():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, 3, padding="same", groups=6, bias=False)
+    x = torch.randn(1, 6, 9, 10)
+    mixed = mobileconv.mixify(conv, (3, 5))
+    assert isinstance(mixed, MixConv2d)
+    torch.testing.assert_close(mixed(x), F.conv2d(x, conv.weight, None, 1, 1, 1, 6))
+    assert isinstance(mobileconv.xsepify(nn.Conv2d(6, 6, 5, padding="same", groups=6), min_kernel=5), ConvWithBias)
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(8, 8, 5, padding="same", dilation=2, groups=8),  # dilated: MixConv / XSepConv have no dilation
+    nn.Conv2d(8, 8, 5, padding=2, groups=8, padding_mode="reflect"),  # not zero padding
+    nn.Conv2d(8, 8, 5, padding="same", groups=8, padding_mode="circular"),
+    nn.Conv2d(8, 8, 5, padding="valid", groups=8),
+], ids=["same_dilated", "reflect", "same_circular", "valid"])
+def test_convs_that_are_not_zero_same_padded_are_left_alone(conv):
+    model = nn.Sequential(conv)
+    assert mobileconv.mixify(model, (5, 7)) is model and model[0] is conv
+    assert mobileconv.xsepify(model) is model and model[0] is conv
+    assert mobileconv.mixify(conv, (5, 7)) is conv and mobileconv.xsepify(conv) is conv

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .helpers import check_kernel_sizes, check_stride, tf_same_pad
+from .helpers import check_kernel_sizes, check_positive, check_stride, tf_same_pad
 
 PADDING_MODES = ("", "same", "tf")
 
@@ -60,25 +60,49 @@ def create_conv2d(in_channels: int, out_channels: int, kernel_size: int | Sequen
 
     * ``kernel_size`` a list and ``depthwise`` -> :class:`MixConv2d` (one kernel per channel group);
     * ``kernel_size`` a list, not depthwise -> :class:`GroupedConv2d` (MixNet's grouped 1x1 conv);
-    * an int -> a dense or depthwise ``nn.Conv2d``.
+    * an int, or a list of one -> a dense or depthwise ``nn.Conv2d`` (the two give the same conv).
+
+    ``dilated=True`` (depthwise, stride 1) turns a ``k x k`` kernel into a 3x3 one with dilation
+    ``(k - 1) // 2``, as in :class:`MixConv2d`; it is an error with a dense conv, stride 2 or
+    ``dilation > 1``. ``split`` chooses MixConv's channel split (with one kernel, all channels form
+    one group). MixConv2d and GroupedConv2d have no bias and no ``dilation``, so with several
+    kernels ``bias=True`` and ``dilation > 1`` are errors, and so is ``split="exponential"`` for a
+    GroupedConv2d.
     """
     from .grouped import GroupedConv2d
-    from .mixconv import MixConv2d
+    from .mixconv import SPLITS, MixConv2d
 
     check_stride(stride)
-    check_kernel_sizes(kernel_size, "kernel_size")  # odd: "same" padding is symmetric
-    if isinstance(kernel_size, int):
-        groups = in_channels if depthwise else 1
-        if depthwise and in_channels != out_channels:
-            raise ValueError(f"a depthwise conv needs in_channels == out_channels, got {in_channels} -> {out_channels}")
-        return conv2d(in_channels, out_channels, kernel_size, stride, dilation, groups, bias, padding)
-    kernel_sizes = list(kernel_size)
-    if depthwise:
-        if in_channels != out_channels:
-            raise ValueError(f"a MixConv is depthwise: in_channels == out_channels, got {in_channels} -> {out_channels}")
-        if len(kernel_sizes) == 1:
-            return conv2d(in_channels, out_channels, kernel_sizes[0], stride, dilation, in_channels, bias, padding)
-        return MixConv2d(in_channels, kernel_sizes, stride, split=split, dilated=dilated, padding=padding)
+    check_positive(dilation, "dilation")
+    check_padding_mode(padding)
+    kernel_sizes = check_kernel_sizes(kernel_size, "kernel_size")  # odd: "same" padding is symmetric
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if depthwise and in_channels != out_channels:
+        raise ValueError(f"a depthwise conv needs in_channels == out_channels, got {in_channels} -> {out_channels}")
+    if dilated:
+        if not depthwise:
+            raise ValueError("create_conv2d: dilated=True (MixConv's dilated kernels) needs depthwise=True")
+        if stride != 1:
+            raise ValueError(f"create_conv2d: dilated=True needs stride=1, got stride={stride}")
+        if dilation != 1:
+            raise ValueError(f"create_conv2d: dilated=True sets the dilation itself, got dilation={dilation} too")
     if len(kernel_sizes) == 1:
-        return conv2d(in_channels, out_channels, kernel_sizes[0], stride, dilation, 1, bias, padding)
+        k, d = kernel_sizes[0], dilation
+        if dilated and k > 3:  # MixConv2d's rule
+            k, d = 3, (k - 1) // 2
+        return conv2d(in_channels, out_channels, k, stride, d, in_channels if depthwise else 1, bias, padding)
+    layer = "MixConv2d" if depthwise else "GroupedConv2d"
+    if bias:
+        raise ValueError(f"create_conv2d: bias=True is not supported with a list of kernel sizes "
+                         f"({layer} has no bias), got kernel_size={kernel_sizes}")
+    if dilation != 1:
+        hint = "; a MixConv can use dilated=True" if depthwise else ""
+        raise ValueError(f"create_conv2d: dilation={dilation} is not supported with a list of kernel sizes "
+                         f"({layer}), got kernel_size={kernel_sizes}{hint}")
+    if depthwise:
+        return MixConv2d(in_channels, kernel_sizes, stride, split=split, dilated=dilated, padding=padding)
+    if split != "equal":
+        raise ValueError(f"create_conv2d: split={split!r} is not supported by GroupedConv2d (depthwise=False with "
+                         f"a list of kernel sizes), which splits channels equally")
     return GroupedConv2d(in_channels, out_channels, kernel_sizes, stride, padding=padding)

@@ -1,10 +1,11 @@
 """Turn the depthwise convs of any model into MixConv2d (``mixify``) or XSepConv2d (``xsepify``).
 
 Both walk the module tree, find "same"-padded square depthwise convs (``nn.Conv2d`` with
-``groups == in_channels == out_channels``, odd kernel, no dilation, padding ``(k - 1) // 2`` or
-TF SAME) and replace them in place; everything else (channel counts, strides, BNs, activations,
-the model's other parameters) is kept. Existing MixConv2d / XSepConv2d / GroupedConv2d are left
-alone. A depthwise conv with a bias is wrapped as :class:`ConvWithBias` so the bias survives.
+``groups == in_channels == out_channels``, odd kernel, no dilation, zero padding of ``(k - 1) // 2``,
+``padding="same"`` or TF SAME) and replace them in place; everything else (channel counts, strides,
+BNs, activations, the model's other parameters) is kept. Other convs (dilated, "valid"-padded, or
+with a ``padding_mode`` other than ``"zeros"``) and existing MixConv2d / XSepConv2d / GroupedConv2d
+are left alone. A depthwise conv with a bias is wrapped as :class:`ConvWithBias` so the bias survives.
 The new operator is built in the old conv's dtype and device, in its train / eval mode, and its
 parameters take the old weight's ``requires_grad`` (a frozen conv stays frozen).
 
@@ -49,11 +50,15 @@ class ConvWithBias(nn.Module):
 
 
 def is_same_depthwise(module: nn.Module) -> bool:
-    """``True`` for a square, odd, undilated, "same"-padded depthwise ``nn.Conv2d``."""
+    """``True`` for a square, odd, undilated, zero- and "same"-padded depthwise ``nn.Conv2d``.
+
+    "Same" padding is ``(k - 1) // 2`` on each side, ``padding="same"`` (the same thing for an odd,
+    undilated kernel) or TF SAME (:class:`Conv2dSame`).
+    """
     if not isinstance(module, nn.Conv2d) or isinstance(module, _COMPOSITE):
         return False
     k = module.kernel_size[0]
-    same = isinstance(module, Conv2dSame) or module.padding == ((k - 1) // 2,) * 2
+    same = isinstance(module, Conv2dSame) or module.padding in ("same", ((k - 1) // 2,) * 2)
     return (module.groups == module.in_channels == module.out_channels and module.kernel_size == (k, k) and k % 2 == 1
             and module.dilation == (1, 1) and module.padding_mode == "zeros" and same
             and module.stride in ((1, 1), (2, 2)))
