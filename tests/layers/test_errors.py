@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from mobileconv.layers import (ConvNormAct, DepthwiseSeparableConv2d, GroupedConv2d, MixConv2d,
-                               SpatialSeparableConv2d, SqueezeExcite, XSepConv2d, create_act, create_conv2d,
+from mobileconv.layers import (Conv2dSame, ConvNormAct, DepthwiseSeparableConv2d, GroupedConv2d, MixConv2d,
+                               SpatialSeparableConv2d, SqueezeExcite, XSepConv2d, conv2d, create_act, create_conv2d,
                                exponential_split, get_act, set_layer_impl, xsep_padding_schedule)
 
 ODD = re.escape("positive odd integer (1, 3, 5, 7, ...)")
@@ -36,6 +36,9 @@ BAD_ARGUMENTS = {
     "mix_channels": (lambda: MixConv2d(0, [3]), r"channels must be a positive integer, got 0"),
     "mix_impl": (lambda: MixConv2d(8, [3], impl="turbo"), r"impl must be one of \('fast', 'reference'\), got 'turbo'"),
     # create_conv2d: "same" padding needs an odd kernel (an even one would shrink the map by one pixel)
+    "conv2d_even_kernel": (lambda: conv2d(8, 8, 2), rf"kernel_size must be a {ODD}, got 2"),
+    "conv2d_stride": (lambda: conv2d(8, 8, 3, stride=3), STRIDE + "3"),
+    "conv2d_dilation": (lambda: conv2d(8, 8, 3, dilation=0), r"dilation must be a positive integer, got 0"),
     "create_even_kernel": (lambda: create_conv2d(8, 8, 4), rf"kernel_size must be a {ODD} .*got 4 \(bad value 4\)"),
     "create_even_dw_list": (lambda: create_conv2d(8, 8, [4], depthwise=True),
                             rf"kernel_size must be a {ODD} .*got \[4\] \(bad value 4\)"),
@@ -108,6 +111,7 @@ OPERATORS = {
     "MixConv2d": lambda: MixConv2d(4, [3, 5]),
     "XSepConv2d": lambda: XSepConv2d(4, 5),
     "SqueezeExcite": lambda: SqueezeExcite(4, 2),
+    "Conv2dSame": lambda: Conv2dSame(4, 8, 3, 2),
 }
 
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .helpers import check_kernel_sizes, check_positive, check_stride, tf_same_pad
+from .helpers import (check_input_channels, check_kernel_size, check_kernel_sizes, check_positive, check_stride,
+                      tf_same_pad)
 
 PADDING_MODES = ("", "same", "tf")
 
@@ -36,6 +37,7 @@ class Conv2dSame(nn.Conv2d):
         super().__init__(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_channels(x, self.in_channels, "Conv2dSame")
         ph = tf_same_pad(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
         pw = tf_same_pad(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
         x = F.pad(x, [pw[0], pw[1], ph[0], ph[1]])
@@ -45,6 +47,9 @@ class Conv2dSame(nn.Conv2d):
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,
            groups: int = 1, bias: bool = False, padding: str = "") -> nn.Conv2d:
     """A single conv with "same" padding: symmetric ``(k - 1) // 2 * d`` or TF SAME (``padding='tf'``)."""
+    check_kernel_size(kernel_size)  # odd: symmetric padding keeps the size
+    check_stride(stride)
+    check_positive(dilation, "dilation")
     check_padding_mode(padding)
     if padding == "tf" and stride > 1:
         return Conv2dSame(in_channels, out_channels, kernel_size, stride, dilation=dilation,
