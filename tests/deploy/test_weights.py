@@ -5,7 +5,9 @@ covered in tests/models/test_pretrained.py and tests/deploy/test_torchvision_map
 """
 from __future__ import annotations
 
+import os
 import pickle
+import shlex
 
 import pytest
 import torch
@@ -222,6 +224,48 @@ def test_plain_pickle_error_gives_the_reason_quietly(model, tmp_path):
         with pytest.raises(ValueError, match=reason) as info:
             load_pretrained(model, path)
     assert "weights_only` set to `False`" not in str(info.value) and "arbitrary code" not in str(info.value)
+
+
+class _RunsShell:  # pickles as a call of posix.system: a malicious checkpoint
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("container", ["zip", "legacy"])
+def test_malicious_pickle_is_refused_with_the_reason_and_never_run(model, tmp_path, container):
+    """torch 2.13 puts the blocked-module reason on a line of its own, after its weights_only=False advice."""
+    marker = tmp_path / "ran"
+    payload = {"conv_stem.weight": _RunsShell(f"touch {shlex.quote(str(marker))}")}
+    path = tmp_path / "evil.pth"
+    if container == "zip":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(payload, f, protocol=2)
+    assert not marker.exists()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as info:
+        load_pretrained(model, path)
+    msg = str(info.value)
+    assert not marker.exists(), "loading ran the pickle's code"
+    assert msg.count("\n") == 0, msg
+    assert f"{path} could not be read" in msg and msg.endswith(f"expected {weights.EXPECTED}"), msg
+    assert f"GLOBAL {os.system.__module__}.system" in msg.split("tensors): ")[1], msg  # posix.system on Linux
+    for advice in ("weights_only=False", "set to `False`", "arbitrary code", "trusted source", "Weights only load"):
+        assert advice not in msg, msg
+    assert_untouched(model, before)
+
+
+def test_unknown_global_reason_leaves_out_the_allowlist_advice(model, tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save({"conv_stem.weight": NotATensor()}, path)
+    with pytest.raises(ValueError) as info:
+        load_pretrained(model, path)
+    reason = str(info.value).split("tensors): ")[1].split("; expected")[0]
+    assert reason == f"Unsupported global: GLOBAL {__name__}.NotATensor was not an allowed global by default.", reason
 
 
 @pytest.mark.parametrize("content, expected", [

@@ -23,8 +23,8 @@ from mobileconv.engine.checkpoint import save_weights
 from .helpers import MODEL
 
 CLASSES = [f"class_{i}" for i in range(10)]  # the synthetic dataset's
-TRAINER_META = {"model": MODEL, "dataset": "synthetic", "num_classes": 10, "classes": CLASSES, "img_size": 16,
-                "mean": [0.5] * 3, "std": [0.5] * 3}
+TRAINER_META = {"format": "mobileconv", "model": MODEL, "dataset": "synthetic", "num_classes": 10, "classes": CLASSES,
+                "img_size": 16, "mean": [0.5] * 3, "std": [0.5] * 3}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_checkpoint_of_another_architecture_is_the_loaders_one_line_error(ckpt, 
     args = [command, "--checkpoint", ckpt, "--model", "mixnet_s_cifar"]
     code, err = run(args + ([image] if command == "predict" else ["--data", "synthetic"]), capsys)
     # the message of deploy.weights' checked loader (as `mobileconv export` prints it), not load_state_dict's
-    assert_one_line_error(code, err, command, f"{ckpt} (keys named as in timm / mobileconv) does not fit the model",
+    assert_one_line_error(code, err, command, f"{ckpt} (mobileconv checkpoint) does not fit the model",
                           "missing keys (", "shape mismatch keys (")
 
 
@@ -111,13 +111,14 @@ def test_loaded_model_restores_the_recorded_bn_eps(eps_ckpt):
 
 def test_predict_and_eval_give_the_saved_models_outputs(eps_ckpt, image, capsys):
     path, original = eps_ckpt
-    # nothing recorded but the model: 32 px (the model's), mean = std = 0.5, class names = indices
+    # nothing recorded but the model: the model's 32 px and CIFAR-10 mean / std, class names = indices
     capsys.readouterr()
     assert main(["predict", str(image), "--checkpoint", str(path), "--format", "json", "--device", "cpu"]) == 0
     top = json.loads(capsys.readouterr().out)[0]["top"]
     x = torch.from_numpy(np.array(Image.open(image))).permute(2, 0, 1).float().unsqueeze(0) / 255
     with torch.no_grad():
-        expected = original((x - 0.5) / 0.5).softmax(1)[0].topk(5)
+        mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
+        expected = original((x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)).softmax(1)[0].topk(5)
     assert [t["class"] for t in top] == [str(i) for i in expected.indices.tolist()]
     np.testing.assert_allclose([t["prob"] for t in top], expected.values.numpy(), rtol=1e-5)
 

@@ -1,4 +1,4 @@
-"""`mobileconv convert`: a timm / torchvision checkpoint -> mobileconv's safetensors format."""
+"""`mobileconv convert`: a timm / torchvision / mobileconv checkpoint -> mobileconv's safetensors format."""
 from __future__ import annotations
 
 import argparse
@@ -9,11 +9,12 @@ from ._args import positive_int
 def register(subparsers) -> None:
     """Add the ``convert`` subcommand."""
     p = subparsers.add_parser(
-        "convert", help="convert a timm / torchvision checkpoint to mobileconv's safetensors format",
+        "convert", help="convert a timm / torchvision / mobileconv checkpoint to mobileconv's safetensors format",
         description="Load SRC (a timm, torchvision or mobileconv checkpoint: .safetensors, or .pth/.pt/.bin read "
                     "with torch.load(weights_only=True)) into the model NAME, checking every key and shape, and "
                     "write its state_dict to DST as safetensors (atomically: nothing is written on failure). "
-                    "BatchNorm eps of the source is recorded in DST (torchvision MobileNetV3: 1e-3).")
+                    "BatchNorm eps of the source is recorded in DST (torchvision MobileNetV3: 1e-3); a mobileconv "
+                    "checkpoint's metadata (dataset, classes, img_size, mean, std) is kept.")
     p.add_argument("src", metavar="SRC", help="checkpoint to read")
     p.add_argument("dst", metavar="DST", help="safetensors file to write (replaced if it exists)")
     p.add_argument("--model", required=True, metavar="NAME", help="mobileconv model name (see `mobileconv models`)")

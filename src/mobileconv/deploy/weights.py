@@ -39,6 +39,8 @@ from ._torchvision_map import (TORCHVISION_BN_EPS, is_torchvision_layout, map_to
                                torchvision_num_classes)
 
 FORMAT = "mobileconv"
+# metadata keys of `mobileconv train`'s weights files (recognised as mobileconv's even without ``format``)
+TRAINER_KEYS = ("model", "dataset", "num_classes", "img_size")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # keys under which training scripts nest the weights (timm: state_dict / state_dict_ema, torchvision: model)
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
@@ -103,8 +105,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 
 def detect_source(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> str:
-    """``"mobileconv"`` (our metadata), ``"torchvision"`` (its key layout) or ``"timm"`` (same names as ours)."""
-    if (metadata or {}).get("format") == FORMAT:
+    """``"mobileconv"`` (our metadata), ``"torchvision"`` (its key layout) or ``"timm"`` (same names as ours).
+
+    mobileconv's metadata is ``format="mobileconv"``, or the keys a ``mobileconv train`` run records
+    (:data:`TRAINER_KEYS`: files written before it recorded ``format``).
+    """
+    metadata = metadata or {}
+    if metadata.get("format") == FORMAT or all(k in metadata for k in TRAINER_KEYS):
         return "mobileconv"
     return "torchvision" if is_torchvision_layout(dict(state_dict)) else "timm"
 
@@ -220,7 +227,9 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_nam
     """Load ``src`` (timm / torchvision / mobileconv) into ``create_model(model_name)``, write ``dst``.
 
     ``num_classes`` defaults to the checkpoint classifier's. Nothing is written unless the
-    whole checkpoint fits the model. Returns a summary (source, num_classes, tensors, params, bn_eps).
+    whole checkpoint fits the model. ``dst`` records the model name, ``num_classes`` and the
+    source; a mobileconv checkpoint's own metadata (from ``mobileconv train``: dataset, classes,
+    img_size, mean, std...) is kept. Returns a summary (source, num_classes, tensors, params, bn_eps).
     """
     from ..models import create_model
 
@@ -232,7 +241,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_nam
             raise ValueError(f"{src} has no classifier to infer the number of classes from; pass --num-classes")
     model = create_model(model_name, num_classes=num_classes)
     source = load_state_dict(model, state_dict, metadata, name=str(src))
-    save_weights(model, dst, {"model": model_name, "num_classes": num_classes, "converted_from": source})
+    kept = {k: v for k, v in metadata.items() if k != "bn_eps"} if source == "mobileconv" else {}
+    save_weights(model, dst, {**kept, "model": model_name, "num_classes": num_classes, "converted_from": source})
     return {"source": source, "num_classes": num_classes, "tensors": len(model.state_dict()),
             "params": sum(p.numel() for p in model.parameters()), "bn_eps": bn_eps_of(model)}
 
@@ -260,14 +270,18 @@ def _read_torch(path: Path) -> object:
 
 
 def torch_load_reason(error: Exception) -> str:
-    """The informative line of a torch.load error (its weights_only advice to load unsafely is left out)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    at = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)
-    if at is None:
-        reason = lines[0] if lines else ""
-    else:  # "... WeightsUnpickler error: <reason>", the reason on that line or the next
-        reason = lines[at].split("WeightsUnpickler error:")[-1].strip()
-        reason = reason or (lines[at + 1] if at + 1 < len(lines) else "")
+    """The informative line of a torch.load error, without torch's advice (never to load with weights_only=False).
+
+    torch wraps the unpickler's reason in advice that varies with the release and the kind of
+    failure: after ``WeightsUnpickler error:`` (an unknown global), or on a line of its own (a
+    blocked module such as ``posix``). Both are handled: the text after the last
+    ``WeightsUnpickler error:`` (else all of it) is taken, the ``Weights only load failed.``
+    prefix and every line mentioning ``weights_only`` are dropped, and the first line left is the
+    reason, up to torch's ``Please use `torch.serialization...``` suggestion.
+    """
+    text = str(error).rpartition("WeightsUnpickler error:")[2]
+    lines = (line.strip().removeprefix("Weights only load failed.").strip() for line in text.splitlines())
+    reason = next((line for line in lines if line and "weights_only" not in line), "")
     return reason.split(" Please use `torch.serialization")[0] or type(error).__name__
 
 

@@ -132,6 +132,16 @@ def resolve_img_size(loaded: LoadedCheckpoint, img_size: int | None, data: str |
     return img_size
 
 
+def resolve_normalization(loaded: LoadedCheckpoint) -> tuple[list[float], list[float]]:
+    """Per-channel ``(mean, std)``: those recorded with the checkpoint, else the model's ``pretrained_cfg``'s.
+
+    A checkpoint without metadata (timm, torchvision) was trained with its model's usual
+    normalisation (ImageNet's for the ImageNet models), as timm's ``resolve_data_config`` assumes.
+    """
+    cfg = loaded.model.pretrained_cfg
+    return list(loaded.get("mean", cfg["mean"])), list(loaded.get("std", cfg["std"]))
+
+
 def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: str | None = None,
                         img_size: int | None = None, batch_size: int = 256, device: str = "auto",
                         max_samples: int | None = None) -> dict:
@@ -171,7 +181,7 @@ def predict_images(model_name: str | None, checkpoint: str | Path, images: list[
         raise ValueError(f"{loaded.sources['classes']}: {len(classes)} recorded class names for the checkpoint's "
                          f"{loaded.num_classes} outputs")
     img_size = resolve_img_size(loaded, img_size)
-    transform = BatchTransform(img_size, loaded.get("mean", (0.5,) * 3), loaded.get("std", (0.5,) * 3)).to(dev)
+    transform = BatchTransform(img_size, *resolve_normalization(loaded)).to(dev)
     k = min(top_k, loaded.num_classes)
     results = []
     for path in images:

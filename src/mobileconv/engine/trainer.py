@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from ..data import (BatchTransform, DataInfo, MixupCutmix, ShardedBatchSampler, build_datasets, limit_samples,
                     preferred_img_size)
+from ..deploy.weights import FORMAT
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_yaml
 from .distributed import DistEnv, barrier, cleanup_distributed, convert_sync_batchnorm, init_distributed
@@ -411,9 +412,9 @@ def run_state(run: Run, epoch: int) -> dict:
 def weights_metadata(run: Run, epoch: int) -> dict:
     """String metadata stored in the safetensors files, enough for ``mobileconv eval`` / ``predict``."""
     c, info = run.config, run.info
-    return {"model": c.model, "dataset": info.name, "num_classes": info.num_classes, "classes": info.classes,
-            "img_size": c.img_size, "mean": list(info.mean), "std": list(info.std), "epoch": epoch,
-            "ema": run.ema is not None}
+    return {"format": FORMAT, "model": c.model, "dataset": info.name, "num_classes": info.num_classes,
+            "classes": info.classes, "img_size": c.img_size, "mean": list(info.mean), "std": list(info.std),
+            "epoch": epoch, "ema": run.ema is not None}
 
 
 def train_epochs(run: Run) -> dict:

@@ -1,0 +1,68 @@
+"""``mobileconv predict`` with a checkpoint that records nothing (a timm state_dict): the model's own
+resolution and normalisation are used, as timm's ``resolve_data_config`` would.
+
+The oracle: the same pixels normalised by hand with ImageNet's mean / std (the constants below,
+not read from the model), fed to the model loaded with ``create_model(..., pretrained=...)``.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mobileconv
+from mobileconv.cli import main
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def test_predict_without_metadata_uses_the_models_imagenet_preprocessing(reference_dir, tmp_path, capsys):
+    checkpoint = reference_dir / "timm_mixnet_s.safetensors"
+    # 224 px (mixnet_s' input size): predict's resize and crop leave it as it is
+    pixels = np.random.default_rng(0).integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "x.png"), "--model", "mixnet_s", "--checkpoint", str(checkpoint),
+                 "--device", "cpu", "--format", "json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+
+    model = mobileconv.create_model("mixnet_s", pretrained=str(checkpoint)).eval()
+    x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().unsqueeze(0) / 255
+    with torch.no_grad():
+        expected = model((x - IMAGENET_MEAN) / IMAGENET_STD).softmax(1)[0].topk(5)
+    assert [t["index"] for t in top] == expected.indices.tolist()
+    np.testing.assert_allclose([t["prob"] for t in top], expected.values.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_predict_normalisation_is_the_recorded_one_else_the_models(tmp_path, recorded):
+    """The tensor fed to the model: recorded mean / std win over the model's ``pretrained_cfg``."""
+    from mobileconv.engine import inference
+    from mobileconv.engine.checkpoint import save_weights
+
+    model_name = "mobilenetv3_small_100_cifar"  # pretrained_cfg: CIFAR-10's mean / std, 32 px
+    mean, std = ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6]) if recorded else ([0.4914, 0.4822, 0.4465],
+                                                                     [0.2470, 0.2435, 0.2616])
+    path = tmp_path / "w.safetensors"
+    meta = {"model": model_name, "mean": mean, "std": std} if recorded else {}
+    save_weights(path, mobileconv.create_model(model_name, num_classes=10).state_dict(), meta)
+    pixels = np.random.default_rng(1).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+
+    seen = []
+    build = inference.build_model
+
+    def recording_build(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+        return model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inference, "build_model", recording_build)
+        inference.predict_images(model_name, path, [tmp_path / "x.png"], device="cpu")
+    x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().unsqueeze(0) / 255
+    expected = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert len(seen) == 1 and seen[0].shape == (1, 3, 32, 32)
+    torch.testing.assert_close(seen[0], expected, rtol=1e-5, atol=1e-5)
