@@ -63,6 +63,23 @@ def assert_one_line_error(code, err, command, *parts):
 
 # ---- checked loading -------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("command", ["eval", "predict", "convert"])
+def test_missing_checkpoint_is_named_without_errno(tmp_path, image, capsys, command):
+    missing = tmp_path / "nope.safetensors"
+    args = {"eval": ["eval", "--checkpoint", missing],
+            "predict": ["predict", image, "--checkpoint", missing],
+            "convert": ["convert", missing, tmp_path / "out.safetensors", "--model", MODEL]}[command]
+    code, err = run(args, capsys)
+    assert_one_line_error(code, err, command, f"error: checkpoint file not found: {missing}\n")
+    assert "Errno" not in err
+
+
+def test_predict_refuses_a_folder_before_predicting(ckpt, image, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(inference, "load_image", lambda *a: pytest.fail("an image was read before the check"))
+    code, err = run(["predict", image, tmp_path, "--checkpoint", ckpt], capsys)
+    assert_one_line_error(code, err, "predict", f"image {tmp_path} is a folder; pass image files")
+
+
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_checkpoint_of_another_architecture_is_the_loaders_one_line_error(ckpt, image, capsys, command):
     args = [command, "--checkpoint", ckpt, "--model", "mixnet_s_cifar"]

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (ValueError, OSError, KeyError) as e:  # user errors: one line, no traceback
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, OSError) and e.strerror and e.filename:  # not "[Errno 2] ..."
+            msg = f"{e.strerror}: {e.filename}"
         print(f"mobileconv {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

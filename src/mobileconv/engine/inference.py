@@ -183,10 +183,13 @@ def predict_images(model_name: str | None, checkpoint: str | Path, images: list[
     img_size = resolve_img_size(loaded, img_size)
     transform = BatchTransform(img_size, *resolve_normalization(loaded)).to(dev)
     k = min(top_k, loaded.num_classes)
-    results = []
-    for path in images:
+    for path in images:  # every path before the first prediction
+        if Path(path).is_dir():
+            raise ValueError(f"image {path} is a folder; pass image files (e.g. {Path(path) / '*.jpg'})")
         if not Path(path).is_file():
             raise ValueError(f"image {path}: no such file")
+    results = []
+    for path in images:
         x = transform(load_image(Path(path), img_size).unsqueeze(0).to(dev))
         with torch.no_grad():
             probs = loaded.model(x).float().softmax(dim=1)[0]
