@@ -117,6 +117,25 @@ def test_packed_weight_follows_every_change_of_the_weight():
         torch.testing.assert_close(inf(x), plain(inf, lambda y: y, x))
 
 
+@needs_onednn
+def test_packed_weight_follows_changes_that_keep_the_version_counter():
+    conv = make_conv(CONVS[0])
+    fused = OneDNNConv2d.from_conv(conv, nn.ReLU())
+    x = batch(2, 8, 6)
+    n = conv.weight.numel()
+    flat = torch.randn(2 * n, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        conv.weight.data = flat[:n].view_as(conv.weight)
+        fused(x)  # packs this view
+        conv.weight.data = flat[n:].view_as(conv.weight)  # same storage and version counter, other memory
+        torch.testing.assert_close(fused(x), plain(conv, F.relu, x))
+    for p in conv.parameters():
+        p.grad = torch.randn_like(p)
+    torch.optim.Adam(conv.parameters(), lr=0.5, fused=True).step()  # writes without a version bump
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), plain(conv, F.relu, x))
+
+
 def test_autograd_tracing_and_scripting_see_plain_ops():
     conv = make_conv(CONVS[1])
     fused = OneDNNConv2d.from_conv(copy.deepcopy(conv), nn.Hardswish())
@@ -171,6 +190,8 @@ def test_from_conv_rejects_what_it_cannot_fuse():
         OneDNNConv2d.from_conv(nn.Conv2d(3, 3, 3, padding="same"))
     with pytest.raises(ValueError, match="plain nn.Conv2d with numeric zero padding"):
         OneDNNConv2d.from_conv(nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match="parameters as weight and bias"):  # computed by a pre-forward hook
+        OneDNNConv2d.from_conv(nn.utils.spectral_norm(nn.Conv2d(3, 3, 3, padding=1)))
     with pytest.raises(ValueError, match=r"activation must be nn.Identity or one of .*got GELU"):
         OneDNNConv2d.from_conv(nn.Conv2d(3, 3, 1), nn.GELU())
 

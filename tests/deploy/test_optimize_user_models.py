@@ -13,7 +13,7 @@ from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 from mobileconv.deploy.onednn import onednn_available
 from mobileconv.deploy.optimize import optimize_for_inference
-from mobileconv.layers import SqueezeExcite
+from mobileconv.layers import MixConv2d, SqueezeExcite
 
 from .test_optimize import assert_close_to_scale, randomize
 
@@ -195,6 +195,39 @@ def test_parametrized_convs_keep_their_bn(parametrization):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert_close_to_scale(fast(x), model(x), 1e-5)
+
+
+NORMS = {  # weight computed from other tensors: a property (parametrize) or an attribute a forward pre-hook sets
+    "parametrizations.weight_norm": weight_norm,
+    "parametrizations.spectral_norm": spectral_norm,
+    "hook_spectral_norm": nn.utils.spectral_norm,
+    "hook_weight_norm": nn.utils.weight_norm,
+}
+
+
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
+@pytest.mark.parametrize("trained", [False, True], ids=["fresh", "after_a_training_step"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_convs_with_computed_weights_keep_their_bn(norm, trained):
+    torch.manual_seed(0)
+    wrap = NORMS[norm]
+    mix = MixConv2d(12, [3, 5], impl="reference")  # reference: its convs' own hooks run
+    wrap(mix[1])
+    model = nn.Sequential(wrap(nn.Conv2d(3, 12, 3, padding=1)), nn.BatchNorm2d(12), nn.ReLU(),
+                          mix, nn.BatchNorm2d(12), nn.ReLU(), nn.Conv2d(12, 5, 1), nn.BatchNorm2d(5))
+    randomize(model)
+    if trained:  # a forward pass with grad: a hook-based norm leaves an autograd graph in the weight attribute
+        model.train()(torch.randn(4, 3, 16, 16)).sum().backward()
+        model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = optimize_for_inference(model)
+    assert isinstance(fast[1], nn.BatchNorm2d)
+    assert isinstance(fast[7], nn.Identity)  # the plain conv's BN is still folded
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert_close_to_scale(fast(x), model(x))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)  # the caller's model is left alone
 
 
 @pytest.mark.skipif(not onednn_available(), reason="the message is OneDNNConv2d's")

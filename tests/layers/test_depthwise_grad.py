@@ -87,3 +87,73 @@ def test_fast_path_is_not_used_without_grad_or_under_autocast():
         assert not depthwise_grad.use_grouped_weight_grad(x, weights)
     frozen = [w.detach() for w in weights]
     assert not depthwise_grad.use_grouped_weight_grad(x, frozen)
+
+
+def _count_fast_path_calls(monkeypatch) -> list:
+    calls = []
+    real_apply = depthwise_grad.MixedDepthwiseConv.apply
+    monkeypatch.setattr(depthwise_grad.MixedDepthwiseConv, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    return calls
+
+
+@pytest.mark.parametrize("k, padding", [(5, 2), (7, -1)])
+def test_depthwise_weight_grad_of_an_empty_batch_is_zero(k, padding):
+    c, stride = 4, 2
+    x = _randn(0, c, 9, 8)
+    w = _randn(c, 1, k, k, seed=1).requires_grad_()
+    y = F.conv2d(x[..., max(-padding, 0):, max(-padding, 0):], w, None, stride, max(padding, 0), 1, c)
+    (expected,) = torch.autograd.grad(y, w, torch.zeros_like(y))  # autograd: zeros for an empty batch
+    got = depthwise_grad.depthwise_weight_grad(x.transpose(0, 1).contiguous(), y.detach().transpose(0, 1).contiguous(),
+                                               k, stride, padding)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("swap_max_pixels", [0, 10**9], ids=["onednn", "depthwise_forward"])
+@pytest.mark.parametrize("padding", ["", "tf"])
+def test_mixconv_training_fast_path_on_an_empty_batch(monkeypatch, swap_max_pixels, padding):
+    monkeypatch.setattr(depthwise_grad, "SWAP_MAX_PIXELS", swap_max_pixels)
+    calls = _count_fast_path_calls(monkeypatch)
+    fast = MixConv2d(9, [3, 5, 7], 2, padding=padding)
+    ref = copy.deepcopy(fast)
+    ref.impl = "reference"
+    outs = []
+    for m in (fast, ref):
+        x = torch.zeros(0, 9, 10, 11, requires_grad=True)
+        y = m(x)
+        y.sum().backward()
+        outs.append([y.detach(), x.grad] + [conv.weight.grad for conv in m])
+    assert calls, "the fast path did not use MixedDepthwiseConv"
+    for got, expected in zip(*outs):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("ks, stride, padding", [([1, 3, 5], 1, "tf"), ([3, 5], 2, "tf"), ([3, 7], 2, "")])
+def test_mixconv_training_fast_path_gradgradcheck(monkeypatch, ks, stride, padding):
+    calls = _count_fast_path_calls(monkeypatch)
+    m = MixConv2d(5, ks, stride, padding=padding).double()
+    weights = tuple(conv.weight.detach().clone().requires_grad_() for conv in m)
+
+    def f(x, *ws):
+        return torch.func.functional_call(m, {f"{i}.weight": w for i, w in enumerate(ws)}, (x,))
+
+    x = _randn(2, 5, 5, 6, seed=3).requires_grad_()
+    assert torch.autograd.gradgradcheck(f, (x, *weights), eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert calls, "the fast path did not use MixedDepthwiseConv"
+
+
+def test_mixconv_training_fast_path_gradient_penalty_equals_reference(monkeypatch):
+    # double backward, as in a gradient penalty: grad(loss, create_graph=True), then backward through it
+    calls = _count_fast_path_calls(monkeypatch)
+    fast = MixConv2d(10, [3, 5, 7], padding="").double()
+    ref = copy.deepcopy(fast)
+    ref.impl = "reference"
+    outs = []
+    for m in (fast, ref):
+        x = _randn(2, 10, 8, 9, seed=3).requires_grad_()
+        weights = [conv.weight for conv in m]
+        grads = torch.autograd.grad(m(x).square().sum(), [x, *weights], create_graph=True)
+        sum(g.square().sum() for g in grads).backward()
+        outs.append([g.detach() for g in grads] + [x.grad] + [w.grad for w in weights])
+    assert calls, "the fast path did not use MixedDepthwiseConv"
+    for got, expected in zip(*outs):
+        torch.testing.assert_close(got, expected)

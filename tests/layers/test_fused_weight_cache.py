@@ -41,7 +41,24 @@ def _load_state_dict(m):
     m.load_state_dict({k: torch.full_like(v, 0.1) for k, v in m.state_dict().items()})
 
 
-@pytest.mark.parametrize("edit", [_edit_in_place, _replace_parameter, _assign_data, _load_state_dict])
+def _assign_another_view(m):
+    # ``.data`` set to views of one storage: the same storage, the version counter kept, another address
+    w = m[1].weight
+    flat = torch.arange(2.0 * w.numel()) / w.numel()
+    w.data = flat[:w.numel()].view_as(w)
+    m(_x())  # the cached kernel is built from this view
+    w.data = flat[w.numel():].view_as(w)
+
+
+def _fused_optimizer_step(m):
+    # fused optimizers write the parameters in place without bumping their version counters
+    for p in m.parameters():
+        p.grad = torch.ones_like(p)
+    torch.optim.AdamW(m.parameters(), lr=0.1, fused=True).step()
+
+
+@pytest.mark.parametrize("edit", [_edit_in_place, _replace_parameter, _assign_data, _load_state_dict,
+                                  _assign_another_view, _fused_optimizer_step])
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
 def test_cached_kernel_follows_every_kind_of_weight_change(edit, mode):
     fast, ref = _pair()
@@ -51,6 +68,24 @@ def test_cached_kernel_follows_every_kind_of_weight_change(edit, mode):
         edit(fast)
         edit(ref)
         torch.testing.assert_close(fast(x), ref(x))
+
+
+def _train_and_validate(m, x):
+    """Validation passes (the fast path caches its kernel) between training steps of a fused optimizer."""
+    opt = torch.optim.SGD(m.parameters(), lr=0.5, momentum=0.9, fused=True)
+    outs = []
+    for _ in range(3):
+        with torch.no_grad():
+            outs.append(m.eval()(x))
+        m.train()(x).square().mean().backward()
+        opt.step()  # fused=True: the weights change, their version counters do not
+    return outs
+
+
+def test_cached_kernel_follows_the_training_steps_of_a_fused_optimizer():
+    fast, ref = _pair()
+    for got, expected in zip(_train_and_validate(fast, _x()), _train_and_validate(ref, _x())):
+        torch.testing.assert_close(got, expected)
 
 
 def test_cached_kernel_follows_dtype_conversion_and_autograd_still_works():

@@ -70,16 +70,20 @@ class OneDNNConv2d(nn.Conv2d):
 
     Build it with :meth:`from_conv`: it shares the conv's parameters. A packed weight is made per
     input shape (the packed layout depends on it; up to :data:`PACKED_SHAPES` are kept) and all
-    are made again whenever the weight or bias changes (in place, replaced, moved or cast). The
-    post-op is read from ``act`` when a shape is first called: to change ``act``, build a new one.
+    are made again whenever the weight or bias changes (in place, replaced, moved or cast, or by
+    an optimizer step; not by a write through ``.data``: see
+    :class:`~mobileconv.layers.helpers.DerivedTensorCache`). The post-op is read from ``act`` when
+    a shape is first called: to change ``act``, build a new one.
     """
 
     __jit_unused_properties__ = ["post_op"]
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, act: nn.Module | None = None) -> OneDNNConv2d:
-        if type(conv) is not nn.Conv2d or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-            raise ValueError(f"OneDNNConv2d needs a plain nn.Conv2d with numeric zero padding, got {conv}")
+        computed = any(getattr(conv, name) is not conv._parameters.get(name) for name in ("weight", "bias"))
+        if type(conv) is not nn.Conv2d or isinstance(conv.padding, str) or conv.padding_mode != "zeros" or computed:
+            raise ValueError("OneDNNConv2d needs a plain nn.Conv2d with numeric zero padding and parameters as "
+                             f"weight and bias (no spectral_norm / weight_norm hook), got {conv}")
         act = nn.Identity() if act is None else act
         if not fusable_activation(act):
             raise ValueError(f"activation must be nn.Identity or one of {[t.__name__ for t in _POST_OPS]}, "

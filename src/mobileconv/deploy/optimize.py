@@ -118,7 +118,7 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
     if compile:
         check_compiler(x.device)
         onednn = False if onednn is None else onednn
-    model = copy.deepcopy(model).eval()
+    model = _copy(model).eval()
     expected = _forward(model, x) if verify else None
     set_layer_impl(model, "fast")
     fuse_operators(model)
@@ -180,9 +180,14 @@ def compile_for_inference(model: nn.Module) -> nn.Module:
 
 
 def fuse_operators(model: nn.Module) -> nn.Module:
-    """Replace MixConv / XSepConv / evenly split grouped convs by plain convs, in place (eval-mode maths)."""
+    """Replace MixConv / XSepConv / evenly split grouped convs by plain convs, in place (eval-mode maths).
+
+    Those whose convs compute their weights (:func:`_computed_weights`) are kept, with ``impl="reference"``.
+    """
     for name, module in list(model.named_modules()):
-        if isinstance(module, MixConv2d) and getattr(module, "fusable", True):
+        if isinstance(module, (GroupedConv2d, MixConv2d, XSepConv2d)) and _computed_weights(module):
+            module.impl = "reference"  # kept, calling each conv, which computes its weight as it runs
+        elif isinstance(module, MixConv2d) and getattr(module, "fusable", True):
             _replace(model, name, mixconv_as_conv(module))
         elif isinstance(module, XSepConv2d):
             _replace(model, name, xsepconv_as_sequential(module))
@@ -274,14 +279,28 @@ def fold_batchnorms(model: nn.Module, example_input: torch.Tensor) -> list[tuple
 def trace_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
     """``(conv_name, bn_name)`` for every foldable BN whose input is a conv's output, read by nothing else.
 
-    A conv whose weight is computed (``torch.nn.utils.parametrize``: weight or spectral norm) keeps its BN.
+    A conv whose weight is computed (:func:`_computed_weights`: weight or spectral norm) keeps its BN.
     """
-    return trace_pairs(model, example_input, lambda m: isinstance(m, _CONVS) and not _parametrized(m),
+    return trace_pairs(model, example_input, lambda m: isinstance(m, _CONVS) and not _computed_weights(m),
                        lambda m: isinstance(m, _BATCHNORMS) and _foldable(m))
 
 
-def _parametrized(module: nn.Module) -> bool:
-    return any(parametrize.is_parametrized(m) for m in module.modules())
+def _computed_weights(module: nn.Module) -> bool:
+    """Whether a conv in ``module`` computes its weight or bias from other tensors as it runs.
+
+    ``torch.nn.utils.parametrize`` (``parametrizations.weight_norm`` / ``spectral_norm``) makes
+    ``weight`` a property; the hook-based ``torch.nn.utils.spectral_norm`` / ``weight_norm`` set it
+    as a plain tensor attribute before each call. Either way it is not a parameter to fold into.
+    """
+    for m in module.modules():
+        if parametrize.is_parametrized(m):
+            return True
+        if isinstance(m, nn.Conv2d):
+            for name in ("weight", "bias"):
+                value = getattr(m, name)
+                if value is not None and m._parameters.get(name) is not value:
+                    return True
+    return False
 
 
 @torch.no_grad()
@@ -363,7 +382,8 @@ def fuse_conv_activations(model: nn.Module, example_input: torch.Tensor) -> list
         The ``(conv_name, activation_name)`` pairs fused.
     """
     def is_conv(m: nn.Module) -> bool:
-        return type(m) is nn.Conv2d and not isinstance(m.padding, str) and m.padding_mode == "zeros"
+        return (type(m) is nn.Conv2d and not isinstance(m.padding, str) and m.padding_mode == "zeros"
+                and not _computed_weights(m))
 
     called = _called_modules(model, example_input, is_conv)  # an InplaceSqueezeExcite's convs are not
     pairs = trace_pairs(model, example_input, is_conv,
@@ -592,6 +612,21 @@ def _fold(conv: nn.Module, bn: nn.Module) -> None:
         piece.weight = nn.Parameter((w * s.reshape(-1, *[1] * (w.dim() - 1))).to(w.dtype), w.requires_grad)
         piece.bias = nn.Parameter((bias * s + b).to(w.dtype), w.requires_grad)
         start += n
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also with hook-based ``spectral_norm`` / ``weight_norm`` convs.
+
+    Their ``weight`` is a tensor attribute computed from the parameters, which ``deepcopy``
+    refuses when it is part of an autograd graph; the hook computes it again before every call,
+    so the copy gets a detached one.
+    """
+    memo: dict[int, object] = {}
+    for m in model.modules():
+        for value in vars(m).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 # oneDNN's generic weight-gradient kernel saves (measured on MixNet-S/M layers, 1 thread).
 SWAP_MAX_PIXELS = 14 * 14
 
+_conv_backward = torch.ops.aten.convolution_backward
+
 
 def use_grouped_weight_grad(x: torch.Tensor, weights: list[torch.Tensor]) -> bool:
     """True when :class:`MixedDepthwiseConv` pays: eager CPU training in float32 / float64, no autocast."""
@@ -45,6 +47,8 @@ def depthwise_weight_grad(x_t: torch.Tensor, grad_t: torch.Tensor, kernel_size: 
     """
     c, n, ho, wo = grad_t.shape
     k, s = kernel_size, stride
+    if n == 0:  # an empty batch: a sum of no terms (and F.conv2d takes no 0 groups)
+        return grad_t.new_zeros(c, 1, k, k)
     if padding < 0:  # read exactly the rows / columns the conv reads
         start = -padding
         x_t = x_t[:, :, start:start + (ho - 1) * s + k, start:start + (wo - 1) * s + k]
@@ -53,6 +57,12 @@ def depthwise_weight_grad(x_t: torch.Tensor, grad_t: torch.Tensor, kernel_size: 
     kernel = grad_t.reshape(c * n, 1, ho, wo)
     out = F.conv2d(image, kernel, None, 1, padding, s, c * n)  # (1, c*n, >= k, >= k)
     return out[..., :k, :k].reshape(c, n, k, k).sum(1).unsqueeze(1)
+
+
+def _fuse(weights: tuple[torch.Tensor, ...], kernel_sizes: list[int]) -> torch.Tensor:
+    """The groups' kernels centred, zero-padded to the largest, as one ``(C, 1, K, K)`` depthwise weight."""
+    big = max(kernel_sizes)
+    return torch.cat([F.pad(w, [(big - k) // 2] * 4) for w, k in zip(weights, kernel_sizes)], 0)
 
 
 class MixedDepthwiseConv(torch.autograd.Function):
@@ -65,26 +75,29 @@ class MixedDepthwiseConv(torch.autograd.Function):
     larger than ``SWAP_MAX_PIXELS`` by oneDNN's weight-gradient kernels, the others by
     :func:`depthwise_weight_grad`. The result is
     the same as autograd through the fused weight (MixConv paper, Eq. 2), up to summation order.
+
+    Twice differentiable: a backward that records a graph (``create_graph=True``, e.g. for a
+    gradient penalty) computes the gradients with ``convolution_backward`` of the fused weight,
+    rebuilt from ``weights``, which autograd differentiates again.
     """
 
     @staticmethod
     def forward(ctx, x, stride, padding, kernel_sizes, splits, *weights):
-        big = max(kernel_sizes)
-        fused = torch.cat([F.pad(w, [(big - k) // 2] * 4) for w, k in zip(weights, kernel_sizes)], 0)
-        ctx.save_for_backward(x, fused)
+        fused = _fuse(weights, kernel_sizes)
+        ctx.save_for_backward(x, fused, *weights)
         ctx.conf = stride, padding, kernel_sizes, splits
         return F.conv2d(x, fused, None, stride, padding, 1, x.shape[1])
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, fused = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated again
+            return MixedDepthwiseConv._differentiable_backward(ctx, grad)
+        x, fused = ctx.saved_tensors[:2]
         s, p, kernel_sizes, splits = ctx.conf
-        conv_backward = torch.ops.aten.convolution_backward
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = conv_backward(grad, x, fused, None, [s, s], [p, p], [1, 1], False, [0, 0], x.shape[1],
-                                   [True, False, False])[0]
+            grad_x = _conv_backward(grad, x, fused, None, [s, s], [p, p], [1, 1], False, [0, 0], x.shape[1],
+                                    [True, False, False])[0]
         big = max(kernel_sizes)
         grad_ws = []
         start = 0
@@ -94,11 +107,29 @@ class MixedDepthwiseConv(torch.autograd.Function):
                 grad_ws.append(None)
             elif p_i >= 0 and (k <= 3 or x.shape[-2] * x.shape[-1] > SWAP_MAX_PIXELS):
                 w = fused.new_empty(c, 1, k, k)
-                grad_ws.append(conv_backward(grad[:, start:start + c], x[:, start:start + c], w, None, [s, s],
-                                             [p_i, p_i], [1, 1], False, [0, 0], c, [False, True, False])[1])
+                grad_ws.append(_conv_backward(grad[:, start:start + c], x[:, start:start + c], w, None, [s, s],
+                                              [p_i, p_i], [1, 1], False, [0, 0], c, [False, True, False])[1])
             else:
                 x_t = x[:, start:start + c].transpose(0, 1).contiguous()  # batch second
                 grad_t = grad[:, start:start + c].transpose(0, 1).contiguous()
                 grad_ws.append(depthwise_weight_grad(x_t, grad_t, k, s, p_i))
+            start += c
+        return (grad_x, None, None, None, None, *grad_ws)
+
+    @staticmethod
+    def _differentiable_backward(ctx, grad):
+        """The fused conv's gradients by differentiable ops: the fused weight's, cropped per group."""
+        x, _, *weights = ctx.saved_tensors
+        s, p, kernel_sizes, splits = ctx.conf
+        fused = _fuse(weights, kernel_sizes)  # made again from the weights, so that the graph reaches them
+        need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[5:])
+        grad_x, grad_w, _ = _conv_backward(grad, x, fused, None, [s, s], [p, p], [1, 1], False, [0, 0],
+                                           x.shape[1], [need_x, need_w, False])
+        big = max(kernel_sizes)
+        grad_ws = []
+        start = 0
+        for i, (k, c) in enumerate(zip(kernel_sizes, splits)):
+            o = (big - k) // 2
+            grad_ws.append(grad_w[start:start + c, :, o:o + k, o:o + k] if ctx.needs_input_grad[5 + i] else None)
             start += c
         return (grad_x, None, None, None, None, *grad_ws)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
@@ -122,20 +123,43 @@ def pad_tf_same(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int
     return F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
 
 
+# torch.optim steps so far: fused optimizers (``fused=True``) write the parameters without bumping
+# their version counters, so no derived tensor outlives a step.
+_optimizer_steps = 0
+
+
+def _count_optimizer_step(optimizer: object, args: tuple, kwargs: dict) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
 class DerivedTensorCache:
     """Tensors derived from some source tensors (a fused or packed weight), rebuilt when a source changes.
 
-    A source counts as unchanged while it is the same tensor, with the same version counter
-    (in-place updates) and the same storage (``.to()`` swaps a parameter's storage; the cache
-    holds the old one, so its address cannot be reused meanwhile). Tensors made under
-    ``inference_mode`` have no version counter: for them nothing is cached. Values are kept per
-    ``key`` (an input shape, say), at most ``max_entries`` of them. Never copied or pickled: a
-    copy or an unpickled module starts with an empty cache.
+    A source counts as unchanged while it is the same tensor, at the same address (``.data``
+    assignments and ``.to()`` swap a parameter's memory; the cache holds the old storage, so its
+    address cannot be reused meanwhile), with the same version counter (in-place updates, also by
+    ``load_state_dict``, ``torch.nn.init`` and optimizers), and no ``torch.optim`` optimizer has
+    stepped since (fused optimizers write without bumping the version). Not seen: in-place writes
+    that bypass the version counter, such as those through ``.data`` (``p.data.mul_(2)``; write
+    ``with torch.no_grad(): p.mul_(2)`` instead) or through a NumPy / DLPack view of the memory;
+    call :meth:`clear` after those. Tensors made under ``inference_mode`` have no version counter:
+    for them nothing is cached. Values are kept per ``key`` (an input shape, say), at most
+    ``max_entries`` of them. Never copied or pickled: a copy or an unpickled module starts with
+    an empty cache.
     """
 
     def __init__(self, max_entries: int = 1) -> None:
         self.max_entries = max_entries
-        self._sources: list[tuple[torch.Tensor, int, torch.UntypedStorage]] = []
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop every value: the next :meth:`get` builds it again."""
+        self._sources: list[tuple[torch.Tensor, int, int, torch.UntypedStorage]] = []
+        self._steps = -1
         self.entries: dict = {}
 
     def get(self, sources: Sequence[torch.Tensor], build: Callable[[], torch.Tensor], key=None) -> torch.Tensor:
@@ -146,17 +170,19 @@ class DerivedTensorCache:
         if any(t.is_inference() for t in sources):
             return build()
         if not self._unchanged(sources):
-            self._sources, self.entries = [(t, t._version, t.untyped_storage()) for t in sources], {}
+            self.clear()
+            self._sources = [(t, t._version, t.data_ptr(), t.untyped_storage()) for t in sources]
+            self._steps = _optimizer_steps
         if len(self.entries) >= self.max_entries:
             self.entries.clear()
         value = self.entries[key] = build()
         return value
 
     def _unchanged(self, sources: Sequence[torch.Tensor]) -> bool:
-        if len(sources) != len(self._sources):
+        if len(sources) != len(self._sources) or self._steps != _optimizer_steps:
             return False
-        for t, (held, version, storage) in zip(sources, self._sources):
-            if t is not held or t._version != version or t.untyped_storage().data_ptr() != storage.data_ptr():
+        for t, (held, version, address, _) in zip(sources, self._sources):
+            if t is not held or t._version != version or t.data_ptr() != address:
                 return False
         return True
 

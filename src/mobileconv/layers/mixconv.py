@@ -95,7 +95,10 @@ class MixConv2d(nn.ModuleList):
         return torch.cat(weights, 0)
 
     def _cached_fused_weight(self) -> torch.Tensor:
-        """``fused_weight()``, rebuilt only when a kernel is replaced, moved / cast, or changed in place (no grad)."""
+        """``fused_weight()``, rebuilt only when a kernel changes (see :class:`.helpers.DerivedTensorCache`).
+
+        Replaced, moved / cast, changed in place or by an optimizer step; not by a write through ``.data``.
+        """
         cache = self.__dict__.get("_fused_cache")
         if cache is None:  # a plain attribute: not in state_dict, not moved by .to()
             cache = self.__dict__["_fused_cache"] = DerivedTensorCache()
