@@ -8,6 +8,7 @@ from torch import nn
 from mobileconv.layers import (Conv2dSame, ConvNormAct, DepthwiseSeparableConv2d, GroupedConv2d, MixConv2d,
                                SpatialSeparableConv2d, SqueezeExcite, XSepConv2d, conv2d, create_act, create_conv2d,
                                exponential_split, get_act, set_layer_impl, xsep_padding_schedule)
+from mobileconv.layers.helpers import split_channels
 
 ODD = re.escape("positive odd integer (1, 3, 5, 7, ...)")
 STRIDE = "stride must be 1 or 2, got "
@@ -90,6 +91,11 @@ BAD_ARGUMENTS = {
                                                                               r"pass Sigmoid rather than Sigmoid\(\)"),
     "get_act": (lambda: get_act("mish"), rf"activation must be one of {ACTS}, a module class or None; got .*'mish'"),
     "create_act": (lambda: create_act("Mish"), r"activation must be one of .*'Mish'"),
+    "exponential_split_zero_groups": (lambda: exponential_split(8, 0), r"num_groups must be a positive integer, got 0"),
+    "split_channels_zero_groups": (lambda: split_channels(8, 0), r"num_groups must be a positive integer, got 0"),
+    "mix_float_stride": (lambda: MixConv2d(8, [3, 5], stride=2.0), STRIDE + "2.0"),
+    "cna_norm_instance": (lambda: ConvNormAct(4, 8, 3, norm_layer=nn.BatchNorm2d(8)),
+                          r"norm_layer must be .* not a module instance; pass BatchNorm2d rather than BatchNorm2d\(\.\.\.\)"),
     "exponential_split": (lambda: exponential_split(3, 3), r"channels=3 is too few .*\[1, 0, 2\].*need channels >= 4"),
     "set_layer_impl": (lambda: set_layer_impl(nn.ReLU(), "turbo"),
                        r"impl must be one of \('fast', 'reference'\), got 'turbo'"),

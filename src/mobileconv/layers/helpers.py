@@ -23,7 +23,7 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
 
 
 def check_stride(stride: int, name: str = "stride") -> int:
-    if isinstance(stride, bool) or stride not in (1, 2):
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride not in (1, 2):
         raise ValueError(f"{name} must be 1 or 2, got {stride!r}")
     return int(stride)
 
@@ -59,6 +59,7 @@ def check_kernel_sizes(kernel_sizes: int | Sequence[int], name: str = "kernel_si
 
 def split_channels(channels: int, num_groups: int, name: str = "channels") -> list[int]:
     """Equal split with the remainder added to the first group (MixConv paper, Sec. 3.1)."""
+    check_positive(num_groups, "num_groups")
     if num_groups > channels:
         raise ValueError(f"{name}={channels} is fewer than the number of groups ({num_groups}); "
                          f"need {name} >= {num_groups}, at least one channel per group")
@@ -195,6 +196,9 @@ class DerivedTensorCache:
 
 def check_norm_layer(norm_layer: object) -> None:
     """``norm_layer`` must be ``None`` (no normalisation) or a callable taking the channel count."""
+    if isinstance(norm_layer, torch.nn.Module):  # callable, but calling it runs its forward
+        raise ValueError(f"norm_layer must be a callable taking the channel count or None, not a module instance; "
+                         f"pass {type(norm_layer).__name__} rather than {type(norm_layer).__name__}(...)")
     if norm_layer is not None and not callable(norm_layer):
         raise ValueError(f"norm_layer must be a callable taking the channel count (e.g. nn.BatchNorm2d) "
                          f"or None for no normalisation, got {norm_layer!r}")

@@ -18,6 +18,7 @@ SPLITS = ("equal", "exponential")
 
 def exponential_split(channels: int, num_groups: int) -> list[int]:
     """Group ``i`` gets ``channels * 2^-(i+1)`` channels, the last group the rest (MixConv paper, Sec. 3.1)."""
+    check_positive(num_groups, "num_groups")
     splits = [int(channels * 2.0 ** -(i + 1)) for i in range(num_groups - 1)]
     splits.append(channels - sum(splits))
     if min(splits) < 1:
