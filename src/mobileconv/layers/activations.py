@@ -49,11 +49,15 @@ def get_act(name: ActLayer, *, arg_name: str = "activation") -> Callable[..., nn
 
 
 def create_act(name: ActLayer, inplace: bool = False, *, arg_name: str = "activation") -> nn.Module:
-    """Instantiate an activation by name (``nn.Identity`` for ``None``)."""
+    """Instantiate an activation by name (``nn.Identity`` for ``None``); the result must be an ``nn.Module``."""
     layer = get_act(name, arg_name=arg_name)
     if layer is None:
         return nn.Identity()
     try:
-        return layer(inplace=inplace)
+        module = layer(inplace=inplace)
     except TypeError:
-        return layer()
+        module = layer()
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"{arg_name} must build an nn.Module when called (a module class such as nn.ReLU), "
+                         f"but {name!r} returned {type(module).__name__}")
+    return module

@@ -20,10 +20,12 @@ class ConvNormAct(nn.Sequential):
         kernel_size: square kernel size.
         stride: 1 or 2.
         groups: conv groups (``in_channels`` for a depthwise conv).
+        dilation: conv dilation (the padding keeps the size: ``(k - 1) // 2 * dilation``).
         norm_layer: a callable taking the channel count (``nn.BatchNorm2d`` by default) or ``None``.
         act_layer: an activation class or name (``"relu"``, ``"hswish"``...) or ``None``.
         bias: conv bias; defaults to ``norm_layer is None``.
         padding: ``""`` for symmetric padding, ``"tf"`` for TensorFlow SAME padding.
+        inplace: run the activation in place.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
@@ -41,6 +43,8 @@ class ConvNormAct(nn.Sequential):
         check_norm_layer(norm_layer)
         if bias is None:
             bias = norm_layer is None
+        elif not isinstance(bias, bool):  # a truthy string such as "no" would silently add a bias
+            raise ValueError(f"bias must be True, False or None (None: a bias only without norm_layer), got {bias!r}")
         layers: dict[str, nn.Module] = {
             "conv": conv2d(in_channels, out_channels, kernel_size, stride, dilation, groups, bias, padding)}
         if norm_layer is not None:

@@ -8,23 +8,34 @@ from torch import nn
 
 from .activations import ActLayer, create_act
 from .conv import conv2d
-from .helpers import check_input_channels, check_kernel_size, check_positive, check_stride
+from .helpers import check_input_channels, check_kernel_size, check_norm_layer, check_positive, check_stride
+
+
+def check_bias(bias: object, name: str = "bias") -> bool:
+    """``bias`` must be a bool (a truthy string such as ``"no"`` would silently add a bias)."""
+    if not isinstance(bias, bool):
+        raise ValueError(f"{name} must be True or False, got {bias!r}")
+    return bias
 
 
 class DepthwiseSeparableConv2d(nn.Module):
     """``k x k depthwise -> BN -> act -> 1x1 pointwise -> BN -> act`` (MobileNetV1, Fig. 3).
 
     Cost relative to a dense ``k x k`` conv: ``1 / out_channels + 1 / k^2`` (MobileNetV1, Eq. 5).
+    ``norm_layer`` is a callable taking the channel count (``nn.BatchNorm2d`` by default), or ``None``
+    for no normalisation (each BN is then an ``nn.Identity``; the convs stay bias-free).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, *,
-                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d, act_layer: ActLayer = nn.ReLU,
+                 norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d, act_layer: ActLayer = nn.ReLU,
                  padding: str = "") -> None:
         super().__init__()
         check_positive(in_channels, "in_channels")
         check_positive(out_channels, "out_channels")
         k = check_kernel_size(kernel_size)
         check_stride(stride)
+        check_norm_layer(norm_layer)
+        norm_layer = nn.Identity if norm_layer is None else norm_layer  # nn.Identity(channels) ignores its argument
         self.in_channels, self.out_channels = in_channels, out_channels
         self.conv_dw = conv2d(in_channels, in_channels, k, stride, groups=in_channels, padding=padding)
         self.bn1 = norm_layer(in_channels)
@@ -52,6 +63,7 @@ class SpatialSeparableConv2d(nn.Module):
         check_positive(out_channels, "out_channels")
         k = check_kernel_size(kernel_size)
         check_stride(stride)
+        check_bias(bias)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.conv_kx1 = nn.Conv2d(in_channels, out_channels, (k, 1), (stride, 1), (k // 2, 0), bias=False)
         self.conv_1xk = nn.Conv2d(out_channels, out_channels, (1, k), (1, stride), (0, k // 2), bias=bias)

@@ -5,7 +5,7 @@
 | mobilenetv1_100 | 4,231,976 | 568.7M | 70.6% / 569M / 4.2M |
 | mobilenetv1_075 | 2,585,560 | 325.4M | 68.4% / 325M / 2.6M |
 | mobilenetv1_050 | 1,331,592 | 149.5M | 63.7% / 149M / 1.3M |
-| mobilenetv1_025 | 470,072 | 41.3M | 50.6% / 41M / 0.5M |
+| mobilenetv1_025 | 470,072 | 41.0M | 50.6% / 41M / 0.5M |
 
 The resolution multiplier rho (Table 7) is just the input size: mobilenetv1_100 at 192 / 160 /
 128 costs 418.1M / 290.7M / 186.4M MACs (69.1 / 67.2 / 64.4% in the paper).

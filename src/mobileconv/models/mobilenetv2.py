@@ -3,7 +3,7 @@
 | name | params | MACs (224) | paper: top-1 / MACs / params (Table 4, Fig. 5) |
 | --- | --- | --- | --- |
 | mobilenetv2_100 | 3,504,872 | 300.8M | 72.0% / 300M / 3.4M |
-| mobilenetv2_140 | 6,108,776 | 582.0M | 74.7% / 585M / 6.9M |
+| mobilenetv2_140 | 6,108,776 | 582.2M | 74.7% / 585M / 6.9M |
 
 Width multiplier 1.4 scales the stem and every block (rounded to 8) and the head to
 ``max(1280, make_divisible(1280 * 1.4))`` = 1792 (paper Sec. 6.1).
