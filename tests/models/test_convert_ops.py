@@ -27,9 +27,10 @@ def mix_weights(channels, kernel_sizes):
     return sum(c * k * k for c, k in zip(splits, kernel_sizes))
 
 
-def xsep_params(channels, k):
-    """XSepConv per channel: 2x2 + 1xK + Kx1 weights (4 + 2K) and three BNs (2 parameters each)."""
-    return channels * (4 + 2 * k) + 3 * 2 * channels
+def xsep_params(channels, k, bns=3):
+    """XSepConv per channel: 2x2 + 1xK + Kx1 weights (4 + 2K) and three BNs (2 parameters each), or two
+    where the host's BN follows it."""
+    return channels * (4 + 2 * k) + bns * 2 * channels
 
 
 class TinyNet(nn.Module):
@@ -113,7 +114,7 @@ def test_xsepify_mobilenetv2_counts_and_trains():
     before = n_params(model)
     assert n_params(mobileconv.xsepify(model, min_kernel=5)) == before  # V2 has 3x3 kernels only
     replaced = [(n, c, k) for n, c, k, s in convs if s == 1]
-    expected = before + sum(xsep_params(c, k) - c * k * k for _, c, k in replaced)
+    expected = before + sum(xsep_params(c, k, bns=2) - c * k * k for _, c, k in replaced)  # bn2 follows each
     mobileconv.xsepify(model, min_kernel=3)
     assert n_params(model) == expected
     xseps = [(n, m) for n, m in model.named_modules() if isinstance(m, XSepConv2d)]
@@ -275,3 +276,29 @@ def test_convs_that_are_not_zero_same_padded_are_left_alone(conv):
     assert mobileconv.mixify(model, (5, 7)) is model and model[0] is conv
     assert mobileconv.xsepify(model) is model and model[0] is conv
     assert mobileconv.mixify(conv, (5, 7)) is conv and mobileconv.xsepify(conv) is conv
+
+
+def test_xsepify_leaves_the_last_bn_to_a_bn_that_already_follows():
+    # two BNs in a row: in training the second normalises the first one's scale and shift away
+    model = nn.Sequential(nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False), nn.ReLU())
+    mobileconv.xsepify(model)
+    assert isinstance(model[0].bn3, nn.Identity)  # model[1] is its last BN
+    assert isinstance(model[3].bn3, nn.BatchNorm2d)  # nothing normalises its output otherwise
+    forced = mobileconv.xsepify(nn.Sequential(nn.Conv2d(8, 8, 5, padding=2, groups=8), nn.BatchNorm2d(8)),
+                                last_norm=True)
+    assert isinstance(forced[0].conv.bn3, nn.BatchNorm2d)
+    with pytest.raises(ValueError, match="last_norm must be True, False or None"):
+        mobileconv.xsepify(nn.Sequential(), last_norm="auto")
+
+
+def test_registered_xsep_model_trains_every_bn():
+    # the defect: XSepConv's own last BN followed by the block's bn2 got gradients ~1e-9
+    torch.manual_seed(0)
+    model = mobileconv.create_model("xsep_mobilenetv3_small_100_cifar").train()
+    model(torch.randn(8, 3, 32, 32)).square().mean().backward()
+    for name, module in model.named_modules():
+        if isinstance(module, XSepConv2d):
+            bn = model.get_submodule(name.rpartition(".")[0]).bn2  # the block's BN after the XSepConv
+            assert isinstance(module.bn3, nn.Identity)
+            assert bn.weight.grad.abs().max() > 1e-6 and module.bn2.weight.grad.abs().max() > 1e-6

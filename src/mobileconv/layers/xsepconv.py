@@ -80,6 +80,9 @@ class XSepConv2d(nn.Module):
         act_layer: activation after the first two convs (a class or name, ``None`` for none).
         norm_layer: a callable taking the channel count (``nn.BatchNorm2d`` by default), or ``None``
             for no normalisation (each BN is then an ``nn.Identity``; the convs stay bias-free).
+        last_norm: ``False`` leaves out the BN after the Kx1 conv (``bn3`` is an ``nn.Identity``), for
+            a host block whose own BN follows the XSepConv (two BNs in a row would leave the first
+            one's scale and shift without gradient in training).
         impl: ``"fast"`` runs the 2x2 conv as one pad-1 3x3 depthwise conv, each 2x2 kernel placed
             in the 3x3 corner that matches its padding direction (one conv for every direction,
             no ``F.pad`` of the input); ``"reference"`` pads with ``F.pad`` and runs the 2x2 conv(s).
@@ -87,7 +90,7 @@ class XSepConv2d(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int, stride: int = 1, *, padding: str = "symmetric",
                  act_layer: ActLayer = nn.ReLU, norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d,
-                 impl: str = "fast") -> None:
+                 last_norm: bool = True, impl: str = "fast") -> None:
         super().__init__()
         check_positive(channels, "channels")
         k = check_kernel_size(kernel_size)
@@ -102,6 +105,8 @@ class XSepConv2d(nn.Module):
         self.pads = [list(DIRECTIONS[d]) for d in self.directions]  # (left, right, top, bottom) per group
         self.channels, self.kernel_size, self.stride, self.padding = channels, k, stride, padding
         self.impl = check_impl(impl)
+        if not isinstance(last_norm, bool):
+            raise ValueError(f"last_norm must be True or False, got {last_norm!r}")
         check_norm_layer(norm_layer)
         norm_layer = nn.Identity if norm_layer is None else norm_layer  # nn.Identity(channels) ignores its argument
         self.conv_2x2 = nn.Conv2d(channels, channels, 2, groups=channels, bias=False)
@@ -111,7 +116,7 @@ class XSepConv2d(nn.Module):
         self.bn2 = norm_layer(channels)
         self.act2 = create_act(act_layer, inplace=True, arg_name="act_layer")
         self.conv_kx1 = nn.Conv2d(channels, channels, (k, 1), (stride, 1), (k // 2, 0), groups=channels, bias=False)
-        self.bn3 = norm_layer(channels)
+        self.bn3 = norm_layer(channels) if last_norm else nn.Identity()
 
     def extra_repr(self) -> str:
         return f"k={self.kernel_size} padding={self.padding} stride={self.stride}"

@@ -30,13 +30,14 @@ def create_dw_conv(channels: int, kernel_size: int | Sequence[int], stride: int,
 
     ``xsep_padding`` is the 2x2 conv's padding direction (see
     :func:`mobileconv.layers.xsep_padding_schedule`); the XSepConv then uses ``act_layer`` and
-    ``norm_layer`` for its inner activations / BNs.
+    ``norm_layer`` for its inner activations / BNs. Its last BN (after the Kx1 conv) is the
+    block's own ``bn2``, which follows it, so it has none of its own (``last_norm=False``).
     """
     if xsep_padding is not None:
         if not isinstance(kernel_size, int):
             raise ValueError(f"XSepConv takes one kernel size, got {kernel_size!r}")
         return XSepConv2d(channels, kernel_size, stride, padding=xsep_padding, act_layer=act_layer,
-                          norm_layer=norm_layer)
+                          norm_layer=norm_layer, last_norm=False)
     return create_conv2d(channels, channels, kernel_size, stride, depthwise=True, padding=padding)
 
 

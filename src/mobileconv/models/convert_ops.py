@@ -83,6 +83,13 @@ def _replace(model: nn.Module, found: list, make) -> nn.Module:
     return model
 
 
+def _followed_by_norm(parent: nn.Module, attr: str) -> bool:
+    """Whether the module registered right after ``parent.<attr>`` is a BatchNorm."""
+    names = list(parent._modules)
+    after = names.index(attr) + 1
+    return after < len(names) and isinstance(parent._modules[names[after]], nn.modules.batchnorm._BatchNorm)
+
+
 def _like(new: nn.Module, old: nn.Conv2d) -> nn.Module:
     """``new`` in ``old``'s dtype and device (call it before copying weights in, so they are copied exactly)."""
     return new.to(device=old.weight.device, dtype=old.weight.dtype)
@@ -138,7 +145,8 @@ def mixify(model: nn.Module, kernel_sizes: Sequence[int] = (3, 5, 7), *, split: 
     return _replace(model, found, make)
 
 
-def xsepify(model: nn.Module, min_kernel: int = 5, *, act_layer: str = "relu") -> nn.Module:
+def xsepify(model: nn.Module, min_kernel: int = 5, *, act_layer: str = "relu",
+            last_norm: bool | None = None) -> nn.Module:
     """Replace every stride-1 "same" depthwise conv with ``K >= min_kernel`` by an :class:`XSepConv2d`.
 
     As in the XSepConv paper (Sec. 4) stride-2 convs keep the plain depthwise form. The ``n``
@@ -152,10 +160,16 @@ def xsepify(model: nn.Module, min_kernel: int = 5, *, act_layer: str = "relu") -
         model: any ``nn.Module`` (modified in place and returned).
         min_kernel: smallest kernel size to replace (the paper uses 5).
         act_layer: activation inside the XSepConvs.
+        last_norm: whether each XSepConv has its own BN after the Kx1 conv. ``None``: not when
+            the conv is followed by a BN already (the module registered right after it is a
+            BatchNorm, as in MobileNet blocks and ``nn.Sequential(conv, BN, ...)``), since two BNs
+            in a row leave the first without gradient; otherwise yes.
     """
     if isinstance(min_kernel, bool) or not isinstance(min_kernel, int) or min_kernel < 2:
         raise ValueError(f"min_kernel must be an integer >= 2, got {min_kernel!r}")
     get_act(act_layer, arg_name="act_layer")  # a bad name is an error even where no conv qualifies
+    if last_norm is not None and not isinstance(last_norm, bool):
+        raise ValueError(f"last_norm must be True, False or None (decided per conv), got {last_norm!r}")
 
     def eligible(conv: nn.Conv2d) -> bool:
         return conv.stride == (1, 1) and conv.kernel_size[0] >= min_kernel and conv.in_channels >= 4
@@ -165,8 +179,11 @@ def xsepify(model: nn.Module, min_kernel: int = 5, *, act_layer: str = "relu") -
     schedule = xsep_padding_schedule(len(found))
 
     def make(conv: nn.Conv2d, i: int) -> XSepConv2d:
-        xsep = _like(XSepConv2d(conv.in_channels, conv.kernel_size[0], 1, padding=schedule[i], act_layer=act_layer),
-                     conv)
+        parent, attr = found[i][:2]
+        followed = parent is not None and _followed_by_norm(parent, attr)
+        own_norm = not followed if last_norm is None else last_norm
+        xsep = _like(XSepConv2d(conv.in_channels, conv.kernel_size[0], 1, padding=schedule[i], act_layer=act_layer,
+                                last_norm=own_norm), conv)
         init_weights(xsep)  # drawn in the conv's dtype, on its device
         return xsep
 

@@ -10,8 +10,9 @@ XSepConv (2x2 dw -> BN -> act -> 1xK dw -> BN -> act -> Kx1 dw -> BN; Fig. 2); s
 keep the plain depthwise conv (the paper finds the down-sampling form pays off only for
 ``K >= 7``). The 2x2 convs' padding directions follow ``xsep_padding_schedule(n)`` over the
 network's ``n = 6`` XSep layers in order (improved symmetric padding, Sec. 3.2). Each XSepConv
-uses its block's activation, and the block keeps its own BN + activation after it, so module
-names stay those of MobileNetV3 (``blocks.<s>.<i>.conv_dw`` is the XSepConv2d).
+uses its block's activation; its last BN is the block's own ``bn2`` (the XSepConv2d has
+``last_norm=False``: two BNs in a row would leave the first without gradient), so module names
+stay those of MobileNetV3 (``blocks.<s>.<i>.conv_dw`` is the XSepConv2d).
 """
 from __future__ import annotations
 
