@@ -70,13 +70,17 @@ def test_failed_start_creates_no_run_folder(tmp_path, capsys, no_training, bad, 
     assert not (tmp_path / "new").exists()
 
 
-def test_overwrite_that_starts_replaces_the_previous_run(finished_run, tmp_path, monkeypatch):
+def test_overwrite_replaces_the_previous_run_at_the_first_checkpoint(finished_run, tmp_path, monkeypatch):
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
+    before = snapshot(out)
     monkeypatch.setattr(trainer, "train_epochs", lambda run: {})  # setup only
     assert main(["train", *TINY, "--epochs", "1", "--seed", "3", "--out", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # the old run's files are gone
+    assert snapshot(out) == before  # no checkpoint yet: the previous run is whole
+    monkeypatch.undo()
+    assert main(["train", *TINY, "--epochs", "1", "--seed", "3", "--out", str(out), "--overwrite"]) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 3
+    assert load_state(out / STATE_FILE)["config"]["seed"] == 3
 
 
 def test_failed_resume_keeps_its_config(finished_run, tmp_path, capsys, no_training):

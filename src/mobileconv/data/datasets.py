@@ -98,12 +98,15 @@ class ImageFolderDataset(Dataset):
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
-    """Decode an image file to a uint8 ``(3, size, size)`` tensor (shorter side resized, centre crop)."""
+    """Decode an image file to a uint8 ``(3, size, size)`` tensor (shorter side resized, centre crop).
+
+    Grey images are repeated over the three channels, alpha is dropped, 16-bit grey images are scaled to 8 bits.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
+            img = to_8bit(img).convert("RGB")
             scale = size / min(img.size)
             w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
             img = img.resize((w, h), Image.BILINEAR)
@@ -113,6 +116,19 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise ValueError(f"cannot decode image {path}: {e}") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def to_8bit(img):
+    """A 16-bit grey PIL image (modes ``I;16*``, and ``I`` as older Pillows read 16-bit PNGs) scaled to 8-bit ``L``.
+
+    ``Image.convert`` would clip those values at 255 instead, turning nearly every pixel white.
+    """
+    from PIL import Image
+
+    if not (img.mode == "I" or img.mode.startswith("I;16")):
+        return img
+    array = np.asarray(img).astype(np.float64) * (255 / 65535)
+    return Image.fromarray(array.round().clip(0, 255).astype(np.uint8), "L")
 
 
 # --data values with a resolution of their own (the 8x8 digits gain nothing from more than 16 px)
@@ -237,6 +253,12 @@ def load_image_folder(root: Path, img_size: int):
     for split, ds in (("train", train), ("val", val)):
         if len(ds) == 0:
             raise ValueError(f"--data {root}: no images ({', '.join(IMAGE_EXTENSIONS)}) under {split}/")
+        counts = torch.bincount(ds.labels, minlength=len(classes))
+        empty = [name for name, count in zip(classes, counts.tolist()) if count == 0]
+        if empty:
+            raise ValueError(f"--data {root}: {split}/{empty[0]}/ holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+                             f"{f' (nor do {len(empty) - 1} other class folders)' if len(empty) > 1 else ''}; "
+                             f"every class needs images in both train/ and val/")
     info = DataInfo(str(root.resolve()), "imagefolder", classes, mean=IMAGENET_MEAN, std=IMAGENET_STD, hflip=0.5,
                     color_jitter=0.4, test_split="val")
     return train, val, info

@@ -130,6 +130,7 @@ class TrainConfig:
         # a norm of 0 would zero every gradient: no clipping is "leave it out", not 0
         check(self.clip_grad is None or (math.isfinite(self.clip_grad) and self.clip_grad > 0), "clip_grad",
               "a finite number > 0 (leave it out for no clipping)")
+        check(self.momentum < 1, "momentum", "in [0, 1) (a momentum of 1 or more never forgets a gradient)")
         check(0 <= self.smoothing < 1, "smoothing", "in [0, 1)")
         check(0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -96,6 +97,42 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+T = TypeVar("T")
+
+
+def on_main(env: DistEnv, fn: Callable[[], T], default: T) -> T:
+    """``fn()`` on the main process, ``default`` on the others; a ``ValueError`` it raises is raised on every process.
+
+    For what only the main process does, such as checking and writing the run folder. Collective: every
+    process must call it. Without the shared error the other processes would go on to their next collective
+    and die there with a gloo / NCCL error and a traceback while the main process reports the real one.
+    """
+    result, error = default, ""
+    if env.is_main:
+        try:
+            result = fn()
+        except ValueError as e:
+            error = str(e) or type(e).__name__
+    if env.distributed:
+        error = broadcast_text(error, env.device)
+    if error:
+        raise ValueError(error)
+    return result
+
+
+def broadcast_text(text: str, device: torch.device) -> str:
+    """Rank 0's ``text`` on every process (as UTF-8 bytes in a tensor: nothing is pickled)."""
+    data = torch.tensor(list(text.encode()), dtype=torch.uint8, device=device)
+    size = torch.tensor([len(data)], dtype=torch.long, device=device)
+    dist.broadcast(size, 0)
+    if not int(size):
+        return ""
+    if dist.get_rank() != 0:
+        data = torch.empty(int(size), dtype=torch.uint8, device=device)
+    dist.broadcast(data, 0)
+    return bytes(data.cpu().tolist()).decode()
 
 
 class _AllReduceSum(torch.autograd.Function):

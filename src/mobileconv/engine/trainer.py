@@ -35,7 +35,7 @@ from ..data import (BatchTransform, DataInfo, MixupCutmix, ShardedBatchSampler, 
 from ..deploy.weights import FORMAT
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_yaml
-from .distributed import DistEnv, barrier, cleanup_distributed, convert_sync_batchnorm, init_distributed
+from .distributed import DistEnv, barrier, cleanup_distributed, convert_sync_batchnorm, init_distributed, on_main
 from .ema import ModelEma
 from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from .malloc import keep_large_allocations_on_heap
@@ -81,15 +81,20 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
     """Fill the options left to the model / dataset / optimizer defaults."""
     pick = lambda value, default: default if value is None else value  # noqa: E731
     threads = 1 if img_size <= SMALL_INPUT_PX else torch.get_num_threads()
+    lr = pick(config.lr, DEFAULT_LR[config.opt])
+    if config.min_lr > lr:  # the cosine would rise from lr to min_lr
+        source = "" if config.lr is not None else f" (the {config.opt} default)"
+        raise ValueError(f"--min-lr {config.min_lr:g} is above the peak learning rate --lr {lr:g}{source}; "
+                         f"--min-lr must be <= --lr")
     return replace(
-        config, img_size=img_size, threads=pick(config.threads, threads), lr=pick(config.lr, DEFAULT_LR[config.opt]),
+        config, img_size=img_size, threads=pick(config.threads, threads), lr=lr,
         weight_decay=pick(config.weight_decay, DEFAULT_WEIGHT_DECAY[config.opt]),
         opt_eps=pick(config.opt_eps, DEFAULT_EPS[config.opt]), hflip=pick(config.hflip, info.hflip),
         color_jitter=pick(config.color_jitter, info.color_jitter))
 
 
 def check_out_dir(out: Path, *, resuming_here: bool, overwrite: bool) -> list[str]:
-    """The previous run's files that :func:`prepare_out_dir` will delete; refuse to clobber a run unless told to.
+    """The previous run's files that the new run's first checkpoint replaces; refuse to clobber a run unless told to.
 
     Changes nothing: the folder is only touched once the whole setup has succeeded.
     """
@@ -104,16 +109,34 @@ def check_out_dir(out: Path, *, resuming_here: bool, overwrite: bool) -> list[st
     return previous
 
 
-def prepare_out_dir(out: Path, previous: list[str]) -> None:
-    """Create the run folder, check it is writable, then delete the ``previous`` run's files (``--overwrite``)."""
+def prepare_out_dir(out: Path) -> None:
+    """Create the run folder and check it is writable."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = ckpt.atomic_write_bytes(out / ".write-test", b"")
         probe.unlink()
-        for name in previous:
-            (out / name).unlink()
     except OSError as e:
         raise ValueError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+
+
+def start_out_dir(out: Path, config: TrainConfig, previous: list[str]) -> None:
+    """Create the run folder; write config.yaml unless a previous run there waits to be replaced (``--overwrite``).
+
+    A previous run is replaced by the first checkpoint (:func:`save_epoch`), so a run that fails before
+    it has one (an undecodable image, a NaN loss in the first epoch, a kill) leaves the previous run whole.
+    """
+    prepare_out_dir(out)
+    if not previous:
+        ckpt.atomic_write_text(out / "config.yaml", dump_yaml(config))
+
+
+def replace_previous_run(run: "Run") -> None:
+    """Delete the previous run's files (``--overwrite``) and write this run's config.yaml, once, at the first save."""
+    state_first = sorted(run.replaces, key=lambda name: name != ckpt.STATE_FILE)  # no longer resumable first
+    for name in state_first:
+        (run.out / name).unlink(missing_ok=True)
+    run.replaces = []
+    ckpt.atomic_write_text(run.out / "config.yaml", dump_yaml(run.config))
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -169,6 +192,7 @@ class Run:
     best_top1: float = -1.0
     best_epoch: int = 0
     train_seconds: float = 0.0
+    replaces: list[str] = field(default_factory=list)  # a previous run's files, deleted at the first save
 
     @property
     def eval_model(self) -> nn.Module:
@@ -202,8 +226,9 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> dict:
 def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     """Check the inputs, build data, model, optimizer and schedule, and load ``resume``'s state.
 
-    The run folder is written to (created, a previous run's files deleted with ``--overwrite``,
-    config.yaml written) only once all of that has succeeded: a failed start changes nothing there.
+    The run folder is written to (created, config.yaml written) only once all of that has succeeded: a
+    failed start changes nothing there. A previous run (``--overwrite``) is replaced by the first checkpoint.
+    Checks of the folder run on the main process; their errors are raised on every process.
     """
     check_model_name(config.model)
     out = Path(config.out or resume or time.strftime("runs/train-%Y%m%d-%H%M%S"))
@@ -213,7 +238,7 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     train_set, test_set, info = build_datasets(config.data, img_size)
     config = resolve_config(replace(config, out=str(out)), info, img_size)
     resuming_here = resume is not None and out.resolve() == resume.resolve()
-    previous = check_out_dir(out, resuming_here=resuming_here, overwrite=config.overwrite) if env.is_main else []
+    previous = on_main(env, lambda: check_out_dir(out, resuming_here=resuming_here, overwrite=config.overwrite), [])
     train_set = limit_samples(train_set, config.max_train_samples)
     test_set = limit_samples(test_set, config.max_val_samples)
 
@@ -239,12 +264,10 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         train_transform=make_transform(config, info, train=True).to(env.device),
         test_transform=make_transform(config, info, train=False).to(env.device),
         mixer=mixer, criterion=nn.CrossEntropyLoss(label_smoothing=0.0 if mixer.enabled else config.smoothing),
-        settings=StepSettings(dtype, config.clip_grad, config.channels_last))
+        settings=StepSettings(dtype, config.clip_grad, config.channels_last), replaces=previous)
     if state is not None:
         load_run_state(run, state, state_path)
-    if env.is_main:
-        prepare_out_dir(out, previous)
-        ckpt.atomic_write_text(out / "config.yaml", dump_yaml(config))
+    on_main(env, lambda: start_out_dir(out, config, previous), None)
     return run
 
 
@@ -435,8 +458,12 @@ def train_epochs(run: Run) -> dict:
                                     mixer=run.mixer, scaler=run.scaler, ema=run.ema,
                                     progress=env.is_main and not c.quiet)
         except NonFiniteLossError as e:
-            kept = (f"the last good checkpoint is {run.out / ckpt.LAST_FILE} (epoch {epoch})" if epoch
-                    else "no checkpoint was written")
+            if run.replaces:
+                kept = f"no checkpoint was written, the previous run in {run.out} is kept"
+            elif epoch > 0 and (run.out / ckpt.LAST_FILE).is_file():
+                kept = f"the last good checkpoint is {run.out / ckpt.LAST_FILE} (epoch {epoch})"
+            else:
+                kept = "no checkpoint was written"
             raise NonFiniteLossError(f"{e}; training stopped, {kept} (try a lower --lr or --clip-grad)") from None
         test = evaluate(run.eval_model, run.test_loader, run.test_transform, run.info.num_classes, env,
                         settings=run.settings)
@@ -465,6 +492,8 @@ def train_epochs(run: Run) -> dict:
 
 def save_epoch(run: Run, epoch: int, is_best: bool) -> None:
     """Checkpoint after an epoch; ``state.pt`` goes last, so it never points past the other files."""
+    if run.replaces:
+        replace_previous_run(run)
     weights, meta = run.eval_model.state_dict(), weights_metadata(run, epoch)
     ckpt.save_weights(run.out / ckpt.LAST_FILE, weights, meta)
     if is_best:
