@@ -202,7 +202,9 @@ def test_exporter_failure_is_one_export_error_and_writes_nothing(tmp_path):
     ({"input_size": (3, 0, 32)}, "input_size must be a positive integer N"),
     ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
     ({"impl": "quick"}, "impl must be one of"),
-    ({"tolerance": -1.0}, "tolerance must be a positive number, got -1.0"),
+    ({"tolerance": -1.0}, "tolerance must be a positive finite number, got -1.0"),
+    ({"tolerance": float("inf")}, "tolerance must be a positive finite number, got inf"),
+    ({"tolerance": float("nan")}, "tolerance must be a positive finite number, got nan"),
 ])
 def test_bad_arguments_are_rejected_before_anything_is_written(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -224,4 +226,29 @@ def test_features_only_models_are_refused_with_a_reason(tmp_path):
     backbone = mobileconv.create_model("mobilenetv3_small_100_cifar", features_only=True)
     with pytest.raises(ValueError, match="returns one tensor"):
         export_model(backbone, tmp_path / "f.onnx", "onnx", input_size=32)
+    assert list(tmp_path.iterdir()) == []
+
+
+class _NaNOutput(nn.Module):
+    """Logits that are NaN for every input: no export of it can be checked."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x.abs().mean((2, 3)) - 1e6)
+
+
+def test_infinite_tolerance_is_refused_so_nan_outputs_cannot_pass(tmp_path):
+    # relative_error is inf for NaN outputs; an inf tolerance would accept them and write the file
+    with pytest.raises(ValueError, match="tolerance must be a positive finite number, got inf"):
+        export_model(_NaNOutput(), tmp_path / "m.onnx", "onnx", input_size=8, tolerance=float("inf"))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="tolerance must be a positive finite number"):
+        make_ort_callable(nn.Conv2d(3, 4, 3), (1, 3, 8, 8), tolerance=float("nan"))
+
+
+def test_batch_too_large_for_memory_is_a_one_line_value_error(tmp_path):
+    # 10^11 x 3 x 32 x 32 float32 = 1.2 PB, beyond any address space: the check batch cannot be allocated
+    with pytest.raises(ValueError, match=r"not enough memory to run the model on a batch of 100000000000x3x32x32") \
+            as info:
+        export_model(nn.Conv2d(3, 4, 3), tmp_path / "m.onnx", "onnx", input_size=32, batch_size=10**11)
+    assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []

@@ -141,3 +141,15 @@ def test_readme_worked_example_runs_and_reproduces_timm(reference_dir, tmp_path,
     expected = load_file(str(reference_dir / "timm_mixnet_s.io.safetensors"))["logits"]
     assert np.abs(scope["logits"] - expected).max() <= 1e-3
     assert "top-1 class:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--tolerance", "inf"], "tolerance must be a positive finite number, got inf"),
+    (["--batch-size", "100000000000"], "not enough memory to run the model on a batch of 100000000000x3x32x32"),
+])
+def test_bad_tolerance_and_huge_batch_are_one_line_errors(option, message, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    rc = main(["export", "mobilenetv3_small_100_cifar", "--out", str(out), *option])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"mobileconv export: error: {message}") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []

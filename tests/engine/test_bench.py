@@ -398,3 +398,24 @@ def test_bench_heap_malloc_option_runs(monkeypatch, capsys):
     assert main(["bench", "mobilenetv3_small_100_cifar", "--heap-malloc", "--batch-size", "2", "--image-size", "32",
                  "--rounds", "1", "--iters", "1", "--warmup", "1", "--no-memory", "--format", "json"]) == 0
     assert calls == [1] and json.loads(capsys.readouterr().out)[0]["model"] == "mobilenetv3_small_100_cifar"
+
+
+def test_more_threads_than_cpus_is_refused(capsys):
+    cpus = bench.available_cpus()
+    with pytest.raises(ValueError, match=rf"threads must be at most {cpus} \(the CPUs this process may use\)"):
+        bench.BenchConfig(threads=cpus + 1)
+    # torch's thread pool crashed the process (segmentation fault) at --threads 100000
+    assert main(["bench", "mobilenetv3_small_100_cifar", "--threads", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"mobileconv bench: error: threads must be at most {cpus} (the CPUs this process may use), " \
+                  f"got 100000\n"
+
+
+@pytest.mark.parametrize("option", [["--batch-size", "100000000000"], ["--image-size", "10000000", "--batch-size", "1"]])
+def test_sizes_too_large_for_memory_are_one_line_errors(option, capsys):
+    # 1.2 PB of input, beyond any address space: the allocation fails at once, whatever the overcommit policy
+    code = main(["bench", "mobilenetv3_small_100_cifar", "--rounds", "1", "--iters", "1", "--warmup", "0",
+                 "--threads", "1", *option])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("mobileconv bench: error: not enough memory for batches of ")
+    assert err.count("\n") == 1

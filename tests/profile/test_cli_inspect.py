@@ -103,6 +103,13 @@ def test_model_without_width_mult_gives_a_clear_error(capsys, monkeypatch):
     (["models", "--filter", "resnet*"], r"no registered model matches 'resnet\*'"),
     (["models", "--plot", "zoo.jpg"], r"plot file must end in .png, got 'zoo.jpg'"),
     (["models", "--plot", "no/such/dir/zoo.png"], r"plot folder 'no/such/dir' does not exist"),
+    # sizes beyond any address space (1.2-1.7 PB): the allocation fails at once, a one-line error
+    (["summary", "mixnet_s_cifar", "--batch-size", "100000000000"],
+     r"cannot run on an input of size \[3, 32, 32\] \(batch 100000000000\): .*can't allocate memory"),
+    (["summary", "mixnet_s_cifar", "--input-size", "10000000"],
+     r"cannot run on an input of size \[3, 10000000, 10000000\] \(batch 1\): .*can't allocate memory"),
+    (["summary", "mixnet_s", "--width-mult", "1e12"],
+     r"cannot build mixnet_s with width multiplier 1e\+12: .*can't allocate memory"),
 ])
 def test_bad_arguments_give_one_line_and_exit_code_2(capsys, argv, message):
     rc, out, err = run(capsys, *argv)
@@ -180,3 +187,27 @@ def test_plot_labels_do_not_collide_or_leave_the_axes():
     assert offsets[555.0, 78.9][2] == "right"  # would run off the right edge otherwise
     assert offsets[41.0, 50.6][2] == "left"
     assert _label_offsets([(1.0, 2.0)]) == {(1.0, 2.0): (4, 4, "left")}  # a single point: no zero division
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs procfs, a folder nobody can create files in")
+def test_plot_into_an_unwritable_folder_is_refused_before_profiling(capsys, monkeypatch):
+    import mobileconv.profile as profile
+
+    def must_not_profile(*args, **kwargs):
+        raise AssertionError("profiled before checking the plot path")
+
+    monkeypatch.setattr(profile, "profile_models", must_not_profile)
+    rc, out, err = run(capsys, "models", "--plot", "/proc/zoo.png")
+    assert rc == 2 and out == ""
+    assert err.startswith("mobileconv models: error: cannot write the plot '/proc/zoo.png': folder '/proc' is not "
+                          "writable (")
+    assert err.count("\n") == 1
+
+
+def test_summary_csv_has_the_json_layer_keys_including_calls(capsys):
+    rc, out, _ = run(capsys, "summary", "mixnet_s_cifar", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    rc_json, out_json, _ = run(capsys, "summary", "mixnet_s_cifar", "--format", "json")
+    layers = json.loads(out_json)["layers"]
+    assert rc == rc_json == 0 and list(rows[0]) == list(layers[0])
+    assert [int(r["calls"]) for r in rows] == [layer["calls"] for layer in layers]

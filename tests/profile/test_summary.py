@@ -1,4 +1,7 @@
 """summarize() on hand-built modules: MACs against formulas and FlopCounterMode, params, memory."""
+import csv
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +9,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mobileconv.layers import ConvNormAct, GroupedConv2d, MixConv2d, SqueezeExcite, XSepConv2d
-from mobileconv.profile import summarize
+from mobileconv.profile import summarize, summary_csv
 
 from .oracles import flop_counter_macs, new_output_bytes
 
@@ -179,3 +182,25 @@ def test_to_dict_is_json_ready():
     d = json.loads(json.dumps(s.to_dict()))
     assert d["params"] == s.params and d["macs"] == s.macs and d["input_size"] == [3, 32, 32]
     assert set(d["layers"][0]) >= {"name", "type", "output_shape", "params", "macs", "activation_bytes"}
+
+
+def test_summary_csv_counts_the_calls_of_a_shared_layer():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            return self.conv(torch.relu(self.conv(x)))
+
+    calls = []
+    model = Twice()
+    model.conv.register_forward_hook(lambda *args: calls.append(1))  # the oracle: forward hooks seen
+    (row,) = csv.DictReader(io.StringIO(summary_csv(summarize(model, input_size=(8, 10, 10)))))
+    assert int(row["calls"]) == len(calls) == 2 and int(row["macs"]) == 2 * 8 * 8 * 9 * 100
+
+
+def test_input_too_large_for_memory_is_a_value_error():
+    # 3 x 10^7 x 10^7 float32 = 1.2 PB, beyond any address space
+    with pytest.raises(ValueError, match=r"cannot run on an input of size \[3, 10000000, 10000000\] \(batch 1\)"):
+        summarize(nn.Conv2d(3, 4, 3), input_size=(3, 10**7, 10**7))

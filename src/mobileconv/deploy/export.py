@@ -33,6 +33,7 @@ keeps the Python control flow and runs at any size.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tempfile
 import warnings
@@ -136,6 +137,18 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+def check_tolerance(tolerance: float) -> float:
+    """A positive finite tolerance (``inf`` would pass NaN outputs and shape mismatches, whose error is inf)."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < math.inf:
+        raise ValueError(f"tolerance must be a positive finite number, got {tolerance!r}")
+    return float(tolerance)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is torch failing to allocate a tensor (CPU or CUDA), e.g. for a huge batch or image size."""
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
 def max_onnx_opset() -> int:
     """The newest opset the TorchScript-based ONNX exporter of this torch writes."""
     from torch.onnx import _constants  # noqa: PLC0415 - private, read only for the bound
@@ -200,7 +213,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
         impl: ``"fast"`` (one depthwise conv per MixConv / XSepConv 2x2 conv, the default),
             ``"reference"`` (split / conv per group / concat), or ``None`` to keep the model's.
             Only matters with ``optimize=False``: the optimised model is fused anyway.
-        tolerance: largest accepted ``max|a - b| / max(1, max|a|)`` (``a``: PyTorch's output).
+        tolerance: largest accepted ``max|a - b| / max(1, max|a|)`` (``a``: PyTorch's output);
+            positive and finite.
         seed: seed of the random check input.
         log: called with a line per step (the CLI prints them).
 
@@ -208,7 +222,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
         An :class:`ExportResult` with the measured differences.
 
     Raises:
-        ValueError: a bad argument (format, opset, input size, tolerance...).
+        ValueError: a bad argument (format, opset, input size, tolerance...), or a batch too large
+            for the memory.
         OSError: the output path cannot be written.
         ExportError: the exporter failed, or (``ExportCheckError``) the exported file does not
             reproduce the model within ``tolerance``. Nothing is written then.
@@ -224,15 +239,20 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
         check_opset(opset)
     if impl is not None and impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 0:
-        raise ValueError(f"tolerance must be a positive number, got {tolerance!r}")
+    check_tolerance(tolerance)
     shape = resolve_input_shape(model, input_size, batch_size)
     path = check_output_path(path)
     log = log or (lambda line: None)
     model = _on_cpu_float32(model)
 
-    inputs = check_inputs(shape, dynamic_batch, seed)
-    expected = [reference_output(model, x) for x in inputs]
+    try:
+        inputs = check_inputs(shape, dynamic_batch, seed)
+        expected = [reference_output(model, x) for x in inputs]
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        raise ValueError(f"not enough memory to run the model on a batch of {'x'.join(map(str, shape))} "
+                         f"({_first_line(e)}); use a smaller batch or input size") from e
     prepared, optimized, notes = prepare_for_export(model, inputs[0], optimize=optimize, impl=impl,
                                                     channels_last=format == "torchscript")
     tmp = _temporary_path(path)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .export import (DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportCheckError, _on_cpu_float32, check_inputs, check_opset,
-                     export_onnx, prepare_for_export, reference_output, relative_error)
+                     check_tolerance, export_onnx, prepare_for_export, reference_output, relative_error)
 
 PROVIDERS = ["CPUExecutionProvider"]
 
@@ -97,6 +97,7 @@ def make_ort_callable(model: nn.Module, input_shape: Sequence[int], *, threads: 
     if len(shape) != 4 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in shape):
         raise ValueError(f"input_shape must be (N, C, H, W) with positive integers, got {input_shape!r}")
     check_opset(opset)
+    check_tolerance(tolerance)
     model = _on_cpu_float32(model)  # onnxruntime runs here on CPU
     (x,) = check_inputs(shape, dynamic_batch=False)
     expected = reference_output(model, x)

@@ -106,6 +106,16 @@ class BenchConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
                 raise ValueError(f"{name} must be an integer >= {low} or None, got {value!r}")
+        cpus = available_cpus()
+        if self.threads is not None and self.threads > cpus:  # torch segfaulted at 100000
+            raise ValueError(f"threads must be at most {cpus} (the CPUs this process may use), got {self.threads}")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass
@@ -399,7 +409,7 @@ def benchmark_model(model: nn.Module | str, config: BenchConfig, variants: Seque
     name = name or type(model).__name__
     image_size = config.image_size or default_image_size(model)
     in_chans = getattr(model, "in_chans", 3)
-    with num_threads(config.threads):
+    with num_threads(config.threads), _memory_errors_as_value_errors(config, image_size):
         macs = count_macs(model, image_size, in_chans)
         batch = make_batch(config, image_size, in_chans, getattr(model, "num_classes", 1000))
         steps = {v: build_variant(model, v, config, batch[0]) for v in variants}
@@ -420,6 +430,21 @@ def benchmark_model(model: nn.Module | str, config: BenchConfig, variants: Seque
                 if v != REFERENCE_VARIANT:
                     m.speedup = result.speedup(v)
     return result
+
+
+@contextlib.contextmanager
+def _memory_errors_as_value_errors(config: BenchConfig, image_size: int) -> Iterator[None]:
+    """A failed tensor allocation (a batch or image size too large) becomes a one-line ``ValueError``."""
+    from ..deploy.export import is_out_of_memory  # noqa: PLC0415
+
+    try:
+        yield
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"not enough memory for batches of {config.batch_size} images of {image_size}x{image_size} "
+                         f"({first_line}); use a smaller batch or image size") from e
 
 
 COLUMNS = ("model", "mode", "variant", "batch", "size", "img/s", "p50 ms", "p90 ms", "peak MiB", "GMAC/s",

@@ -4,13 +4,14 @@ from __future__ import annotations
 import csv
 import io
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..engine.checkpoint import save_figure
 from .summary import ModelSummary
 
-LAYER_FIELDS = ("name", "type", "output_shape", "params", "macs", "activation_bytes")
+LAYER_FIELDS = ("name", "type", "output_shape", "params", "macs", "activation_bytes", "calls")
 DATASET_NAMES = {"imagenet": "ImageNet", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
@@ -52,13 +53,13 @@ def summary_table(summary: ModelSummary, title: str = ""):
 
 
 def summary_csv(summary: ModelSummary) -> str:
-    """One CSV line per layer (``LAYER_FIELDS``; shapes as ``1x16x112x112``), header first."""
+    """One CSV line per layer (``LAYER_FIELDS``, the JSON layer keys; shapes as ``1x16x112x112``), header first."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(LAYER_FIELDS)
     for row in summary.layers:
         writer.writerow([row.name, row.type, _shape_text(row.output_shape) if row.output_shape else "",
-                         row.params, row.macs, row.activation_bytes])
+                         row.params, row.macs, row.activation_bytes, row.calls])
     return buf.getvalue()
 
 
@@ -86,12 +87,22 @@ def models_table(records: Sequence[dict]):
 
 
 def check_plot_path(path: str | os.PathLike) -> Path:
-    """A ``.png`` path in an existing folder, or a ValueError saying what is wrong."""
+    """A ``.png`` path in an existing, writable folder, or a ValueError saying what is wrong.
+
+    Writability is tried (a temporary file is made and removed), not inferred from permission
+    bits: root passes ``os.access`` on read-only mounts and on ``/proc``.
+    """
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"plot file must end in .png, got {str(path)!r}")
     if not path.parent.is_dir():
         raise ValueError(f"plot folder {str(path.parent)!r} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write the plot {str(path)!r}: folder {str(path.parent)!r} is not writable "
+                         f"({e.strerror or e})") from e
     return path
 
 

@@ -231,7 +231,8 @@ def summarize(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), batch
         exactly to its totals.
 
     Raises:
-        ValueError: bad ``input_size`` / ``batch_size``, or the model cannot run on that input.
+        ValueError: bad ``input_size`` / ``batch_size``, or the model cannot run on that input (too
+            small for its kernels, too large for the memory...).
 
     Example:
         >>> from mobileconv.layers import MixConv2d
@@ -244,13 +245,12 @@ def summarize(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), batch
     if ref is None:
         ref = next(model.buffers(), torch.empty(0))
     dtype = ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
-    x = torch.zeros(batch_size, *input_size, dtype=dtype, device=ref.device)
-
     layers, containers = _layer_modules(model)
     with _profiling_state(model):
         try:
+            x = torch.zeros(batch_size, *input_size, dtype=dtype, device=ref.device)
             records, macs = _trace(model, x, {**containers, **layers}, layers)
-        except RuntimeError as e:  # shape mismatches, inputs smaller than a kernel...
+        except RuntimeError as e:  # shape mismatches, inputs smaller than a kernel, out of memory...
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"{type(model).__name__} cannot run on an input of size {list(input_size)} "
                              f"(batch {batch_size}): {first_line}") from e

@@ -35,6 +35,9 @@ def create_for_profile(name: str, width_mult: float | None = None) -> nn.Module:
         if "width_mult" not in str(e):
             raise
         raise ValueError(f"model {name!r} does not take a width multiplier (width_mult)") from e
+    except RuntimeError as e:  # a huge multiplier: the weights cannot be allocated
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"cannot build {name} with width multiplier {width_mult:g}: {first_line}") from e
 
 
 def default_input_size(model: nn.Module) -> tuple[int, ...]:
