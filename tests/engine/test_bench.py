@@ -71,6 +71,15 @@ def test_onnxruntime_backend_is_inference_only(capsys):
     assert "--backend onnxruntime times inference only" in capsys.readouterr().err
 
 
+def test_onnxruntime_backend_refuses_amp(capsys):
+    # it would time the float32 ONNX model beside bfloat16 torch variants, unlabelled
+    assert main(["bench", "mixnet_s", "--backend", "torch,onnxruntime", "--amp"]) == 2
+    assert "--backend onnxruntime runs the float32 ONNX model; leave out --amp" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="the onnxruntime variant runs the float32 ONNX model"):
+        bench.build_variant(mobileconv.create_model("mixnet_s_cifar"), "onnxruntime",
+                            bench.BenchConfig(device="cpu", amp=True), torch.zeros(1, 3, 32, 32))
+
+
 # --- the pieces -----------------------------------------------------------------------------------
 
 def test_percentile_matches_numpy():

@@ -68,6 +68,8 @@ def variants_for(args: argparse.Namespace) -> list[str]:
                          "which must not be timed")
     if "onnxruntime" in args.backend and args.mode != "infer":
         raise ValueError("--backend onnxruntime times inference only; use --mode infer")
+    if "onnxruntime" in args.backend and args.amp:
+        raise ValueError("--backend onnxruntime runs the float32 ONNX model; leave out --amp")
     torch_variant = "compiled" if args.compile and args.mode == "infer" else MAIN_VARIANT[args.mode]
     timed = [torch_variant if b == "torch" else "onnxruntime" for b in args.backend]
     return timed + [REFERENCE_VARIANT] if args.compare_reference else timed

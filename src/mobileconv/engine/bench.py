@@ -258,6 +258,8 @@ def build_variant(model: nn.Module, variant: str, config: BenchConfig,
 
         if config.device != "cpu":
             raise ValueError("the onnxruntime variant runs on the CPU; use --device cpu")
+        if config.amp:  # it would silently run float32 beside autocast variants
+            raise ValueError("the onnxruntime variant runs the float32 ONNX model; use amp=False")
         run = make_ort_callable(copy.deepcopy(model).eval(), tuple(example.shape), threads=config.threads)
         return lambda batch: run(batch[0])
     compiled = _is_compiled(variant, config)
