@@ -117,3 +117,34 @@ def test_two_processes_refuse_an_existing_run_with_the_same_line_and_no_tracebac
         assert code == 2 and err.count("\n") == 1, err[-3000:]
         assert err.startswith(f"mobileconv train: error: --out {out} already holds a run")
     assert snapshot(out) == before
+
+
+def test_a_process_that_fails_mid_run_stops_the_others_with_one_line(tmp_path):
+    """One worker meets an undecodable image in its share of a batch; the other must not print a gloo traceback."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / name / f"{i}.png")
+    bad = tmp_path / "data" / "train" / "a" / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    command = [sys.executable, "-m", "mobileconv", "train", "--model", "mobilenetv3_small_100_cifar", "--data",
+               str(tmp_path / "data"), "--img-size", "16", "--batch-size", "8", "--epochs", "1", "--quiet",
+               "--out", str(tmp_path / "run")]
+    group = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(command, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, **group, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+               for rank in range(2)]
+    results = [(worker.wait(timeout=120), worker.stderr.read()) for worker in workers]
+    for worker in workers:
+        worker.stdout.close(), worker.stderr.close()
+    errors = sorted(err for _, err in results)
+    assert [code for code, _ in results] == [2, 2], errors
+    assert all(err.count("\n") == 1 and "Traceback" not in err for err in errors), errors
+    assert any(f"cannot decode image {bad}" in err for err in errors), errors
+    assert any("another process of this job exited (its error is reported above)" in err for err in errors), errors

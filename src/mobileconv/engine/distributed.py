@@ -101,6 +101,14 @@ def barrier() -> None:
 
 T = TypeVar("T")
 
+# how gloo (CPU) reports that a peer process is gone
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another process of the job has exited."""
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _PEER_GONE)
+
 
 def on_main(env: DistEnv, fn: Callable[[], T], default: T) -> T:
     """``fn()`` on the main process, ``default`` on the others; a ``ValueError`` it raises is raised on every process.

@@ -35,7 +35,8 @@ from ..data import (BatchTransform, DataInfo, MixupCutmix, ShardedBatchSampler, 
 from ..deploy.weights import FORMAT
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_yaml
-from .distributed import DistEnv, barrier, cleanup_distributed, convert_sync_batchnorm, init_distributed, on_main
+from .distributed import (DistEnv, barrier, cleanup_distributed, convert_sync_batchnorm, init_distributed, lost_a_peer,
+                          on_main)
 from .ema import ModelEma
 from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from .malloc import keep_large_allocations_on_heap
@@ -218,6 +219,12 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> dict:
         # still writing its files): everyone leaves together
         barrier()
         return summary
+    except RuntimeError as e:
+        if not (env.distributed and lost_a_peer(e)):
+            raise
+        # the process that failed has reported why; the others say so in one line, not a gloo traceback
+        raise ValueError(f"process {env.rank} of {env.world_size} stopped: another process of this job exited "
+                         f"(its error is reported above)") from None
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         cleanup_distributed()
