@@ -337,3 +337,47 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_argparse_options_beside_the_weights_are_allowed_but_nothing_inside_them_runs(model, tmp_path):
+    """timm / torchvision training checkpoints hold ``args`` (argparse.Namespace): allowed, its values still checked."""
+    import argparse
+
+    state = random_state()
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"state_dict": state, "args": argparse.Namespace(lr=0.1, model="tiny", sched=None)}, path)
+    load_pretrained(model, path)
+    assert same_state(model, state)
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": state, "args": argparse.Namespace(x=_RunsShell(f"touch {shlex.quote(str(marker))}"))},
+               evil)
+    fresh = TinyNet()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match=f"GLOBAL {os.system.__module__}.system"):
+        load_pretrained(fresh, evil)
+    assert not marker.exists(), "loading ran the pickle's code"
+    assert_untouched(fresh, before)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.(script|save)` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("program", ["torchscript", "exported_program"])
+def test_saved_programs_are_named_not_reported_as_corrupt(model, tmp_path, program):
+    """``mobileconv export`` writes TorchScript .pt and torch.export .pt2 files: not weights, and said so."""
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    if program == "torchscript":
+        path = tmp_path / "model.pt"
+        torch.jit.save(torch.jit.script(module), str(path))
+        expected = "is a TorchScript archive (torch.jit.save; load it with torch.jit.load), not a state_dict"
+    else:
+        path = tmp_path / "model.pt2"
+        torch.export.save(torch.export.export(module, (torch.randn(1, 3, 8, 8),)), str(path))
+        expected = "is a torch.export program (.pt2; load it with torch.export.load), not a state_dict"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as info:
+        load_pretrained(model, path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path} {expected}") and msg.endswith(f"expected {weights.EXPECTED}"), msg
+    assert "corrupt" not in msg and "weights_only" not in msg, msg
+    assert_untouched(model, before)

@@ -181,6 +181,13 @@ def test_library_refuses_non_positive_sizes(ckpt, image):
         inference.predict_images(None, ckpt, [image], img_size=0)
 
 
+@pytest.mark.parametrize("top_k", [0, -2])
+def test_library_refuses_non_positive_top_k(ckpt, image, top_k):
+    """top_k=0 gave empty predictions, a negative one torch's 'selected index k out of range'."""
+    with pytest.raises(ValueError, match=f"--top-k must be a positive integer, got {top_k}"):
+        inference.predict_images(None, ckpt, [image], top_k=top_k)
+
+
 # ---- corrupt metadata ------------------------------------------------------------------------------
 
 BOTH_READ = [  # metadata field, corrupt value, expected message
@@ -209,6 +216,9 @@ def test_corrupt_metadata_names_the_file_and_field(tmp_path, image, capsys, comm
     ("classes", '["a", "b"]', "2 recorded class names for the checkpoint's 10 outputs"),
     ("mean", "[0.5, 0.5]", "recorded mean [0.5, 0.5] is not a list of 3 numbers"),
     ("std", "[0.5, 0, 0.5]", "recorded std [0.5, 0, 0.5] is not a list of 3 numbers > 0"),
+    # Python's json reads NaN / Infinity: such a normalisation made every probability nan
+    ("mean", "[NaN, 0.5, 0.5]", "recorded mean [nan, 0.5, 0.5] is not a list of 3 numbers (finite"),
+    ("std", "[0.5, Infinity, 0.5]", "recorded std [0.5, inf, 0.5] is not a list of 3 numbers > 0 (finite"),
 ])
 def test_corrupt_metadata_that_predict_reads(tmp_path, image, capsys, field, value, expected):
     path = tmp_path / "c.safetensors"

@@ -124,3 +124,47 @@ def test_timm_checkpoint_into_other_timm_model_lists_keys(reference_dir):
 def test_pretrained_missing_path():
     with pytest.raises(FileNotFoundError, match="no_such_checkpoint.pth"):
         create_model("mobilenetv3_small_100", pretrained="/nonexistent/no_such_checkpoint.pth")
+
+
+def _training_checkpoint(layout: str, weights: dict[str, torch.Tensor]) -> dict:
+    """A checkpoint as timm's train.py (CheckpointSaver) or torchvision's references/classification/train.py
+    write it: the weights beside the optimizer state and the script's argparse options (``args``)."""
+    import argparse
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.ones(1, 2)).sum().backward()
+    opt.step()  # momentum buffers: tensors in the optimizer state
+    args = argparse.Namespace(model="m", lr=0.1, epochs=3, opt="sgd", amp=False, data_dir=None)
+    if layout == "timm":
+        return {"epoch": 3, "arch": "m", "state_dict": weights, "optimizer": opt.state_dict(), "version": 2,
+                "args": args, "metric": 71.5}
+    return {"model": weights, "optimizer": opt.state_dict(), "lr_scheduler": {"last_epoch": 3}, "epoch": 3,
+            "args": args}
+
+
+@pytest.mark.parametrize("stem, layout", [("timm_mixnet_s", "timm"), ("torchvision_mobilenet_v3_small", "torchvision")])
+def test_training_checkpoints_with_argparse_options_load(reference_dir, tmp_path, capsys, stem, layout):
+    """Both libraries' training scripts pickle ``args`` (an argparse.Namespace) beside the weights; such a
+    checkpoint loads with weights_only=True (the Namespace allowed, nothing else) and reproduces the logits."""
+    weights = {k: v.float() for k, v in load_file(str(reference_dir / f"{stem}.safetensors")).items()}
+    path = tmp_path / "model_best.pth.tar"
+    torch.save(_training_checkpoint(layout, weights), path)
+    model = create_model(REFERENCES[stem][0], pretrained=path)
+    logits, expected = reference_logits(model, reference_dir, stem)
+    assert (logits - expected).abs().max().item() < ATOL
+    dst = tmp_path / "converted.safetensors"
+    assert cli_main(["convert", str(path), str(dst), "--model", REFERENCES[stem][0]]) == 0, capsys.readouterr().err
+    logits, expected = reference_logits(create_model(REFERENCES[stem][0], pretrained=dst), reference_dir, stem)
+    assert (logits - expected).abs().max().item() < ATOL
+
+
+def test_failed_convert_is_one_line(reference_dir, tmp_path, capsys):
+    """The loader's key listing becomes one line on the command line, as in eval / predict / export."""
+    src = reference_dir / "timm_mixnet_s.safetensors"
+    rc = cli_main(["convert", str(src), str(tmp_path / "out.safetensors"), "--model", "mixnet_m"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith(f"mobileconv convert: error: {src}"), err
+    assert "does not fit" in err and "missing keys (" in err and "shape mismatch keys (" in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import positive_int
+from ._args import call_with_one_line_errors, positive_int
 
 
 def register(subparsers) -> None:
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     from ..deploy.weights import convert_checkpoint
 
-    info = convert_checkpoint(args.src, args.dst, args.model, num_classes=args.num_classes)
+    info = call_with_one_line_errors(convert_checkpoint, args.src, args.dst, args.model, args.num_classes)
     eps = info["bn_eps"]
     eps_text = f"bn eps {eps:g}" if isinstance(eps, float) else "bn eps per layer" if eps else "no BatchNorm"
     print(f"{args.src} ({info['source']}) -> {args.dst}: {args.model}, {info['num_classes']} classes, "

@@ -24,11 +24,13 @@ unexpected, shape mismatch) before anything in the model changes.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -83,7 +85,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
     The format is recognised from the file's first bytes (safetensors header, zip archive or
     legacy torch file), so the suffix does not matter. Wrappers are removed: a nested
-    ``state_dict`` / ``model`` / ``state_dict_ema`` entry and ``module.`` prefixes.
+    ``state_dict`` / ``model`` / ``state_dict_ema`` entry and ``module.`` prefixes. A training
+    checkpoint's ``args`` (an ``argparse.Namespace``, :data:`SAFE_GLOBALS`) is allowed beside
+    the weights; TorchScript / ``torch.export`` archives are refused as what they are.
     """
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"pretrained must be the path of a checkpoint file, got {path!r} "
@@ -258,15 +262,47 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
                          f"expected {EXPECTED}") from e
 
 
+# Plain-data classes that training scripts pickle beside the weights, allowed in torch.load(weights_only=True):
+# timm's train.py and torchvision's reference scripts store their argparse options as checkpoint["args"].
+# Unpickling a Namespace only sets attributes (no constructor runs), whose values stay restricted as usual.
+SAFE_GLOBALS = (argparse.Namespace,)
+
+
 def _read_torch(path: Path) -> object:
+    program = _program_archive(path)
+    if program is not None:
+        raise ValueError(f"{path} is {program}, not a state_dict: it cannot be loaded as weights; "
+                         f"expected {EXPECTED}")
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     try:
         with warnings.catch_warnings():  # torch warns about any pickle protocol but 2: the error below says enough
             warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            if safe_globals is None:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            with safe_globals(list(SAFE_GLOBALS)):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
         raise ValueError(f"{path} could not be read as a PyTorch state_dict with torch.load(weights_only=True) "
                          f"(truncated, corrupt, or it holds objects other than tensors): {torch_load_reason(e)}; "
                          f"expected {EXPECTED}") from e
+
+
+def _program_archive(path: Path) -> str | None:
+    """What a zip archive holds when it is a saved program rather than a ``torch.save`` file, else None.
+
+    ``torch.jit.save`` (TorchScript, ``mobileconv export --format torchscript``) archives hold
+    ``constants.pkl`` and ``code/``; ``torch.export.save`` (``.pt2``) ones an ``archive_format`` record.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = {name.split("/", 1)[-1] for name in archive.namelist()}
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None  # not a readable zip: torch.load reports it
+    if "constants.pkl" in records:
+        return "a TorchScript archive (torch.jit.save; load it with torch.jit.load)"
+    if "archive_format" in records:
+        return "a torch.export program (.pt2; load it with torch.export.load)"
+    return None
 
 
 def torch_load_reason(error: Exception) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def _is_positive_int(value) -> bool:
 
 def _is_channel_values(value) -> bool:
     return (isinstance(value, list) and len(value) == 3
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
 
 
 # recorded field -> (check, what it must be); what eval / predict read from a checkpoint's metadata
@@ -33,8 +34,8 @@ RECORDED = {
     "dataset": (lambda v: isinstance(v, str) and v != "", "a --data value (digits, synthetic or a path)"),
     "img_size": (_is_positive_int, "a positive integer (pixels)"),
     "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
-    "mean": (_is_channel_values, "a list of 3 numbers (per channel)"),
-    "std": (lambda v: _is_channel_values(v) and all(x > 0 for x in v), "a list of 3 numbers > 0 (per channel)"),
+    "mean": (_is_channel_values, "a list of 3 numbers (finite, per channel)"),
+    "std": (lambda v: _is_channel_values(v) and all(x > 0 for x in v), "a list of 3 numbers > 0 (finite, per channel)"),
 }
 
 
@@ -173,6 +174,7 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
 def predict_images(model_name: str | None, checkpoint: str | Path, images: list[str | Path], top_k: int = 5,
                    img_size: int | None = None, device: str = "auto") -> list[dict]:
     """Top-k classes (name, probability) per image file, preprocessed as the checkpoint's test images were."""
+    check_positive(top_k, "--top-k")
     check_positive(img_size, "--img-size")
     dev = resolve_device(device)
     loaded = load_checkpoint(model_name, checkpoint, dev)
