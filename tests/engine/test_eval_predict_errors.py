@@ -4,6 +4,7 @@ Checkpoints are written here directly (no training run): a fresh model with the 
 trainer records, or with ``deploy.weights.save_weights`` for one whose BatchNorm eps is 1e-3.
 """
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,6 +147,15 @@ def test_predict_and_eval_give_the_saved_models_outputs(eps_ckpt, image, capsys)
         loss = F.cross_entropy(original(images), labels).item()
     assert result["count"] == 100
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("as_type", [str, Path])
+def test_predict_images_takes_one_path_as_well_as_a_list(ckpt, image, as_type):
+    # a bare string used to be iterated character by character ("image /: ...")
+    one = inference.predict_images(None, ckpt, as_type(image), top_k=3, device="cpu")
+    listed = inference.predict_images(None, ckpt, [image], top_k=3, device="cpu")
+    assert len(one) == 1 and one[0]["image"] == str(image)
+    assert one == listed
 
 
 # ---- option values ---------------------------------------------------------------------------------

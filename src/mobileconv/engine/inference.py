@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,9 +172,14 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
             "img_size": img_size, "classes": info.classes, **result}
 
 
-def predict_images(model_name: str | None, checkpoint: str | Path, images: list[str | Path], top_k: int = 5,
-                   img_size: int | None = None, device: str = "auto") -> list[dict]:
-    """Top-k classes (name, probability) per image file, preprocessed as the checkpoint's test images were."""
+def predict_images(model_name: str | None, checkpoint: str | Path, images: str | Path | list[str | Path],
+                   top_k: int = 5, img_size: int | None = None, device: str = "auto") -> list[dict]:
+    """Top-k classes (name, probability) per image file, preprocessed as the checkpoint's test images were.
+
+    ``images`` is a list of paths, or one path.
+    """
+    if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of characters
+        images = [images]
     check_positive(top_k, "--top-k")
     check_positive(img_size, "--img-size")
     dev = resolve_device(device)
