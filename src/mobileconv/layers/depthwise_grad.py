@@ -14,6 +14,7 @@ with ``N * C`` channels and ``k x k`` outputs, which runs on the fast kernel.
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 # Above this input size (pixels per channel) the batch-second copies of x and g cost more than
@@ -23,11 +24,20 @@ SWAP_MAX_PIXELS = 14 * 14
 _conv_backward = torch.ops.aten.convolution_backward
 
 
+def function_transforms_active() -> bool:
+    """True inside a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``, ``jacrev``, ``hessian``, ...) or
+    a forward-mode AD ``dual_level``: there plain autograd of the fused conv must be used, because
+    :class:`MixedDepthwiseConv` has neither a ``jvp`` nor a ``setup_context`` (which ``torch.func`` needs)."""
+    return torch._C._are_functorch_transforms_active() or fwAD._current_level >= 0
+
+
 def use_grouped_weight_grad(x: torch.Tensor, weights: list[torch.Tensor]) -> bool:
-    """True when :class:`MixedDepthwiseConv` pays: eager CPU training in float32 / float64, no autocast."""
+    """True when :class:`MixedDepthwiseConv` pays: eager CPU training in float32 / float64, no autocast,
+    no ``torch.func`` transform or forward-mode AD."""
     return (torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and any(w.requires_grad for w in weights) and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and not function_transforms_active())
 
 
 def depthwise_weight_grad(x_t: torch.Tensor, grad_t: torch.Tensor, kernel_size: int, stride: int,

@@ -147,8 +147,9 @@ class DerivedTensorCache:
     stepped since (fused optimizers write without bumping the version). Not seen: in-place writes
     that bypass the version counter, such as those through ``.data`` (``p.data.mul_(2)``; write
     ``with torch.no_grad(): p.mul_(2)`` instead) or through a NumPy / DLPack view of the memory;
-    call :meth:`clear` after those. Tensors made under ``inference_mode`` have no version counter:
-    for them nothing is cached. Values are kept per ``key`` (an input shape, say), at most
+    call :meth:`clear` after those. Tensors made under ``inference_mode`` have no version counter, and
+    those a ``torch.func`` transform passes in (``vmap`` over stacked weights) have no storage and live
+    for one call: for them nothing is cached. Values are kept per ``key`` (an input shape, say), at most
     ``max_entries`` of them. Never copied or pickled: a copy or an unpickled module starts with
     an empty cache.
     """
@@ -168,8 +169,8 @@ class DerivedTensorCache:
         value = self.entries.get(key)
         if value is not None and self._unchanged(sources):  # the common case, first: once per layer call
             return value
-        if any(t.is_inference() for t in sources):
-            return build()
+        if any(t.is_inference() or torch._C._functorch.is_functorch_wrapped_tensor(t) for t in sources):
+            return build()  # no version counter, or (under torch.func.vmap / grad) no storage and a short life
         if not self._unchanged(sources):
             self.clear()
             self._sources = [(t, t._version, t.data_ptr(), t.untyped_storage()) for t in sources]
