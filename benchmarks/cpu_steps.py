@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from mobileconv import create_model
+from mobileconv.cli._args import check_image_size, cpu_threads, positive_int, registered_model
 from mobileconv.deploy.optimize import optimize_for_inference
 from mobileconv.engine.checkpoint import atomic_write
 from mobileconv.engine.bench import (BenchConfig, make_batch, make_inference_step, num_threads, paired_ratio,
@@ -30,13 +31,17 @@ VARIANTS = {"all": {}, "onednn=False": {"onednn": False}, "micro_batch=False": {
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--models", nargs="+", type=registered_model, default=list(MODELS))
+    p.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 32])
+    p.add_argument("--threads", type=cpu_threads, default=2)
+    p.add_argument("--image-size", type=positive_int, default=224)
+    p.add_argument("--rounds", type=positive_int, default=7)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    try:
+        check_image_size(args.models, args.image_size)
+    except ValueError as e:
+        p.error(str(e))
 
     rows = []
     for batch_size in args.batch_sizes:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobileconv import create_model
+from mobileconv.cli._args import check_image_size, cpu_threads, positive_int, registered_model
 from mobileconv.deploy.onednn import OneDNNConv2d
 from mobileconv.deploy.optimize import optimize_for_inference
 from mobileconv.engine.bench import (BenchConfig, make_inference_step, num_threads, paired_ratio, summarize_times,
@@ -119,14 +120,18 @@ def swap_depthwise(lib: ctypes.CDLL, optimized: nn.Module, layers: dict) -> nn.M
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="mixnet_s")
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 32], help="per-layer batch sizes")
-    p.add_argument("--model-batch-sizes", nargs="+", type=int, default=[1, 32], help="whole-model batch sizes")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--model", type=registered_model, default="mixnet_s")
+    p.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 4, 32], help="per-layer batch sizes")
+    p.add_argument("--model-batch-sizes", nargs="+", type=positive_int, default=[1, 32], help="whole-model batch sizes")
+    p.add_argument("--image-size", type=positive_int, default=224)
+    p.add_argument("--threads", type=cpu_threads, default=2)
+    p.add_argument("--rounds", type=positive_int, default=7)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    try:
+        check_image_size([args.model], args.image_size)
+    except ValueError as e:
+        p.error(str(e))
     with tempfile.TemporaryDirectory() as tmp, num_threads(args.threads):
         lib = build_library(Path(tmp))
         torch.manual_seed(0)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from mobileconv import create_model
+from mobileconv.cli._args import check_image_size, cpu_threads, positive_int, registered_model
 from mobileconv.engine.checkpoint import atomic_write, save_figure
 from mobileconv.engine.malloc import keep_large_allocations_on_heap
 from mobileconv.engine.bench import (BenchConfig, BenchResult, benchmark_model, build_variant, count_macs,
@@ -53,14 +54,18 @@ SCENARIOS = ("infer", "latency", "train", "tax")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS), help="models to time (default: the issue's five)")
+    p.add_argument("--models", nargs="+", type=registered_model, default=list(MODELS),
+                   help="models to time (default: the issue's five)")
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS,
                    help="what to run (default: all; a subset writes mixconv_speed_<scenarios>.*)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch for infer / train / tax (default 32)")
-    p.add_argument("--image-size", type=int, default=224, help="input size (default 224)")
-    p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds (default 5)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 64 px, batch 4, 2 rounds")
+    p.add_argument("--threads", type=cpu_threads, default=2, help="torch threads (default 2)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="batch for infer / train / tax (default 32; 4 with --quick)")
+    p.add_argument("--image-size", type=positive_int, default=None, help="input size (default 224; 64 with --quick)")
+    p.add_argument("--rounds", type=positive_int, default=None,
+                   help="alternating timed rounds (default 5; 2 with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 64 px, batch 4, 2 rounds (--image-size / --batch-size / --rounds still apply)")
     p.add_argument("--heap-malloc", action="store_true",
                    help="glibc only: serve large tensors from the heap (mallopt M_MMAP_THRESHOLD=1 GiB, no trimming) instead of "
                         "fresh mmap'd pages, as jemalloc / tcmalloc do; removes the page-fault cost of every large "
@@ -72,8 +77,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip the compiled variant (optimize_for_inference(..., compile=True)) of infer / latency")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
     args = p.parse_args(argv)
-    if args.quick:
-        args.image_size, args.batch_size, args.rounds = 64, 4, 2
+    # --quick changes the defaults only: an option given on the command line keeps its value
+    for name, default, quick in (("image_size", 224, 64), ("batch_size", 32, 4), ("rounds", 5, 2)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else default)
+    # sizes are checked here, not minutes later in a scenario's process
+    if set(args.scenarios) - {"tax"}:
+        try:
+            check_image_size(args.models, args.image_size)
+        except ValueError as e:
+            p.error(str(e))
+    if "tax" in args.scenarios:
+        try:
+            check_image_size(TAX_PAIR, args.image_size)
+        except ValueError as e:
+            p.error(f"{e} (the tax scenario times {' and '.join(TAX_PAIR)}; --scenarios without tax leaves it out)")
     return args
 
 

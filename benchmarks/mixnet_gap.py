@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from mobileconv import create_model
+from mobileconv.cli._args import check_image_size, cpu_threads, positive_int, registered_model
 from mobileconv.deploy.onednn import OneDNNConv2d
 from mobileconv.deploy.optimize import optimize_for_inference
 from mobileconv.engine.bench import (BenchConfig, count_macs, make_batch, make_inference_step, num_threads,
@@ -109,14 +110,20 @@ def build_variants(name: str, example: torch.Tensor) -> dict[str, nn.Module]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="mixnet_s", help="the MixNet to attribute (default mixnet_s)")
-    p.add_argument("--baseline", default=BASELINE, help=f"the model to compare with (default {BASELINE})")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--model", type=registered_model, default="mixnet_s",
+                   help="the MixNet to attribute (default mixnet_s)")
+    p.add_argument("--baseline", type=registered_model, default=BASELINE,
+                   help=f"the model to compare with (default {BASELINE})")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--image-size", type=positive_int, default=224)
+    p.add_argument("--threads", type=cpu_threads, default=2)
+    p.add_argument("--rounds", type=positive_int, default=7)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    try:
+        check_image_size([args.model, args.baseline], args.image_size)
+    except ValueError as e:
+        p.error(str(e))
     config = BenchConfig(mode="infer", batch_size=args.batch_size, image_size=args.image_size, threads=args.threads,
                          rounds=args.rounds, iters=2, warmup=2)
     load_before = os.getloadavg()
@@ -124,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         batch = make_batch(config, args.image_size, 3, 1000)
         example = batch[0][:1]
         macs = {n: count_macs(create_model(n), args.image_size) for n in (args.model, args.baseline)}
-        nets = {f"{args.model}, {v}": net for v, net in build_variants(args.model, example).items()}
+        try:
+            variants = build_variants(args.model, example)
+        except ValueError as e:  # not a MixNet: one line, not a traceback
+            p.error(f"--model {args.model}: {e}")
+        nets = {f"{args.model}, {v}": net for v, net in variants.items()}
         torch.manual_seed(0)
         nets[args.baseline] = optimize_for_inference(create_model(args.baseline), example_input=example)
         times = time_variants({k: make_inference_step(net, config) for k, net in nets.items()}, batch, config,

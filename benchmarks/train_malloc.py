@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from mobileconv.cli._args import check_image_size, cpu_threads, non_negative_int, positive_int, registered_model
 from mobileconv.engine.checkpoint import atomic_write, save_figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -65,15 +66,20 @@ def time_once(name: str, heap: bool, args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds, one process per model and mode each")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per process")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per process")
+    p.add_argument("--models", nargs="+", type=registered_model, default=list(MODELS))
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--image-size", type=positive_int, default=224)
+    p.add_argument("--threads", type=cpu_threads, default=2)
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="alternating rounds, one process per model and mode each")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps per process")
+    p.add_argument("--steps", type=positive_int, default=3, help="timed steps per process")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    try:
+        check_image_size(args.models, args.image_size)
+    except ValueError as e:
+        p.error(str(e))
     from tqdm.auto import tqdm
 
     runs: dict[str, dict[str, list[dict]]] = {m: {mode: [] for mode in MODES} for m in args.models}

@@ -29,10 +29,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_compiler_for(args: argparse.Namespace) -> None:
+    """``--compile`` on the CPU needs a C++ compiler (Inductor); say so in one line before any work starts.
+
+    Without this check ``mobileconv bench --compile`` ended in ``optimize_for_inference``'s RuntimeError
+    and ``mobileconv train --compile`` in an InductorError at its first step, both as tracebacks.
+    """
+    if not getattr(args, "compile", False):
+        return
+    import torch
+
+    device = getattr(args, "device", "cpu")
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return
+    from ..deploy.optimize import check_compiler
+
+    try:
+        check_compiler(torch.device("cpu"))
+    except RuntimeError:
+        raise ValueError("--compile needs a C++ compiler for torch.compile's CPU backend (Inductor): none of g++, "
+                         "c++, clang++ is on PATH; install one (e.g. apt install g++) or leave out --compile") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_compiler_for(args)
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `mobileconv summary ... | head`: the reader left, nothing to report
         sys.stderr.close()

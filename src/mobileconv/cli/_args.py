@@ -32,3 +32,43 @@ def call_with_one_line_errors(fn, *args):
             raise
         details = ", ".join(line.split(":")[0] for line in lines[1:])
         raise ValueError(f"{lines[0]} ({details})") from e
+
+
+def registered_model(text: str) -> str:
+    """A registered model name (``list_models()``); anything else names the close ones."""
+    import difflib
+
+    from ..models import list_models
+
+    names = list_models()
+    if text in names:
+        return text
+    close = difflib.get_close_matches(text, names, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else " (`mobileconv models` lists them)"
+    raise argparse.ArgumentTypeError(f"expected a registered model name, got {text!r}{hint}")
+
+
+def cpu_threads(text: str) -> int:
+    """A thread count from 1 to the CPUs this process may use (more made torch segfault)."""
+    from ..engine.bench import available_cpus
+
+    cpus = available_cpus()
+    value = _int_at_least(text, 1, f"a number of threads from 1 to {cpus} (the CPUs this process may use)")
+    if value > cpus:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of threads from 1 to {cpus} (the CPUs this process may use), got {text!r}")
+    return value
+
+
+def check_image_size(models, image_size: int | None) -> None:
+    """Raise a ``ValueError`` naming the first of ``models`` (registered names) that cannot run at ``image_size``."""
+    if image_size is None:
+        return
+    from ..models import create_model
+    from ..profile.zoo import min_input_size
+
+    for name in dict.fromkeys(models):
+        smallest = min_input_size(create_model(name))
+        if image_size < smallest:
+            raise ValueError(f"--image-size {image_size} is too small for {name}: it needs at least {smallest} "
+                             f"pixels")

@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="weights: mobileconv .safetensors, or a timm / torchvision state_dict (default: random init)")
     p.add_argument("--num-classes", type=positive_int, default=None, metavar="N",
-                   help="classes (default: the checkpoint classifier's, else 1000)")
+                   help="classes (default: the checkpoint classifier's, else the model's: 1000, or 10 for "
+                        "the _cifar forms)")
     p.add_argument("--input-size", type=positive_int, default=None, metavar="N",
                    help="export for N x N images (default: the model's, 224 or 32); ONNX and exported programs "
                         "are static in H and W")

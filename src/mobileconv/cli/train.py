@@ -93,7 +93,7 @@ def register_eval(subparsers) -> None:
                               description="top-1, top-5 and per-class accuracy of a checkpoint; the number of "
                                           "classes comes from the checkpoint's classifier.")
     _one_line_errors(p)
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .safetensors state_dict")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a mobileconv checkpoint (or a timm / torchvision one, with --model)")
     p.add_argument("--model", metavar="NAME", help="model name (default: recorded in the checkpoint)")
     p.add_argument("--data", help="digits | synthetic | PATH (default: recorded in the checkpoint)")
     p.add_argument("--img-size", type=positive_int, metavar="PX",
@@ -158,7 +158,7 @@ def register_predict(subparsers) -> None:
     p = subparsers.add_parser("predict", help="classify image files with a checkpoint (top-5 with class names)")
     _one_line_errors(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything PIL reads)")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .safetensors state_dict")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a mobileconv checkpoint (or a timm / torchvision one, with --model)")
     p.add_argument("--model", metavar="NAME", help="model name (default: recorded in the checkpoint)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--img-size", type=positive_int, metavar="PX",

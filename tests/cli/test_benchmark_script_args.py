@@ -1,0 +1,85 @@
+"""The benchmark scripts refuse bad options in one line (exit code 2) before anything runs, and
+``mixconv_speed.py --quick`` keeps the sizes given on the command line."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def refuse(name: str, argv: list[str], capsys) -> str:
+    """``main(argv)`` (or ``parse_args``) of a script must stop with argparse's exit code 2; its last stderr line."""
+    module = load(name)
+    entry = module.parse_args if hasattr(module, "parse_args") else module.main
+    with pytest.raises(SystemExit) as info:
+        entry(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("name, argv, expected", [
+    ("mixconv_speed", ["--models", "mixnet_sx"], "expected a registered model name, got 'mixnet_sx'; did you mean"),
+    ("mixconv_speed", ["--threads", "0"], "expected a number of threads from 1 to"),
+    ("mixconv_speed", ["--threads", "100000"], "expected a number of threads from 1 to"),
+    ("mixconv_speed", ["--rounds", "0"], "--rounds: expected a positive integer, got '0'"),
+    ("mixconv_speed", ["--batch-size", "-1"], "--batch-size: expected a positive integer"),
+    ("mixconv_speed", ["--models", "mixnet_s_cifar", "--scenarios", "infer", "--image-size", "4"],
+     "--image-size 4 is too small for mixnet_s_cifar: it needs at least 8 pixels"),
+    ("mixconv_speed", ["--models", "mixnet_s_cifar", "--image-size", "16"], "the tax scenario times mixnet_s"),
+    ("cpu_steps", ["--models", "nope"], "expected a registered model name, got 'nope'"),
+    ("cpu_steps", ["--batch-sizes", "1", "0"], "--batch-sizes: expected a positive integer, got '0'"),
+    ("cpu_steps", ["--models", "mobilenetv3_small_100", "--image-size", "16"],
+     "--image-size 16 is too small for mobilenetv3_small_100: it needs at least 32 pixels"),
+    ("mixnet_gap", ["--baseline", "nope"], "expected a registered model name, got 'nope'"),
+    ("mixnet_gap", ["--rounds", "0"], "--rounds: expected a positive integer"),
+    ("train_malloc", ["--steps", "0"], "--steps: expected a positive integer"),
+    ("train_malloc", ["--warmup", "-1"], "--warmup: expected an integer >= 0"),
+    ("train_malloc", ["--models", "mixnet_sx"], "did you mean mixnet_s"),
+    ("depthwise_kernel", ["--model", "nope"], "expected a registered model name, got 'nope'"),
+    ("depthwise_kernel", ["--image-size", "8"], "--image-size 8 is too small for mixnet_s"),
+])
+def test_bad_option_is_one_line_before_anything_runs(name, argv, expected, capsys, tmp_path):
+    line = refuse(name, [*argv, "--out", str(tmp_path / "out")], capsys)
+    assert expected in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_mixnet_gap_refuses_a_model_without_mixed_kernels(capsys, tmp_path):
+    line = refuse("mixnet_gap", ["--model", "mobilenetv3_small_100_cifar", "--baseline", "mobilenetv3_small_100_cifar",
+                                 "--image-size", "32", "--batch-size", "1", "--rounds", "1", "--out", str(tmp_path)],
+                  capsys)
+    assert "has no MixConv with mixed kernel sizes" in line, line
+
+
+def test_bad_option_exits_2_from_the_command_line(tmp_path):
+    """As a user runs it: `python benchmarks/mixconv_speed.py --models nope` (it used to fail in a child process)."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "mixconv_speed.py"), "--models", "nope",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("mixconv_speed.py: error: argument --models")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], (224, 32, 5)),
+    (["--quick"], (64, 4, 2)),
+    (["--quick", "--image-size", "32", "--batch-size", "2", "--rounds", "1"], (32, 2, 1)),
+    (["--quick", "--image-size", "96"], (96, 4, 2)),
+    (["--batch-size", "8"], (224, 8, 5)),
+])
+def test_quick_keeps_the_sizes_given(argv, expected):
+    """`--quick --image-size 32` used to run at 64 px: --quick overwrote every size."""
+    args = load("mixconv_speed").parse_args([*argv, "--models", "mobilenetv3_small_100_cifar", "--scenarios", "infer"])
+    assert (args.image_size, args.batch_size, args.rounds) == expected
