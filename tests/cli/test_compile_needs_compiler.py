@@ -35,3 +35,16 @@ def test_without_compile_the_compiler_is_not_asked_for(no_compiler, capsys):
     rc = main(["summary", "mobilenetv3_small_100_cifar", "--format", "csv"])
     assert rc == 0
     assert MESSAGE not in capsys.readouterr().err
+
+
+def test_train_compile_from_a_config_file_without_compiler(no_compiler, capsys, tmp_path):
+    # the command line's own check does not see options that come from --config (or a resumed run)
+    (tmp_path / "c.yaml").write_text("compile: true\n")
+    out = tmp_path / "run"
+    rc = main(["train", "--config", str(tmp_path / "c.yaml"), "--data", "synthetic", "--epochs", "1",
+               "--max-train-samples", "64", "--device", "cpu", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith(f"mobileconv train: error: {MESSAGE}"), err
+    assert "leave out --compile" in err
+    assert not out.exists()

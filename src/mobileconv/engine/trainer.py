@@ -298,6 +298,13 @@ def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict
         device_ids = [env.device] if env.device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if config.compile:
+        from ..deploy.optimize import check_compiler
+
+        try:  # --compile from a --config file or a resumed run, which the command line's own check does not see
+            check_compiler(env.device)
+        except RuntimeError as e:
+            raise ValueError(str(e).replace("compile=True", "--compile").replace("compile=False",
+                                                                                 "leave out --compile")) from None
         train_model = torch.compile(train_model)
     return model, train_model
 
