@@ -15,3 +15,14 @@ def run_cli(args, env_extra=None, timeout=300, module=("-m", "mobileconv")):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=REPO)
+
+
+def failed_train(args, capsys) -> str:
+    """Run ``mobileconv train ARGS``; check it failed with one line and return that line."""
+    from mobileconv.cli import main
+
+    capsys.readouterr()
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mobileconv train: error: "), err
+    return err

@@ -14,7 +14,7 @@ from mobileconv.engine import TrainConfig, trainer
 from mobileconv.engine.checkpoint import STATE_FILE, load_state, save_state
 from mobileconv.engine.loop import StepSettings
 
-from .helpers import MODEL, TINY
+from .helpers import MODEL, TINY, failed_train
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +34,6 @@ def snapshot(folder):
     """Every path under ``folder`` with the SHA-256 of its bytes (None for folders)."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
             for p in sorted(folder.rglob("*"))}
-
-
-def failed_train(args, capsys) -> str:
-    """Run ``mobileconv train ARGS``; check it failed with one line and return that line."""
-    capsys.readouterr()
-    assert main(["train", *args]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("mobileconv train: error: "), err
-    return err
 
 
 BAD_STARTS = [

@@ -15,7 +15,7 @@ import pytest
 from mobileconv.cli import main
 from mobileconv.engine import distributed, trainer
 
-from .helpers import REPO, TINY
+from .helpers import REPO, TINY, failed_train
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +27,6 @@ def finished_run(tmp_path_factory):
 
 def snapshot(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-
-
-def failed_train(args, capsys) -> str:
-    capsys.readouterr()
-    assert main(["train", *args]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("mobileconv train: error: "), err
-    return err
 
 
 @pytest.mark.parametrize("options, message", [
@@ -100,12 +92,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_refuse_an_existing_run_with_the_same_line_and_no_traceback(finished_run, tmp_path):
-    """The two workers torchrun would start, started by hand so that neither is killed before it reports."""
-    out = tmp_path / "run"
-    shutil.copytree(finished_run, out)
-    before = snapshot(out)
-    command = [sys.executable, "-m", "mobileconv", "train", *TINY, "--epochs", "1", "--out", str(out)]
+def run_two_workers(command: list[str]) -> list[tuple[int, str]]:
+    """The two workers torchrun would start, started by hand so that neither is killed before it reports:
+    ``(exit code, stderr)`` of each."""
     group = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen(command, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env={**os.environ, **group, "RANK": str(rank), "LOCAL_RANK": str(rank)})
@@ -113,6 +102,16 @@ def test_two_processes_refuse_an_existing_run_with_the_same_line_and_no_tracebac
     results = [(worker.wait(timeout=120), worker.stderr.read()) for worker in workers]
     for worker in workers:
         worker.stdout.close(), worker.stderr.close()
+    return results
+
+
+def test_two_processes_refuse_an_existing_run_with_the_same_line_and_no_traceback(finished_run, tmp_path):
+    """The two workers torchrun would start, started by hand so that neither is killed before it reports."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = snapshot(out)
+    command = [sys.executable, "-m", "mobileconv", "train", *TINY, "--epochs", "1", "--out", str(out)]
+    results = run_two_workers(command)
     for code, err in results:
         assert code == 2 and err.count("\n") == 1, err[-3000:]
         assert err.startswith(f"mobileconv train: error: --out {out} already holds a run")
@@ -136,13 +135,7 @@ def test_a_process_that_fails_mid_run_stops_the_others_with_one_line(tmp_path):
     command = [sys.executable, "-m", "mobileconv", "train", "--model", "mobilenetv3_small_100_cifar", "--data",
                str(tmp_path / "data"), "--img-size", "16", "--batch-size", "8", "--epochs", "1", "--quiet",
                "--out", str(tmp_path / "run")]
-    group = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
-    workers = [subprocess.Popen(command, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env={**os.environ, **group, "RANK": str(rank), "LOCAL_RANK": str(rank)})
-               for rank in range(2)]
-    results = [(worker.wait(timeout=120), worker.stderr.read()) for worker in workers]
-    for worker in workers:
-        worker.stdout.close(), worker.stderr.close()
+    results = run_two_workers(command)
     errors = sorted(err for _, err in results)
     assert [code for code, _ in results] == [2, 2], errors
     assert all(err.count("\n") == 1 and "Traceback" not in err for err in errors), errors

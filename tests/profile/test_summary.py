@@ -119,15 +119,18 @@ def test_batch_size_scales_macs_and_memory_and_shows_in_shapes():
     assert all(r.output_shape[0] == 4 for r in four.layers if r.output_shape)
 
 
+class Twice(nn.Module):
+    """One conv called twice: a shared layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.conv(torch.relu(self.conv(x)))
+
+
 def test_shared_module_is_one_row_with_all_its_calls():
-    class Twice(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-
-        def forward(self, x):
-            return self.conv(torch.relu(self.conv(x)))
-
     model = Twice()
     s = summarize(model, input_size=(8, 10, 10))
     (row,) = s.layers
@@ -185,14 +188,6 @@ def test_to_dict_is_json_ready():
 
 
 def test_summary_csv_counts_the_calls_of_a_shared_layer():
-    class Twice(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-
-        def forward(self, x):
-            return self.conv(torch.relu(self.conv(x)))
-
     calls = []
     model = Twice()
     model.conv.register_forward_hook(lambda *args: calls.append(1))  # the oracle: forward hooks seen
