@@ -158,6 +158,19 @@ def test_predict_images_takes_one_path_as_well_as_a_list(ckpt, image, as_type):
     assert one == listed
 
 
+def test_eval_refuses_data_with_other_class_names(ckpt, tmp_path, capsys, monkeypatch):
+    # digits and synthetic both have 10 classes: the count alone let a digits checkpoint be scored on synthetic
+    monkeypatch.setattr(inference, "evaluate", lambda *a, **k: pytest.fail("evaluation started"))
+    code, err = run(["eval", "--checkpoint", ckpt, "--data", "digits"], capsys)
+    assert_one_line_error(code, err, "eval", "was trained on the classes ['class_0', 'class_1', 'class_2', ...], "
+                                             "--data digits has ['0', '1', '2', ...]")
+    other = tmp_path / "other.safetensors"  # recorded dataset and class names that disagree
+    save_weights(other, mobileconv.create_model(MODEL, num_classes=10).state_dict(),
+                 {**TRAINER_META, "classes": [str(i) for i in range(10)]})
+    code, err = run(["eval", "--checkpoint", other], capsys)
+    assert_one_line_error(code, err, "eval", "its recorded dataset 'synthetic' has ['class_0', 'class_1', 'class_2', ...]")
+
+
 # ---- option values ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command, option, value", [

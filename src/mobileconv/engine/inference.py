@@ -155,14 +155,20 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     check_positive(max_samples, "--max-val-samples")
     dev = resolve_device(device)
     loaded = load_checkpoint(model_name, checkpoint, dev)
+    given = data
     data = data or loaded.get("dataset")
     if data is None:
         raise ValueError(f"checkpoint {checkpoint} does not record its dataset: pass --data")
     img_size = resolve_img_size(loaded, img_size, data)
     _, test_set, info = build_datasets(data, img_size)
+    named = f"--data {data}" if given else f"its recorded dataset {data!r}"
     if info.num_classes != loaded.num_classes:
-        raise ValueError(f"checkpoint {checkpoint} has {loaded.num_classes} classes, --data {data} has "
+        raise ValueError(f"checkpoint {checkpoint} has {loaded.num_classes} classes, {named} has "
                          f"{info.num_classes}")
+    trained_on = loaded.get("classes")
+    if trained_on and list(trained_on) != list(info.classes):  # same count, other labels: scores would mean nothing
+        raise ValueError(f"checkpoint {checkpoint} was trained on the classes {_preview(trained_on)}, {named} has "
+                         f"{_preview(info.classes)}; evaluate it on data with its classes")
     test_set = limit_samples(test_set, max_samples)
     loader = DataLoader(test_set, batch_sampler=ShardedBatchSampler(len(test_set), batch_size, shuffle=False,
                                                                     drop_last=False))
@@ -170,6 +176,11 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     result = evaluate(loaded.model, loader, transform, info.num_classes, DistEnv(device=dev))
     return {"model": loaded.name, "checkpoint": str(checkpoint), "dataset": info.name, "split": info.test_split,
             "img_size": img_size, "classes": info.classes, **result}
+
+
+def _preview(names, count: int = 3) -> str:
+    shown = ", ".join(map(repr, list(names)[:count]))
+    return f"[{shown}{', ...' if len(names) > count else ''}]"
 
 
 def predict_images(model_name: str | None, checkpoint: str | Path, images: str | Path | list[str | Path],
