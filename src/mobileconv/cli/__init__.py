@@ -44,11 +44,7 @@ def check_compiler_for(args: argparse.Namespace) -> None:
         return
     from ..deploy.optimize import check_compiler
 
-    try:
-        check_compiler(torch.device("cpu"))
-    except RuntimeError:
-        raise ValueError("--compile needs a C++ compiler for torch.compile's CPU backend (Inductor): none of g++, "
-                         "c++, clang++ is on PATH; install one (e.g. apt install g++) or leave out --compile") from None
+    check_compiler(torch.device("cpu"), "--compile", ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,16 +36,12 @@ def call_with_one_line_errors(fn, *args):
 
 def registered_model(text: str) -> str:
     """A registered model name (``list_models()``); anything else names the close ones."""
-    import difflib
-
     from ..models import list_models
+    from ..profile.zoo import model_name_hint
 
-    names = list_models()
-    if text in names:
-        return text
-    close = difflib.get_close_matches(text, names, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else " (`mobileconv models` lists them)"
-    raise argparse.ArgumentTypeError(f"expected a registered model name, got {text!r}{hint}")
+    if text not in list_models():
+        raise argparse.ArgumentTypeError(f"expected a registered model name, got {text!r}; {model_name_hint(text)}")
+    return text
 
 
 def cpu_threads(text: str) -> int:

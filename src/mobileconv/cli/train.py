@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -137,9 +136,14 @@ def _check_out_dir(out: Path) -> None:
     """Refuse an ``--out`` folder that could not be created or written, before the evaluation (creating nothing)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
+    from ..engine.checkpoint import probe_writable
+
     existing = next(p for p in (out, *out.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: cannot write there ({existing} is not a writable folder)")
+    try:
+        probe_writable(existing)  # a file there fails too (not a directory)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write there ({existing} is not a writable folder: "
+                         f"{e.strerror or e})") from None
 
 
 def format_eval_table(result: dict) -> str:

@@ -252,7 +252,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
         if not is_out_of_memory(e):
             raise
         raise ValueError(f"not enough memory to run the model on a batch of {'x'.join(map(str, shape))} "
-                         f"({_first_line(e)}); use a smaller batch or input size") from e
+                         f"({first_line(e)}); use a smaller batch or input size") from e
     prepared, optimized, notes = prepare_for_export(model, inputs[0], optimize=optimize, impl=impl,
                                                     channels_last=format == "torchscript")
     tmp = _temporary_path(path)
@@ -320,7 +320,7 @@ def prepare_for_export(model: nn.Module, example: torch.Tensor, *, optimize: boo
                                               onednn=False, micro_batch=False, verify=False)  # portable graphs
             return prepared, True, notes
         except Exception as e:  # noqa: BLE001 - an unusual user model: export it unoptimised
-            notes.append(f"optimize_for_inference failed ({_first_line(e)}); exported without BN folding")
+            notes.append(f"optimize_for_inference failed ({first_line(e)}); exported without BN folding")
     prepared = copy.deepcopy(model).eval()
     if impl is not None:
         set_layer_impl(prepared, impl)
@@ -340,7 +340,7 @@ def _run_exporter(fmt: str, model: nn.Module, example: torch.Tensor, path: Path,
     except (ExportError, OSError):
         raise
     except Exception as e:  # noqa: BLE001 - exporter internals raise many types; report one line
-        raise ExportError(f"{fmt} export failed: {_first_line(e)}") from e
+        raise ExportError(f"{fmt} export failed: {first_line(e)}") from e
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, f, *, opset: int = DEFAULT_OPSET,
@@ -378,7 +378,7 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, *, n
             method = "torch.jit.script"
         except Exception as e:  # noqa: BLE001 - a user model that is not scriptable
             if notes is not None:
-                notes.append(f"torch.jit.script failed ({_first_line(e)}); traced instead, "
+                notes.append(f"torch.jit.script failed ({first_line(e)}); traced instead, "
                              f"so the input size is fixed at the export size")
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             program = torch.jit.trace(model, example, check_trace=False)
@@ -408,7 +408,7 @@ def load_exported(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor],
                 return torch.jit.load(str(path), map_location="cpu")
         return torch.export.load(str(path)).module()
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"the exported {fmt} file could not be loaded back: {_first_line(e)}") from e
+        raise ExportError(f"the exported {fmt} file could not be loaded back: {first_line(e)}") from e
 
 
 @torch.no_grad()
@@ -416,7 +416,7 @@ def _compare(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, expec
     try:
         out = run(x)
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"the exported program failed on a batch of {x.shape[0]}: {_first_line(e)}") from e
+        raise ExportError(f"the exported program failed on a batch of {x.shape[0]}: {first_line(e)}") from e
     diff, rel = relative_error(expected, torch.as_tensor(out))
     return ExportCheck(batch_size=x.shape[0], max_abs_diff=diff, rel_err=rel,
                        output_scale=expected.abs().max().item())
@@ -440,6 +440,7 @@ def _temporary_path(path: Path) -> Path:
     return Path(name)
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type where it has none), at most 300 characters."""
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0][:300]

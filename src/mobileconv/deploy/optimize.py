@@ -156,11 +156,14 @@ def _optimize(model: nn.Module, x: torch.Tensor, channels_last: bool, onednn: bo
     return model
 
 
-def check_compiler(device: torch.device) -> None:
-    """Raise a ``RuntimeError`` naming what is missing when Inductor cannot compile for ``device`` here."""
+def check_compiler(device: torch.device, option: str = "compile=True", error: type[Exception] = RuntimeError) -> None:
+    """Raise ``error`` naming what is missing when Inductor cannot compile for ``device`` here.
+
+    ``option`` is how the caller's user asked for compiling (``--compile`` on the command line).
+    """
     if device.type == "cpu" and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
-        raise RuntimeError("compile=True needs a C++ compiler for torch.compile's CPU backend (Inductor): none of "
-                           "g++, c++, clang++ is on PATH; install one (e.g. apt install g++) or use compile=False")
+        raise error(f"{option} needs a C++ compiler for torch.compile's CPU backend (Inductor): none of g++, c++, "
+                    f"clang++ is on PATH; install one (e.g. apt install g++) or leave out {option}")
 
 
 def compile_for_inference(model: nn.Module) -> nn.Module:

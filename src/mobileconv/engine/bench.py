@@ -437,16 +437,15 @@ def benchmark_model(model: nn.Module | str, config: BenchConfig, variants: Seque
 @contextlib.contextmanager
 def _memory_errors_as_value_errors(config: BenchConfig, image_size: int) -> Iterator[None]:
     """A failed tensor allocation (a batch or image size too large) becomes a one-line ``ValueError``."""
-    from ..deploy.export import is_out_of_memory  # noqa: PLC0415
+    from ..deploy.export import first_line, is_out_of_memory  # noqa: PLC0415
 
     try:
         yield
     except RuntimeError as e:
         if not is_out_of_memory(e):
             raise
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"not enough memory for batches of {config.batch_size} images of {image_size}x{image_size} "
-                         f"({first_line}); use a smaller batch or image size") from e
+                         f"({first_line(e)}); use a smaller batch or image size") from e
 
 
 COLUMNS = ("model", "mode", "variant", "batch", "size", "img/s", "p50 ms", "p90 ms", "peak MiB", "GMAC/s",

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import random
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -42,6 +43,15 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def probe_writable(folder: str | Path) -> None:
+    """Create and remove a temporary file in ``folder``; the ``OSError`` says why that fails.
+
+    Tried rather than read from permission bits: root passes ``os.access`` on read-only mounts and ``/proc``.
+    """
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -114,8 +114,7 @@ def prepare_out_dir(out: Path) -> None:
     """Create the run folder and check it is writable."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = ckpt.atomic_write_bytes(out / ".write-test", b"")
-        probe.unlink()
+        ckpt.probe_writable(out)
     except OSError as e:
         raise ValueError(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
@@ -300,11 +299,8 @@ def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict
     if config.compile:
         from ..deploy.optimize import check_compiler
 
-        try:  # --compile from a --config file or a resumed run, which the command line's own check does not see
-            check_compiler(env.device)
-        except RuntimeError as e:
-            raise ValueError(str(e).replace("compile=True", "--compile").replace("compile=False",
-                                                                                 "leave out --compile")) from None
+        # --compile from a --config file or a resumed run, which the command line's own check does not see
+        check_compiler(env.device, "--compile", ValueError)
         train_model = torch.compile(train_model)
     return model, train_model
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..engine.checkpoint import save_figure
+from ..engine.checkpoint import probe_writable, save_figure
 from .summary import ModelSummary
 
 LAYER_FIELDS = ("name", "type", "output_shape", "params", "macs", "activation_bytes", "calls")
@@ -87,19 +86,14 @@ def models_table(records: Sequence[dict]):
 
 
 def check_plot_path(path: str | os.PathLike) -> Path:
-    """A ``.png`` path in an existing, writable folder, or a ValueError saying what is wrong.
-
-    Writability is tried (a temporary file is made and removed), not inferred from permission
-    bits: root passes ``os.access`` on read-only mounts and on ``/proc``.
-    """
+    """A ``.png`` path in an existing, writable folder, or a ValueError saying what is wrong."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"plot file must end in .png, got {str(path)!r}")
     if not path.parent.is_dir():
         raise ValueError(f"plot folder {str(path.parent)!r} does not exist")
     try:
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
+        probe_writable(path.parent)
     except OSError as e:
         raise ValueError(f"cannot write the plot {str(path)!r}: folder {str(path.parent)!r} is not writable "
                          f"({e.strerror or e})") from e

@@ -13,11 +13,16 @@ def check_model_name(name: str) -> None:
     """Raise a one-line ``ValueError`` for a name that is not registered (with close matches)."""
     import mobileconv
 
-    names = mobileconv.list_models()
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else "`mobileconv models` lists them"
-        raise ValueError(f"unknown model {name!r}; {hint}")
+    if name not in mobileconv.list_models():
+        raise ValueError(f"unknown model {name!r}; {model_name_hint(name)}")
+
+
+def model_name_hint(name: str) -> str:
+    """The registered names close to ``name``, as a hint for an error message."""
+    import mobileconv
+
+    close = difflib.get_close_matches(name, mobileconv.list_models(), n=3)
+    return f"did you mean {', '.join(close)}?" if close else "`mobileconv models` lists them"
 
 
 def create_for_profile(name: str, width_mult: float | None = None) -> nn.Module:
@@ -36,8 +41,9 @@ def create_for_profile(name: str, width_mult: float | None = None) -> nn.Module:
             raise
         raise ValueError(f"model {name!r} does not take a width multiplier (width_mult)") from e
     except RuntimeError as e:  # a huge multiplier: the weights cannot be allocated
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"cannot build {name} with width multiplier {width_mult:g}: {first_line}") from e
+        from ..deploy.export import first_line
+
+        raise ValueError(f"cannot build {name} with width multiplier {width_mult:g}: {first_line(e)}") from e
 
 
 def default_input_size(model: nn.Module) -> tuple[int, ...]:
