@@ -20,16 +20,22 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, metavar="NAME", help="mobileconv model name (see `mobileconv models`)")
     p.add_argument("--num-classes", type=positive_int, default=None, metavar="N",
                    help="classes of the model (default: those of the checkpoint's classifier)")
+    p.add_argument("--use-ema", action="store_true",
+                   help="take a training checkpoint's EMA weights (timm / torchvision: state_dict_ema, else "
+                        "model_ema; mobileconv train --ema: its weights files or state.pt) instead of its "
+                        "state_dict / model; an error if it has none")
     p.set_defaults(func=run_convert)
 
 
 def run_convert(args: argparse.Namespace) -> int:
     from ..deploy.weights import convert_checkpoint
 
-    info = call_with_one_line_errors(convert_checkpoint, args.src, args.dst, args.model, args.num_classes)
+    info = call_with_one_line_errors(convert_checkpoint, args.src, args.dst, args.model, args.num_classes,
+                                     args.use_ema)
     eps = info["bn_eps"]
     eps_text = f"bn eps {eps:g}" if isinstance(eps, float) else "bn eps per layer" if eps else "no BatchNorm"
-    print(f"{args.src} ({info['source']}) -> {args.dst}: {args.model}, {info['num_classes']} classes, "
+    ema = ", EMA weights" if args.use_ema else ""
+    print(f"{args.src} ({info['source']}{ema}) -> {args.dst}: {args.model}, {info['num_classes']} classes, "
           f"{info['tensors']} tensors, {info['params']:,} params, {eps_text}")
     return 0
 

@@ -170,7 +170,7 @@ def _units(children: list[dict[str, tuple[str, torch.Tensor]]]) -> list[_Unit]:
     for child in children:
         if "fc1.weight" in child:
             units.append(_Unit("se", dict(child)))
-        elif "0.weight" in child and "1.running_mean" in child:  # Conv2dNormActivation: conv, BN
+        elif "0.weight" in child and "1.running_mean" in child and child["0.weight"][1].dim() == 4:  # conv, BN
             unit = _Unit("conv", {"conv.weight": child["0.weight"]})
             unit.tensors.update({f"bn.{p}": child[f"1.{p}"] for p in BN_PARAMS if f"1.{p}" in child})
             units.append(unit)
@@ -179,7 +179,10 @@ def _units(children: list[dict[str, tuple[str, torch.Tensor]]]) -> list[_Unit]:
         elif "running_mean" in child and units and units[-1].kind == "conv":  # bare BN after it
             units[-1].tensors.update({f"bn.{p}": child[p] for p in BN_PARAMS if p in child})
         else:
-            raise ValueError(f"unrecognised torchvision layer with keys {sorted(src for src, _ in child.values())}")
+            found = sorted((src, list(value.shape)) for src, value in child.values())
+            shapes = ", ".join(f"{src} {shape}" for src, shape in found)
+            raise ValueError(f"unrecognised torchvision layer: {shapes} (expected a conv with a 4-D weight and its "
+                             f"BatchNorm, or a squeeze-excitation fc1 / fc2)")
     return units
 
 

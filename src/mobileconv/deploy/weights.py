@@ -46,6 +46,8 @@ TRAINER_KEYS = ("model", "dataset", "num_classes", "img_size")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # keys under which training scripts nest the weights (timm: state_dict / state_dict_ema, torchvision: model)
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+# the entries holding the EMA weights, in timm's order of preference (timm's load_state_dict(use_ema=True))
+EMA_KEYS = ("state_dict_ema", "model_ema")
 # prefixes added by DistributedDataParallel / DataParallel and torch.compile
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 HEAD_KEYS = ("classifier.weight", "classifier.bias")
@@ -59,7 +61,8 @@ EXPECTED = ("a checkpoint: a safetensors file of a model state_dict, or a PyTorc
             "(timm, torchvision or mobileconv)")
 
 
-def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, *, drop_head: bool = False) -> str:
+def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, *, drop_head: bool = False,
+                    use_ema: bool = False) -> str:
     """Load a checkpoint file into ``model`` in place (``create_model(..., pretrained=path)``).
 
     Args:
@@ -67,6 +70,7 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, *, drop_hea
         pretrained: path to a mobileconv, timm or torchvision checkpoint (detected from its keys).
         drop_head: keep the model's own classifier instead of the checkpoint's (fine-tuning to
             another number of classes).
+        use_ema: load a training checkpoint's EMA weights (see :func:`read_checkpoint`).
 
     Returns:
         The detected source: ``"mobileconv"``, ``"timm"`` or ``"torchvision"``.
@@ -74,20 +78,31 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, *, drop_hea
     Raises:
         FileNotFoundError: no file at ``pretrained``.
         ValueError: not a checkpoint, or one that does not fit ``model`` (the message lists the
-            missing, unexpected and mismatched keys); ``model`` is then left unchanged.
+            missing, unexpected and mismatched keys), or ``use_ema=True`` and it holds no EMA
+            weights; ``model`` is then left unchanged.
     """
-    state_dict, metadata = read_checkpoint(pretrained)
+    state_dict, metadata = read_checkpoint(pretrained, use_ema=use_ema)
     return load_state_dict(model, state_dict, metadata, drop_head=drop_head, name=str(pretrained))
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_checkpoint(path: str | os.PathLike, *,
+                    use_ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a checkpoint file as ``(state_dict, metadata)`` without running any code.
 
     The format is recognised from the file's first bytes (safetensors header, zip archive or
     legacy torch file), so the suffix does not matter. Wrappers are removed: a nested
-    ``state_dict`` / ``model`` / ``state_dict_ema`` entry and ``module.`` prefixes. A training
-    checkpoint's ``args`` (an ``argparse.Namespace``, :data:`SAFE_GLOBALS`) is allowed beside
-    the weights; TorchScript / ``torch.export`` archives are refused as what they are.
+    ``state_dict`` / ``model`` / ``state_dict_ema`` / ``model_ema`` entry, ``module.`` prefixes
+    and the ``n_averaged`` counter of a ``torch.optim.swa_utils.AveragedModel`` (torchvision's
+    EMA). A training checkpoint's ``args`` (an ``argparse.Namespace``, :data:`SAFE_GLOBALS`) is
+    allowed beside the weights; TorchScript / ``torch.export`` archives are refused as what they are.
+
+    ``use_ema=False`` takes the training weights (``state_dict``, else ``model``) when a checkpoint
+    holds both those and EMA weights; a checkpoint with EMA weights only gives those.
+    ``use_ema=True`` takes the EMA weights (``state_dict_ema``, else ``model_ema``: timm's
+    ``load_checkpoint(use_ema=True)`` order; ``mobileconv train --ema``'s ``state.pt`` entry
+    ``ema``), or a mobileconv file whose metadata records ``ema=true`` (the weights files of
+    ``mobileconv train --ema``); any other checkpoint is a ``ValueError``, never a silent
+    fallback to the non-EMA weights.
     """
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"pretrained must be the path of a checkpoint file, got {path!r} "
@@ -105,6 +120,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         state_dict, metadata = _read_torch(path), {}
     else:
         raise ValueError(f"{path} is not a checkpoint (unrecognised file contents); expected {EXPECTED}")
+    if use_ema:
+        state_dict = _ema_weights(state_dict, metadata, path)
     return _unwrap(state_dict, path), metadata
 
 
@@ -214,8 +231,11 @@ def check_output_path(path: str | os.PathLike) -> Path:
     if not parent.is_dir():
         what = "is not a directory" if parent.exists() else "does not exist"
         raise FileNotFoundError(f"cannot write {path}: {parent} {what}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {path}: directory {parent} is not writable")
+    try:  # tried, not read from permission bits: root passes os.access on read-only mounts and /proc
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise PermissionError(f"cannot write {path}: directory {parent} is not writable ({e.strerror or e})") from e
     return path
 
 
@@ -227,18 +247,20 @@ def new_file_mode() -> int:
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_name: str,
-                       num_classes: int | None = None) -> dict[str, object]:
+                       num_classes: int | None = None, use_ema: bool = False) -> dict[str, object]:
     """Load ``src`` (timm / torchvision / mobileconv) into ``create_model(model_name)``, write ``dst``.
 
     ``num_classes`` defaults to the checkpoint classifier's. Nothing is written unless the
     whole checkpoint fits the model. ``dst`` records the model name, ``num_classes`` and the
     source; a mobileconv checkpoint's own metadata (from ``mobileconv train``: dataset, classes,
-    img_size, mean, std...) is kept. Returns a summary (source, num_classes, tensors, params, bn_eps).
+    img_size, mean, std...) is kept. ``use_ema`` takes the checkpoint's EMA weights (see
+    :func:`read_checkpoint`), and ``dst`` then records ``ema=true``. Returns a summary (source,
+    num_classes, tensors, params, bn_eps).
     """
     from ..models import create_model
 
     check_output_path(dst)  # before reading and checking the whole checkpoint
-    state_dict, metadata = read_checkpoint(src)
+    state_dict, metadata = read_checkpoint(src, use_ema=use_ema)
     if num_classes is None:
         num_classes = checkpoint_num_classes(state_dict)
         if num_classes is None:
@@ -246,6 +268,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_nam
     model = create_model(model_name, num_classes=num_classes)
     source = load_state_dict(model, state_dict, metadata, name=str(src))
     kept = {k: v for k, v in metadata.items() if k != "bn_eps"} if source == "mobileconv" else {}
+    if use_ema:
+        kept["ema"] = "true"  # JSON, as `mobileconv train` records it
     save_weights(model, dst, {**kept, "model": model_name, "num_classes": num_classes, "converted_from": source})
     return {"source": source, "num_classes": num_classes, "tensors": len(model.state_dict()),
             "params": sum(p.numel() for p in model.parameters()), "bn_eps": bn_eps_of(model)}
@@ -321,6 +345,30 @@ def torch_load_reason(error: Exception) -> str:
     return reason.split(" Please use `torch.serialization")[0] or type(error).__name__
 
 
+def _ema_weights(obj: object, metadata: Mapping[str, str], path: Path) -> object:
+    """The EMA entry of a training checkpoint (``use_ema=True``); a ValueError naming what was expected if none."""
+    expected = (f"expected a training checkpoint with EMA weights under {' or '.join(map(repr, EMA_KEYS))} "
+                f"(timm's train.py --model-ema, torchvision's references --model-ema), or from mobileconv train "
+                f"--ema (a weights file recording ema=true, or its state.pt); load without use_ema (CLI: without "
+                f"--use-ema) to take its weights")
+    if isinstance(obj, Mapping) and not _all_tensors(obj):
+        entry = next((obj[k] for k in EMA_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if entry is not None:
+            return entry
+        own = obj.get("ema")  # mobileconv train's state.pt: {"ema": ModelEma.state_dict() = {"module": ..., ...}}
+        if isinstance(own, Mapping) and isinstance(own.get("module"), Mapping):
+            return own["module"]
+        entries = sorted(str(k) for k in obj)
+        more = f" ... and {len(entries) - MAX_LISTED} more" if len(entries) > MAX_LISTED else ""
+        raise ValueError(f"{path} holds no EMA weights (use_ema=True): its entries are "
+                         f"{entries[:MAX_LISTED]}{more}; {expected}")
+    if metadata.get("ema") == "true":  # mobileconv train --ema: the file's weights are the EMA's
+        return obj
+    recorded = f" (its metadata records ema={metadata['ema']})" if "ema" in metadata else ""
+    raise ValueError(f"{path} holds one set of weights (a plain state_dict){recorded}, no EMA weights "
+                     f"(use_ema=True); {expected}")
+
+
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     """Find the tensor mapping inside a training checkpoint and strip ``module.`` prefixes."""
     while isinstance(obj, Mapping) and not _all_tensors(obj):
@@ -336,6 +384,8 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
         others = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
         raise ValueError(f"{path} holds a mapping with non-tensor entries {others[:MAX_LISTED]} and no "
                          f"nested state_dict under {list(WRAPPER_KEYS)}; expected {EXPECTED}")
+    if "n_averaged" in obj and len(obj) > 1 and all(k.startswith("module.") for k in obj if k != "n_averaged"):
+        obj = {k: v for k, v in obj.items() if k != "n_averaged"}  # AveragedModel's update counter, not a weight
     state_dict = {}
     for key, value in obj.items():
         for prefix in WRAPPER_PREFIXES:
@@ -362,7 +412,7 @@ def _check_fits(mapped: dict[str, tuple[str, torch.Tensor]], unmapped: list[str]
     if not (missing or unexpected or mismatched):
         return
     head_only = not missing and not unexpected and all(m.startswith(HEAD_KEYS) for m in mismatched)
-    if head_only:
+    if head_only and _only_classes_differ(mapped, target):
         ckpt_classes = mapped["classifier.weight"][1].shape[0]
         model_classes = target["classifier.weight"].shape[0]
         raise ValueError(f"{name}: the checkpoint's classifier has {ckpt_classes} classes but the model has "
@@ -375,6 +425,14 @@ def _check_fits(mapped: dict[str, tuple[str, torch.Tensor]], unmapped: list[str]
             more = f" ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
             lines.append(f"  {title} keys ({len(items)}): {', '.join(shown)}{more}")
     raise ValueError("\n".join(lines))
+
+
+def _only_classes_differ(mapped: dict[str, tuple[str, torch.Tensor]], target: dict[str, torch.Tensor]) -> bool:
+    """The classifiers differ in their number of outputs only (not in their input width, or a malformed bias)."""
+    weight, model_weight = mapped["classifier.weight"][1], target["classifier.weight"]
+    bias = mapped.get("classifier.bias", (None, None))[1]
+    return (weight.dim() == model_weight.dim() and weight.shape[1:] == model_weight.shape[1:]
+            and weight.shape[0] != model_weight.shape[0] and (bias is None or list(bias.shape) == [weight.shape[0]]))
 
 
 def _check_bn_eps(model: nn.Module, eps: float | dict[str, float] | None, name: str) -> None:

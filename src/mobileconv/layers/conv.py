@@ -17,6 +17,13 @@ from .helpers import (check_input_channels, check_kernel_size, check_kernel_size
 PADDING_MODES = ("", "same", "tf")
 
 
+def check_flag(value: object, name: str) -> bool:
+    """``value`` must be a bool (a truthy string such as ``"no"`` would silently switch the option on)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_padding_mode(padding: str) -> str:
     if padding not in PADDING_MODES:
         raise ValueError(f"padding must be one of {PADDING_MODES} ('' or 'same' = symmetric PyTorch padding, "
@@ -47,9 +54,12 @@ class Conv2dSame(nn.Conv2d):
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,
            groups: int = 1, bias: bool = False, padding: str = "") -> nn.Conv2d:
     """A single conv with "same" padding: symmetric ``(k - 1) // 2 * d`` or TF SAME (``padding='tf'``)."""
+    check_positive(in_channels, "in_channels")
+    check_positive(out_channels, "out_channels")
     check_kernel_size(kernel_size)  # odd: symmetric padding keeps the size
     check_stride(stride)
     check_positive(dilation, "dilation")
+    check_flag(bias, "bias")
     check_padding_mode(padding)
     if padding == "tf" and stride > 1:
         return Conv2dSame(in_channels, out_channels, kernel_size, stride, dilation=dilation,
@@ -77,8 +87,12 @@ def create_conv2d(in_channels: int, out_channels: int, kernel_size: int | Sequen
     from .grouped import GroupedConv2d
     from .mixconv import SPLITS, MixConv2d
 
+    check_positive(in_channels, "in_channels")
+    check_positive(out_channels, "out_channels")
     check_stride(stride)
     check_positive(dilation, "dilation")
+    for flag, name in ((depthwise, "depthwise"), (bias, "bias"), (dilated, "dilated")):
+        check_flag(flag, name)
     check_padding_mode(padding)
     kernel_sizes = check_kernel_sizes(kernel_size, "kernel_size")  # odd: "same" padding is symmetric
     if split not in SPLITS:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import check_padding_mode, conv2d
+from .conv import check_flag, check_padding_mode, conv2d
 from .depthwise_grad import MixedDepthwiseConv, use_grouped_weight_grad
 from .grouped import check_impl
 from .helpers import (DerivedTensorCache, check_input_channels, check_kernel_sizes, check_positive, check_stride,
@@ -59,6 +59,7 @@ class MixConv2d(nn.ModuleList):
         check_padding_mode(padding)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        check_flag(dilated, "dilated")  # a truthy string such as "no" would silently dilate the kernels
         if dilated and stride != 1:
             raise ValueError(f"stride must be 1 for a dilated MixConv (dilated=True), got stride={stride}")
         g = len(kernel_sizes)

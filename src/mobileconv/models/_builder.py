@@ -238,7 +238,7 @@ def build_stages(arch: ArchSpec, stem_channels: int, stem_stride: int, norm_laye
     schedule = iter(xsep_padding_schedule(sum(b.xsep for b in blocks)))
     stages: list[list[nn.Module]] = [[] for _ in arch.stages]
     for i, b in enumerate(blocks):
-        dpr = drop_path_rate * i / max(len(blocks) - 1, 1)
+        dpr = drop_path_rate * i / len(blocks)
         stages[b.stage].append(_make_block(arch, b, norm_layer, next(schedule) if b.xsep else None, dpr))
     info, reduction = [], stem_stride
     for s, stage in enumerate(stages):
@@ -283,6 +283,8 @@ class MobileNet(nn.Module):
         self.arch, self.name, self.in_chans = arch, name, in_chans
         self.head_kind = arch.head.kind
         self.min_input_size = arch.min_input_size
+        if drop_rate is not None and (isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float))):
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")  # float("a") named no argument
         self.drop_rate = arch.drop_rate if drop_rate is None else float(drop_rate)
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")

@@ -52,7 +52,8 @@ def get_model_fn(name: str) -> ModelFn:
 
 
 def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3,
-                 pretrained: str | PathLike | None = None, features_only: bool = False, **kwargs) -> nn.Module:
+                 pretrained: str | PathLike | None = None, use_ema: bool = False, features_only: bool = False,
+                 **kwargs) -> nn.Module:
     """Build a registered model by name.
 
     Args:
@@ -63,6 +64,8 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3
         in_chans: input channels.
         pretrained: path to a checkpoint (mobileconv safetensors, or a timm / torchvision
             state_dict file), loaded by :func:`mobileconv.deploy.weights.load_pretrained`.
+        use_ema: take a training checkpoint's EMA weights (``state_dict_ema``, else ``model_ema``,
+            or those of ``mobileconv train --ema``); an error if it has none.
         features_only: return a :class:`~mobileconv.models._builder.FeatureListNet` giving the
             four deepest feature maps (stride 4/8/16/32 for ImageNet forms).
         **kwargs: family options: ``drop_rate``, ``drop_path_rate``, ``width_mult``.
@@ -73,13 +76,18 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3
         1536
     """
     fn = get_model_fn(name)
+    for flag, value in (("features_only", features_only), ("use_ema", use_ema)):
+        if not isinstance(value, bool):  # a truthy string such as "no" would silently give a backbone
+            raise ValueError(f"{flag} must be True or False, got {value!r}")
+    if use_ema and pretrained is None:
+        raise ValueError("use_ema=True needs a checkpoint: pass pretrained=PATH")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     model = fn(in_chans=in_chans, **kwargs)
     if pretrained is not None:
         from ..deploy.weights import load_pretrained
 
-        load_pretrained(model, pretrained)
+        load_pretrained(model, pretrained, use_ema=use_ema)
     if features_only:
         from ._builder import FeatureListNet
 

@@ -32,6 +32,7 @@ from torch import nn
 from ..layers import Conv2dSame, GroupedConv2d, MixConv2d, XSepConv2d, xsep_padding_schedule
 from ..layers.activations import get_act
 from ..layers.helpers import check_kernel_sizes
+from ..layers.mixconv import SPLITS
 from ._builder import init_weights
 
 _COMPOSITE = (MixConv2d, XSepConv2d, GroupedConv2d)
@@ -116,7 +117,8 @@ def mixify(model: nn.Module, kernel_sizes: Sequence[int] = (3, 5, 7), *, split: 
 
     The MixConv paper's study (Fig. 4) swaps each 3x3 depthwise conv of MobileNetV1/V2 for a
     MixConv ``{3, 5, ..., k}``. Channels, stride and padding mode ("tf" for :class:`Conv2dSame`)
-    are kept; a conv with fewer channels than groups is left alone. Weights: see the module
+    are kept; a conv with too few channels for the split (fewer than ``len(kernel_sizes)``, or than
+    ``2 ** (len(kernel_sizes) - 1)`` for ``split="exponential"``) is left alone. Weights: see the module
     docstring (function preserved when every ``k_i`` is at least the original kernel).
 
     Args:
@@ -128,7 +130,11 @@ def mixify(model: nn.Module, kernel_sizes: Sequence[int] = (3, 5, 7), *, split: 
         The model (a new module if ``model`` itself was a depthwise conv).
     """
     kernel_sizes = check_kernel_sizes(list(kernel_sizes) if not isinstance(kernel_sizes, int) else kernel_sizes)
-    found = [f for f in _find(model) if f[3].in_channels >= len(kernel_sizes)]
+    if split not in SPLITS:  # an error even where no conv qualifies
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    # fewest channels the split can give every group one: g (equal) or 2^(g-1) (exponential)
+    min_channels = len(kernel_sizes) if split == "equal" else 2 ** (len(kernel_sizes) - 1)
+    found = [f for f in _find(model) if f[3].in_channels >= min_channels]
 
     def make(conv: nn.Conv2d, _: int) -> MixConv2d:
         mix = _like(MixConv2d(conv.in_channels, kernel_sizes, conv.stride[0], split=split,
@@ -140,7 +146,7 @@ def mixify(model: nn.Module, kernel_sizes: Sequence[int] = (3, 5, 7), *, split: 
                 start += c
         return mix
 
-    if is_same_depthwise(model) and model.in_channels < len(kernel_sizes):
+    if is_same_depthwise(model) and model.in_channels < min_channels:
         return model
     return _replace(model, found, make)
 

@@ -15,10 +15,14 @@ DATASET_NAMES = {"imagenet": "ImageNet", "cifar10": "CIFAR-10", "cifar100": "CIF
 
 
 def human(value: float, unit: str = "") -> str:
-    """``4134606 -> "4.13M"``; bytes with ``unit="B"``: ``1572864 -> "1.57 MB"`` (SI prefixes)."""
+    """``4134606 -> "4.13M"``; bytes with ``unit="B"``: ``1572864 -> "1.57 MB"`` (SI prefixes).
+
+    Three significant digits; a value that rounds up to the next prefix takes it (``999600 -> "1M"``).
+    """
+    shown = float(f"{value:.3g}")  # the prefix is chosen on the rounded value: 999.6K is shown as 1M, not 1e+03K
     for threshold, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(value) >= threshold:
-            return f"{value / threshold:.3g}{' ' if unit else ''}{prefix}{unit}"
+        if abs(shown) >= threshold:
+            return f"{shown / threshold:.3g}{' ' if unit else ''}{prefix}{unit}"
     return f"{value:g}{' ' + unit if unit else ''}"
 
 
