@@ -58,7 +58,6 @@ DEFAULT_TOLERANCE = 1e-4
 DEFAULT_BATCH = 2
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 WEAK_CHECK_SCALE = 1e-3  # below this output scale an absolute 1e-4 tolerance proves little: say so
-MAX_DYNAMIC_BATCH = 4096  # upper bound of torch.export's symbolic batch dimension
 
 
 class ExportError(ValueError):
@@ -112,11 +111,17 @@ class ExportResult:
                  f"{' (dynamic N)' if self.dynamic_batch else ''}, BN folded: {'yes' if self.optimized else 'no'}"]
         for chk in self.checks:
             lines.append(f"check, batch {chk.batch_size}: max |{runner} - pytorch| = {chk.max_abs_diff:.2e}, "
-                         f"relative {chk.rel_err:.2e} (tolerance {self.tolerance:.0e}, output scale "
+                         f"relative {chk.rel_err:.2e} (tolerance {_short(self.tolerance)}, output scale "
                          f"{chk.output_scale:.3g})")
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB)")
         return "\n".join(lines)
+
+
+def _short(value: float) -> str:
+    """``1e-04`` for a one-digit value, else its shortest exact form (``0.00015``): never a rounded one."""
+    text = f"{value:.0e}"
+    return text if float(text) == value else repr(float(value))
 
 
 def relative_error(reference: torch.Tensor, actual: torch.Tensor) -> tuple[float, float]:
@@ -388,8 +393,14 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, *, n
 
 
 def export_program(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool = True) -> None:
-    """``torch.export.export`` + ``torch.export.save`` (a ``.pt2`` archive)."""
-    shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)},) if dynamic_batch else None
+    """``torch.export.export`` + ``torch.export.save`` (a ``.pt2`` archive).
+
+    A dynamic batch has no upper bound. torch.export specialises a dimension whose example
+    size is 1, so a batch-1 example is traced as a batch of 2 (the program still runs at 1).
+    """
+    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    if dynamic_batch and example.shape[0] == 1:
+        example = torch.cat([example, example])
     program = torch.export.export(model, (example,), dynamic_shapes=shapes)
     torch.export.save(program, str(path))
 
