@@ -35,6 +35,7 @@ def snapshot(folder):
                                              "default)"),
     (["--momentum", "1"], "--momentum must be in [0, 1)"),
     (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
+    (["--threads", str(os.cpu_count() * 64)], "--threads must be from 1 to "),  # oracle: beyond any CPU count
 ])
 def test_options_outside_their_range_are_refused_up_front(tmp_path, capsys, monkeypatch, options, message):
     monkeypatch.setattr(trainer, "train_epochs", lambda run: pytest.fail("training started"))

@@ -122,6 +122,11 @@ class TrainConfig:
             check(getattr(self, name) >= 1, name, ">= 1")
         for name in ("img_size", "max_train_samples", "max_val_samples", "threads"):
             check(getattr(self, name) is None or getattr(self, name) >= 1, name, ">= 1")
+        from .bench import available_cpus  # noqa: PLC0415 - bench imports torch and the layers
+
+        cpus = available_cpus()  # more threads than CPUs: an epoch of 2 s took 658 s with --threads 500
+        check(self.threads is None or self.threads <= cpus, "threads",
+              f"from 1 to {cpus} (the CPUs this process may use)")
         check(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr", "a finite number > 0")
         for name in ("min_lr", "warmup_epochs", "momentum", "opt_eps", "weight_decay", "mixup", "cutmix",
                      "drop", "color_jitter", "workers"):

@@ -87,8 +87,9 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
         source = "" if config.lr is not None else f" (the {config.opt} default)"
         raise ValueError(f"--min-lr {config.min_lr:g} is above the peak learning rate --lr {lr:g}{source}; "
                          f"--min-lr must be <= --lr")
+    # data=info.name: a folder as an absolute path, so that the run can be resumed from any working directory
     return replace(
-        config, img_size=img_size, threads=pick(config.threads, threads), lr=lr,
+        config, data=info.name, img_size=img_size, threads=pick(config.threads, threads), lr=lr,
         weight_decay=pick(config.weight_decay, DEFAULT_WEIGHT_DECAY[config.opt]),
         opt_eps=pick(config.opt_eps, DEFAULT_EPS[config.opt]), hflip=pick(config.hflip, info.hflip),
         color_jitter=pick(config.color_jitter, info.color_jitter))
@@ -327,6 +328,8 @@ def make_transform(config: TrainConfig, info: DataInfo, train: bool) -> BatchTra
 def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Path) -> None:
     saved = state["config"]
     for key in ("model", "data", "opt"):  # the optimizer's state only fits the optimizer that made it
+        if key == "data" and same_data(saved.get(key, config.data), config.data):
+            continue
         if saved.get(key, getattr(config, key)) != getattr(config, key):
             raise ValueError(f"--resume {resume}: the run used --{key} {saved[key]}, not {getattr(config, key)}")
     if state["epoch"] >= config.epochs:
@@ -335,6 +338,12 @@ def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Pa
     if state["num_classes"] != info.num_classes:
         raise ValueError(f"--resume {resume}: the run had {state['num_classes']} classes, the data has "
                          f"{info.num_classes}")
+
+
+def same_data(saved: str, resolved: str) -> bool:
+    """Whether a run's saved ``--data`` names the data now resolved (a folder saved as typed, relative to the
+    working directory, by runs that recorded it so, or as an absolute path)."""
+    return saved == resolved or (isinstance(saved, str) and str(Path(saved).expanduser().resolve()) == resolved)
 
 
 def load_run_state(run: Run, state: dict, path: Path) -> None:
@@ -360,7 +369,9 @@ def load_run_state(run: Run, state: dict, path: Path) -> None:
         base_lrs = list(run.scheduler.base_lrs)
         run.scheduler.load_state_dict({**saved, "lr_lambdas": [None] * len(saved["lr_lambdas"])})
         run.scheduler.base_lrs = base_lrs
-        step = run.scheduler.last_epoch
+        # the position in steps of this run's epochs: a --batch-size or --max-train-samples given on resume
+        # changes the steps per epoch, and the saved step count would then point past (or short of) the epoch
+        step = run.scheduler.last_epoch = state["epoch"] * len(run.train_loader)
         lrs = [base * schedule(step) for base, schedule in zip(base_lrs, run.scheduler.lr_lambdas)]
         for group, lr in zip(run.optimizer.param_groups, lrs):
             group["lr"] = lr
