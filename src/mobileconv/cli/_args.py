@@ -44,6 +44,11 @@ def registered_model(text: str) -> str:
     return text
 
 
+USE_EMA_HELP = ("take a training checkpoint's EMA weights (timm / torchvision: state_dict_ema, else model_ema; "
+                "mobileconv train --ema: its weights files or state.pt) instead of its state_dict / model; "
+                "an error if it has none")
+
+
 def cpu_threads(text: str) -> int:
     """A thread count from 1 to the CPUs this process may use (more made torch segfault)."""
     from ..engine.bench import available_cpus

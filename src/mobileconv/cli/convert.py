@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import call_with_one_line_errors, positive_int
+from ._args import USE_EMA_HELP, call_with_one_line_errors, positive_int
 
 
 def register(subparsers) -> None:
@@ -20,10 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, metavar="NAME", help="mobileconv model name (see `mobileconv models`)")
     p.add_argument("--num-classes", type=positive_int, default=None, metavar="N",
                    help="classes of the model (default: those of the checkpoint's classifier)")
-    p.add_argument("--use-ema", action="store_true",
-                   help="take a training checkpoint's EMA weights (timm / torchvision: state_dict_ema, else "
-                        "model_ema; mobileconv train --ema: its weights files or state.pt) instead of its "
-                        "state_dict / model; an error if it has none")
+    p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     p.set_defaults(func=run_convert)
 
 

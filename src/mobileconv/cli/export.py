@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._args import call_with_one_line_errors, positive_int
+from ._args import USE_EMA_HELP, call_with_one_line_errors, positive_int
 
 SUFFIX_FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pt2": "exported-program"}
 
@@ -26,6 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="file to write (replaced if it exists)")
     p.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="weights: mobileconv .safetensors, or a timm / torchvision state_dict (default: random init)")
+    p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     p.add_argument("--num-classes", type=positive_int, default=None, metavar="N",
                    help="classes (default: the checkpoint classifier's, else the model's: 1000, or 10 for "
                         "the _cifar forms)")
@@ -57,8 +58,10 @@ def run_export(args: argparse.Namespace) -> int:
     if args.impl is not None and args.optimize:
         raise ValueError(f"--impl {args.impl} applies only with --no-optimize (the optimised export runs every "
                          f"MixConv / XSepConv as plain convs)")
+    if args.use_ema and args.checkpoint is None:
+        raise ValueError("--use-ema needs --checkpoint FILE")
     check_output_path(args.out)  # before the (slow) model build
-    model = call_with_one_line_errors(build_model, args.name, args.checkpoint, args.num_classes)
+    model = call_with_one_line_errors(build_model, args.name, args.checkpoint, args.num_classes, args.use_ema)
     result = export_model(model, args.out, fmt, input_size=args.input_size, batch_size=args.batch_size,
                           dynamic_batch=not args.static_batch, opset=args.opset, optimize=args.optimize,
                           impl=args.impl or "fast", tolerance=args.tolerance,
@@ -67,14 +70,14 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_model(name: str, checkpoint: str | None = None, num_classes: int | None = None):
+def build_model(name: str, checkpoint: str | None = None, num_classes: int | None = None, use_ema: bool = False):
     """``create_model(name)`` with the weights of ``checkpoint`` (its class count unless ``num_classes``)."""
     from ..deploy.weights import checkpoint_num_classes, load_state_dict, read_checkpoint
     from ..models import create_model
 
     if checkpoint is None:
         return create_model(name, num_classes=num_classes)
-    state_dict, metadata = read_checkpoint(checkpoint)
+    state_dict, metadata = read_checkpoint(checkpoint, use_ema=use_ema)
     if num_classes is None:
         num_classes = checkpoint_num_classes(state_dict)
     model = create_model(name, num_classes=num_classes)

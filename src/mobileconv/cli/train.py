@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._args import call_with_one_line_errors, positive_int
+from ._args import USE_EMA_HELP, call_with_one_line_errors, positive_int
 
 
 def register(subparsers) -> None:
@@ -101,6 +101,7 @@ def register_eval(subparsers) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--max-val-samples", type=positive_int, metavar="N", help="evaluate only this many test images")
     p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     p.add_argument("--plot", metavar="FILE.png", help="write the confusion matrix as a PNG")
     p.add_argument("--out", metavar="DIR", help="write eval.json and confusion.png into DIR")
     p.set_defaults(func=run_eval)
@@ -120,7 +121,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if out is not None:
         _check_out_dir(out)
     result = call_with_one_line_errors(evaluate_checkpoint, args.model, args.checkpoint, args.data, args.img_size,
-                                       args.batch_size, args.device, args.max_val_samples)
+                                       args.batch_size, args.device, args.max_val_samples, args.use_ema)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     title = f"{result['model']} on {result['dataset']}: top-1 {result['top1']:.2f}%"
@@ -165,6 +166,7 @@ def register_predict(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a mobileconv checkpoint (or a timm / torchvision one, with --model)")
     p.add_argument("--model", metavar="NAME", help="model name (default: recorded in the checkpoint)")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     p.add_argument("--img-size", type=positive_int, metavar="PX",
                    help="resolution (default: recorded, else the model's)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -178,7 +180,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     results = call_with_one_line_errors(predict_images, args.model, args.checkpoint, args.images, args.top_k,
-                                        args.img_size, args.device)
+                                        args.img_size, args.device, args.use_ema)
     if args.format == "json":
         print(json.dumps(results, indent=2))
         return 0

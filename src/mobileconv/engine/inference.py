@@ -76,18 +76,20 @@ def summary_beside(checkpoint: Path) -> dict:
     return summary if isinstance(summary, dict) else {}
 
 
-def load_checkpoint(model_name: str | None, checkpoint: str | Path, device: torch.device) -> LoadedCheckpoint:
+def load_checkpoint(model_name: str | None, checkpoint: str | Path, device: torch.device,
+                    use_ema: bool = False) -> LoadedCheckpoint:
     """Build the model with as many classes as the checkpoint's classifier has, and load the weights.
 
     ``model_name`` defaults to the name recorded with the checkpoint. The weights are loaded as
     ``create_model(..., pretrained=checkpoint)`` does (every key and shape checked, BatchNorm eps
     restored from mobileconv metadata). Raises ``ValueError`` (``FileNotFoundError`` for a missing
     file) if the file is unreadable, its recorded model is not one, or its tensors do not fit the model.
+    ``use_ema`` takes a training checkpoint's EMA weights (:func:`~mobileconv.deploy.weights.read_checkpoint`).
     """
     from .. import models
 
     checkpoint = Path(checkpoint)
-    tensors, raw_meta = read_checkpoint(checkpoint)
+    tensors, raw_meta = read_checkpoint(checkpoint, use_ema=use_ema)
     summary = summary_beside(checkpoint)
     meta = {**summary, **{k: _json_or_str(v) for k, v in raw_meta.items()}}
     sources = {**{k: checkpoint.parent / "summary.json" for k in summary}, **{k: checkpoint for k in raw_meta}}
@@ -146,15 +148,16 @@ def resolve_normalization(loaded: LoadedCheckpoint) -> tuple[list[float], list[f
 
 def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: str | None = None,
                         img_size: int | None = None, batch_size: int = 256, device: str = "auto",
-                        max_samples: int | None = None) -> dict:
+                        max_samples: int | None = None, use_ema: bool = False) -> dict:
     """top-1 / top-5 / per-class accuracy / confusion matrix of a checkpoint on a dataset's test split.
 
-    ``data`` and ``img_size`` default to those recorded with the checkpoint.
+    ``data`` and ``img_size`` default to those recorded with the checkpoint; ``use_ema`` takes a
+    training checkpoint's EMA weights.
     """
     check_positive(img_size, "--img-size")
     check_positive(max_samples, "--max-val-samples")
     dev = resolve_device(device)
-    loaded = load_checkpoint(model_name, checkpoint, dev)
+    loaded = load_checkpoint(model_name, checkpoint, dev, use_ema)
     given = data
     data = data or loaded.get("dataset")
     if data is None:
@@ -184,17 +187,18 @@ def _preview(names, count: int = 3) -> str:
 
 
 def predict_images(model_name: str | None, checkpoint: str | Path, images: str | Path | list[str | Path],
-                   top_k: int = 5, img_size: int | None = None, device: str = "auto") -> list[dict]:
+                   top_k: int = 5, img_size: int | None = None, device: str = "auto",
+                   use_ema: bool = False) -> list[dict]:
     """Top-k classes (name, probability) per image file, preprocessed as the checkpoint's test images were.
 
-    ``images`` is a list of paths, or one path.
+    ``images`` is a list of paths, or one path; ``use_ema`` takes a training checkpoint's EMA weights.
     """
     if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of characters
         images = [images]
     check_positive(top_k, "--top-k")
     check_positive(img_size, "--img-size")
     dev = resolve_device(device)
-    loaded = load_checkpoint(model_name, checkpoint, dev)
+    loaded = load_checkpoint(model_name, checkpoint, dev, use_ema)
     classes = loaded.get("classes") or [str(i) for i in range(loaded.num_classes)]
     if len(classes) != loaded.num_classes:
         raise ValueError(f"{loaded.sources['classes']}: {len(classes)} recorded class names for the checkpoint's "
