@@ -111,8 +111,9 @@ class OneDNNConv2d(nn.Conv2d):
                 args = self._onednn_args(x)
                 if residual is None:
                     return torch.ops.mkldnn._convolution_pointwise(x, *args, None)
-                # oneDNN post-ops in order: + residual, then the activation (after an add it takes ReLU only)
-                fused_act = args[-2] == "relu"
+                # oneDNN post-ops in order: + residual, then the activation (after an add it takes ReLU only;
+                # in bfloat16 PyTorch's fallback for grouped convs has no add + ReLU kernel: ReLU comes after)
+                fused_act = args[-2] == "relu" and x.dtype == torch.float32
                 y = torch.ops.mkldnn._convolution_pointwise.binary(
                     x, residual, *args[:-2], "add", None, "relu" if fused_act else None, [], None)
                 return y if fused_act else self.act(y)

@@ -122,13 +122,21 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
     # weights) would be an inference tensor: no autograd through the result, and no version
     # counter, so each OneDNNConv2d would pack its weight again on every call.
     with torch.inference_mode(False):
-        return _optimize(model, x, channels_last, onednn, micro_batch, verify, compile)
+        return _optimize(model, x, channels_last, onednn, micro_batch, verify, compile, example_input is None)
 
 
 def _optimize(model: nn.Module, x: torch.Tensor, channels_last: bool, onednn: bool | None, micro_batch: bool | None,
-              verify: bool, compile: bool) -> nn.Module:
+              verify: bool, compile: bool, default_input: bool = False) -> nn.Module:
     model = _copy(model).eval()
-    expected = _forward(model, x) if verify else None
+    try:
+        expected = _forward(model, x) if verify or default_input else None
+    except Exception as e:
+        if not default_input:
+            raise
+        raise ValueError(f"optimize_for_inference runs the model on an example batch, by default a random one of "
+                         f"shape {tuple(x.shape)} (channels: model.in_chans, else 3), and the model failed on it "
+                         f"({type(e).__name__}: {e}); pass example_input=, a batch the model takes") from e
+    expected = expected if verify else None
     reference = _float32_reference(model, x, expected) if verify else None
     set_layer_impl(model, "fast")
     fuse_operators(model)
@@ -198,6 +206,8 @@ def fuse_operators(model: nn.Module) -> nn.Module:
     Those whose convs compute their weights (:func:`_computed_weights`) are kept, with ``impl="reference"``.
     """
     for name, module in list(model.named_modules()):
+        if not _standard_forward(module):
+            continue  # a subclass with a forward of its own computes something else: kept as it is
         if isinstance(module, (GroupedConv2d, MixConv2d, XSepConv2d)) and _computed_weights(module):
             module.impl = "reference"  # kept, calling each conv, which computes its weight as it runs
         elif isinstance(module, MixConv2d) and getattr(module, "fusable", True):
@@ -294,8 +304,28 @@ def trace_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[t
 
     A conv whose weight is computed (:func:`_computed_weights`: weight or spectral norm) keeps its BN.
     """
-    return trace_pairs(model, example_input, lambda m: isinstance(m, _CONVS) and not _computed_weights(m),
-                       lambda m: isinstance(m, _BATCHNORMS) and _foldable(m))
+    return trace_pairs(model, example_input,
+                       lambda m: isinstance(m, _CONVS) and _standard_forward(m) and not _computed_weights(m),
+                       lambda m: isinstance(m, _BATCHNORMS) and _standard_forward(m) and _foldable(m))
+
+
+def _standard_forward(module: nn.Module) -> bool:
+    """Whether a conv, BN, MixConv, XSepConv or grouped conv runs its library class's own forward.
+
+    A subclass that overrides it computes something the rewrites do not model (weight
+    standardisation in a conv, an activation inside a BN such as timm's ``BatchNormAct2d``, a
+    ``OneDNNConv2d`` with its post-op): it is neither folded into nor replaced. Other modules: ``True``.
+    """
+    cls = type(module)
+    if isinstance(module, nn.Conv2d):
+        return cls.forward in (nn.Conv2d.forward, Conv2dSame.forward) and cls._conv_forward is nn.Conv2d._conv_forward
+    if isinstance(module, _BATCHNORMS):
+        return cls.forward in (nn.BatchNorm2d.forward, nn.SyncBatchNorm.forward)
+    for base in (GroupedConv2d, MixConv2d, XSepConv2d):
+        if isinstance(module, base):
+            return cls.forward is base.forward and all(
+                _standard_forward(m) for m in module.children() if isinstance(m, nn.Conv2d))
+    return True
 
 
 def _computed_weights(module: nn.Module) -> bool:
