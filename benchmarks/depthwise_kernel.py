@@ -1,13 +1,13 @@
 """A depthwise kernel of our own for MixConv vs oneDNN's zero-padded conv (issue #6: measured, left out).
 
 ``optimize_for_inference`` runs each MixConv as one oneDNN depthwise conv whose kernels are
-zero-padded to the largest: MixNet-S executes 63M depthwise multiply-adds per image where 28M
+zero-padded to the largest: MixNet-S executes 63M depthwise multiply-adds per image where 39M
 would do. ``benchmarks/mixed_depthwise.cpp`` runs each channel group at its own kernel size,
 with bias and activation fused (channels_last fp32, OpenMP, built here with ``g++ -O3
 -march=native``, loaded with ``ctypes``). This script times it against the oneDNN call
-(``OneDNNConv2d``, activation as post-op) on every mixed depthwise layer of the model, at two
-batch sizes, and as the whole optimised model with its depthwise convs swapped, alternating in
-one process. Writes ``benchmarks/results/depthwise_kernel.{md,json,png}``. Needs ``g++``.
+(``OneDNNConv2d``, activation as post-op) on every mixed depthwise layer of the model, at the
+batch sizes of ``--batch-sizes`` (default 1, 4 and 32), and as the whole optimised model with
+its depthwise convs swapped, alternating in one process. Writes ``benchmarks/results/depthwise_kernel.{md,json,png}``. Needs ``g++``.
 """
 from __future__ import annotations
 
