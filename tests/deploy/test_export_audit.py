@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from mobileconv.cli import main
 from mobileconv.deploy.export import export_model
 
 from ._export_helpers import TOL, eager, randomize_, rel_err
@@ -59,3 +60,14 @@ def test_summary_reports_the_tolerance_that_was_applied(tolerance, shown, tmp_pa
     printed = re.findall(r"\(tolerance ([^,]+),", result.summary())
     assert printed == [shown, shown]
     assert all(float(p) == tolerance for p in printed)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--out", "m.pt", "--opset", "18"], "--opset 18 applies only to ONNX, not to --format torchscript"),
+    (["--out", "m.pt2", "--opset", "17"], "--opset 17 applies only to ONNX, not to --format exported-program"),
+])
+def test_options_that_do_not_apply_to_the_format_are_refused(tmp_path, capsys, monkeypatch, options, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "mobilenetv3_small_100_cifar", *options]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

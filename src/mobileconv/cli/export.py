@@ -37,7 +37,8 @@ def register(subparsers) -> None:
                    help="batch of the export example and of the check (default 2)")
     p.add_argument("--static-batch", action="store_true",
                    help="fix the batch size at --batch-size (default: dynamic, checked at N and N + 1)")
-    p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset, 17 to 20 (default 17)")
+    p.add_argument("--opset", type=int, default=None, metavar="N",
+                   help="ONNX opset, 17 to 20 (default 17); only with --format onnx")
     p.add_argument("--no-optimize", dest="optimize", action="store_false",
                    help="export the eval model as it is, without BN folding / operator fusion")
     p.add_argument("--impl", default=None, metavar="IMPL",
@@ -49,12 +50,13 @@ def register(subparsers) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..deploy.export import check_format, check_opset, check_output_path, export_model
+    from ..deploy.export import DEFAULT_OPSET, check_format, check_opset, check_output_path, export_model
 
     fmt = args.format if args.format is not None else _format_from_suffix(args.out)
     check_format(fmt)
-    if fmt == "onnx":
-        check_opset(args.opset)
+    if args.opset is not None and fmt != "onnx":
+        raise ValueError(f"--opset {args.opset} applies only to ONNX, not to --format {fmt}")
+    opset = DEFAULT_OPSET if args.opset is None else check_opset(args.opset)
     if args.impl is not None and args.optimize:
         raise ValueError(f"--impl {args.impl} applies only with --no-optimize (the optimised export runs every "
                          f"MixConv / XSepConv as plain convs)")
@@ -63,7 +65,7 @@ def run_export(args: argparse.Namespace) -> int:
     check_output_path(args.out)  # before the (slow) model build
     model = call_with_one_line_errors(build_model, args.name, args.checkpoint, args.num_classes, args.use_ema)
     result = export_model(model, args.out, fmt, input_size=args.input_size, batch_size=args.batch_size,
-                          dynamic_batch=not args.static_batch, opset=args.opset, optimize=args.optimize,
+                          dynamic_batch=not args.static_batch, opset=opset, optimize=args.optimize,
                           impl=args.impl or "fast", tolerance=args.tolerance,
                           log=lambda line: print(line, file=sys.stderr, flush=True))
     print(result.summary(args.name))
