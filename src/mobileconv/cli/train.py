@@ -153,7 +153,8 @@ def format_eval_table(result: dict) -> str:
              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}",
              "", f"{'class':<20} {'accuracy':>9} {'images':>7}"]
     for name, acc, row in zip(result["classes"], result["per_class"], result["confusion"]):
-        lines.append(f"{name:<20} {acc:>8.2f}% {sum(row):>7}")
+        shown = "n/a" if acc is None else f"{acc:.2f}%"  # a class without test images has no accuracy
+        lines.append(f"{name:<20} {shown:>9} {sum(row):>7}")
     return "\n".join(lines)
 
 

@@ -34,10 +34,12 @@ class AccuracyCounter:
         return [self.confusion, self.topk_hits, self.loss_sum]
 
     def result(self) -> dict:
-        """top-1 / top-5 (percent), mean loss, per-class accuracy (percent) and the confusion matrix."""
+        """top-1 / top-5 (percent), mean loss, per-class accuracy (percent; None for a class without
+        images, whose accuracy is undefined, not 0) and the confusion matrix."""
         confusion = self.confusion.cpu()
         total = int(confusion.sum())
-        per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1) * 100).tolist()
+        counts = confusion.sum(1).tolist()
+        per_class = [100.0 * int(confusion[i, i]) / n if n else None for i, n in enumerate(counts)]
         return {
             "top1": 100.0 * int(confusion.diag().sum()) / max(total, 1),
             "top5": 100.0 * int(self.topk_hits) / max(total, 1),
