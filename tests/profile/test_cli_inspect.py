@@ -71,6 +71,9 @@ def test_width_mult_is_passed_to_the_model(capsys):
     model = mobileconv.create_model("mobilenetv2_100", width_mult=0.5)
     assert json.loads(out)["params"] == sum(p.numel() for p in model.parameters())
     assert json.loads(out)["params"] < sum(p.numel() for p in mobileconv.create_model("mobilenetv2_100").parameters())
+    assert json.loads(out)["width_mult"] == 0.5  # the report says which model it describes
+    rc, out, _ = run(capsys, "summary", "mobilenetv2_100", "--width-mult", "0.5", "--input-size", "64")
+    assert rc == 0 and "mobilenetv2_100 (width_mult=0.5)" in out
 
 
 def test_model_without_width_mult_gives_a_clear_error(capsys, monkeypatch):

@@ -41,11 +41,12 @@ def run_summary(args: argparse.Namespace) -> int:
 
     summary = summarize_registered(args.name, args.input_size, args.width_mult, args.batch_size)
     if args.format == "json":
-        print(json.dumps({"model": args.name, **summary.to_dict()}, indent=2))
+        print(json.dumps({"model": args.name, "width_mult": args.width_mult, **summary.to_dict()}, indent=2))
     elif args.format == "csv":
         sys.stdout.write(summary_csv(summary))
     else:
-        _console().print(summary_table(summary, title=args.name))
+        title = args.name if args.width_mult is None else f"{args.name} (width_mult={args.width_mult:g})"
+        _console().print(summary_table(summary, title=title))
     return 0
 
 

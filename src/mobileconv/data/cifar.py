@@ -50,6 +50,18 @@ class CifarLayout:
     meta_file: str
     label_bytes: int = 1  # binary only: CIFAR-100 stores (coarse, fine)
 
+    @property
+    def num_classes(self) -> int:
+        return 10 if self.name == "cifar10" else 100
+
+    @property
+    def version(self) -> str:
+        return "binary" if self.binary else "python"
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train_files, *self.test_files, self.meta_file)
+
 
 LAYOUTS = (
     CifarLayout("cifar10", True, tuple(f"data_batch_{i}.bin" for i in range(1, 6)), ("test_batch.bin",),
@@ -85,11 +97,14 @@ def safe_unpickle(path: Path) -> object:
 
     Dict keys written as bytes (``b"data"``) are decoded, so both spellings read the same.
     """
+    # a corrupt file can fail anywhere in the unpickler: an unknown encoding in a _codecs.encode call
+    # (LookupError), a length field past the file or past memory (OverflowError, MemoryError), ...
     try:
         with open(path, "rb") as f:
             obj = RestrictedUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError) as e:
-        raise ValueError(f"cannot read CIFAR file {path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError, LookupError, OverflowError,
+            MemoryError) as e:
+        raise ValueError(f"cannot read CIFAR file {path}: {str(e) or type(e).__name__}") from None
     if isinstance(obj, dict):
         obj = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
     return obj
@@ -101,6 +116,16 @@ def find_layout(root: Path) -> tuple[Path, CifarLayout] | None:
         for layout in LAYOUTS:
             if (folder / layout.test_files[0]).is_file() and (folder / layout.meta_file).is_file():
                 return folder, layout
+    return None
+
+
+def find_incomplete(root: Path) -> tuple[Path, CifarLayout, list[str]] | None:
+    """The first folder and layout with only some of its files (which find_layout rejects), and the missing ones."""
+    for folder in (root, *(root / name for name in ARCHIVE_FOLDERS)):
+        for layout in LAYOUTS:
+            missing = [name for name in layout.files if not (folder / name).is_file()]
+            if len(missing) < len(layout.files):
+                return folder, layout, missing
     return None
 
 
@@ -121,13 +146,21 @@ def read_classes(folder: Path, layout: CifarLayout) -> list[str]:
     """Class names in label order."""
     path = folder / layout.meta_file
     if layout.binary:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    meta = safe_unpickle(path)
-    key = "label_names" if layout.name == "cifar10" else "fine_label_names"
-    names = meta.get(key) if isinstance(meta, dict) else None
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
-        raise ValueError(f"cannot read CIFAR file {path}: expected a dict with {key!r}, a list of class names")
-    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as e:
+            raise ValueError(f"cannot read CIFAR file {path}: expected class names as text, one a line ({e})") from None
+    else:
+        meta = safe_unpickle(path)
+        key = "label_names" if layout.name == "cifar10" else "fine_label_names"
+        names = meta.get(key) if isinstance(meta, dict) else None
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
+            raise ValueError(f"cannot read CIFAR file {path}: expected a dict with {key!r}, a list of class names")
+        names = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+    if len(names) != layout.num_classes:
+        raise ValueError(f"cannot read CIFAR file {path}: {len(names)} class names, {layout.name} has "
+                         f"{layout.num_classes}")
+    return names
 
 
 def _read_binary(path: Path, layout: CifarLayout) -> tuple[np.ndarray, np.ndarray]:

@@ -73,13 +73,15 @@ class TensorImageDataset(Dataset):
 class ImageFolderDataset(Dataset):
     """``root/<class>/<image>`` files, decoded with PIL to RGB, shorter side resized to ``size``, centre-cropped.
 
+    Images in sub-folders of a class folder belong to the class; hidden files and folders (``._x.jpg``
+    as macOS copies leave them, ``.ipynb_checkpoints/``) are skipped, as hidden class folders are.
     Undecodable files raise ``ValueError`` naming the file.
     """
 
     def __init__(self, root: Path, classes: list[str], size: int) -> None:
         self.root, self.classes, self.size = Path(root), classes, size
         self.samples = [(path, label) for label, name in enumerate(classes)
-                        for path in sorted((self.root / name).rglob("*")) if path.suffix.lower() in IMAGE_EXTENSIONS]
+                        for path in sorted((self.root / name).rglob("*")) if is_image_file(path, self.root / name)]
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.long)
 
     def __len__(self) -> int:
@@ -95,6 +97,12 @@ class ImageFolderDataset(Dataset):
         new.samples = [self.samples[i] for i in indices]
         new.labels = self.labels[torch.as_tensor(indices, dtype=torch.long)]
         return new
+
+
+def is_image_file(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (under ``folder``) has an image extension and no hidden part (a name starting with ".")."""
+    hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not hidden
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
@@ -113,7 +121,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
             left, top = (w - size) // 2, (h - size) // 2
             img = img.crop((left, top, left + size, top + size))
             array = np.asarray(img, dtype=np.uint8).copy()
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot decode image {path}: {e}") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
@@ -159,6 +167,10 @@ def build_datasets(data: str, img_size: int) -> tuple[Dataset, Dataset, DataInfo
         return load_cifar(root, *found)
     if (root / "train").is_dir() or (root / "val").is_dir():
         return load_image_folder(root, img_size)
+    incomplete = cifar.find_incomplete(root)
+    if incomplete is not None:
+        folder, layout, missing = incomplete
+        raise ValueError(f"--data {folder}: {layout.name} ({layout.version}) files missing: {', '.join(missing)}")
     raise ValueError(f"--data {data!r} holds neither train/ and val/ folders nor CIFAR files; expected {DATA_HELP}")
 
 

@@ -44,13 +44,14 @@ class ShardedBatchSampler:
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
 
     def __len__(self) -> int:
+        """Batches this process yields: a last global batch of fewer samples than processes leaves some out."""
         full, rest = divmod(self.num_samples, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return full + (1 if rest and not self.drop_last and self.rank < rest else 0)
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order()
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            batch = order[start:start + self.batch_size]
-            shard = np.array_split(batch, self.world_size)[self.rank]
-            if len(shard):
+        stop = self.num_samples - self.num_samples % self.batch_size if self.drop_last else self.num_samples
+        for start in range(0, stop, self.batch_size):
+            shard = np.array_split(order[start:start + self.batch_size], self.world_size)[self.rank]
+            if len(shard):  # empty exactly when rank >= the samples left in the last batch
                 yield shard.tolist()

@@ -8,8 +8,11 @@ other element-wise work count zero. With this convention one MAC is two of
 
 Counting happens in a ``TorchDispatchMode``, so it sees every convolution and matmul however it
 is called: ``nn.Conv2d``, ``F.conv2d`` with a fused weight, ``x @ w`` in a user's forward.
-The formulas here are written out independently of ``FlopCounterMode``, which the tests use as
-the oracle.
+Matrix products that ``FlopCounterMode`` leaves at zero are counted too: matrix-vector and dot
+products (``x @ v`` with a 1-D ``v`` runs ``aten.mv``) and the two matmuls inside the fused kernel
+of ``F.scaled_dot_product_attention`` (``FlopCounterMode`` counts the CUDA kernels with the same
+formula, but not the CPU one, ``_scaled_dot_product_flash_attention_for_cpu``). The formulas here
+are written out independently of ``FlopCounterMode``, which the tests use as the oracle.
 """
 from __future__ import annotations
 
@@ -37,13 +40,30 @@ def conv_macs(args: tuple, out: torch.Tensor) -> int:
 
 
 def mm_macs(args: tuple, out: torch.Tensor) -> int:
-    """``mm(a, b)``, ``bmm(a, b)``: each output element is a dot product of length ``a.shape[-1]``."""
+    """``mm(a, b)``, ``bmm``, ``mv(a, v)``, ``dot``: each output element is a dot product of length ``a.shape[-1]``."""
     return out.numel() * args[0].shape[-1]
 
 
 def addmm_macs(args: tuple, out: torch.Tensor) -> int:
-    """``addmm(bias, a, b)`` / ``baddbmm(bias, a, b)``: the bias addition is not counted."""
+    """``addmm(bias, a, b)`` / ``baddbmm(bias, a, b)`` / ``addmv(bias, a, v)``: the bias addition is not counted."""
     return out.numel() * args[1].shape[-1]
+
+
+def addbmm_macs(args: tuple, out: torch.Tensor) -> int:
+    """``addbmm(bias, a, b)``: the ``bmm(a, b)`` products are summed over the batch into ``out``."""
+    return args[1].numel() * args[2].shape[-1]
+
+
+def attention_macs(args: tuple, out) -> int:
+    """Fused ``scaled_dot_product_attention(q, k, v)``: ``q @ k^T``, then ``scores @ v``.
+
+    Per batch and head, ``(L x E) @ (E x S)`` and ``(L x S) @ (S x E_v)``: ``L * S * (E + E_v)``
+    multiply-adds (causal masks are not discounted; ``FlopCounterMode``'s ``sdpa_flop_count``
+    counts the same).
+    """
+    q, k, v = args[:3]
+    query_rows = q.numel() // q.shape[-1]  # batch x heads x L
+    return query_rows * k.shape[-2] * (q.shape[-1] + v.shape[-1])
 
 
 MAC_FORMULAS: dict[object, Callable[[tuple, torch.Tensor], int]] = {
@@ -51,9 +71,20 @@ MAC_FORMULAS: dict[object, Callable[[tuple, torch.Tensor], int]] = {
     aten._convolution: conv_macs,
     aten.mm: mm_macs,
     aten.bmm: mm_macs,
+    aten.mv: mm_macs,
+    aten.dot: mm_macs,
+    aten.vdot: mm_macs,
     aten.addmm: addmm_macs,
     aten.baddbmm: addmm_macs,
+    aten.addmv: addmm_macs,
+    aten.addbmm: addbmm_macs,
 }
+# the fused kernels behind F.scaled_dot_product_attention (each takes query, key, value first); older
+# torch releases lack some of them
+ATTENTION_KERNELS = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_for_cpu",
+                     "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+                     "_scaled_dot_product_fused_attention_overrideable")
+MAC_FORMULAS.update({getattr(aten, name): attention_macs for name in ATTENTION_KERNELS if hasattr(aten, name)})
 
 
 class MacCounter(TorchDispatchMode):

@@ -27,8 +27,8 @@ def human(value: float, unit: str = "") -> str:
 
 
 def _shape_text(shape) -> str:
-    if shape is None:
-        return "- (not called)"
+    if shape is None:  # a layer that returned no tensor
+        return "-"
     if shape and isinstance(shape[0], list):
         return ", ".join(_shape_text(s) for s in shape)
     return "x".join(map(str, shape))
@@ -50,7 +50,8 @@ def summary_table(summary: ModelSummary, title: str = ""):
     for row in summary.layers:
         name = row.name or "(model)"
         calls = f" x{row.calls}" if row.calls > 1 else ""
-        table.add_row(name + calls, row.type, _shape_text(row.output_shape), f"{row.params:,}", f"{row.macs:,}",
+        shape = _shape_text(row.output_shape) if row.calls else "- (not called)"
+        table.add_row(name + calls, row.type, shape, f"{row.params:,}", f"{row.macs:,}",
                       human(row.activation_bytes, "B"))
     return table
 

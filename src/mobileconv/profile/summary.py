@@ -54,7 +54,8 @@ class LayerSummary:
         name: the module's qualified name (``blocks.1.0.conv_dw``; ``""`` for the model itself).
         type: class name with the key settings, e.g. ``MixConv2d k=3,5,7 splits=48,48,48``.
         output_shape: shape of the output of the layer's first call (a list of shapes when it
-            returns several tensors), ``None`` for a layer that forward never called.
+            returns several tensors), ``None`` for a layer that forward never called (``calls == 0``)
+            or that returned no tensor.
         params: parameters counted in this layer.
         macs: multiply-adds run by this layer, over all its calls.
         activation_bytes: bytes of this layer's new output tensors (not aliases of its input), over all
@@ -145,23 +146,39 @@ def _shape(output) -> list | None:
     return [list(t.shape) for t in tensors] or None
 
 
+def _storage(t: torch.Tensor) -> int:
+    """Identifies the tensor's storage, also on the meta device, where every ``data_ptr()`` is 0."""
+    return t.untyped_storage()._cdata
+
+
 def _new_bytes(inputs, output) -> int:
-    """Bytes of the output tensors that do not share storage with an input (pass-through / in-place outputs)."""
-    input_storages = {t.untyped_storage().data_ptr() for t in _tensors(inputs)}
-    return sum(t.numel() * t.element_size() for t in _tensors(output)
-               if t.untyped_storage().data_ptr() not in input_storages)
+    """Bytes of the output tensors that do not share storage with an input (pass-through / in-place outputs).
+
+    A tensor returned twice (``(y, y)``) counts once.
+    """
+    input_storages = {_storage(t) for t in _tensors(inputs)}
+    new = {id(t): t for t in _tensors(output) if _storage(t) not in input_storages}
+    return sum(t.numel() * t.element_size() for t in new.values())
 
 
 @contextmanager
 def _profiling_state(model: nn.Module) -> Iterator[None]:
-    """Eval mode and reference operators for the count; the model's own settings come back after."""
+    """Eval mode and reference operators for the count; the model's own settings come back after.
+
+    ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` in eval mode run one fused kernel
+    (``_native_multi_head_attention``) whose projections and attention matmuls no counter sees; their
+    fast path is switched off for the count, so the same products run as ``addmm`` / ``bmm``.
+    """
     training = {m: m.training for m in model.modules()}
     impls = {m: m.impl for m in model.modules() if isinstance(m, OPERATORS)}
+    mha_fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         model.eval()
         set_layer_impl(model, "reference")
+        torch.backends.mha.set_fastpath_enabled(False)
         yield
     finally:
+        torch.backends.mha.set_fastpath_enabled(mha_fastpath)
         for m, mode in training.items():
             m.training = mode
         for m, impl in impls.items():
