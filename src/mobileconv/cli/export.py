@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ._args import USE_EMA_HELP, call_with_one_line_errors, positive_int
-
-SUFFIX_FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pt2": "exported-program"}
 
 
 def register(subparsers) -> None:
@@ -22,8 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("name", metavar="NAME", help="model name (see `mobileconv models`)")
     p.add_argument("--format", default=None, metavar="FORMAT",
                    help="onnx, torchscript or exported-program (default: from the --out suffix: "
-                        ".onnx, .pt, .pt2)")
-    p.add_argument("--out", required=True, metavar="PATH", help="file to write (replaced if it exists)")
+                        ".onnx, .pt, .pt2; another format's suffix is refused)")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="file to write (replaced if it exists; a symbolic link's target is replaced)")
     p.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="weights: mobileconv .safetensors, or a timm / torchvision state_dict (default: random init)")
     p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
@@ -50,7 +50,7 @@ def register(subparsers) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..deploy.export import DEFAULT_OPSET, check_format, check_opset, check_output_path, export_model
+    from ..deploy.export import DEFAULT_OPSET, check_export_path, check_format, check_opset, export_model
 
     fmt = args.format if args.format is not None else _format_from_suffix(args.out)
     check_format(fmt)
@@ -62,7 +62,7 @@ def run_export(args: argparse.Namespace) -> int:
                          f"MixConv / XSepConv as plain convs)")
     if args.use_ema and args.checkpoint is None:
         raise ValueError("--use-ema needs --checkpoint FILE")
-    check_output_path(args.out)  # before the (slow) model build
+    check_export_path(args.out, fmt)  # before the (slow) model build
     model = call_with_one_line_errors(build_model, args.name, args.checkpoint, args.num_classes, args.use_ema)
     result = export_model(model, args.out, fmt, input_size=args.input_size, batch_size=args.batch_size,
                           dynamic_batch=not args.static_batch, opset=opset, optimize=args.optimize,
@@ -88,8 +88,10 @@ def build_model(name: str, checkpoint: str | None = None, num_classes: int | Non
 
 
 def _format_from_suffix(out: str) -> str:
-    for suffix, fmt in SUFFIX_FORMATS.items():
-        if str(out).endswith(suffix):
-            return fmt
+    from ..deploy.export import SUFFIX_FORMATS
+
+    fmt = SUFFIX_FORMATS.get(Path(out).suffix.lower())
+    if fmt is not None:
+        return fmt
     raise ValueError(f"cannot tell the format from --out {out!r}; pass --format onnx, torchscript or "
                      f"exported-program (or use a .onnx / .pt / .pt2 file name)")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import stat
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -52,6 +53,8 @@ FORMATS: dict[str, str] = {  # format -> usual file suffix
     "torchscript": ".pt",
     "exported-program": ".pt2",
 }
+SUFFIX_FORMATS: dict[str, str] = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript",
+                                  ".pt2": "exported-program"}  # file suffix (any case) -> format
 MIN_OPSET = 17  # the oldest opset we test and support (every op these models use exists since 13)
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-4
@@ -142,6 +145,24 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+def check_export_path(path: str | os.PathLike, fmt: str) -> Path:
+    """The file an export in ``fmt`` replaces; a ``ValueError`` / ``OSError`` if it must not be written.
+
+    A known suffix must be ``fmt``'s (an ONNX file named ``.pt`` would be loaded as the wrong
+    thing). A symbolic link is followed, so the file it points to is replaced, as
+    ``open(path, "w")`` would; an existing path that is not a regular file (``/dev/stdout``, a
+    FIFO, a device) is refused, since ``os.replace`` would put the export in its place.
+    """
+    path = check_output_path(path)
+    suffix_format = SUFFIX_FORMATS.get(path.suffix.lower())
+    if suffix_format is not None and suffix_format != fmt:
+        raise ValueError(f"the suffix {path.suffix!r} of {path} is for format {suffix_format!r}, not {fmt!r}; "
+                         f"name the file *{FORMATS[fmt]} or use format {suffix_format!r}")
+    if path.exists() and not path.is_file():  # exists() and is_file() follow links
+        raise ValueError(f"cannot write {path}: it exists and is not a regular file (a device, FIFO or socket)")
+    return check_output_path(path.resolve()) if path.is_symlink() else path
+
+
 def check_tolerance(tolerance: float) -> float:
     """A positive finite tolerance (``inf`` would pass NaN outputs and shape mismatches, whose error is inf)."""
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < math.inf:
@@ -227,8 +248,9 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
         An :class:`ExportResult` with the measured differences.
 
     Raises:
-        ValueError: a bad argument (format, opset, input size, tolerance...), or a batch too large
-            for the memory.
+        ValueError: a bad argument (format, opset, input size, tolerance, a ``path`` with another
+            format's suffix...), an existing ``path`` that is not a regular file, or a batch too
+            large for the memory.
         OSError: the output path cannot be written.
         ExportError: the exporter failed, or (``ExportCheckError``) the exported file does not
             reproduce the model within ``tolerance``. Nothing is written then.
@@ -246,8 +268,10 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
         raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}")
     check_tolerance(tolerance)
     shape = resolve_input_shape(model, input_size, batch_size)
-    path = check_output_path(path)
+    path = check_export_path(path, format)
     log = log or (lambda line: None)
+    cast = sorted({str(t.dtype).removeprefix("torch.") for t in (*model.parameters(), *model.buffers())
+                   if t.is_floating_point() and t.dtype != torch.float32})
     model = _on_cpu_float32(model)
 
     try:
@@ -258,12 +282,16 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
             raise
         raise ValueError(f"not enough memory to run the model on a batch of {'x'.join(map(str, shape))} "
                          f"({first_line(e)}); use a smaller batch or input size") from e
-    prepared, optimized, notes = prepare_for_export(model, inputs[0], optimize=optimize, impl=impl,
+    # each run gets its own copy of the input: a model may change its input in place
+    prepared, optimized, notes = prepare_for_export(model, inputs[0].clone(), optimize=optimize, impl=impl,
                                                     channels_last=format == "torchscript")
+    if cast:
+        notes.append(f"the model's {' / '.join(cast)} weights were exported as float32, and the check "
+                     f"compared with the model in float32")
     tmp = _temporary_path(path)
     try:
         log(f"exporting to {format} ...")
-        method = _run_exporter(format, prepared, inputs[0], tmp, opset=opset, dynamic_batch=dynamic_batch,
+        method = _run_exporter(format, prepared, inputs[0].clone(), tmp, opset=opset, dynamic_batch=dynamic_batch,
                                notes=notes)
         log(f"checking the exported file against PyTorch ({'onnxruntime' if format == 'onnx' else 'reloaded'}) ...")
         run = load_exported(tmp, format)
@@ -278,7 +306,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
             notes.append(f"the model's outputs are tiny (max |logit| {worst.output_scale:.2g}, untrained weights?), "
                          f"so this check says little; export trained weights (--checkpoint)")
         size = tmp.stat().st_size
-        tmp.chmod(new_file_mode())  # mkstemp made it private; give it the mode a plain open() would
+        # mkstemp made it private; give it the mode a plain open() would: the old file's, else the umask's
+        tmp.chmod(stat.S_IMODE(path.stat().st_mode) if path.exists() else new_file_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -296,10 +325,10 @@ def check_inputs(shape: Sequence[int], dynamic_batch: bool, seed: int = 0) -> li
 
 @torch.no_grad()
 def reference_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The eager model's eval-mode output (its train / eval flag is restored afterwards)."""
+    """The eager model's eval-mode output on a copy of ``x`` (its train / eval flag is restored afterwards)."""
     was_training = model.training
     try:
-        out = model.eval()(x)
+        out = model.eval()(x.clone())
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor):
@@ -425,7 +454,7 @@ def load_exported(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor],
 @torch.no_grad()
 def _compare(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, expected: torch.Tensor) -> ExportCheck:
     try:
-        out = run(x)
+        out = run(x.clone())
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"the exported program failed on a batch of {x.shape[0]}: {first_line(e)}") from e
     diff, rel = relative_error(expected, torch.as_tensor(out))

@@ -101,9 +101,10 @@ def make_ort_callable(model: nn.Module, input_shape: Sequence[int], *, threads: 
     model = _on_cpu_float32(model)  # onnxruntime runs here on CPU
     (x,) = check_inputs(shape, dynamic_batch=False)
     expected = reference_output(model, x)
-    prepared, _, _ = prepare_for_export(model, x, optimize=optimize)
+    # copies of x: a model may change its input in place
+    prepared, _, _ = prepare_for_export(model, x.clone(), optimize=optimize)
     buffer = io.BytesIO()
-    export_onnx(prepared, x, buffer, opset=opset, dynamic_batch=dynamic_batch)
+    export_onnx(prepared, x.clone(), buffer, opset=opset, dynamic_batch=dynamic_batch)
     runner = OrtModel(buffer.getvalue(), threads=threads)
     _, rel = relative_error(expected, runner(x))
     if not rel <= tolerance:
