@@ -28,7 +28,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it onto ``path``.
 
     If ``write`` (or anything before the rename) fails, the temporary file is removed and
-    ``path`` keeps its previous content.
+    ``path`` keeps its previous content; an ``OSError`` that names no file (a full disk) is
+    raised again naming ``path``.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -38,8 +39,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.strerror and e.filename is None:  # a full disk names no file
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     _fsync_dir(path.parent)
     return path

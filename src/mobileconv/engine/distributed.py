@@ -94,6 +94,19 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Process ``src``'s buffers (batch-norm running statistics) on every process; a no-op in one process.
+
+    Without synchronised batch norm each process's running statistics follow its own shards, and
+    DistributedDataParallel copies rank 0's into the others only at the next training forward: an
+    evaluation right after an epoch would score a different model on each process, none of them the
+    one rank 0 saves.
+    """
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

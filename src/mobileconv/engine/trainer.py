@@ -35,8 +35,8 @@ from ..data import (BatchTransform, DataInfo, MixupCutmix, ShardedBatchSampler, 
 from ..deploy.weights import FORMAT
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_yaml
-from .distributed import (DistEnv, barrier, cleanup_distributed, convert_sync_batchnorm, init_distributed, lost_a_peer,
-                          on_main)
+from .distributed import (DistEnv, barrier, broadcast_buffers, cleanup_distributed, convert_sync_batchnorm,
+                          init_distributed, lost_a_peer, on_main)
 from .ema import ModelEma
 from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from .malloc import keep_large_allocations_on_heap
@@ -363,6 +363,13 @@ def load_run_state(run: Run, state: dict, path: Path) -> None:
         run.optimizer.load_state_dict(saved)
         for group, fresh in zip(run.optimizer.param_groups, settings):
             group.update(fresh)
+        # load_state_dict checks group sizes only: a buffer of another shape would fail at the first step
+        for group in run.optimizer.param_groups:
+            for param in group["params"]:
+                for name, value in run.optimizer.state.get(param, {}).items():
+                    if isinstance(value, torch.Tensor) and value.ndim and value.shape != param.shape:
+                        raise ValueError(f"a {name} of shape {tuple(value.shape)} for a parameter of shape "
+                                         f"{tuple(param.shape)}")
 
     def load_scheduler(saved: dict) -> None:
         # the schedule comes from the current options, only its position (the step count) from the saved state
@@ -486,6 +493,7 @@ def train_epochs(run: Run) -> dict:
             else:
                 kept = "no checkpoint was written"
             raise NonFiniteLossError(f"{e}; training stopped, {kept} (try a lower --lr or --clip-grad)") from None
+        broadcast_buffers(run.eval_model)  # every process scores the model that rank 0 saves (--no-sync-bn)
         test = evaluate(run.eval_model, run.test_loader, run.test_transform, run.info.num_classes, env,
                         settings=run.settings)
         seconds = time.perf_counter() - epoch_start
