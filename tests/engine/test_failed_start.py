@@ -177,3 +177,37 @@ def test_clip_grad_must_be_a_positive_norm(norm):
         with pytest.raises(ValueError, match="clip_grad must be > 0"):
             StepSettings(clip_grad=norm)
     TrainConfig(clip_grad=0.5).validate()
+
+
+def test_a_new_run_that_fails_in_its_first_epoch_leaves_an_empty_folder(tmp_path, capsys, monkeypatch):
+    """A run that fails before its first checkpoint writes nothing, so the same command can run again."""
+    build = trainer.build_model
+
+    def poisoned(*args, **kwargs):  # NaN logits from the first training step
+        model = build(*args, **kwargs)
+        model.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+        return model
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(trainer, "build_model", poisoned)
+    capsys.readouterr()
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 1
+    assert "loss is nan at epoch 1" in capsys.readouterr().err
+    assert out.is_dir() and list(out.iterdir()) == []
+    monkeypatch.undo()
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0  # not "already holds a run"
+    assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 1 and (out / STATE_FILE).is_file()
+
+
+def test_a_runs_config_yaml_reused_as_config_does_not_replace_the_run(finished_run, tmp_path, capsys):
+    """config.yaml records every option but --overwrite: as --config it names the same --out and is refused."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert "overwrite" not in config and "lr" in config
+    config["out"] = str(out)
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump(config))
+    before = snapshot(out)
+    err = failed_train(["--config", str(tmp_path / "again.yaml")], capsys)
+    assert f"--out {out} already holds a run" in err
+    assert snapshot(out) == before

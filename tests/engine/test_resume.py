@@ -72,10 +72,11 @@ def test_resume_trains_on_with_the_new_settings(tmp_path, monkeypatch):
     saved_buffers = [s["momentum_buffer"] for s in saved["optimizer"]["state"].values()]
     assert len(buffers) == len(saved_buffers) and all(torch.equal(a, b) for a, b in zip(buffers, saved_buffers))
     assert run.ema.decay == 0.9 and run.ema.updates == saved["ema"]["updates"] == steps_done
-    assert yaml.safe_load((out / "config.yaml").read_text())["lr"] == 0.01
+    assert yaml.safe_load((out / "config.yaml").read_text())["lr"] == 0.1  # rewritten at the first save only
 
     monkeypatch.undo()  # now train the two remaining epochs: the schedule ends at the new --min-lr
     assert main(["train", "--resume", str(out), "--epochs", "3", *new, "--quiet"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["lr"] == 0.01
     rows = [line.split(",") for line in (out / "metrics.csv").read_text().splitlines()]
     lr = rows[0].index("lr")
     assert [r[0] for r in rows[1:]] == ["1", "2", "3"] and float(rows[3][lr]) == pytest.approx(0.005)

@@ -205,7 +205,11 @@ def load_yaml(path: str | Path, label: str | None = None) -> dict:
     return data
 
 
+# not recorded in a run's config.yaml: reused as --config, it must not replace the run it describes
+NOT_RECORDED = ("overwrite",)
+
+
 def dump_yaml(config: TrainConfig) -> str:
     import yaml
 
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return yaml.safe_dump({k: v for k, v in config.to_dict().items() if k not in NOT_RECORDED}, sort_keys=False)

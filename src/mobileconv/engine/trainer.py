@@ -120,24 +120,25 @@ def prepare_out_dir(out: Path) -> None:
         raise ValueError(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
 
-def start_out_dir(out: Path, config: TrainConfig, previous: list[str]) -> None:
-    """Create the run folder; write config.yaml unless a previous run there waits to be replaced (``--overwrite``).
+def start_out_dir(out: Path) -> None:
+    """Create the run folder and check it is writable; nothing is written in it yet.
 
-    A previous run is replaced by the first checkpoint (:func:`save_epoch`), so a run that fails before
-    it has one (an undecodable image, a NaN loss in the first epoch, a kill) leaves the previous run whole.
+    The run's files, ``config.yaml`` included, appear at the first checkpoint (:func:`save_epoch`),
+    which is also when a previous run (``--overwrite``) is replaced: a run that fails before it (an
+    undecodable image, a NaN loss in the first epoch, a kill) leaves the folder as it found it, so
+    the same command can simply be run again.
     """
     prepare_out_dir(out)
-    if not previous:
-        ckpt.atomic_write_text(out / "config.yaml", dump_yaml(config))
 
 
-def replace_previous_run(run: "Run") -> None:
-    """Delete the previous run's files (``--overwrite``) and write this run's config.yaml, once, at the first save."""
+def start_saving(run: "Run") -> None:
+    """Once, at the first save: delete the previous run's files (``--overwrite``) and write this run's config.yaml."""
     state_first = sorted(run.replaces, key=lambda name: name != ckpt.STATE_FILE)  # no longer resumable first
     for name in state_first:
         (run.out / name).unlink(missing_ok=True)
     run.replaces = []
     ckpt.atomic_write_text(run.out / "config.yaml", dump_yaml(run.config))
+    run.saved_config = True
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -194,6 +195,7 @@ class Run:
     best_epoch: int = 0
     train_seconds: float = 0.0
     replaces: list[str] = field(default_factory=list)  # a previous run's files, deleted at the first save
+    saved_config: bool = False  # config.yaml is written at the first save
 
     @property
     def eval_model(self) -> nn.Module:
@@ -274,7 +276,7 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         settings=StepSettings(dtype, config.clip_grad, config.channels_last), replaces=previous)
     if state is not None:
         load_run_state(run, state, state_path)
-    on_main(env, lambda: start_out_dir(out, config, previous), None)
+    on_main(env, lambda: start_out_dir(out), None)
     return run
 
 
@@ -521,8 +523,8 @@ def train_epochs(run: Run) -> dict:
 
 def save_epoch(run: Run, epoch: int, is_best: bool) -> None:
     """Checkpoint after an epoch; ``state.pt`` goes last, so it never points past the other files."""
-    if run.replaces:
-        replace_previous_run(run)
+    if not run.saved_config:
+        start_saving(run)
     weights, meta = run.eval_model.state_dict(), weights_metadata(run, epoch)
     ckpt.save_weights(run.out / ckpt.LAST_FILE, weights, meta)
     if is_best:
