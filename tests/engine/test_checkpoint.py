@@ -74,3 +74,27 @@ def test_corrupt_weights_file_is_a_value_error(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(ValueError, match="not a safetensors file"):
         ckpt.load_weights(tmp_path / "bad.safetensors")
+
+
+def test_training_checkpoints_record_the_bn_eps_that_loading_restores(tmp_path):
+    """last.safetensors carries bn_eps like `convert`'s files: a model whose BNs were changed gets it back."""
+    from torch import nn
+
+    import mobileconv
+    from mobileconv.cli import main
+    from mobileconv.deploy.weights import load_pretrained
+
+    from .helpers import MODEL, TINY
+
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    _, meta = ckpt.load_weights(out / "last.safetensors")
+    trained = mobileconv.create_model(MODEL, num_classes=10)
+    eps = {m.eps for m in trained.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert len(eps) == 1 and meta["bn_eps"] == eps.pop()
+    model = mobileconv.create_model(MODEL, num_classes=10)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 0.25
+    load_pretrained(model, out / "last.safetensors")
+    assert {m.eps for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {meta["bn_eps"]}

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from ..data import (BatchTransform, DataInfo, MixupCutmix, ShardedBatchSampler, build_datasets, limit_samples,
                     preferred_img_size)
-from ..deploy.weights import FORMAT
+from ..deploy.weights import FORMAT, bn_eps_of
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_yaml
 from .distributed import (DistEnv, barrier, broadcast_buffers, cleanup_distributed, convert_sync_batchnorm,
@@ -465,9 +465,11 @@ def run_state(run: Run, epoch: int) -> dict:
 def weights_metadata(run: Run, epoch: int) -> dict:
     """String metadata stored in the safetensors files, enough for ``mobileconv eval`` / ``predict``."""
     c, info = run.config, run.info
-    return {"format": FORMAT, "model": c.model, "dataset": info.name, "num_classes": info.num_classes,
+    meta = {"format": FORMAT, "model": c.model, "dataset": info.name, "num_classes": info.num_classes,
             "classes": info.classes, "img_size": c.img_size, "mean": list(info.mean), "std": list(info.std),
             "epoch": epoch, "ema": run.ema is not None}
+    eps = bn_eps_of(run.eval_model)  # restored by load_pretrained, as for `mobileconv convert`'s files
+    return meta if eps is None else {**meta, "bn_eps": eps}
 
 
 def train_epochs(run: Run) -> dict:
