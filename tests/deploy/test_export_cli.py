@@ -153,3 +153,21 @@ def test_bad_tolerance_and_huge_batch_are_one_line_errors(option, message, tmp_p
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith(f"mobileconv export: error: {message}") and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_of_a_training_checkpoint_defaults_to_its_recorded_image_size(checkpoint, tmp_path):
+    """A `mobileconv train` checkpoint records img_size (as eval / predict use it); export takes it too."""
+    import onnxruntime as ort
+
+    from mobileconv.engine.checkpoint import save_weights
+
+    model, _ = checkpoint
+    ckpt = tmp_path / "last.safetensors"
+    save_weights(ckpt, model.state_dict(), {"format": "mobileconv", "model": CKPT_MODEL, "img_size": 16})
+    out = tmp_path / "trained.onnx"
+    assert main(["export", CKPT_MODEL, "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    assert ort.InferenceSession(str(out)).get_inputs()[0].shape[1:] == [3, 16, 16]
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    assert rel_err(eager(model, x), ort_run(out, x)) <= TOL
+    assert main(["export", CKPT_MODEL, "--checkpoint", str(ckpt), "--input-size", "24", "--out", str(out)]) == 0
+    assert ort.InferenceSession(str(out)).get_inputs()[0].shape[1:] == [3, 24, 24]  # --input-size wins

@@ -31,8 +31,8 @@ def register(subparsers) -> None:
                    help="classes (default: the checkpoint classifier's, else the model's: 1000, or 10 for "
                         "the _cifar forms)")
     p.add_argument("--input-size", type=positive_int, default=None, metavar="N",
-                   help="export for N x N images (default: the model's, 224 or 32); ONNX and exported programs "
-                        "are static in H and W")
+                   help="export for N x N images (default: the size a mobileconv train checkpoint records, else "
+                        "the model's, 224 or 32); ONNX and exported programs are static in H and W")
     p.add_argument("--batch-size", type=positive_int, default=2, metavar="N",
                    help="batch of the export example and of the check (default 2)")
     p.add_argument("--static-batch", action="store_true",
@@ -63,8 +63,10 @@ def run_export(args: argparse.Namespace) -> int:
     if args.use_ema and args.checkpoint is None:
         raise ValueError("--use-ema needs --checkpoint FILE")
     check_export_path(args.out, fmt)  # before the (slow) model build
-    model = call_with_one_line_errors(build_model, args.name, args.checkpoint, args.num_classes, args.use_ema)
-    result = export_model(model, args.out, fmt, input_size=args.input_size, batch_size=args.batch_size,
+    model, trained_size = call_with_one_line_errors(load_for_export, args.name, args.checkpoint, args.num_classes,
+                                                    args.use_ema)
+    input_size = args.input_size if args.input_size is not None else trained_size
+    result = export_model(model, args.out, fmt, input_size=input_size, batch_size=args.batch_size,
                           dynamic_batch=not args.static_batch, opset=opset, optimize=args.optimize,
                           impl=args.impl or "fast", tolerance=args.tolerance,
                           log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -74,17 +76,26 @@ def run_export(args: argparse.Namespace) -> int:
 
 def build_model(name: str, checkpoint: str | None = None, num_classes: int | None = None, use_ema: bool = False):
     """``create_model(name)`` with the weights of ``checkpoint`` (its class count unless ``num_classes``)."""
+    return load_for_export(name, checkpoint, num_classes, use_ema)[0]
+
+
+def load_for_export(name: str, checkpoint: str | None = None, num_classes: int | None = None,
+                    use_ema: bool = False) -> tuple:
+    """:func:`build_model`, and the image size a ``mobileconv train`` checkpoint records (else None)."""
     from ..deploy.weights import checkpoint_num_classes, load_state_dict, read_checkpoint
+    from ..engine.checkpoint import _json_or_str
+    from ..engine.inference import recorded
     from ..models import create_model
 
     if checkpoint is None:
-        return create_model(name, num_classes=num_classes)
+        return create_model(name, num_classes=num_classes), None
     state_dict, metadata = read_checkpoint(checkpoint, use_ema=use_ema)
     if num_classes is None:
         num_classes = checkpoint_num_classes(state_dict)
     model = create_model(name, num_classes=num_classes)
     load_state_dict(model, state_dict, metadata, name=str(checkpoint))
-    return model
+    meta = {k: _json_or_str(v) for k, v in metadata.items()}
+    return model, recorded(meta, {k: checkpoint for k in meta}, "img_size")
 
 
 def _format_from_suffix(out: str) -> str:

@@ -97,10 +97,12 @@ def register_eval(subparsers) -> None:
     p.add_argument("--data", help="digits | synthetic | PATH (default: recorded in the checkpoint)")
     p.add_argument("--img-size", type=positive_int, metavar="PX",
                    help="resolution (default: recorded, else the model's)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per forward pass (default 256)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run (default auto: cuda when available)")
     p.add_argument("--max-val-samples", type=positive_int, metavar="N", help="evaluate only this many test images")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="a table of top-1 / top-5 / per-class accuracy, or the full result as JSON (default table)")
     p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     p.add_argument("--plot", metavar="FILE.png", help="write the confusion matrix as a PNG")
     p.add_argument("--out", metavar="DIR", help="write eval.json and confusion.png into DIR")
@@ -166,12 +168,14 @@ def register_predict(subparsers) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything PIL reads)")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a mobileconv checkpoint (or a timm / torchvision one, with --model)")
     p.add_argument("--model", metavar="NAME", help="model name (default: recorded in the checkpoint)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes listed per image (default 5)")
     p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     p.add_argument("--img-size", type=positive_int, metavar="PX",
                    help="resolution (default: recorded, else the model's)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run (default auto: cuda when available)")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="a line per image, or the same top-k as JSON (default table)")
     p.set_defaults(func=run_predict)
 
 

@@ -417,7 +417,7 @@ def _check_fits(mapped: dict[str, tuple[str, torch.Tensor]], unmapped: list[str]
         model_classes = target["classifier.weight"].shape[0]
         raise ValueError(f"{name}: the checkpoint's classifier has {ckpt_classes} classes but the model has "
                          f"{model_classes}; create the model with num_classes={ckpt_classes} (CLI: --num-classes "
-                         f"{ckpt_classes}), or load with drop_head=True to keep the model's own classifier")
+                         f"{ckpt_classes}), or in Python load_pretrained(..., drop_head=True) to keep the model's own classifier")
     lines = [f"{name} ({SOURCES[source]}) does not fit the model; the model was not changed."]
     for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
         if items:
