@@ -83,3 +83,12 @@ def test_quick_keeps_the_sizes_given(argv, expected):
     """`--quick --image-size 32` used to run at 64 px: --quick overwrote every size."""
     args = load("mixconv_speed").parse_args([*argv, "--models", "mobilenetv3_small_100_cifar", "--scenarios", "infer"])
     assert (args.image_size, args.batch_size, args.rounds) == expected
+
+
+def test_small_map_conv_refuses_bad_options_and_runs_small(capsys):
+    assert "expected a registered model name, got 'nope'" in refuse("small_map_conv", ["--model", "nope"], capsys)
+    assert "--max-pixels: expected a positive integer" in refuse("small_map_conv", ["--max-pixels", "0"], capsys)
+    load("small_map_conv").main(["--model", "mobilenetv3_small_100_cifar", "--image-size", "32", "--max-pixels",
+                                 "16", "--rounds", "1", "--calls", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "maps <=    16 px in F.conv2d" in out and "oneDNN speed-up x" in out
