@@ -21,10 +21,20 @@ import torch
 from torch import nn
 
 from ..layers import SqueezeExcite, create_act, create_conv2d, make_divisible, xsep_padding_schedule
+from ..layers.helpers import check_kernel_sizes, check_positive, check_stride
 from ._blocks import ConvBnActBlock, DepthwiseSeparableBlock, InvertedResidual
 
 BLOCK_KINDS = ("ds", "ir", "cn")
 HEAD_KINDS = ("conv_bn", "pool_conv", "pool")
+SE_REDUCE_FROM = ("in", "mid")
+
+
+def _check_ratio(value: float, name: str, *, zero_ok: bool) -> None:
+    """``value`` must be a finite number, ``> 0`` (or ``>= 0`` with ``zero_ok``): no silent 8-channel layers."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value >= 0 if zero_ok else value > 0))
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'>= 0' if zero_ok else '> 0'}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,14 @@ class BlockSpec:
             raise ValueError(f"BlockSpec.kind must be one of {BLOCK_KINDS}, got {self.kind!r}")
         if isinstance(self.kernel_size, list):
             object.__setattr__(self, "kernel_size", tuple(self.kernel_size))
+        # make_divisible would turn a zero or negative width into 8 channels without a word
+        check_positive(self.out_channels, "BlockSpec.out_channels")
+        check_kernel_sizes(self.kernel_size, "BlockSpec.kernel_size")
+        check_stride(self.stride, "BlockSpec.stride")
+        _check_ratio(self.exp_ratio, "BlockSpec.exp_ratio", zero_ok=False)
+        _check_ratio(self.se_ratio, "BlockSpec.se_ratio (0 = no SE)", zero_ok=True)
+        for name in ("exp_groups", "pwl_groups", "repeats"):
+            check_positive(getattr(self, name), f"BlockSpec.{name}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,10 @@ class SESpec:
     reduce_from: str = "in"
     act: str | None = None
     gate: str = "sigmoid"
+
+    def __post_init__(self) -> None:
+        if self.reduce_from not in SE_REDUCE_FROM:  # anything else used to mean "in" silently
+            raise ValueError(f"SESpec.reduce_from must be one of {SE_REDUCE_FROM}, got {self.reduce_from!r}")
 
     def channels(self, in_channels: int, mid_channels: int, se_ratio: float) -> int:
         if not se_ratio:
@@ -149,6 +171,10 @@ class ArchSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(tuple(stage) for stage in self.stages))
+        if not self.stages or not all(self.stages):
+            raise ValueError(f"ArchSpec.stages must be a non-empty list of non-empty stages, got {self.stages!r}")
+        check_positive(self.stem_channels, "ArchSpec.stem_channels")
+        _check_ratio(self.width_mult, "ArchSpec.width_mult", zero_ok=False)
 
 
 def round_channels(channels: int, width_mult: float) -> int:
@@ -399,7 +425,12 @@ class FeatureListNet(nn.Module):
 
 
 def init_weights(model: nn.Module) -> None:
-    """He init (fan-out) for convs, BN to identity, as torchvision / timm initialise these families."""
+    """He init (fan-out) for convs, BN to identity, as torchvision initialises MobileNetV2 / V3.
+
+    PyTorch's fan-out of a depthwise ``(C, 1, k, k)`` weight is ``C * k^2``; timm's EfficientNet-family
+    init (``_init_weight_goog``) divides it by the groups (``k^2``), so timm's depthwise kernels start
+    ``sqrt(C)`` times larger. A BN follows every such conv here, so the forward pass does not depend on it.
+    """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out")

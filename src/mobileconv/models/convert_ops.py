@@ -4,10 +4,13 @@ Both walk the module tree, find "same"-padded square depthwise convs (``nn.Conv2
 ``groups == in_channels == out_channels``, odd kernel, no dilation, zero padding of ``(k - 1) // 2``,
 ``padding="same"`` or TF SAME) and replace them in place; everything else (channel counts, strides,
 BNs, activations, the model's other parameters) is kept. Other convs (dilated, "valid"-padded, or
-with a ``padding_mode`` other than ``"zeros"``) and existing MixConv2d / XSepConv2d / GroupedConv2d
-are left alone. A depthwise conv with a bias is wrapped as :class:`ConvWithBias` so the bias survives.
-The new operator is built in the old conv's dtype and device, in its train / eval mode, and its
-parameters take the old weight's ``requires_grad`` (a frozen conv stays frozen).
+with a ``padding_mode`` other than ``"zeros"``), subclasses of ``nn.Conv2d`` and convs with forward
+hooks (which may compute something else: weight standardisation, QAT fake quantisation,
+``torch.nn.utils`` parametrizations, pruning, weight / spectral norm) and existing MixConv2d /
+XSepConv2d / GroupedConv2d are left alone. A depthwise conv with a bias is wrapped as
+:class:`ConvWithBias` so the bias survives. The new operator is built in the old conv's dtype and
+device, in its train / eval mode, and its parameters take the old weight's ``requires_grad`` (a
+frozen conv stays frozen).
 
 Weight initialisation of the new operators:
 
@@ -50,13 +53,23 @@ class ConvWithBias(nn.Module):
         return self.conv(x) + self.bias.view(1, -1, 1, 1)
 
 
+def _plain_conv(module: nn.Module) -> bool:
+    """``nn.Conv2d`` or :class:`Conv2dSame` itself, without forward hooks.
+
+    A subclass may compute something else from its weight (weight standardisation, QAT fake
+    quantisation, a ``torch.nn.utils.parametrize`` parametrization), and a hook may change the
+    weight or output (pruning, ``weight_norm`` / ``spectral_norm``); the replacement would drop that.
+    """
+    return type(module) in (nn.Conv2d, Conv2dSame) and not module._forward_pre_hooks and not module._forward_hooks
+
+
 def is_same_depthwise(module: nn.Module) -> bool:
     """``True`` for a square, odd, undilated, zero- and "same"-padded depthwise ``nn.Conv2d``.
 
     "Same" padding is ``(k - 1) // 2`` on each side, ``padding="same"`` (the same thing for an odd,
-    undilated kernel) or TF SAME (:class:`Conv2dSame`).
+    undilated kernel) or TF SAME (:class:`Conv2dSame`). Only plain convs count (see :func:`_plain_conv`).
     """
-    if not isinstance(module, nn.Conv2d) or isinstance(module, _COMPOSITE):
+    if not _plain_conv(module):
         return False
     k = module.kernel_size[0]
     same = isinstance(module, Conv2dSame) or module.padding in ("same", ((k - 1) // 2,) * 2)
