@@ -82,3 +82,15 @@ def ort_run(path, x: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def eager(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.eval()(x)
+
+
+def small_model() -> nn.Module:
+    """conv -> BN -> ReLU -> pool -> linear with random BN terms (so folding matters) and unit-scale logits."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    return randomize_(model)
+
+
+def seeded_randn(*shape, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))

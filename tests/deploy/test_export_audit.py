@@ -10,45 +10,33 @@ from torch import nn
 from mobileconv.cli import main
 from mobileconv.deploy.export import export_model
 
-from ._export_helpers import TOL, eager, randomize_, rel_err
+from ._export_helpers import TOL, eager, rel_err, seeded_randn, small_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 
-def _small_model() -> nn.Module:
-    """conv -> BN -> ReLU -> pool -> linear with random BN terms (so folding matters) and unit-scale logits."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
-    return randomize_(model)
-
-
-def _randn(*shape, seed=1):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
 def test_exported_program_with_a_batch_of_one_is_dynamic(tmp_path):
     """--batch-size 1 (the usual deployment batch) failed: torch.export specialises a size-1 dimension."""
-    model = _small_model()
+    model = small_model()
     path = tmp_path / "b1.pt2"
     result = export_model(model, path, "exported-program", input_size=8, batch_size=1)
     assert [c.batch_size for c in result.checks] == [1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["b1.pt2"]
     program = torch.export.load(str(path)).module()
     for batch in (1, 2, 7):
-        x = _randn(batch, 3, 8, 8, seed=batch)
+        x = seeded_randn(batch, 3, 8, 8, seed=batch)
         with torch.no_grad():
             assert rel_err(eager(model, x), program(x)) <= TOL
 
 
 def test_exported_program_batch_is_not_capped(tmp_path):
     """The dynamic batch of a .pt2 stopped at 4096: an export with --batch-size 4096 failed its own check."""
-    model = _small_model()
+    model = small_model()
     path = tmp_path / "big.pt2"
     result = export_model(model, path, "exported-program", input_size=4, batch_size=4096)
     assert [c.batch_size for c in result.checks] == [4096, 4097]
     program = torch.export.load(str(path)).module()
-    x = _randn(5000, 3, 4, 4)
+    x = seeded_randn(5000, 3, 4, 4)
     with torch.no_grad():
         assert rel_err(eager(model, x), program(x)) <= TOL
 
@@ -56,7 +44,7 @@ def test_exported_program_batch_is_not_capped(tmp_path):
 @pytest.mark.parametrize(("tolerance", "shown"), [(1e-4, "1e-04"), (1.5e-4, "0.00015"), (2.5e-3, "0.0025")])
 def test_summary_reports_the_tolerance_that_was_applied(tolerance, shown, tmp_path):
     """The summary printed 1.5e-4 as "1e-04" (and 2.5e-3 as "2e-03"): not the tolerance that was applied."""
-    result = export_model(_small_model(), tmp_path / "m.onnx", "onnx", input_size=8, tolerance=tolerance)
+    result = export_model(small_model(), tmp_path / "m.onnx", "onnx", input_size=8, tolerance=tolerance)
     printed = re.findall(r"\(tolerance ([^,]+),", result.summary())
     assert printed == [shown, shown]
     assert all(float(p) == tolerance for p in printed)

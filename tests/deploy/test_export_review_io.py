@@ -17,22 +17,10 @@ from mobileconv.cli import main
 from mobileconv.deploy.export import export_model
 from mobileconv.deploy.onnxrt import make_ort_callable
 
-from ._export_helpers import TOL, eager, ort_run, randomize_, rel_err
+from ._export_helpers import TOL, eager, ort_run, randomize_, rel_err, seeded_randn, small_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 CLI_MODEL = "mobilenetv3_small_100_cifar"
-
-
-def _small_model() -> nn.Module:
-    """conv -> BN -> ReLU -> pool -> linear with random BN terms (so folding matters) and unit-scale logits."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
-    return randomize_(model)
-
-
-def _randn(*shape, seed=1):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def _load(path, fmt):
@@ -50,7 +38,7 @@ def _load(path, fmt):
 def test_a_suffix_of_another_format_is_refused(name, fmt, tmp_path):
     """An ONNX file named .pt (or a TorchScript one named .onnx) was written and then failed to load."""
     with pytest.raises(ValueError, match=rf"the suffix '{name[1:]}' .* is for format"):
-        export_model(_small_model(), tmp_path / name, fmt, input_size=8)
+        export_model(small_model(), tmp_path / name, fmt, input_size=8)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -67,7 +55,7 @@ def test_cli_reads_the_format_from_an_upper_case_suffix(tmp_path, capsys):
     out = tmp_path / "MODEL.ONNX"
     assert main(["export", CLI_MODEL, "--out", str(out), "--static-batch"]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["MODEL.ONNX"]
-    assert ort_run(out, _randn(2, 3, 32, 32)).shape == (2, 10)  # an ONNX file, whatever its name's case
+    assert ort_run(out, seeded_randn(2, 3, 32, 32)).shape == (2, 10)  # an ONNX file, whatever its name's case
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
@@ -76,12 +64,12 @@ def test_an_existing_special_file_is_not_replaced(tmp_path):
     fifo = tmp_path / "pipe.onnx"
     os.mkfifo(fifo)
     with pytest.raises(ValueError, match="exists and is not a regular file"):
-        export_model(_small_model(), fifo, "onnx", input_size=8)
+        export_model(small_model(), fifo, "onnx", input_size=8)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and list(tmp_path.iterdir()) == [fifo]
     link = tmp_path / "out.onnx"
     link.symlink_to(fifo)  # as /dev/stdout -> /proc/self/fd/1 -> a pipe
     with pytest.raises(ValueError, match="exists and is not a regular file"):
-        export_model(_small_model(), link, "onnx", input_size=8)
+        export_model(small_model(), link, "onnx", input_size=8)
     assert os.path.islink(link) and stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
@@ -91,12 +79,12 @@ def test_a_symbolic_link_is_followed(tmp_path):
     target.write_bytes(b"old export")
     link = tmp_path / "latest.onnx"
     link.symlink_to(target.name)
-    model = _small_model()
+    model = small_model()
     result = export_model(model, link, "onnx", input_size=8)
     assert result.path == target.resolve()
     assert os.readlink(link) == target.name and sorted(p.name for p in tmp_path.iterdir()) == ["latest.onnx",
                                                                                               "v1.onnx"]
-    x = _randn(3, 3, 8, 8)
+    x = seeded_randn(3, 3, 8, 8)
     assert rel_err(eager(model, x), ort_run(link, x)) <= TOL
 
 
@@ -124,25 +112,25 @@ def test_a_model_that_changes_its_input_in_place_exports(fmt, suffix, tmp_path):
     model = _NormalizesInPlace().eval()
     path = tmp_path / f"m{suffix}"
     export_model(model, path, fmt, input_size=8)
-    x = _randn(3, 3, 8, 8)
+    x = seeded_randn(3, 3, 8, 8)
     expected = eager(model, x.clone())
     with torch.no_grad():
         assert rel_err(expected, _load(path, fmt)(x.clone())) <= TOL
     runner = make_ort_callable(model, (2, 3, 8, 8), threads=1)  # the bench backend had the same problem
-    x = _randn(2, 3, 8, 8, seed=2)
+    x = seeded_randn(2, 3, 8, 8, seed=2)
     assert rel_err(eager(model, x.clone()), runner(x.clone())) <= TOL
 
 
 def test_a_half_precision_model_is_exported_in_float32_and_says_so(tmp_path):
     import onnx
 
-    model = _small_model().half()
+    model = small_model().half()
     path = tmp_path / "half.onnx"
     result = export_model(model, path, "onnx", input_size=8)
     assert any("float16 weights were exported as float32" in n for n in result.notes)
     assert onnx.load(str(path)).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert next(model.parameters()).dtype == torch.float16  # the user's model is not converted
-    x = _randn(3, 3, 8, 8)
+    x = seeded_randn(3, 3, 8, 8)
     assert rel_err(eager(model.float(), x), ort_run(path, x)) <= TOL
 
 
@@ -157,7 +145,7 @@ def _calibrated(model: nn.Module, size: int) -> nn.Module:
         bn.momentum = None
     model.train()
     with torch.no_grad():
-        model(_randn(8, 3, size, size, seed=9))
+        model(seeded_randn(8, 3, size, size, seed=9))
     return model.eval()
 
 
@@ -173,7 +161,7 @@ def test_a_converted_model_exports_at_batch_one_and_runs_any_batch(convert, tmp_
     result = export_model(model, path, "onnx", input_size=40, batch_size=1)
     assert [c.batch_size for c in result.checks] == [1, 2] and result.optimized
     for batch in (1, 4):
-        x = _randn(batch, 3, 40, 40, seed=batch).contiguous(memory_format=torch.channels_last)
+        x = seeded_randn(batch, 3, 40, 40, seed=batch).contiguous(memory_format=torch.channels_last)
         expected = eager(model, x)
         assert expected.abs().max() > 0.1  # a meaningful output, not ~0
         assert rel_err(expected, ort_run(path, x.contiguous())) <= TOL
@@ -185,5 +173,5 @@ def test_a_replaced_file_keeps_its_permissions(tmp_path):
     path = tmp_path / "private.onnx"
     path.write_bytes(b"old export")
     path.chmod(0o600)
-    export_model(_small_model(), path, "onnx", input_size=8)
+    export_model(small_model(), path, "onnx", input_size=8)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and path.read_bytes() != b"old export"
