@@ -86,10 +86,16 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
     * weights in channels_last (``channels_last=False`` keeps NCHW, and the oneDNN step off);
     * with ``compile=True``, the model is compiled in place (:func:`compile_for_inference`).
 
+    A module with forward hooks (or pre-hooks) is neither folded, fused nor replaced: its hooks still
+    run and see the values they see in the eval-mode model (per chunk in micro-batched stages).
+
     Args:
         model: any ``nn.Module`` built from ``torch.nn`` and ``mobileconv.layers``.
         example_input: a batch to trace the conv -> BN data flow and to verify the result with;
-            default a random ``(2, in_chans, 64, 64)`` batch (``model.in_chans``, else 3).
+            default a random ``(2, in_chans, 64, 64)`` batch (``model.in_chans``, else 3). Its first
+            image at half the size (else at its size), two images if it has one, is traced and
+            verified too: a rewrite is made only where both passes agree, so a Python branch on the
+            input's shape that either pass takes keeps what it needs.
         channels_last: store the conv weights in channels_last.
         onednn: fuse convs and activations into oneDNN calls (:func:`fuse_conv_activations`);
             default: when the model is on the CPU, PyTorch has oneDNN and ``channels_last`` is set
@@ -111,6 +117,11 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    tensors = [*model.parameters(), *model.buffers(), *([example_input] if torch.is_tensor(example_input) else [])]
+    if any(t.is_meta for t in tensors):
+        raise ValueError("optimize_for_inference needs the weights and runs the model: the model or example_input "
+                         "is on the meta device (no data); load the weights first (e.g. model.to_empty(device='cpu') "
+                         "and load_state_dict)")
     if onednn and not channels_last:
         raise ValueError("onednn=True needs channels_last=True: oneDNN's convs write channels_last activations "
                          "(pass onednn=False to keep NCHW)")
@@ -136,16 +147,17 @@ def _optimize(model: nn.Module, x: torch.Tensor, channels_last: bool, onednn: bo
         raise ValueError(f"optimize_for_inference runs the model on an example batch, by default a random one of "
                          f"shape {tuple(x.shape)} (channels: model.in_chans, else 3), and the model failed on it "
                          f"({type(e).__name__}: {e}); pass example_input=, a batch the model takes") from e
-    expected = expected if verify else None
-    reference = _float32_reference(model, x, expected) if verify else None
+    batches = [x, *_other_batch(model, x)]
+    expected = [expected, *(_forward(model, b) for b in batches[1:])] if verify else None
+    reference = [_float32_reference(model, b, e) for b, e in zip(batches, expected)] if verify else None
     set_layer_impl(model, "fast")
     fuse_operators(model)
-    fold_batchnorms(model, x)
-    scale_in_place(model, x)
+    fold_batchnorms(model, batches)
+    scale_in_place(model, batches)
     if onednn is None:
         onednn = channels_last and x.device.type == "cpu" and onednn_available()
     if onednn:
-        fuse_conv_activations(model, x)
+        fuse_conv_activations(model, batches)
         fuse_residual_adds(model)
     if micro_batch if micro_batch is not None else x.device.type == "cpu":
         if not micro_batch_stages(model, x) and micro_batch:
@@ -158,10 +170,31 @@ def _optimize(model: nn.Module, x: torch.Tensor, channels_last: bool, onednn: bo
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if verify:
-        _verify(expected, _forward(model, x), reference)
+        for b, e, r in zip(batches, expected, reference):
+            _verify(e, _forward(model, b), r)
     if compile:
         compile_for_inference(model)
     return model
+
+
+def _other_batch(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """A batch of another size and shape than ``x`` that ``model`` takes, in a list (empty if none).
+
+    The first image of ``x`` at half the height and width (every other pixel), else at its size;
+    two images where ``x`` has one. A model may take another path for other shapes (a Python
+    branch on ``x.shape``): each rewrite is decided on a pass over ``x`` and one over this batch,
+    and made only where both agree.
+    """
+    if not len(x):
+        return []
+    one = x[:1] if len(x) > 1 else torch.cat([x, x.flip(-1)])
+    for other in (one[..., ::2, ::2].clone(), one.clone()):
+        try:
+            _forward(model, other)
+        except Exception:  # noqa: BLE001 - a model for one input size only: try the next
+            continue
+        return [other]
+    return []
 
 
 def check_compiler(device: torch.device, option: str = "compile=True", error: type[Exception] = RuntimeError) -> None:
@@ -203,13 +236,16 @@ def compile_for_inference(model: nn.Module) -> nn.Module:
 def fuse_operators(model: nn.Module) -> nn.Module:
     """Replace MixConv / XSepConv / evenly split grouped convs by plain convs, in place (eval-mode maths).
 
-    Those whose convs compute their weights (:func:`_computed_weights`) are kept, with ``impl="reference"``.
+    Those whose convs compute their weights (:func:`_computed_weights`) are kept, with ``impl="reference"``;
+    those with forward hooks (:func:`_hooked`) are kept as they are.
     """
     for name, module in list(model.named_modules()):
         if not _standard_forward(module):
             continue  # a subclass with a forward of its own computes something else: kept as it is
         if isinstance(module, (GroupedConv2d, MixConv2d, XSepConv2d)) and _computed_weights(module):
             module.impl = "reference"  # kept, calling each conv, which computes its weight as it runs
+        elif _hooked(module):
+            continue  # its hooks would be dropped or see other tensors: kept as it is
         elif isinstance(module, MixConv2d) and getattr(module, "fusable", True):
             _replace(model, name, mixconv_as_conv(module))
         elif isinstance(module, XSepConv2d):
@@ -276,7 +312,7 @@ def grouped_as_conv(grouped: GroupedConv2d) -> nn.Conv2d:
 
 
 @torch.no_grad()
-def fold_batchnorms(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
+def fold_batchnorms(model: nn.Module, example_input: torch.Tensor | list[torch.Tensor]) -> list[tuple[str, str]]:
     """Fold every eval-mode BN that receives a conv's output into that conv, in place.
 
     The pairs come from a forward pass on ``example_input``: a BN is folded when its input is
@@ -284,7 +320,8 @@ def fold_batchnorms(model: nn.Module, example_input: torch.Tensor) -> list[tuple
     returned and nothing else reads that tensor (:func:`trace_conv_bn_pairs`). Folded BNs become
     ``nn.Identity``, which passes that tensor on, so a BN right after a folded BN (XSepConv's
     last BN followed by the block's BN) is folded by the next pass. BNs without running
-    statistics (they normalise with batch statistics even in eval mode) are left alone.
+    statistics (they normalise with batch statistics even in eval mode) are left alone, and so is
+    a conv or BN with forward hooks. With a list of batches, a pair must qualify in the pass on each.
 
     Returns:
         The ``(conv_name, bn_name)`` pairs that were folded.
@@ -299,14 +336,19 @@ def fold_batchnorms(model: nn.Module, example_input: torch.Tensor) -> list[tuple
 
 
 @torch.no_grad()
-def trace_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
+def trace_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor | list[torch.Tensor]) -> list[tuple[str, str]]:
     """``(conv_name, bn_name)`` for every foldable BN whose input is a conv's output, read by nothing else.
 
-    A conv whose weight is computed (:func:`_computed_weights`: weight or spectral norm) keeps its BN.
+    A conv whose weight is computed (:func:`_computed_weights`: weight or spectral norm) keeps its BN,
+    and so do convs and BNs with forward hooks (:func:`_hooked`).
     """
-    return trace_pairs(model, example_input,
-                       lambda m: isinstance(m, _CONVS) and _standard_forward(m) and not _computed_weights(m),
-                       lambda m: isinstance(m, _BATCHNORMS) and _standard_forward(m) and _foldable(m))
+    def is_conv(m: nn.Module) -> bool:
+        return isinstance(m, _CONVS) and _standard_forward(m) and not _computed_weights(m) and not _hooked(m)
+
+    def is_bn(m: nn.Module) -> bool:
+        return isinstance(m, _BATCHNORMS) and _standard_forward(m) and _foldable(m) and not _hooked(m)
+
+    return trace_pairs(model, example_input, is_conv, is_bn)
 
 
 def _standard_forward(module: nn.Module) -> bool:
@@ -347,8 +389,9 @@ def _computed_weights(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def trace_pairs(model: nn.Module, example_input: torch.Tensor, is_producer: Callable[[nn.Module], bool],
-                is_consumer: Callable[[nn.Module], bool], *, in_place_consumer: bool = False) -> list[tuple[str, str]]:
+def trace_pairs(model: nn.Module, example_input: torch.Tensor | list[torch.Tensor],
+                is_producer: Callable[[nn.Module], bool], is_consumer: Callable[[nn.Module], bool], *,
+                in_place_consumer: bool = False) -> list[tuple[str, str]]:
     """``(producer_name, consumer_name)`` where the consumer module is the only reader of the producer's output.
 
     Forward hooks record the tensor each producer returns and the tensor each consumer receives;
@@ -360,7 +403,13 @@ def trace_pairs(model: nn.Module, example_input: torch.Tensor, is_producer: Call
     With ``in_place_consumer=True`` a consumer that returns the very tensor it received (an
     in-place activation) also qualifies when it is the *first* reader: the ops after it read
     what it wrote, which a producer fused with it returns as well.
+
+    With a list of batches, the pairs found in the pass on each one.
     """
+    if not isinstance(example_input, torch.Tensor):
+        found = [trace_pairs(model, x, is_producer, is_consumer, in_place_consumer=in_place_consumer)
+                 for x in example_input]
+        return [pair for pair in found[0] if all(pair in f for f in found[1:])]
     produced: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) -> (producer name, output kept alive)
     pairs: dict[str, str] = {}  # consumer name -> producer name
     first_reader: set[str] = set()  # consumers that read the producer output before any other op did
@@ -399,7 +448,7 @@ def trace_pairs(model: nn.Module, example_input: torch.Tensor, is_producer: Call
         elif is_consumer(module):
             handles.append(module.register_forward_pre_hook(record_consumer(name)))
             handles.append(module.register_forward_hook(record_in_place(name)))
-    _run_watched(model, example_input, handles, readers)
+    _run_watched(model, example_input.clone(), handles, readers)
     output_of = {name: key for key, (name, _) in produced.items()}
     producers = list(pairs.values())
 
@@ -413,24 +462,28 @@ def trace_pairs(model: nn.Module, example_input: torch.Tensor, is_producer: Call
 
 
 @torch.no_grad()
-def fuse_conv_activations(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
+def fuse_conv_activations(model: nn.Module, example_input: torch.Tensor | list[torch.Tensor]) -> list[tuple[str, str]]:
     """Make every plain ``nn.Conv2d`` a :class:`~mobileconv.deploy.onednn.OneDNNConv2d`, in place.
 
     A conv whose output goes straight to a ReLU / ReLU6 / swish / hard-swish / (hard-)sigmoid
     module, read by nothing before it (:func:`trace_pairs`, in-place activations included),
     takes that activation as its oneDNN post-op and the activation becomes ``nn.Identity``.
     Run it after :func:`fold_batchnorms` (a BN between them is an ``nn.Identity`` by then).
+    Convs and activations with forward hooks are left alone. With a list of batches, a pair must
+    qualify in the pass on each.
 
     Returns:
         The ``(conv_name, activation_name)`` pairs fused.
     """
     def is_conv(m: nn.Module) -> bool:
         return (type(m) is nn.Conv2d and not isinstance(m.padding, str) and m.padding_mode == "zeros"
-                and not _computed_weights(m))
+                and not _computed_weights(m) and not _hooked(m))
 
-    called = _called_modules(model, example_input, is_conv)  # an InplaceSqueezeExcite's convs are not
+    first = example_input if isinstance(example_input, torch.Tensor) else example_input[0]
+    called = _called_modules(model, first, is_conv)  # an InplaceSqueezeExcite's convs are not
     pairs = trace_pairs(model, example_input, is_conv,
-                        lambda m: fusable_activation(m) and type(m) is not nn.Identity, in_place_consumer=True)
+                        lambda m: fusable_activation(m) and type(m) is not nn.Identity and not _hooked(m),
+                        in_place_consumer=True)
     for conv_name, act_name in pairs:
         act = model.get_submodule(act_name)
         _replace(model, conv_name, OneDNNConv2d.from_conv(model.get_submodule(conv_name), act))
@@ -477,7 +530,8 @@ def fuse_residual_adds(model: nn.Module) -> list[str]:
         else:
             continue
         if (block.use_skip and isinstance(conv, OneDNNConv2d) and conv.post_op[0] == "none"
-                and all(type(m) is nn.Identity for m in rest) and isinstance(block.drop_path, (DropPath, nn.Identity))):
+                and all(type(m) is nn.Identity and not _hooked(m) for m in rest)
+                and isinstance(block.drop_path, (DropPath, nn.Identity)) and not _hooked(block.drop_path)):
             block.__class__ = fused
             names.append(name)
     return names
@@ -488,7 +542,7 @@ def _called_modules(model: nn.Module, example_input: torch.Tensor, predicate: Ca
     called: set[str] = set()
     handles = [m.register_forward_pre_hook(lambda *_, name=name: called.add(name))
                for name, m in model.named_modules() if predicate(m)]
-    _run_watched(model, example_input, handles)
+    _run_watched(model, example_input.clone(), handles)
     return called
 
 
@@ -524,30 +578,35 @@ class InplaceSqueezeExcite(SqueezeExcite):
 
 
 @torch.no_grad()
-def scale_in_place(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+def scale_in_place(model: nn.Module, example_input: torch.Tensor | list[torch.Tensor]) -> list[str]:
     """Turn every ``SqueezeExcite`` whose input is read by nothing after it into an :class:`InplaceSqueezeExcite`.
 
+    Not one with forward hooks. With a list of batches, the input must be free in the pass on each.
     Returns the names of the modules changed.
     """
+    batches = [example_input] if isinstance(example_input, torch.Tensor) else example_input
     # in both memory formats: a .contiguous(memory_format=...) in the model copies one and passes the other on
-    nchw, channels_last = (trace_overwritable_inputs(model, x, lambda m: type(m) is SqueezeExcite)
-                           for x in (example_input, example_input.contiguous(memory_format=torch.channels_last)))
-    names = [name for name in nchw if name in channels_last]  # in module order
+    both_formats = [f for x in batches for f in (x, x.contiguous(memory_format=torch.channels_last))]
+    names = trace_overwritable_inputs(model, both_formats, lambda m: type(m) is SqueezeExcite and not _hooked(m))
     for name in names:
         _replace(model, name, InplaceSqueezeExcite.from_module(model.get_submodule(name)))
     return names
 
 
 @torch.no_grad()
-def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor,
+def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor | list[torch.Tensor],
                               is_candidate: Callable[[nn.Module], bool]) -> list[str]:
     """Names of the candidate modules whose input tensor no ATen op reads once they have returned.
 
     Such a module may overwrite its input. The input must also be a tensor made inside the model
     (not the caller's ``example_input`` or a view of it) and not a view of another tensor; a read of
     any view of it counts, and so does the model returning it; the module must be called once per
-    forward pass.
+    forward pass. With a list of batches, the names found in the pass on each one (in module order).
     """
+    if not isinstance(example_input, torch.Tensor):
+        found = [trace_overwritable_inputs(model, x, is_candidate) for x in example_input]
+        return [name for name in found[0] if all(name in f for f in found[1:])]
+    example_input = example_input.clone()  # the model may write to its input (see _run_watched)
     watched: dict[int, tuple[str, torch.Tensor]] = {}
     readers = _ReaderCount(watched)
     inputs: dict[str, torch.Tensor | None] = {}
@@ -582,7 +641,11 @@ def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor,
 def _run_watched(model: nn.Module, example_input: torch.Tensor, handles: list,
                  readers: _ReaderCount | None = None) -> None:
     """One eval-mode forward pass with the hooks in ``handles`` (under ``readers`` if given); then
-    remove the hooks and restore the model's training flag, whatever happens."""
+    remove the hooks and restore the model's training flag, whatever happens.
+
+    Callers pass a copy of their example batch: a model may write to its input (``x -= mean``), and
+    every pass must see the same values (and the caller's tensor stay as it is).
+    """
     was_training = model.training
     try:
         with readers if readers is not None else contextlib.nullcontext():
@@ -631,6 +694,11 @@ def _storage_of(t: torch.Tensor) -> int:
         return t.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):  # no storage (a tensor subclass, sparse...): itself
         return id(t)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` or a sub-module has forward (pre-)hooks: a rewrite would drop them or change what they see."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 def _foldable(bn: nn.Module) -> bool:
@@ -700,7 +768,7 @@ def _example_input(model: nn.Module, example_input: torch.Tensor | None) -> torc
 
 @torch.no_grad()
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(x)
+    return model(x.clone())  # a copy: the model may write to its input (see _run_watched)
 
 
 def _half(t: object) -> bool:
@@ -881,8 +949,8 @@ def images_independent(model: nn.Module, example_input: torch.Tensor) -> bool:
     batch and one by one. ``False`` also when an output has no batch dimension to compare.
     """
     x = example_input[:2] if len(example_input) > 1 else torch.cat([example_input, example_input.flip(-1)])
-    together = tree_leaves(model(x))
-    alone = [tree_leaves(model(x[i:i + 1])) for i in range(2)]
+    together = tree_leaves(model(x.clone()))  # copies: the model may write to its input
+    alone = [tree_leaves(model(x[i:i + 1].clone())) for i in range(2)]
     for i, outputs in enumerate(alone):
         if len(outputs) != len(together):
             return False
@@ -929,7 +997,7 @@ def micro_batch_stages(model: nn.Module, example_input: torch.Tensor, budget: in
             if isinstance(output, torch.Tensor) and output.dim() == 4:
                 peaks[i] = max(peaks[i], output[0].numel())
         handles += [m.register_forward_hook(on_output) for m in step.modules()]
-    _run_watched(model, example_input, handles)
+    _run_watched(model, example_input.clone(), handles)
     if len(size) != 1 or not all(peaks):
         return False  # not called once, or a step made no activations
     owner = model if with_stem else blocks

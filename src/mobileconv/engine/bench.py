@@ -472,9 +472,16 @@ def result_rows(results: Sequence[BenchResult]) -> list[list[str]]:
         for v, m in r.measurements.items():
             rows.append([r.model, r.mode, v, str(r.batch_size), str(r.image_size), f"{m.images_per_s:.1f}",
                          f"{m.latency_p50_ms:.1f}", f"{m.latency_p90_ms:.1f}",
-                         "-" if m.peak_memory_mb is None else f"{m.peak_memory_mb:.0f}",
+                         _mib(m.peak_memory_mb),
                          f"{r.macs_per_s(v) / 1e9:.2f}", "-" if m.speedup is None else f"x{m.speedup:.2f}"])
     return rows
+
+
+def _mib(value: float | None) -> str:
+    """Peak memory for the table: whole MiB from 10 on, two decimals below (not "0" for 60 KiB)."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 10 else f"{value:.2f}"
 
 
 def format_table(results: Sequence[BenchResult]) -> str:
