@@ -20,7 +20,8 @@ source's (torchvision MobileNetV3 was trained with ``eps=1e-3``, MobileNetV2 wit
 timm's models already carry their eps: ``1e-3`` for the ``tf_`` ports, ``1e-5`` otherwise).
 
 Loading is all-or-nothing: the mapped tensors are checked against the model (missing,
-unexpected, shape mismatch) before anything in the model changes.
+unexpected, shape or dtype mismatch, sparse / quantized / meta tensors, NaN or inf values in the
+model's dtype) before anything in the model changes.
 """
 from __future__ import annotations
 
@@ -78,8 +79,8 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, *, drop_hea
     Raises:
         FileNotFoundError: no file at ``pretrained``.
         ValueError: not a checkpoint, or one that does not fit ``model`` (the message lists the
-            missing, unexpected and mismatched keys), or ``use_ema=True`` and it holds no EMA
-            weights; ``model`` is then left unchanged.
+            missing, unexpected and mismatched keys), or holds NaN / inf values, or ``use_ema=True``
+            and it holds no EMA weights; ``model`` is then left unchanged.
     """
     state_dict, metadata = read_checkpoint(pretrained, use_ema=use_ema)
     return load_state_dict(model, state_dict, metadata, drop_head=drop_head, name=str(pretrained))
@@ -167,6 +168,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], me
     _check_bn_eps(model, bn_eps, name)
 
     new_state = {k: mapped[k][1].to(dtype=v.dtype) if k in mapped else v for k, v in target.items()}
+    _check_finite(new_state, mapped, source, name)
     with torch.no_grad():
         model.load_state_dict(new_state, strict=True)
     if bn_eps is not None:
@@ -196,11 +198,11 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     The file is what ``safetensors.torch.save_file(model.state_dict(), path)`` writes, plus
     metadata ``format="mobileconv"`` and ``bn_eps`` (JSON), which :func:`load_pretrained` restores.
     The tensors go to a temporary file in the same directory, which then replaces ``path``, so
-    a failure never leaves a partial file.
+    a failure never leaves a partial file (see :func:`check_weights_path` for links and modes).
     """
     from safetensors.torch import save_file
 
-    path = check_output_path(path)
+    path = check_weights_path(path)
     meta = {"format": FORMAT, **{k: str(v) for k, v in (metadata or {}).items()}}
     eps = bn_eps_of(model)
     if eps is not None:
@@ -239,6 +241,19 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_weights_path(path: str | os.PathLike) -> Path:
+    """The regular file that :func:`save_weights` replaces, as ``open(path, "w")`` would write it.
+
+    A symbolic link is followed (the file it points to is replaced, the link kept); an existing
+    path that is not a regular file (``/dev/stdout``, a FIFO, a device) is refused, since
+    ``os.replace`` would put the weights in its place.
+    """
+    path = check_output_path(path)
+    if path.exists() and not path.is_file():  # exists() and is_file() follow links
+        raise ValueError(f"cannot write {path}: it exists and is not a regular file (a device, FIFO or socket)")
+    return check_output_path(path.resolve()) if path.is_symlink() else path
+
+
 def new_file_mode() -> int:
     """The permissions ``open(path, "w")`` would give a new file under the current umask."""
     umask = os.umask(0)
@@ -259,7 +274,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_nam
     """
     from ..models import create_model
 
-    check_output_path(dst)  # before reading and checking the whole checkpoint
+    check_weights_path(dst)  # before reading and checking the whole checkpoint
     state_dict, metadata = read_checkpoint(src, use_ema=use_ema)
     if num_classes is None:
         num_classes = checkpoint_num_classes(state_dict)
@@ -388,8 +403,8 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
         obj = {k: v for k, v in obj.items() if k != "n_averaged"}  # AveragedModel's update counter, not a weight
     state_dict = {}
     for key, value in obj.items():
-        for prefix in WRAPPER_PREFIXES:
-            key = key.removeprefix(prefix)
+        while key.startswith(WRAPPER_PREFIXES):  # stacked in either order: DDP(compile(m)), compile(DDP(m))
+            key = key.split(".", 1)[1]
         state_dict[key] = value
     return state_dict
 
@@ -409,9 +424,13 @@ def _check_fits(mapped: dict[str, tuple[str, torch.Tensor]], unmapped: list[str]
     unexpected = [origin(k) for k in mapped if k not in target] + unmapped
     mismatched = [f"{origin(k)}: checkpoint {list(v.shape)} vs model {list(target[k].shape)}"
                   for k, (_, v) in mapped.items() if k in target and v.shape != target[k].shape]
-    if not (missing or unexpected or mismatched):
+    unusable = [f"{origin(k)}: {_unusable(v)}" for k, (_, v) in mapped.items() if k in target and _unusable(v)]
+    wrong_dtype = [f"{origin(k)}: checkpoint {v.dtype} vs model {target[k].dtype}" for k, (_, v) in mapped.items()
+                   if k in target and not _unusable(v) and not _dtype_fits(v, target[k])]
+    if not (missing or unexpected or mismatched or unusable or wrong_dtype):
         return
-    head_only = not missing and not unexpected and all(m.startswith(HEAD_KEYS) for m in mismatched)
+    head_only = (not (missing or unexpected or unusable or wrong_dtype)
+                 and all(m.startswith(HEAD_KEYS) for m in mismatched))
     if head_only and _only_classes_differ(mapped, target):
         ckpt_classes = mapped["classifier.weight"][1].shape[0]
         model_classes = target["classifier.weight"].shape[0]
@@ -419,12 +438,48 @@ def _check_fits(mapped: dict[str, tuple[str, torch.Tensor]], unmapped: list[str]
                          f"{model_classes}; create the model with num_classes={ckpt_classes} (CLI: --num-classes "
                          f"{ckpt_classes}), or in Python load_pretrained(..., drop_head=True) to keep the model's own classifier")
     lines = [f"{name} ({SOURCES[source]}) does not fit the model; the model was not changed."]
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched),
+                         ("dtype mismatch", wrong_dtype), ("unusable", unusable)):
         if items:
             shown = items[:MAX_LISTED]
             more = f" ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
             lines.append(f"  {title} keys ({len(items)}): {', '.join(shown)}{more}")
     raise ValueError("\n".join(lines))
+
+
+def _unusable(value: torch.Tensor) -> str | None:
+    """Why a checkpoint tensor cannot be copied into a model's dense tensor, or None if it can."""
+    if value.is_quantized:
+        return f"a quantized tensor ({value.dtype})"
+    if value.layout != torch.strided:
+        return f"a {value.layout} tensor, not a dense one"
+    if value.is_meta:
+        return "a tensor on the meta device, without values"
+    return None
+
+
+def _dtype_fits(value: torch.Tensor, model_value: torch.Tensor) -> bool:
+    """Floating-point model tensors take floats only (at the model's precision: integer weights would be
+    quantised ones); integer buffers (``num_batches_tracked``) take integers or floats (``{k: v.float()}``)."""
+    if value.dtype == torch.bool or value.is_complex():
+        return False
+    return value.is_floating_point() or not model_value.is_floating_point()
+
+
+def _check_finite(new_state: dict[str, torch.Tensor], mapped: dict[str, tuple[str, torch.Tensor]], source: str,
+                  name: str) -> None:
+    """A ValueError listing the checkpoint's tensors with NaN / inf values in the model's dtype (model unchanged)."""
+    bad = []
+    for key, value in new_state.items():
+        if key in mapped and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            src, original = mapped[key]
+            shown = key if src == key else f"{key} (from {src})"
+            overflow = original.dtype != value.dtype and bool(torch.isfinite(original.float()).all())
+            bad.append(f"{shown}{f': too large for {value.dtype}' if overflow else ''}")
+    if bad:
+        more = f" ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise ValueError(f"{name} ({SOURCES[source]}) holds NaN or infinite values (a diverged run?); the model was "
+                         f"not changed.\n  non-finite keys ({len(bad)}): {', '.join(bad[:MAX_LISTED])}{more}")
 
 
 def _only_classes_differ(mapped: dict[str, tuple[str, torch.Tensor]], target: dict[str, torch.Tensor]) -> bool:

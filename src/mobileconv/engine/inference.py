@@ -66,14 +66,24 @@ def recorded(meta: dict, sources: dict, key: str, default=None):
     return value
 
 
-def summary_beside(checkpoint: Path) -> dict:
-    """The run's summary.json next to a checkpoint (classes, dataset, img_size...), or ``{}``."""
+def summary_beside(checkpoint: Path, num_classes: int | None = None, model_name: str | None = None) -> dict:
+    """The run's summary.json next to a checkpoint (classes, dataset, img_size...), or ``{}``.
+
+    With ``num_classes`` / ``model_name`` given, a summary recording other values is ``{}``: it
+    describes another run's model, not this checkpoint (a timm file copied into a run folder).
+    """
     path = checkpoint.parent / "summary.json"
     try:
         summary = json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
-    return summary if isinstance(summary, dict) else {}
+    if not isinstance(summary, dict):
+        return {}
+    if num_classes is not None and summary.get("num_classes", num_classes) != num_classes:
+        return {}
+    if model_name is not None and summary.get("model", model_name) != model_name:
+        return {}
+    return summary
 
 
 def load_checkpoint(model_name: str | None, checkpoint: str | Path, device: torch.device,
@@ -90,8 +100,13 @@ def load_checkpoint(model_name: str | None, checkpoint: str | Path, device: torc
 
     checkpoint = Path(checkpoint)
     tensors, raw_meta = read_checkpoint(checkpoint, use_ema=use_ema)
-    summary = summary_beside(checkpoint)
-    meta = {**summary, **{k: _json_or_str(v) for k, v in raw_meta.items()}}
+    num_classes = checkpoint_num_classes(tensors)
+    if num_classes is None:
+        raise ValueError(f"checkpoint {checkpoint} has no classifier: not a classification model's state_dict")
+    own = {k: _json_or_str(v) for k, v in raw_meta.items()}
+    named = model_name or own.get("model")
+    summary = summary_beside(checkpoint, num_classes, named if isinstance(named, str) else None)
+    meta = {**summary, **own}
     sources = {**{k: checkpoint.parent / "summary.json" for k in summary}, **{k: checkpoint for k in raw_meta}}
     if model_name is None:
         model_name = recorded(meta, sources, "model")
@@ -100,9 +115,6 @@ def load_checkpoint(model_name: str | None, checkpoint: str | Path, device: torc
         if model_name not in models.list_models():
             raise ValueError(f"{sources['model']}: recorded model {model_name!r} is not a known model (list them "
                              f"with `mobileconv models`); pass --model")
-    num_classes = checkpoint_num_classes(tensors)
-    if num_classes is None:
-        raise ValueError(f"checkpoint {checkpoint} has no classifier: not a classification model's state_dict")
     model = build_model(model_name, num_classes)
     load_state_dict(model, tensors, raw_meta, name=str(checkpoint))
     return LoadedCheckpoint(model.to(device).eval(), model_name, num_classes, meta, sources)
@@ -151,8 +163,9 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
                         max_samples: int | None = None, use_ema: bool = False) -> dict:
     """top-1 / top-5 / per-class accuracy / confusion matrix of a checkpoint on a dataset's test split.
 
-    ``data`` and ``img_size`` default to those recorded with the checkpoint; ``use_ema`` takes a
-    training checkpoint's EMA weights.
+    ``data`` and ``img_size`` default to those recorded with the checkpoint; images are normalised
+    with the recorded ``mean`` / ``std`` (the training run's), else with the dataset's; ``use_ema``
+    takes a training checkpoint's EMA weights.
     """
     check_positive(img_size, "--img-size")
     check_positive(max_samples, "--max-val-samples")
@@ -175,7 +188,8 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     test_set = limit_samples(test_set, max_samples)
     loader = DataLoader(test_set, batch_sampler=ShardedBatchSampler(len(test_set), batch_size, shuffle=False,
                                                                     drop_last=False))
-    transform = BatchTransform(img_size, info.mean, info.std).to(dev)
+    # normalised as in training (recorded mean / std), else as the data's own (a checkpoint recording none)
+    transform = BatchTransform(img_size, loaded.get("mean", info.mean), loaded.get("std", info.std)).to(dev)
     result = evaluate(loaded.model, loader, transform, info.num_classes, DistEnv(device=dev))
     return {"model": loaded.name, "checkpoint": str(checkpoint), "dataset": info.name, "split": info.test_split,
             "img_size": img_size, "classes": info.classes, **result}
