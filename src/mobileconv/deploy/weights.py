@@ -198,7 +198,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     The file is what ``safetensors.torch.save_file(model.state_dict(), path)`` writes, plus
     metadata ``format="mobileconv"`` and ``bn_eps`` (JSON), which :func:`load_pretrained` restores.
     The tensors go to a temporary file in the same directory, which then replaces ``path``, so
-    a failure never leaves a partial file (see :func:`check_weights_path` for links and modes).
+    a failure never leaves a partial file (a link is followed, see :func:`check_weights_path`).
     """
     from safetensors.torch import save_file
 
