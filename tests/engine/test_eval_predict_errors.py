@@ -279,3 +279,13 @@ def test_unwritable_out_is_refused_before_evaluating(ckpt, tmp_path, capsys, mon
     (tmp_path / "file").write_text("x")
     code, err = run(["eval", "--checkpoint", ckpt, "--out", tmp_path / "file" / "run"], capsys)
     assert_one_line_error(code, err, "eval", f"--out {tmp_path / 'file' / 'run'}: cannot write there")
+
+
+def test_a_recorded_dataset_that_is_gone_is_named_as_the_checkpoints(tmp_path, capsys):
+    """The user passed no --data: the error says the path came from the checkpoint, and how to override it."""
+    path = tmp_path / "last.safetensors"
+    gone = tmp_path / "moved-away"
+    save_weights(path, mobileconv.create_model(MODEL, num_classes=10).state_dict(),
+                 {**TRAINER_META, "dataset": str(gone)})
+    code, err = run(["eval", "--checkpoint", path], capsys)
+    assert_one_line_error(code, err, "eval", str(gone), f"(the dataset {path} records; pass --data to use another)")

@@ -176,7 +176,13 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     if data is None:
         raise ValueError(f"checkpoint {checkpoint} does not record its dataset: pass --data")
     img_size = resolve_img_size(loaded, img_size, data)
-    _, test_set, info = build_datasets(data, img_size)
+    try:
+        _, test_set, info = build_datasets(data, img_size)
+    except ValueError as e:
+        if given is not None:
+            raise
+        raise ValueError(f"{e} (the dataset {loaded.sources['dataset']} records; pass --data to use "
+                         f"another)") from None
     named = f"--data {data}" if given else f"its recorded dataset {data!r}"
     if info.num_classes != loaded.num_classes:
         raise ValueError(f"checkpoint {checkpoint} has {loaded.num_classes} classes, {named} has "
