@@ -40,3 +40,13 @@ def test_class_folder_without_images_is_refused(tmp_path, train, val, where):
         build_datasets(str(root), 8)
     assert f"--data {root}: {where} holds no images" in str(e.value)
     assert "every class needs images in both train/ and val/" in str(e.value)
+
+
+def test_floating_point_image_is_refused_by_path(tmp_path):
+    """A mode-F TIFF of values in [0, 1] would come out black through PIL's convert: refused, naming the file."""
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8), "F").save(path)
+    with Image.open(path) as img:
+        assert img.mode == "F"  # the file really is what the test means
+    with pytest.raises(ValueError, match=f"cannot decode image {path}: a 32-bit floating-point image"):
+        load_image(path, 8)

@@ -130,9 +130,13 @@ def to_8bit(img):
     """A 16-bit grey PIL image (modes ``I;16*``, and ``I`` as older Pillows read 16-bit PNGs) scaled to 8-bit ``L``.
 
     ``Image.convert`` would clip those values at 255 instead, turning nearly every pixel white.
+    A floating-point image (mode ``F``) is refused: it has no defined range to scale from.
     """
     from PIL import Image
 
+    if img.mode == "F":  # Image.convert would clip the floats at 0 and 255: a [0, 1] image becomes black
+        raise ValueError("a 32-bit floating-point image (PIL mode F) has no defined value range; save it as an "
+                         "8- or 16-bit image")
     if not (img.mode == "I" or img.mode.startswith("I;16")):
         return img
     array = np.asarray(img).astype(np.float64) * (255 / 65535)
