@@ -76,9 +76,9 @@ def test_export_use_ema_without_checkpoint_is_refused(tmp_path, capsys):
 
 
 def test_export_use_ema_loads_the_ema_weights(checkpoints, tmp_path):
-    from mobileconv.cli.export import build_model
+    from mobileconv.cli.export import load_for_export
 
     paths, _ = checkpoints
-    got = build_model(MODEL, str(paths["both"]), use_ema=True).state_dict()
+    got = load_for_export(MODEL, str(paths["both"]), use_ema=True)[0].state_dict()
     expected = torch.load(paths["ema"], weights_only=True)
     assert all(torch.equal(got[k], expected[k]) for k in expected)

@@ -74,14 +74,10 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_model(name: str, checkpoint: str | None = None, num_classes: int | None = None, use_ema: bool = False):
-    """``create_model(name)`` with the weights of ``checkpoint`` (its class count unless ``num_classes``)."""
-    return load_for_export(name, checkpoint, num_classes, use_ema)[0]
-
-
 def load_for_export(name: str, checkpoint: str | None = None, num_classes: int | None = None,
                     use_ema: bool = False) -> tuple:
-    """:func:`build_model`, and the image size a ``mobileconv train`` checkpoint records (else None)."""
+    """``create_model(name)`` with the weights of ``checkpoint`` (its class count unless ``num_classes``),
+    and the image size a ``mobileconv train`` checkpoint records (else None)."""
     from ..deploy.weights import checkpoint_num_classes, load_state_dict, read_checkpoint
     from ..engine.checkpoint import _json_or_str
     from ..engine.inference import recorded

@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import io
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,22 +111,27 @@ def safe_unpickle(path: Path) -> object:
     return obj
 
 
-def find_layout(root: Path) -> tuple[Path, CifarLayout] | None:
-    """The folder holding CIFAR files under ``root`` (itself or an archive folder) and its layout."""
+def _candidates(root: Path) -> Iterator[tuple[Path, CifarLayout]]:
+    """Every (folder, layout) where CIFAR files may lie under ``root``: itself or an archive folder."""
     for folder in (root, *(root / name for name in ARCHIVE_FOLDERS)):
         for layout in LAYOUTS:
-            if (folder / layout.test_files[0]).is_file() and (folder / layout.meta_file).is_file():
-                return folder, layout
+            yield folder, layout
+
+
+def find_layout(root: Path) -> tuple[Path, CifarLayout] | None:
+    """The folder holding CIFAR files under ``root`` (itself or an archive folder) and its layout."""
+    for folder, layout in _candidates(root):
+        if (folder / layout.test_files[0]).is_file() and (folder / layout.meta_file).is_file():
+            return folder, layout
     return None
 
 
 def find_incomplete(root: Path) -> tuple[Path, CifarLayout, list[str]] | None:
     """The first folder and layout with only some of its files (which find_layout rejects), and the missing ones."""
-    for folder in (root, *(root / name for name in ARCHIVE_FOLDERS)):
-        for layout in LAYOUTS:
-            missing = [name for name in layout.files if not (folder / name).is_file()]
-            if len(missing) < len(layout.files):
-                return folder, layout, missing
+    for folder, layout in _candidates(root):
+        missing = [name for name in layout.files if not (folder / name).is_file()]
+        if len(missing) < len(layout.files):
+            return folder, layout, missing
     return None
 
 

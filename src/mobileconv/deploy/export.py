@@ -146,21 +146,16 @@ def check_format(fmt: str) -> str:
 
 
 def check_export_path(path: str | os.PathLike, fmt: str) -> Path:
-    """The file an export in ``fmt`` replaces; a ``ValueError`` / ``OSError`` if it must not be written.
+    """The file an export in ``fmt`` replaces (:func:`~mobileconv.deploy.weights.check_output_path`).
 
-    A known suffix must be ``fmt``'s (an ONNX file named ``.pt`` would be loaded as the wrong
-    thing). A symbolic link is followed, so the file it points to is replaced, as
-    ``open(path, "w")`` would; an existing path that is not a regular file (``/dev/stdout``, a
-    FIFO, a device) is refused, since ``os.replace`` would put the export in its place.
+    A known suffix must be ``fmt``'s: an ONNX file named ``.pt`` would be loaded as the wrong thing.
     """
-    path = check_output_path(path)
-    suffix_format = SUFFIX_FORMATS.get(path.suffix.lower())
+    suffix = Path(path).suffix if isinstance(path, (str, os.PathLike)) else ""
+    suffix_format = SUFFIX_FORMATS.get(suffix.lower())
     if suffix_format is not None and suffix_format != fmt:
-        raise ValueError(f"the suffix {path.suffix!r} of {path} is for format {suffix_format!r}, not {fmt!r}; "
+        raise ValueError(f"the suffix {suffix!r} of {path} is for format {suffix_format!r}, not {fmt!r}; "
                          f"name the file *{FORMATS[fmt]} or use format {suffix_format!r}")
-    if path.exists() and not path.is_file():  # exists() and is_file() follow links
-        raise ValueError(f"cannot write {path}: it exists and is not a regular file (a device, FIFO or socket)")
-    return check_output_path(path.resolve()) if path.is_symlink() else path
+    return check_output_path(path)
 
 
 def check_tolerance(tolerance: float) -> float:

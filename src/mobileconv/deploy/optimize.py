@@ -147,8 +147,9 @@ def _optimize(model: nn.Module, x: torch.Tensor, channels_last: bool, onednn: bo
         raise ValueError(f"optimize_for_inference runs the model on an example batch, by default a random one of "
                          f"shape {tuple(x.shape)} (channels: model.in_chans, else 3), and the model failed on it "
                          f"({type(e).__name__}: {e}); pass example_input=, a batch the model takes") from e
-    batches = [x, *_other_batch(model, x)]
-    expected = [expected, *(_forward(model, b) for b in batches[1:])] if verify else None
+    other = _other_batch(model, x)
+    batches = [x, *(batch for batch, _ in other)]
+    expected = [expected, *(out for _, out in other)] if verify else None
     reference = [_float32_reference(model, b, e) for b, e in zip(batches, expected)] if verify else None
     set_layer_impl(model, "fast")
     fuse_operators(model)
@@ -177,8 +178,9 @@ def _optimize(model: nn.Module, x: torch.Tensor, channels_last: bool, onednn: bo
     return model
 
 
-def _other_batch(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """A batch of another size and shape than ``x`` that ``model`` takes, in a list (empty if none).
+def _other_batch(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, object]]:
+    """A batch of another size and shape than ``x`` that ``model`` takes, with the model's output on it,
+    in a list (empty if none).
 
     The first image of ``x`` at half the height and width (every other pixel), else at its size;
     two images where ``x`` has one. A model may take another path for other shapes (a Python
@@ -190,10 +192,10 @@ def _other_batch(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     one = x[:1] if len(x) > 1 else torch.cat([x, x.flip(-1)])
     for other in (one[..., ::2, ::2].clone(), one.clone()):
         try:
-            _forward(model, other)
+            out = _forward(model, other)
         except Exception:  # noqa: BLE001 - a model for one input size only: try the next
             continue
-        return [other]
+        return [(other, out)]
     return []
 
 

@@ -198,11 +198,11 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     The file is what ``safetensors.torch.save_file(model.state_dict(), path)`` writes, plus
     metadata ``format="mobileconv"`` and ``bn_eps`` (JSON), which :func:`load_pretrained` restores.
     The tensors go to a temporary file in the same directory, which then replaces ``path``, so
-    a failure never leaves a partial file (a link is followed, see :func:`check_weights_path`).
+    a failure never leaves a partial file (a link is followed, see :func:`check_output_path`).
     """
     from safetensors.torch import save_file
 
-    path = check_weights_path(path)
+    path = check_output_path(path)
     meta = {"format": FORMAT, **{k: str(v) for k, v in (metadata or {}).items()}}
     eps = bn_eps_of(model)
     if eps is not None:
@@ -223,7 +223,13 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """The output path as a ``Path``; an ``OSError`` naming the problem if it cannot be written."""
+    """The regular file an atomic write (temporary file, then rename) replaces at ``path``.
+
+    An ``OSError`` names the problem if it cannot be written. A symbolic link is followed (the
+    file it points to is replaced, the link kept, as ``open(path, "w")`` would write it); an
+    existing path that is not a regular file (``/dev/stdout``, a FIFO, a device) is refused with a
+    ``ValueError``, since the rename would put the new file in its place.
+    """
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"the output path must be a file name, got {path!r}")
     path = Path(path)
@@ -238,17 +244,6 @@ def check_output_path(path: str | os.PathLike) -> Path:
             pass
     except OSError as e:
         raise PermissionError(f"cannot write {path}: directory {parent} is not writable ({e.strerror or e})") from e
-    return path
-
-
-def check_weights_path(path: str | os.PathLike) -> Path:
-    """The regular file that :func:`save_weights` replaces, as ``open(path, "w")`` would write it.
-
-    A symbolic link is followed (the file it points to is replaced, the link kept); an existing
-    path that is not a regular file (``/dev/stdout``, a FIFO, a device) is refused, since
-    ``os.replace`` would put the weights in its place.
-    """
-    path = check_output_path(path)
     if path.exists() and not path.is_file():  # exists() and is_file() follow links
         raise ValueError(f"cannot write {path}: it exists and is not a regular file (a device, FIFO or socket)")
     return check_output_path(path.resolve()) if path.is_symlink() else path
@@ -274,7 +269,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_nam
     """
     from ..models import create_model
 
-    check_weights_path(dst)  # before reading and checking the whole checkpoint
+    check_output_path(dst)  # before reading and checking the whole checkpoint
     state_dict, metadata = read_checkpoint(src, use_ema=use_ema)
     if num_classes is None:
         num_classes = checkpoint_num_classes(state_dict)

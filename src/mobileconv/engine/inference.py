@@ -148,14 +148,16 @@ def resolve_img_size(loaded: LoadedCheckpoint, img_size: int | None, data: str |
     return img_size
 
 
-def resolve_normalization(loaded: LoadedCheckpoint) -> tuple[list[float], list[float]]:
-    """Per-channel ``(mean, std)``: those recorded with the checkpoint, else the model's ``pretrained_cfg``'s.
+def resolve_normalization(loaded: LoadedCheckpoint, default: tuple | None = None) -> tuple[list[float], list[float]]:
+    """Per-channel ``(mean, std)``: those recorded with the checkpoint, else ``default``, else the model's
+    ``pretrained_cfg``'s.
 
     A checkpoint without metadata (timm, torchvision) was trained with its model's usual
     normalisation (ImageNet's for the ImageNet models), as timm's ``resolve_data_config`` assumes.
     """
-    cfg = loaded.model.pretrained_cfg
-    return list(loaded.get("mean", cfg["mean"])), list(loaded.get("std", cfg["std"]))
+    if default is None:
+        default = (loaded.model.pretrained_cfg["mean"], loaded.model.pretrained_cfg["std"])
+    return list(loaded.get("mean", default[0])), list(loaded.get("std", default[1]))
 
 
 def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: str | None = None,
@@ -195,7 +197,7 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     loader = DataLoader(test_set, batch_sampler=ShardedBatchSampler(len(test_set), batch_size, shuffle=False,
                                                                     drop_last=False))
     # normalised as in training (recorded mean / std), else as the data's own (a checkpoint recording none)
-    transform = BatchTransform(img_size, loaded.get("mean", info.mean), loaded.get("std", info.std)).to(dev)
+    transform = BatchTransform(img_size, *resolve_normalization(loaded, (info.mean, info.std))).to(dev)
     result = evaluate(loaded.model, loader, transform, info.num_classes, DistEnv(device=dev))
     return {"model": loaded.name, "checkpoint": str(checkpoint), "dataset": info.name, "split": info.test_split,
             "img_size": img_size, "classes": info.classes, **result}

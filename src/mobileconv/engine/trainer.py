@@ -120,19 +120,13 @@ def prepare_out_dir(out: Path) -> None:
         raise ValueError(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
 
-def start_out_dir(out: Path) -> None:
-    """Create the run folder and check it is writable; nothing is written in it yet.
-
-    The run's files, ``config.yaml`` included, appear at the first checkpoint (:func:`save_epoch`),
-    which is also when a previous run (``--overwrite``) is replaced: a run that fails before it (an
-    undecodable image, a NaN loss in the first epoch, a kill) leaves the folder as it found it, so
-    the same command can simply be run again.
-    """
-    prepare_out_dir(out)
-
-
 def start_saving(run: "Run") -> None:
-    """Once, at the first save: delete the previous run's files (``--overwrite``) and write this run's config.yaml."""
+    """Once, at the first save: delete the previous run's files (``--overwrite``) and write this run's config.yaml.
+
+    A run's files, ``config.yaml`` included, thus appear at its first checkpoint: a run that fails
+    before it (an undecodable image, a NaN loss in the first epoch, a kill) leaves its folder as it
+    found it, so the same command can simply be run again.
+    """
     state_first = sorted(run.replaces, key=lambda name: name != ckpt.STATE_FILE)  # no longer resumable first
     for name in state_first:
         (run.out / name).unlink(missing_ok=True)
@@ -276,7 +270,7 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         settings=StepSettings(dtype, config.clip_grad, config.channels_last), replaces=previous)
     if state is not None:
         load_run_state(run, state, state_path)
-    on_main(env, lambda: start_out_dir(out), None)
+    on_main(env, lambda: prepare_out_dir(out), None)  # nothing is written there before the first save
     return run
 
 
