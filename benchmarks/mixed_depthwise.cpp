@@ -3,15 +3,21 @@
 //
 // Each channel group runs at its own kernel size (no zero taps), with bias and activation
 // (0 none, 1 ReLU, 2 swish, 3 h-swish) fused. 16 channels per vector (GCC vector extensions,
-// compiled with -march=native), 4 output pixels per block of registers, OpenMP over
-// (image, output row). Needs at least 16 channels per group.
+// compiled with -march=native). One OpenMP task per (image, group, vector of 16 channels), the
+// image outermost: the task copies its 16 channels of the image into a zero-padded plane in
+// thread-local scratch (no border checks after that), then computes each output row in blocks
+// of B = 8, 7 or 4 pixels (whichever computes the fewest; the last block overlaps the one before)
+// held in registers, loading every input column of a kernel row once for the whole block.
+// Needs at least 16 channels per group.
 #include <cstring>
+#include <vector>
 
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 typedef int v16i __attribute__((vector_size(64), aligned(4)));
 
 static inline v16 splat(float a) { v16 v = {0}; return v + a; }
 static inline v16 load(const float* p) { return *(const v16*)p; }
+static inline void store(float* p, v16 v) { *(v16*)p = v; }
 
 // exp(x) as in Cephes expf: x = n ln2 + r, e^r by a degree-6 polynomial, 2^n from the exponent bits.
 static inline v16 vexp(v16 x) {
@@ -19,7 +25,7 @@ static inline v16 vexp(v16 x) {
   x = x > splat(-87.3365447504f) ? x : splat(-87.3365447504f);
   v16 t = x * 1.44269504088896341f + 0.5f;
   v16 fn = __builtin_convertvector(__builtin_convertvector(t, v16i), v16);
-  fn = fn > t ? fn - 1.f : fn;  // floor
+  fn = fn > t ? fn - 1.f : fn;
   v16 r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
   v16 p = splat(1.9875691500E-4f);
   p = p * r + 1.3981999507E-3f;
@@ -47,49 +53,58 @@ static inline v16 activate(v16 v, int act) {
   return v;
 }
 
-// 4 output pixels x 16 channels, every tap inside the row (no column checks).
-template <int K, int S>
-static inline void block4(const float* x, const float* w, float* y, v16 b, int C, int W, int cg, int ow, int pad_l,
-                          int kh0, int kh1, int row0, int act) {
-  v16 a0 = b, a1 = b, a2 = b, a3 = b;
-  for (int kh = kh0; kh < kh1; kh++) {
-    const float* xr = x + ((long)(row0 + kh) * W + ow * S - pad_l) * C;
-    const float* wr = w + kh * K * cg;
+// B output pixels of one output row, 16 channels, from the padded plane P (row pitch PW pixels of 16 floats).
+template <int K, int S, int B>
+static inline void block(const float* P, int PW, const float* w, float* y, long ystride, v16 b, int oh, int ow,
+                         int act) {
+  v16 acc[B];
 #pragma GCC unroll 16
-    for (int kw = 0; kw < K; kw++) {
-      v16 wv = load(wr + kw * cg);
-      a0 += load(xr + (long)kw * C) * wv;
-      a1 += load(xr + (long)(S + kw) * C) * wv;
-      a2 += load(xr + (long)(2 * S + kw) * C) * wv;
-      a3 += load(xr + (long)(3 * S + kw) * C) * wv;
+  for (int i = 0; i < B; i++) acc[i] = b;
+  for (int kh = 0; kh < K; kh++) {
+    const float* row = P + ((long)(oh * S + kh) * PW + ow * S) * 16;
+    v16 wv[K];
+#pragma GCC unroll 16
+    for (int kw = 0; kw < K; kw++) wv[kw] = load(w + (kh * K + kw) * 16);
+    constexpr int COLS = S * (B - 1) + K;
+#pragma GCC unroll 64
+    for (int j = 0; j < COLS; j++) {
+      v16 in = load(row + j * 16);
+#pragma GCC unroll 16
+      for (int i = 0; i < B; i++) {
+        const int kw = j - S * i;
+        if (kw >= 0 && kw < K) acc[i] += in * wv[kw];
+      }
     }
   }
-  *(v16*)y = activate(a0, act);
-  *(v16*)(y + C) = activate(a1, act);
-  *(v16*)(y + 2 * C) = activate(a2, act);
-  *(v16*)(y + 3 * C) = activate(a3, act);
+#pragma GCC unroll 16
+  for (int i = 0; i < B; i++) store(y + (long)i * ystride, activate(acc[i], act));
 }
 
-// One output pixel x 16 channels, with column checks (the borders).
-static inline void pixel(const float* x, const float* w, float* y, v16 b, int C, int W, int cg, int k, int stride,
-                         int ow, int pad_l, int kh0, int kh1, int row0, int act) {
-  v16 a = b;
-  for (int kh = kh0; kh < kh1; kh++) {
-    const float* xr = x + (long)(row0 + kh) * W * C;
-    const float* wr = w + kh * k * cg;
-    for (int kw = 0; kw < k; kw++) {
-      int iw = ow * stride + kw - pad_l;
-      if (iw >= 0 && iw < W) a += load(xr + (long)iw * C) * load(wr + kw * cg);
-    }
+template <int K, int S, int B>
+static void rows(const float* P, int PW, const float* w, float* y, int OH, int OW, long C, v16 b, int act) {
+  for (int oh = 0; oh < OH; oh++) {
+    float* yr = y + (long)oh * OW * C;
+    int ow = 0;
+    for (; ow + B <= OW; ow += B) block<K, S, B>(P, PW, w, yr + ow * C, C, b, oh, ow, act);
+    if (ow < OW) block<K, S, B>(P, PW, w, yr + (OW - B) * C, C, b, oh, OW - B, act);  // overlaps: same values
   }
-  *(v16*)y = activate(a, act);
 }
 
-typedef void (*block_fn)(const float*, const float*, float*, v16, int, int, int, int, int, int, int, int, int);
+template <int K, int S>
+static void plane(const float* P, int PW, const float* w, float* y, int OH, int OW, long C, v16 b, int act) {
+  // the block width that computes the fewest pixels (the last block overlaps the one before)
+  auto cost = [OW](int B) { return OW < B ? 1 << 30 : (OW + B - 1) / B * B; };
+  if (OW < 4) return rows<K, S, 1>(P, PW, w, y, OH, OW, C, b, act);
+  if (cost(8) <= cost(7) && cost(8) <= cost(4)) rows<K, S, 8>(P, PW, w, y, OH, OW, C, b, act);
+  else if (cost(7) <= cost(4)) rows<K, S, 7>(P, PW, w, y, OH, OW, C, b, act);
+  else rows<K, S, 4>(P, PW, w, y, OH, OW, C, b, act);
+}
 
-static block_fn pick_block(int k, int stride) {
-#define CASE(K) case K: return stride == 1 ? block4<K, 1> : block4<K, 2>;
-  switch (k) { CASE(3) CASE(5) CASE(7) CASE(9) CASE(11) default: return nullptr; }
+typedef void (*plane_fn)(const float*, int, const float*, float*, int, int, long, v16, int);
+
+static plane_fn pick(int k, int s) {
+#define CASE(K) case K: return s == 1 ? plane<K, 1> : plane<K, 2>;
+  switch (k) { CASE(1) CASE(3) CASE(5) CASE(7) CASE(9) CASE(11) default: return nullptr; }
 #undef CASE
 }
 
@@ -98,33 +113,37 @@ static block_fn pick_block(int k, int stride) {
 extern "C" void mixed_depthwise(const float* x, float* y, int N, int H, int W, int C, int OH, int OW, int stride,
                                 int G, const int* c0, const int* cg, const int* ks, const int* pt, const int* pl,
                                 const float* const* ws, const float* bias, int act, int threads) {
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
-  for (int n = 0; n < N; n++) {
-    for (int oh = 0; oh < OH; oh++) {
-      float* yrow = y + (long)(n * OH + oh) * OW * C;
-      const float* ximg = x + (long)n * H * W * C;
-      for (int g = 0; g < G; g++) {
-        const int k = ks[g], row0 = oh * stride - pt[g];
-        const int kh0 = row0 < 0 ? -row0 : 0, kh1 = H - row0 < k ? H - row0 : k;
-        const int ow_lo = (pl[g] + stride - 1) / stride;  // first column whose taps are all inside
-        int ow_hi = (W - k + pl[g]) / stride;             // last one
-        if (ow_hi >= OW) ow_hi = OW - 1;
-        const block_fn block = pick_block(k, stride);
-        for (int cc = 0; cc < cg[g]; cc += 16) {
-          const int c = cc + 16 <= cg[g] ? cc : cg[g] - 16;  // the last vector overlaps the one before
-          const float* xc = ximg + c0[g] + c;
-          const float* wc = ws[g] + c;
-          float* yc = yrow + c0[g] + c;
-          const v16 b = load(bias + c0[g] + c);
-          int ow = 0;
-          for (; ow < OW && (ow < ow_lo || !block); ow++)
-            pixel(xc, wc, yc + (long)ow * C, b, C, W, cg[g], k, stride, ow, pl[g], kh0, kh1, row0, act);
-          for (; block && ow + 3 <= ow_hi; ow += 4)
-            block(xc, wc, yc + (long)ow * C, b, C, W, cg[g], ow, pl[g], kh0, kh1, row0, act);
-          for (; ow < OW; ow++)
-            pixel(xc, wc, yc + (long)ow * C, b, C, W, cg[g], k, stride, ow, pl[g], kh0, kh1, row0, act);
-        }
+  // tasks: (image, group, vector) with the image outermost, so that one thread keeps one image's plane
+  std::vector<int> tg, tc;
+  for (int g = 0; g < G; g++)
+    for (int cc = 0; cc < cg[g]; cc += 16) { tg.push_back(g); tc.push_back(cc + 16 <= cg[g] ? cc : cg[g] - 16); }
+  const int T = (int)tg.size();
+#pragma omp parallel num_threads(threads)
+  {
+    static thread_local std::vector<float> scratch, wscratch;
+#pragma omp for schedule(static)
+    for (long t = 0; t < (long)N * T; t++) {
+      const int n = (int)(t / T), g = tg[t % T], c = tc[t % T];
+      const int k = ks[g], p = pt[g], q = pl[g];
+      const int PH = H + 2 * p, PW = W + 2 * q + 16;
+      if ((long)scratch.size() < (long)PH * PW * 16) scratch.resize((long)PH * PW * 16);
+      float* P = scratch.data();
+      // zero-padded copy of 16 channels of one image
+      const float* xi = x + (long)n * H * W * C + c0[g] + c;
+      std::memset(P, 0, sizeof(float) * 16 * (long)p * PW);
+      std::memset(P + (long)(p + H) * PW * 16, 0, sizeof(float) * 16 * (long)(PH - p - H) * PW);
+      for (int ih = 0; ih < H; ih++) {
+        float* pr = P + (long)(ih + p) * PW * 16;
+        std::memset(pr, 0, sizeof(float) * 16 * q);
+        const float* xr = xi + (long)ih * W * C;
+        for (int iw = 0; iw < W; iw++) store(pr + (long)(iw + q) * 16, load(xr + (long)iw * C));
+        std::memset(pr + (long)(W + q) * 16, 0, sizeof(float) * 16 * (PW - W - q));
       }
+      if ((long)wscratch.size() < (long)k * k * 16) wscratch.resize((long)k * k * 16);
+      for (int tap = 0; tap < k * k; tap++)
+        std::memcpy(wscratch.data() + tap * 16, ws[g] + (long)tap * cg[g] + c, 64);
+      const v16 b = load(bias + c0[g] + c);
+      pick(k, stride)(P, PW, wscratch.data(), y + (long)n * OH * OW * C + c0[g] + c, OH, OW, C, b, act);
     }
   }
 }

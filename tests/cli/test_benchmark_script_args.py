@@ -49,6 +49,8 @@ def refuse(name: str, argv: list[str], capsys) -> str:
     ("train_malloc", ["--models", "mixnet_sx"], "did you mean mixnet_s"),
     ("depthwise_kernel", ["--model", "nope"], "expected a registered model name, got 'nope'"),
     ("depthwise_kernel", ["--image-size", "8"], "--image-size 8 is too small for mixnet_s"),
+    ("per_group_tensors", ["--model", "mobilenetv3_small_100"], "has no inverted residual with mixed kernel sizes"),
+    ("per_group_tensors", ["--rounds", "0"], "--rounds: expected a positive integer"),
 ])
 def test_bad_option_is_one_line_before_anything_runs(name, argv, expected, capsys, tmp_path):
     line = refuse(name, [*argv, "--out", str(tmp_path / "out")], capsys)

@@ -4,6 +4,7 @@ Tiny runs only (a few calls at 32 px); nothing here asserts on timings.
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -347,13 +348,15 @@ def test_mixnet_gap_script_writes_its_report(tmp_path):
 def test_depthwise_kernel_prototype_matches_per_group_convs(tmp_path, act):
     """benchmarks/mixed_depthwise.cpp against plain per-group F.conv2d.
 
-    Covers groups that end inside a vector, stride 2, and maps smaller than a kernel.
+    Covers groups that end inside a vector, stride 2, maps smaller than a kernel, and output rows of
+    every block width the kernel picks (8, 7 and 4 pixels, and one pixel at a time below 4).
     """
     dw = _load_benchmark_script("depthwise_kernel")
     lib = dw.build_library(tmp_path)
     torch.manual_seed(0)
     for splits, kernels, stride, size in [([20, 16, 40], [3, 5, 7], 1, 13), ([32, 17], [9, 11], 2, 6),
-                                          ([16, 16], [3, 5], 2, 23)]:
+                                          ([16, 16], [3, 5], 2, 23), ([16, 24], [1, 5], 1, 12),
+                                          ([24, 16], [3, 7], 1, 5), ([16, 16], [5, 3], 1, 1), ([16], [3], 2, 20)]:
         c, big = sum(splits), max(kernels)
         weights = [torch.randn(n, 1, k, k) for n, k in zip(splits, kernels)]
         fused = nn.Conv2d(c, c, big, stride, (big - 1) // 2, groups=c)
@@ -366,8 +369,37 @@ def test_depthwise_kernel_prototype_matches_per_group_convs(tmp_path, act):
                                   for p, w, k, n in zip(parts, weights, kernels, splits)], 1) + fused.bias[:, None, None])
         got = dw.MixedDepthwise(lib, fused, kernels, splits)(x)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="a channels_last float32 input with 32 channels"):
+    with pytest.raises(ValueError, match=f"a channels_last float32 input with {c} channels"):
         dw.MixedDepthwise(lib, fused, kernels, splits)(x.contiguous())
+
+
+@pytest.mark.parametrize("name", ["mixnet_s", "mixnet_m"])
+def test_per_group_tensors_prototype_computes_the_eval_model(name):
+    """benchmarks/per_group_tensors.py: each block with one tensor per depthwise group against the eval-mode block.
+
+    MixNet-S and -M have blocks whose depthwise groups straddle the two groups of their 1x1 convs.
+    """
+    pg = _load_benchmark_script("per_group_tensors")
+    torch.manual_seed(0)
+    model = mobileconv.create_model(name).eval()
+    for m in model.modules():  # BN statistics away from the identity, so that folding them matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    blocks = pg.mixed_blocks(model)
+    optimized = mobileconv.optimize_for_inference(model, example_input=torch.randn(1, 3, 64, 64))
+    assert len(blocks) >= 10
+    with torch.inference_mode():
+        for block_name, mixconv in blocks.items():
+            block = model.get_submodule(block_name)
+            ours = pg.PerGroupInvertedResidual(optimized.get_submodule(block_name), mixconv)
+            x = torch.randn(2, block.in_channels, 9, 11).contiguous(memory_format=torch.channels_last)
+            expected = block(x.clone())
+            torch.testing.assert_close(ours(x.clone()), expected, rtol=0, atol=1e-5 * expected.abs().max().item(),
+                                       msg=lambda m, n=block_name: f"{n}: {m}")
+        swapped = pg.swap_blocks(copy.deepcopy(optimized), blocks)
+        x = torch.randn(2, 3, 64, 64)
+        torch.testing.assert_close(swapped(x), model(x), rtol=0, atol=1e-5)
 
 
 def test_benchmarks_readme_names_real_scripts_targets_and_options(capsys):
