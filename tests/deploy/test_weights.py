@@ -324,7 +324,11 @@ def test_bad_bn_eps_metadata_is_refused_and_changes_nothing(model, tmp_path, eps
 
 
 def test_saved_files_get_the_usual_permissions(tmp_path):
-    """Atomic writes go through a private temporary file; the result has the mode open() would give it."""
+    """Atomic writes go through a private temporary file; the result has the mode open() would give it.
+
+    A new file gets the umask's mode; a replaced file keeps its own, as ``open(path, "w")`` and
+    ``mobileconv export`` keep it (a private 0600 checkpoint stayed private only by luck of the umask).
+    """
     import os
     import stat
 
@@ -333,7 +337,12 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
         path = save_weights(TinyNet(), tmp_path / "w.safetensors")
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
         os.umask(0o077)
-        path = save_weights(TinyNet(), tmp_path / "w.safetensors")  # replacing it: the new umask applies
+        path = save_weights(TinyNet(), tmp_path / "w.safetensors")  # replacing it: its mode stays
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        assert stat.S_IMODE(save_weights(TinyNet(), tmp_path / "new.safetensors").stat().st_mode) == 0o600
+        os.umask(0o022)
+        path.chmod(0o600)
+        path = save_weights(TinyNet(), path)  # a private file stays private under a permissive umask
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         os.umask(old)

@@ -22,6 +22,17 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "an integer >= 0")
 
 
+def positive_float(text: str) -> float:
+    """A finite number above 0 (``nan`` and ``inf`` refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
 def call_with_one_line_errors(fn, *args):
     """Call ``fn``; a multi-line ValueError / OSError message (a key listing) becomes one line with its headings."""
     try:

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from ._args import positive_float, positive_int
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -12,11 +14,11 @@ def register(subparsers) -> None:
         description="Per-layer output shape, params, MACs (multiply-adds of conv and linear layers, the papers' "
                     "convention) and activation memory (bytes of each layer's output) of a registered model.")
     p.add_argument("name", help="registered model name (see `mobileconv models`)")
-    p.add_argument("--input-size", type=int, default=None, metavar="N",
+    p.add_argument("--input-size", type=positive_int, default=None, metavar="N",
                    help="square input resolution in pixels (default: the model's own, e.g. 224)")
-    p.add_argument("--width-mult", type=float, default=None, metavar="M",
+    p.add_argument("--width-mult", type=positive_float, default=None, metavar="M",
                    help="width multiplier passed to create_model (families that define one)")
-    p.add_argument("--batch-size", type=int, default=1, metavar="B", help="batch size (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=1, metavar="B", help="batch size (default 1)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     p.set_defaults(func=run_summary)
 

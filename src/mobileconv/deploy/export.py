@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import stat
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -46,7 +45,7 @@ import torch
 from torch import nn
 
 from ..layers import IMPLS, set_layer_impl
-from .weights import check_output_path, new_file_mode
+from .weights import check_output_path, replacement_mode
 
 FORMATS: dict[str, str] = {  # format -> usual file suffix
     "onnx": ".onnx",
@@ -302,7 +301,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
                          f"so this check says little; export trained weights (--checkpoint)")
         size = tmp.stat().st_size
         # mkstemp made it private; give it the mode a plain open() would: the old file's, else the umask's
-        tmp.chmod(stat.S_IMODE(path.stat().st_mode) if path.exists() else new_file_mode())
+        tmp.chmod(replacement_mode(path))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import stat
 import tempfile
 import warnings
 import zipfile
@@ -212,7 +213,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, new_file_mode())  # mkstemp made it private; give it the mode a plain open() would
+        os.chmod(tmp, replacement_mode(path))  # mkstemp made it private; give it the mode a plain open() would
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -254,6 +255,14 @@ def new_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def replacement_mode(path: Path) -> int:
+    """The permissions for a file that replaces ``path``: the old file's, else a new file's (as ``open`` keeps them)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return new_file_mode()
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_name: str,
