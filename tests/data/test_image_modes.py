@@ -50,3 +50,21 @@ def test_floating_point_image_is_refused_by_path(tmp_path):
         assert img.mode == "F"  # the file really is what the test means
     with pytest.raises(ValueError, match=f"cannot decode image {path}: a 32-bit floating-point image"):
         load_image(path, 8)
+
+
+def test_32bit_integer_image_is_refused_by_path(tmp_path):
+    """A mode-I TIFF with values beyond 16 bits was scaled as 16-bit and clipped (nearly all white): refused."""
+    path = tmp_path / "int32.tif"
+    Image.fromarray(np.arange(64, dtype=np.int32).reshape(8, 8) * 100_000, "I").save(path)
+    with Image.open(path) as img:
+        assert img.mode == "I" and np.asarray(img).max() == 6_300_000  # the file really is what the test means
+    with pytest.raises(ValueError, match=f"cannot decode image {path}: a 32-bit integer image .* values from 0 to "
+                                         "6300000 has no 16-bit range"):
+        load_image(path, 8)
+    negative = tmp_path / "negative.tif"
+    Image.fromarray(np.full((8, 8), -5, np.int32), "I").save(negative)
+    with pytest.raises(ValueError, match="values from -5 to -5"):
+        load_image(negative, 8)
+    within = tmp_path / "int32_16bit_values.tif"  # a 32-bit file that holds 16-bit values: scaled like one
+    Image.fromarray(np.full((8, 8), 65535, np.int32), "I").save(within)
+    assert load_image(within, 8).eq(255).all()

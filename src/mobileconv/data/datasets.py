@@ -130,7 +130,8 @@ def to_8bit(img):
     """A 16-bit grey PIL image (modes ``I;16*``, and ``I`` as older Pillows read 16-bit PNGs) scaled to 8-bit ``L``.
 
     ``Image.convert`` would clip those values at 255 instead, turning nearly every pixel white.
-    A floating-point image (mode ``F``) is refused: it has no defined range to scale from.
+    A floating-point image (mode ``F``), or a mode ``I`` image with values outside 0-65535 (a
+    32-bit one), is refused: it has no defined range to scale from.
     """
     from PIL import Image
 
@@ -139,7 +140,12 @@ def to_8bit(img):
                          "8- or 16-bit image")
     if not (img.mode == "I" or img.mode.startswith("I;16")):
         return img
-    array = np.asarray(img).astype(np.float64) * (255 / 65535)
+    array = np.asarray(img)
+    if img.mode == "I" and array.size and (array.min() < 0 or array.max() > 65535):
+        # a 32-bit integer image, not a 16-bit one read as mode I: scaling it as 16-bit would clip it
+        raise ValueError(f"a 32-bit integer image (PIL mode I) with values from {array.min()} to {array.max()} has "
+                         "no 16-bit range to scale from; save it as an 8- or 16-bit image")
+    array = array.astype(np.float64) * (255 / 65535)
     return Image.fromarray(array.round().clip(0, 255).astype(np.uint8), "L")
 
 
