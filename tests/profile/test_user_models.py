@@ -86,6 +86,42 @@ def test_fused_attention_counts_its_two_matmuls():
     assert s.macs == oracle == attention_macs(n, h * w, c)
 
 
+class Recurrent(nn.Module):
+    """A recurrent layer run over a sequence of feature vectors; its output sequence."""
+
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+@pytest.mark.parametrize("make, gates", [
+    (lambda: nn.LSTM(8, 16, batch_first=True), 4),
+    (lambda: nn.LSTM(8, 16, num_layers=2, bidirectional=True, batch_first=True), 4),
+    (lambda: nn.GRU(8, 16, batch_first=True), 3),
+    (lambda: nn.RNN(8, 16, batch_first=True), 1),
+])
+def test_recurrent_layers_count_their_matmuls(make, gates):
+    """nn.LSTM on a float32 CPU input runs oneDNN's fused layer, which FlopCounterMode counts as 0 MACs.
+
+    Oracle: FlopCounterMode on the same layer with oneDNN off (PyTorch's own RNN, one matmul per
+    gate block), and the formula steps * gates * hidden * (input + hidden) per layer and direction.
+    """
+    n, steps = 3, 5
+    torch.manual_seed(0)
+    rnn = make()
+    s = summarize(Recurrent(rnn), input_size=(steps, 8), batch_size=n)
+    with torch.backends.mkldnn.flags(enabled=False):
+        oracle = flop_counter_macs(Recurrent(copy.deepcopy(rnn)), torch.zeros(n, steps, 8))
+    directions = 2 if rnn.bidirectional else 1
+    by_hand = sum(n * steps * directions * gates * 16 * (inputs + 16)
+                  for inputs in [8] + [16 * directions] * (rnn.num_layers - 1))
+    assert s.macs == oracle == by_hand
+    assert [layer.macs for layer in s.layers] == [by_hand]
+
+
 class OnTokens(nn.Module):
     """A torch attention layer applied to the pixels of an image as tokens."""
 

@@ -11,7 +11,8 @@ is called: ``nn.Conv2d``, ``F.conv2d`` with a fused weight, ``x @ w`` in a user'
 Matrix products that ``FlopCounterMode`` leaves at zero are counted too: matrix-vector and dot
 products (``x @ v`` with a 1-D ``v`` runs ``aten.mv``) and the two matmuls inside the fused kernel
 of ``F.scaled_dot_product_attention`` (``FlopCounterMode`` counts the CUDA kernels with the same
-formula, but not the CPU one, ``_scaled_dot_product_flash_attention_for_cpu``). The formulas here
+formula, but not the CPU one, ``_scaled_dot_product_flash_attention_for_cpu``), and the matmuls of
+oneDNN's fused LSTM layer (``aten.mkldnn_rnn_layer``). The formulas here
 are written out independently of ``FlopCounterMode``, which the tests use as the oracle.
 """
 from __future__ import annotations
@@ -66,6 +67,18 @@ def attention_macs(args: tuple, out) -> int:
     return query_rows * k.shape[-2] * (q.shape[-1] + v.shape[-1])
 
 
+def rnn_layer_macs(args: tuple, out) -> int:
+    """oneDNN's fused RNN layer (``aten.mkldnn_rnn_layer(input, w_ih, w_hh, ...)``: one layer, one direction).
+
+    Every time step of every sequence multiplies its input by ``w_ih`` (``gates * hidden x input``)
+    and the previous hidden state by ``w_hh`` (``gates * hidden x hidden``): ``steps * (w_ih.numel() +
+    w_hh.numel())``, with ``steps = input.numel() / input_size`` (packed sequences included), as
+    the ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` that PyTorch runs without oneDNN counts through its matmuls.
+    """
+    x, w_ih, w_hh = args[:3]
+    return x.numel() // x.shape[-1] * (w_ih.numel() + w_hh.numel())
+
+
 MAC_FORMULAS: dict[object, Callable[[tuple, torch.Tensor], int]] = {
     aten.convolution: conv_macs,
     aten._convolution: conv_macs,
@@ -79,6 +92,8 @@ MAC_FORMULAS: dict[object, Callable[[tuple, torch.Tensor], int]] = {
     aten.addmv: addmm_macs,
     aten.addbmm: addbmm_macs,
 }
+if hasattr(aten, "mkldnn_rnn_layer"):  # what nn.LSTM runs on a float32 CPU input
+    MAC_FORMULAS[aten.mkldnn_rnn_layer] = rnn_layer_macs
 # the fused kernels behind F.scaled_dot_product_attention (each takes query, key, value first); older
 # torch releases lack some of them
 ATTENTION_KERNELS = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_for_cpu",
