@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
-import datetime
-import json
 import shutil
 import subprocess
 import sys
@@ -23,16 +21,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mobileconv import create_model
 from mobileconv.cli._args import check_image_size, cpu_threads, positive_int, registered_model
 from mobileconv.deploy.onednn import OneDNNConv2d
 from mobileconv.deploy.optimize import optimize_for_inference
-from mobileconv.engine.bench import (BenchConfig, make_inference_step, num_threads, paired_ratio, summarize_times,
-                                     time_variants)
-from mobileconv.engine.checkpoint import atomic_write, save_figure
+from mobileconv.engine.bench import (BenchConfig, compare_models, make_inference_step, num_threads, paired_ratio,
+                                     script_environment, summarize_times, time_variants, write_report)
+from mobileconv.engine.checkpoint import save_figure
 from mobileconv.layers import MixConv2d
 
 HERE = Path(__file__).resolve().parent
@@ -161,26 +158,12 @@ def main(argv: list[str] | None = None) -> int:
                              "max_rel_diff": err})
                 print(f"b{batch_size} {name}: x{rows[-1]['speedup']:.2f}", file=sys.stderr)
         swapped = swap_depthwise(lib, copy.deepcopy(optimized), layers)
-        whole_rows = []
-        for batch_size in args.model_batch_sizes:
-            config = BenchConfig(batch_size=batch_size, rounds=args.rounds, iters=20 if batch_size == 1 else 2,
-                                 warmup=5 if batch_size == 1 else 2)
-            batch = (torch.randn(batch_size, 3, args.image_size, args.image_size),)
-            times = time_variants({"onednn": make_inference_step(optimized, config),
-                                   "ours": make_inference_step(swapped, config)}, batch, config, progress=True,
-                                  desc=f"whole model, batch {batch_size}")
-            m = {k: summarize_times(k, t, batch_size) for k, t in times.items()}
-            whole_rows.append({"batch_size": batch_size, "onednn_ms": m["onednn"].latency_p50_ms,
-                               "ours_ms": m["ours"].latency_p50_ms,
-                               "speedup": paired_ratio(m["ours"].round_images_per_s, m["onednn"].round_images_per_s)})
-    env = {"command": " ".join(["python benchmarks/depthwise_kernel.py", *sys.argv[1:]]),
-           "date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-           "threads": args.threads, "model": args.model, "image_size": args.image_size, "rounds": args.rounds}
+        whole_rows = compare_models({"onednn": optimized, "ours": swapped}, args.model_batch_sizes, args.image_size,
+                                    args.rounds)
+    env = script_environment("depthwise_kernel.py", sys.argv[1:], threads=args.threads, model=args.model,
+                             image_size=args.image_size, rounds=args.rounds)
     report = markdown(env, rows, whole_rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / "depthwise_kernel.md", lambda f: f.write((report + "\n").encode()))
-    atomic_write(args.out / "depthwise_kernel.json", lambda f: f.write(
-        (json.dumps({"environment": env, "layers": rows, "whole_model": whole_rows}, indent=2) + "\n").encode()))
+    write_report(args.out, "depthwise_kernel", report, {"environment": env, "layers": rows, "whole_model": whole_rows})
     plot(rows, whole_rows, env, args.out / "depthwise_kernel.png")
     print(report)
     return 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -32,11 +31,11 @@ import torch
 
 from mobileconv import create_model
 from mobileconv.cli._args import check_image_size, cpu_threads, positive_int, registered_model
-from mobileconv.engine.checkpoint import atomic_write, save_figure
+from mobileconv.engine.checkpoint import save_figure
 from mobileconv.engine.malloc import keep_large_allocations_on_heap
 from mobileconv.engine.bench import (BenchConfig, BenchResult, benchmark_model, build_variant, count_macs,
                                      format_table, make_batch, num_threads, paired_ratio, summarize_times,
-                                     time_variants)
+                                     time_variants, write_report)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("mixnet_s", "mixnet_m", "mixnet_l", "xsep_mobilenetv3_small_100", "mobilenetv3_large_100")
@@ -293,10 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for s, res in results.items() for row in speedup_rows(s, res)]
     stem = report_stem(args)
     report = markdown(args, env, results, rows, tax)
-    atomic_write(args.out / f"{stem}.md", lambda f: f.write((report + "\n").encode()))
-    payload = {"environment": env, "speedups": rows, "tax": tax,
-               "results": {s: [r.to_dict() for r in res] for s, res in results.items()}}
-    atomic_write(args.out / f"{stem}.json", lambda f: f.write((json.dumps(payload, indent=2) + "\n").encode()))
+    write_report(args.out, stem, report, {"environment": env, "speedups": rows, "tax": tax,
+                                          "results": {s: [r.to_dict() for r in res] for s, res in results.items()}})
     plot(rows, tax, args.out / f"{stem}.png")
     print(report)
     print(f"\nwrote {args.out / stem}.md / .json / .png", file=sys.stderr)

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime
-import json
 import os
 import sys
 from pathlib import Path
@@ -37,8 +35,9 @@ from mobileconv.cli._args import check_image_size, cpu_threads, positive_int, re
 from mobileconv.deploy.onednn import OneDNNConv2d
 from mobileconv.deploy.optimize import optimize_for_inference
 from mobileconv.engine.bench import (BenchConfig, count_macs, make_batch, make_inference_step, num_threads,
-                                     paired_ratio, summarize_times, time_variants)
-from mobileconv.engine.checkpoint import atomic_write, save_figure
+                                     paired_ratio, script_environment, summarize_times, time_variants,
+                                     write_report)
+from mobileconv.engine.checkpoint import save_figure
 from mobileconv.layers import MixConv2d
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -150,17 +149,11 @@ def main(argv: list[str] | None = None) -> int:
                               [macs[args.baseline] * r for r in base.round_images_per_s])
         rows.append({"variant": key, "images_per_s": m.images_per_s, "ms_per_batch": m.latency_p50_ms,
                      "gmacs_per_s": own * m.images_per_s / 1e9, "parity": parity})
-    env = {"command": " ".join(["python benchmarks/mixnet_gap.py", *sys.argv[1:]]),
-           "date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-           "threads": args.threads, "batch_size": args.batch_size, "image_size": args.image_size,
-           "rounds": args.rounds, "load": f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after",
-           "macs_per_image": macs}
+    env = script_environment("mixnet_gap.py", sys.argv[1:], threads=args.threads, batch_size=args.batch_size,
+                             image_size=args.image_size, rounds=args.rounds,
+                             load=f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after", macs_per_image=macs)
     report = markdown(env, rows, post_ops, args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / "mixnet_gap.md", lambda f: f.write((report + "\n").encode()))
-    atomic_write(args.out / "mixnet_gap.json",
-                 lambda f: f.write((json.dumps({"environment": env, "rows": rows, "post_op_ms": post_ops}, indent=2)
-                                    + "\n").encode()))
+    write_report(args.out, "mixnet_gap", report, {"environment": env, "rows": rows, "post_op_ms": post_ops})
     plot(rows, args, args.out / "mixnet_gap.png")
     print(report)
     print(f"\nwrote {args.out / 'mixnet_gap'}.md / .json / .png", file=sys.stderr)

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
 import sys
 from pathlib import Path
 
@@ -33,9 +31,9 @@ from mobileconv import create_model
 from mobileconv.cli._args import check_image_size, cpu_threads, positive_int, registered_model
 from mobileconv.deploy.onednn import OneDNNConv2d
 from mobileconv.deploy.optimize import optimize_for_inference
-from mobileconv.engine.bench import (BenchConfig, make_inference_step, num_threads, paired_ratio, summarize_times,
-                                     time_variants)
-from mobileconv.engine.checkpoint import atomic_write, save_figure
+from mobileconv.engine.bench import (BenchConfig, compare_models, make_inference_step, num_threads, paired_ratio,
+                                     script_environment, summarize_times, time_variants, write_report)
+from mobileconv.engine.checkpoint import save_figure
 from mobileconv.layers import MixConv2d
 from mobileconv.models._blocks import InvertedResidual
 
@@ -218,27 +216,12 @@ def main(argv: list[str] | None = None) -> int:
                          "fused_ms": m["fused"].latency_p50_ms, "per_group_ms": m["per_group"].latency_p50_ms,
                          "speedup": paired_ratio(m["per_group"].round_images_per_s, m["fused"].round_images_per_s)})
             print(f"{name}: x{rows[-1]['speedup']:.2f}", file=sys.stderr)
-        whole = []
-        for batch_size in args.batch_sizes:
-            config = BenchConfig(batch_size=batch_size, rounds=args.rounds, iters=20 if batch_size == 1 else 2,
-                                 warmup=5 if batch_size == 1 else 2)
-            x = (torch.randn(batch_size, 3, args.image_size, args.image_size),)
-            times = time_variants({"fused": make_inference_step(optimized, config),
-                                   "per_group": make_inference_step(swapped, config)}, x, config, progress=True,
-                                  desc=f"whole model, batch {batch_size}")
-            m = {k: summarize_times(k, t, batch_size) for k, t in times.items()}
-            whole.append({"batch_size": batch_size, "fused_ms": m["fused"].latency_p50_ms,
-                          "per_group_ms": m["per_group"].latency_p50_ms,
-                          "speedup": paired_ratio(m["per_group"].round_images_per_s, m["fused"].round_images_per_s)})
-    env = {"command": " ".join(["python benchmarks/per_group_tensors.py", *sys.argv[1:]]),
-           "date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-           "threads": args.threads, "model": args.model, "image_size": args.image_size, "rounds": args.rounds,
-           "block_batch_size": big, "max_rel_diff": max_diff}
+        whole = compare_models({"fused": optimized, "per_group": swapped}, args.batch_sizes, args.image_size,
+                               args.rounds)
+    env = script_environment("per_group_tensors.py", sys.argv[1:], threads=args.threads, model=args.model,
+                             image_size=args.image_size, rounds=args.rounds, block_batch_size=big, max_rel_diff=max_diff)
     report = markdown(env, rows, whole)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / "per_group_tensors.md", lambda f: f.write((report + "\n").encode()))
-    atomic_write(args.out / "per_group_tensors.json", lambda f: f.write(
-        (json.dumps({"environment": env, "blocks": rows, "whole_model": whole}, indent=2) + "\n").encode()))
+    write_report(args.out, "per_group_tensors", report, {"environment": env, "blocks": rows, "whole_model": whole})
     plot(rows, whole, env, args.out / "per_group_tensors.png")
     print(report)
     return 0

@@ -11,7 +11,6 @@ resident memory. Writes ``benchmarks/results/train_malloc.{md,json,png}``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import subprocess
@@ -21,7 +20,8 @@ from pathlib import Path
 import torch
 
 from mobileconv.cli._args import check_image_size, cpu_threads, non_negative_int, positive_int, registered_model
-from mobileconv.engine.checkpoint import atomic_write, save_figure
+from mobileconv.engine.bench import script_environment, write_report
+from mobileconv.engine.checkpoint import save_figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("mixnet_s", "mobilenetv3_large_100", "xsep_mobilenetv3_small_100")
@@ -99,15 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             **{f"{key}_{tag}": statistics.median(r[key] for r in runs_)
                for tag, runs_ in (("default", default), ("heap", heap))
                for key in ("ms_per_step", "faults_per_step", "kernel_s_per_step", "max_rss_mb")}})
-    env = {"command": " ".join(["python benchmarks/train_malloc.py", *sys.argv[1:]]),
-           "date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-           "threads": args.threads, "batch_size": args.batch_size, "image_size": args.image_size,
-           "rounds": args.rounds, "steps": args.steps}
+    env = script_environment("train_malloc.py", sys.argv[1:], threads=args.threads, batch_size=args.batch_size,
+                             image_size=args.image_size, rounds=args.rounds, steps=args.steps)
     report = markdown(env, rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / "train_malloc.md", lambda f: f.write((report + "\n").encode()))
-    atomic_write(args.out / "train_malloc.json", lambda f: f.write(
-        (json.dumps({"environment": env, "rows": rows, "runs": runs}, indent=2) + "\n").encode()))
+    write_report(args.out, "train_malloc", report, {"environment": env, "rows": rows, "runs": runs})
     plot(env, rows, args.out / "train_malloc.png")
     print(report)
     return 0

@@ -460,3 +460,37 @@ def test_sizes_too_large_for_memory_are_one_line_errors(option, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("mobileconv bench: error: not enough memory for batches of ")
     assert err.count("\n") == 1
+
+
+class _Sleepy(nn.Module):
+    """Identity that takes ``seconds`` per call: a model whose speed the test knows."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        import time
+
+        time.sleep(self.seconds)
+        return x
+
+
+def test_compare_models_reports_the_second_models_speedup_over_the_first():
+    rows = bench.compare_models({"slow": _Sleepy(0.004), "fast": _Sleepy(0.001)}, [1, 3], 8, rounds=2, progress=False)
+    assert [r["batch_size"] for r in rows] == [1, 3]
+    for r in rows:
+        assert set(r) == {"batch_size", "slow_ms", "fast_ms", "speedup"}
+        assert r["slow_ms"] > r["fast_ms"] >= 1.0
+        assert 2.0 < r["speedup"] < 4.5  # 4 ms against 1 ms plus the call overhead
+    with pytest.raises(ValueError, match="compare_models takes two models, got 1"):
+        bench.compare_models({"one": _Sleepy(0)}, [1], 8, rounds=1)
+
+
+def test_write_report_writes_markdown_and_json(tmp_path):
+    out = tmp_path / "new" / "folder"
+    bench.write_report(out, "stem", "# report", {"rows": [1.5], "name": "x"})
+    assert (out / "stem.md").read_text() == "# report\n"
+    assert json.loads((out / "stem.json").read_text()) == {"rows": [1.5], "name": "x"}
+    env = bench.script_environment("x.py", ["--a", "1"], threads=2)
+    assert env["command"] == "python benchmarks/x.py --a 1" and env["threads"] == 2 and env["torch"] == torch.__version__

@@ -391,6 +391,52 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> fl
     return statistics.median(a / b for a, b in zip(numerator, denominator))
 
 
+def compare_models(models: dict[str, nn.Module], batch_sizes: Sequence[int], image_size: int, rounds: int, *,
+                   in_chans: int = 3, progress: bool = True) -> list[dict]:
+    """Two inference models on the same random batches, in alternating rounds, at each batch size.
+
+    For the benchmark scripts that compare a model with a variant of it. One row per batch size:
+    ``{"batch_size", "<name>_ms" (median latency of each), "speedup"}``, the speed-up being the
+    second model's over the first's, the median of the per-round ratios (:func:`paired_ratio`).
+    Batch 1 gets 20 calls per round (a call is short), larger batches 2.
+    """
+    if len(models) != 2:
+        raise ValueError(f"compare_models takes two models, got {len(models)}")
+    (first, _), (second, _) = models.items()
+    rows = []
+    for batch_size in batch_sizes:
+        config = BenchConfig(batch_size=batch_size, rounds=rounds, iters=20 if batch_size == 1 else 2,
+                             warmup=5 if batch_size == 1 else 2)
+        batch = (torch.randn(batch_size, in_chans, image_size, image_size),)
+        times = time_variants({name: make_inference_step(m, config) for name, m in models.items()}, batch, config,
+                              progress=progress, desc=f"whole model, batch {batch_size}")
+        m = {name: summarize_times(name, t, batch_size) for name, t in times.items()}
+        rows.append({"batch_size": batch_size, **{f"{name}_ms": m[name].latency_p50_ms for name in models},
+                     "speedup": paired_ratio(m[second].round_images_per_s, m[first].round_images_per_s)})
+    return rows
+
+
+def script_environment(script: str, argv: Sequence[str], **extra) -> dict:
+    """What a benchmark script's report records about its run: the command, the date, torch's version, ``extra``."""
+    import datetime
+
+    return {"command": " ".join([f"python benchmarks/{script}", *argv]),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__, **extra}
+
+
+def write_report(out: str | os.PathLike, stem: str, report: str, payload: dict) -> None:
+    """A benchmark script's results: ``out/stem.md`` (the report) and ``out/stem.json`` (``payload``), atomically."""
+    import json
+    from pathlib import Path
+
+    from .checkpoint import atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{stem}.md", report + "\n")
+    atomic_write_text(out / f"{stem}.json", json.dumps(payload, indent=2) + "\n")
+
+
 def make_batch(config: BenchConfig, image_size: int, in_chans: int, num_classes: int) -> tuple:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(config.batch_size, in_chans, image_size, image_size, generator=g)
