@@ -49,7 +49,7 @@ class TrainConfig:
     warmup_epochs: float = option(1.0, "linear warm-up from lr/100 to lr over this many epochs")
     opt: str = option("sgd", "optimizer", choices=OPTIMIZERS)
     momentum: float = option(0.9, "momentum (sgd: Nesterov; rmsprop)")
-    opt_eps: float | None = option(None, "optimizer epsilon (default: rmsprop 0.0316 = sqrt of TF's 1e-3, "
+    opt_eps: float | None = option(None, "optimizer epsilon, > 0 (default: rmsprop 0.0316 = sqrt of TF's 1e-3, "
                                          "adamw 1e-8)", type=float)
     weight_decay: float | None = option(None, "weight decay of conv / linear weights, never of norm layers and "
                                               "biases (default: 5e-4 sgd, 1e-5 rmsprop, 0.05 adamw)", type=float)
@@ -128,10 +128,14 @@ class TrainConfig:
         check(self.threads is None or self.threads <= cpus, "threads",
               f"from 1 to {cpus} (the CPUs this process may use)")
         check(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr", "a finite number > 0")
-        for name in ("min_lr", "warmup_epochs", "momentum", "opt_eps", "weight_decay", "mixup", "cutmix",
+        for name in ("min_lr", "warmup_epochs", "momentum", "weight_decay", "mixup", "cutmix",
                      "drop", "color_jitter", "workers"):
             value = getattr(self, name)
             check(value is None or (math.isfinite(value) and value >= 0), name, "a finite number >= 0")
+        # RMSProp / AdamW divide by sqrt(v) + eps: with eps 0, a weight whose gradients have all been 0 so far
+        # (a dead ReLU channel) gets 0 / 0 = NaN at its first step, and the run stops on a NaN loss
+        check(self.opt_eps is None or (math.isfinite(self.opt_eps) and self.opt_eps > 0), "opt_eps",
+              "a finite number > 0 (an epsilon of 0 turns a weight whose gradient is 0 into NaN)")
         # a norm of 0 would zero every gradient: no clipping is "leave it out", not 0
         check(self.clip_grad is None or (math.isfinite(self.clip_grad) and self.clip_grad > 0), "clip_grad",
               "a finite number > 0 (leave it out for no clipping)")

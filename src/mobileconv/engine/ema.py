@@ -12,13 +12,16 @@ class ModelEma:
 
     The decay warms up as ``d_t = min(decay, (1 + t) / (10 + t))`` (TF's ExponentialMovingAverage
     with ``num_updates``), so early averages are not dominated by the random initial weights.
-    Buffers (batch-norm running statistics) are copied, not averaged.
+    Buffers (batch-norm running statistics) are copied, not averaged. A parameter shared by several
+    modules (tied weights) is averaged once, under each of its names.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.updates = decay, 0
-        self.param_names = {name for name, _ in self.module.named_parameters()}
+        # every name of a parameter, a tied (shared) one included: its second name in state_dict() is the same
+        # tensor, which must be averaged once, never overwritten with the live value as a buffer would be
+        self.param_names = {name for name, _ in self.module.named_parameters(remove_duplicate=False)}
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
@@ -28,7 +31,12 @@ class ModelEma:
         d = self.current_decay()
         self.updates += 1
         ema_state, state = self.module.state_dict(), model.state_dict()
+        done = set()  # tensors already updated under another name (tied parameters share one tensor)
         for name, ema_value in ema_state.items():
+            key = (ema_value.data_ptr(), ema_value.dtype, ema_value.shape)
+            if ema_value.numel() and key in done:
+                continue
+            done.add(key)
             value = state[name].detach()
             if name in self.param_names:
                 ema_value.mul_(d).add_(value, alpha=1 - d)

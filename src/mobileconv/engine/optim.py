@@ -35,6 +35,9 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
         raise ValueError(f"--opt must be one of {', '.join(DEFAULT_LR)}, got {opt!r}")
     groups = param_groups_weight_decay(model, weight_decay)
     eps = DEFAULT_EPS[opt] if eps is None else eps
+    if opt != "sgd" and not (math.isfinite(eps) and eps > 0):  # sqrt(v) + 0 is 0 / 0 = NaN for a 0 gradient
+        raise ValueError(f"--opt-eps must be a finite number > 0 (an epsilon of 0 turns a weight whose gradient "
+                         f"is 0 into NaN), got {eps!r}")
     if opt == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if opt == "rmsprop":
