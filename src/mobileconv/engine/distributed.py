@@ -179,11 +179,22 @@ class DistributedBatchNorm2d(nn.BatchNorm2d):
     biased variance, with autograd-aware all-reduces, so the forward and backward passes equal those
     of one process holding the whole batch (Ioffe & Szegedy 2015, Alg. 1 over the union of shards).
     Running statistics use the unbiased variance, as ``nn.BatchNorm2d`` does.
+
+    The statistics are computed in float32 whatever the input's dtype, as PyTorch's own batch norm does:
+    under ``--amp`` (bfloat16 autocast on CPU) a bfloat16 sum / count / variance would lose most of its
+    digits, and float32 running statistics cannot be updated from bfloat16 ones. The output has the
+    input's dtype, as ``nn.BatchNorm2d``'s does.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized()):
             return super().forward(x)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._global_batch_norm(x.float()).to(x.dtype)
+        return self._global_batch_norm(x)
+
+    def _global_batch_norm(self, x: torch.Tensor) -> torch.Tensor:
         all_reduce = _AllReduceSum.apply
         count = all_reduce(x.new_tensor([x.numel() / x.shape[1]]))
         mean = all_reduce(x.sum(dim=(0, 2, 3))) / count

@@ -36,12 +36,21 @@ class Conv2dSame(nn.Conv2d):
 
     For stride 2 on an even input TF puts the extra row / column at the bottom / right,
     which checkpoints ported from the official TF MixNet / EfficientNet release rely on.
-    The state_dict is that of ``nn.Conv2d``.
+    The state_dict is that of ``nn.Conv2d``, and so is the signature (timm's ``Conv2dSame``):
+    ``padding`` may only be ``0`` or ``"same"`` (the padding is computed) and ``padding_mode``
+    only ``"zeros"`` (TF SAME pads with zeros); anything else is a ``ValueError``.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs["padding"] = 0
-        super().__init__(*args, **kwargs)
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None) -> None:
+        if not (padding == 0 or padding == "same" or padding == (0, 0)):  # an explicit padding would be ignored
+            raise ValueError(f"Conv2dSame computes TensorFlow SAME padding from the input size: padding must be 0 "
+                             f"or 'same', got {padding!r}")
+        if padding_mode != "zeros":  # F.pad in forward pads with zeros whatever padding_mode says
+            raise ValueError(f"Conv2dSame pads with zeros (TensorFlow SAME): padding_mode must be 'zeros', "
+                             f"got {padding_mode!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias, padding_mode,
+                         device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.in_channels, "Conv2dSame")
@@ -49,6 +58,22 @@ class Conv2dSame(nn.Conv2d):
         pw = tf_same_pad(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
         x = F.pad(x, [pw[0], pw[1], ph[0], ph[1]])
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def runs_as_plain_conv(conv: nn.Module) -> bool:
+    """Whether calling ``conv`` is just ``F.conv2d`` with its ``weight``: what the fused paths read directly.
+
+    False for a conv with hooks of its own (forward, forward-pre, backward): ``torch.nn.utils.prune`` and
+    the hook-based ``weight_norm`` / ``spectral_norm`` compute ``weight`` in a forward pre-hook, and a
+    forward hook (feature extraction, eager-mode quantization observers) must see the conv run. False too
+    for a subclass with a forward of its own (a QAT ``Conv2d`` fake-quantizes its weight there). Such
+    layers run their convs as modules (the reference formulation) instead. A ``torch.nn.utils.parametrize``
+    parametrization makes ``weight`` a property that the fused paths read like any other weight.
+    """
+    cls = type(conv)
+    return (cls.forward in (nn.Conv2d.forward, Conv2dSame.forward) and cls._conv_forward is nn.Conv2d._conv_forward
+            and not (conv._forward_hooks or conv._forward_pre_hooks or conv._backward_hooks
+                     or conv._backward_pre_hooks))
 
 
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import check_padding_mode, conv2d
+from .conv import check_padding_mode, conv2d, runs_as_plain_conv
 from .helpers import check_input_channels, check_kernel_sizes, check_positive, check_stride, split_channels
 
 IMPLS = ("fast", "reference")
@@ -30,7 +30,8 @@ class GroupedConv2d(nn.ModuleList):
     ``impl="fast"`` runs one ``groups=g`` conv in training when the split is even and the kernels
     equal (1.4-2.5x faster per layer on CPU); in eval mode it keeps the per-group convs so that
     outputs match timm's bit for bit (``optimize_for_inference`` fuses them for deployment).
-    ``impl="reference"`` is the split / conv-per-group / concat formulation.
+    ``impl="reference"`` is the split / conv-per-group / concat formulation, which also runs whenever a
+    sub-conv has hooks of its own or a forward of its own (:func:`.conv.runs_as_plain_conv`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_sizes: int | Sequence[int], stride: int = 1,
@@ -55,12 +56,18 @@ class GroupedConv2d(nn.ModuleList):
     def extra_repr(self) -> str:
         return f"k={','.join(map(str, self.kernel_sizes))} splits={','.join(map(str, self.out_splits))}"
 
+    __repr__ = nn.Module.__repr__  # nn.ModuleList's own repr leaves out extra_repr (kernels, splits)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.in_channels, "GroupedConv2d")
         # Fused only while training: one grouped GEMM sums in another order than g dense ones
         # (~1e-4 on ImageNet logits), and eval-mode outputs should match timm's split form bit for
         # bit. Inference speed comes from optimize_for_inference, which fuses these convs for good.
-        if self.impl == "fast" and self.single_conv and self.training:
+        fused = self.impl == "fast" and self.single_conv and self.training
+        if not torch.jit.is_scripting():
+            # the fused conv reads the weights directly: hooked convs (prune, ...) and QAT convs run as modules
+            fused = fused and all([runs_as_plain_conv(conv) for conv in self])
+        if fused:
             weight = torch.cat([conv.weight for conv in self], 0)
             k = self.kernel_sizes[0]
             return F.conv2d(x, weight, None, self.stride, (k - 1) // 2, 1, len(self.kernel_sizes))

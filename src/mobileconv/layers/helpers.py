@@ -140,9 +140,11 @@ register_optimizer_step_post_hook(_count_optimizer_step)
 class DerivedTensorCache:
     """Tensors derived from some source tensors (a fused or packed weight), rebuilt when a source changes.
 
-    A source counts as unchanged while it is the same tensor, at the same address (``.data``
-    assignments and ``.to()`` swap a parameter's memory; the cache holds the old storage, so its
-    address cannot be reused meanwhile), with the same version counter (in-place updates, also by
+    A source counts as unchanged while it is the same tensor, at the same address and with the same
+    shape, strides and dtype (``.data`` assignments and ``.to()`` swap a parameter's memory; the cache
+    holds the old storage, so its address cannot be reused meanwhile; a ``.data`` view of the same
+    memory, ``p.data = p.data.transpose(2, 3)``, keeps the address but not the strides), with the
+    same version counter (in-place updates, also by
     ``load_state_dict``, ``torch.nn.init`` and optimizers), and no ``torch.optim`` optimizer has
     stepped since (fused optimizers write without bumping the version). Not seen: in-place writes
     that bypass the version counter, such as those through ``.data`` (``p.data.mul_(2)``; write
@@ -160,7 +162,7 @@ class DerivedTensorCache:
 
     def clear(self) -> None:
         """Drop every value: the next :meth:`get` builds it again."""
-        self._sources: list[tuple[torch.Tensor, int, int, torch.UntypedStorage]] = []
+        self._sources: list[tuple[torch.Tensor, int, int, tuple, tuple, torch.dtype, torch.UntypedStorage]] = []
         self._steps = -1
         self.entries: dict = {}
 
@@ -173,7 +175,8 @@ class DerivedTensorCache:
             return build()  # no version counter, or (under torch.func.vmap / grad) no storage and a short life
         if not self._unchanged(sources):
             self.clear()
-            self._sources = [(t, t._version, t.data_ptr(), t.untyped_storage()) for t in sources]
+            self._sources = [(t, t._version, t.data_ptr(), t.shape, t.stride(), t.dtype,
+                              t.untyped_storage()) for t in sources]
             self._steps = _optimizer_steps
         if len(self.entries) >= self.max_entries:
             self.entries.clear()
@@ -183,8 +186,10 @@ class DerivedTensorCache:
     def _unchanged(self, sources: Sequence[torch.Tensor]) -> bool:
         if len(sources) != len(self._sources) or self._steps != _optimizer_steps:
             return False
-        for t, (held, version, address, _) in zip(sources, self._sources):
+        for t, (held, version, address, shape, strides, dtype, _) in zip(sources, self._sources):
             if t is not held or t._version != version or t.data_ptr() != address:
+                return False
+            if t.shape != shape or t.stride() != strides or t.dtype != dtype:  # another view set through .data
                 return False
         return True
 

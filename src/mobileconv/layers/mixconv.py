@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import check_flag, check_padding_mode, conv2d
+from .conv import check_flag, check_padding_mode, conv2d, runs_as_plain_conv
 from .depthwise_grad import MixedDepthwiseConv, use_grouped_weight_grad
 from .grouped import check_impl
 from .helpers import (DerivedTensorCache, check_input_channels, check_kernel_sizes, check_positive, check_stride,
@@ -43,7 +43,9 @@ class MixConv2d(nn.ModuleList):
         padding: ``""`` symmetric, ``"tf"`` TensorFlow SAME.
         impl: ``"fast"`` runs one depthwise conv with every kernel zero-padded to the largest
             (same result, one kernel launch); ``"reference"`` is split / conv per group / concat.
-            Switch a whole model with :func:`mobileconv.layers.set_layer_impl`.
+            Switch a whole model with :func:`mobileconv.layers.set_layer_impl`. Convs with hooks of their
+            own (``torch.nn.utils.prune``, forward hooks) or a forward of their own (eager QAT) always run
+            as modules, the reference way (:func:`.conv.runs_as_plain_conv`).
 
     Example:
         >>> conv = MixConv2d(144, (3, 5, 7))
@@ -106,9 +108,16 @@ class MixConv2d(nn.ModuleList):
             cache = self.__dict__["_fused_cache"] = DerivedTensorCache()
         return cache.get([conv.weight for conv in self], self.fused_weight)
 
+    __repr__ = nn.Module.__repr__  # nn.ModuleList's own repr leaves out extra_repr (kernels, splits, stride)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.channels, "MixConv2d")
-        if self.impl == "fast" and self.fusable:
+        fused = self.impl == "fast" and self.fusable
+        if not torch.jit.is_scripting():
+            # the fused conv reads the weights directly: a conv with hooks (prune, hook-based weight_norm,
+            # forward hooks) or a forward of its own (QAT) must run as a module, as in the reference
+            fused = fused and all([runs_as_plain_conv(conv) for conv in self])
+        if fused:
             k, s = self.max_kernel, self.stride
             pad = (k - 1) // 2
             if self.padding == "tf":  # TF SAME for the largest kernel is TF SAME for every centred one

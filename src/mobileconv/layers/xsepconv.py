@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import ActLayer, create_act
+from .conv import runs_as_plain_conv
 from .grouped import check_impl
 from .helpers import (check_input_channels, check_kernel_size, check_norm_layer, check_positive, check_stride,
                       pad_kernel, split_channels)
@@ -86,6 +87,8 @@ class XSepConv2d(nn.Module):
         impl: ``"fast"`` runs the 2x2 conv as one pad-1 3x3 depthwise conv, each 2x2 kernel placed
             in the 3x3 corner that matches its padding direction (one conv for every direction,
             no ``F.pad`` of the input); ``"reference"`` pads with ``F.pad`` and runs the 2x2 conv(s).
+            Both read ``conv_2x2.weight``; a ``conv_2x2`` with hooks or a forward of its own (prune, QAT)
+            is called as a module instead (:func:`.conv.runs_as_plain_conv`).
     """
 
     def __init__(self, channels: int, kernel_size: int, stride: int = 1, *, padding: str = "symmetric",
@@ -127,12 +130,30 @@ class XSepConv2d(nn.Module):
         return torch.cat([_embed_2x2(w, p) for w, p in zip(ws, self.pads)], 0)
 
     def conv2x2(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if not runs_as_plain_conv(self.conv_2x2):  # hooked (prune, ...) or QAT: the conv must run as a module
+                return self._conv2x2_as_module(x)
         if self.impl == "fast":
             return F.conv2d(x, self.embedded_2x2_weight(), self.conv_2x2.bias, 1, 1, 1, self.channels)
         xs = torch.split(x, self.splits, 1)
         ws = torch.split(self.conv_2x2.weight, self.splits, 0)
         out = [F.conv2d(F.pad(xi, p), wi, None, 1, 0, 1, wi.shape[0]) for xi, wi, p in zip(xs, ws, self.pads)]
         return torch.cat(out, 1) if len(out) > 1 else out[0]
+
+    def _conv2x2_as_module(self, x: torch.Tensor) -> torch.Tensor:
+        """The 2x2 conv by calling ``conv_2x2``, for a conv with hooks (prune, ...) or a forward of its own (QAT).
+
+        Both impls otherwise read ``conv_2x2.weight`` directly. With one direction the conv gets that
+        direction's one-sided padding; with ``"symmetric"`` it runs once on the input padded by one on
+        every side and each channel group takes its window: direction ``(l, r, t, b)`` starts at row
+        ``1 - t``, column ``1 - l``.
+        """
+        if len(self.pads) == 1:
+            return self.conv_2x2(F.pad(x, self.pads[0]))
+        h, w = x.shape[-2], x.shape[-1]
+        y = self.conv_2x2(F.pad(x, [1, 1, 1, 1]))  # (N, C, H + 1, W + 1)
+        ys = torch.split(y, self.splits, 1)
+        return torch.cat([yi[:, :, 1 - p[2]:1 - p[2] + h, 1 - p[0]:1 - p[0] + w] for yi, p in zip(ys, self.pads)], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.channels, "XSepConv2d")
