@@ -33,7 +33,7 @@ def test_sgd_is_nesterov_and_adamw_decoupled():
     sgd = create_optimizer(small_model(), "sgd", lr=0.1, weight_decay=1e-4)
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["nesterov"]
     assert isinstance(create_optimizer(small_model(), "adamw", lr=1e-3, weight_decay=0.05), torch.optim.AdamW)
-    with pytest.raises(ValueError, match="--opt must be one of sgd, rmsprop, adamw, got 'lamb'"):
+    with pytest.raises(ValueError, match="--opt must be one of sgd, rmsprop, rmsproptf, adamw, got .lamb."):
         create_optimizer(small_model(), "lamb", lr=0.1, weight_decay=0)
 
 

@@ -111,7 +111,7 @@ def _write_tree(root, train_classes, val_classes):
     ("bad_config_key", "unknown option 'learning_rate'"),
     ("bad_config_value", "option 'epochs' expects an integer, got 'many'"),
     ("bad_config_inf", "option 'epochs' expects an integer, got inf"),
-    ("bad_config_choice", "option 'opt': 'lamb' is not one of sgd, rmsprop, adamw"),
+    ("bad_config_choice", "option 'opt': 'lamb' is not one of sgd, rmsprop, rmsproptf, adamw"),
     ("previous_run", "already holds a run"),
 ])
 def test_bad_input_is_one_clear_line_before_training(tmp_path, capsys, monkeypatch, case, message):

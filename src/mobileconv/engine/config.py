@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-OPTIMIZERS = ("sgd", "rmsprop", "adamw")
+OPTIMIZERS = ("sgd", "rmsprop", "rmsproptf", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("auto", "bfloat16", "float16")
 DEFAULT_MODEL = "mobilenetv3_small_100_cifar"
@@ -44,15 +44,17 @@ class TrainConfig:
                                         "input size)", type=int, metavar="PX")
     epochs: int = option(15, "number of epochs")
     batch_size: int = option(64, "global batch size, split evenly over the processes")
-    lr: float | None = option(None, "peak learning rate (default: 0.1 sgd, 0.01 rmsprop, 0.002 adamw)", type=float)
+    lr: float | None = option(None, "peak learning rate (default: 0.1 sgd, 0.01 rmsprop / rmsproptf, "
+                                    "0.002 adamw)", type=float)
     min_lr: float = option(0.0, "final learning rate of the cosine schedule")
     warmup_epochs: float = option(1.0, "linear warm-up from lr/100 to lr over this many epochs")
     opt: str = option("sgd", "optimizer", choices=OPTIMIZERS)
-    momentum: float = option(0.9, "momentum (sgd: Nesterov; rmsprop)")
+    momentum: float = option(0.9, "momentum (sgd: Nesterov; rmsprop, rmsproptf)")
     opt_eps: float | None = option(None, "optimizer epsilon, > 0 (default: rmsprop 0.0316 = sqrt of TF's 1e-3, "
-                                         "adamw 1e-8)", type=float)
+                                         "rmsproptf 1e-3 inside the square root, adamw 1e-8)", type=float)
     weight_decay: float | None = option(None, "weight decay of conv / linear weights, never of norm layers and "
-                                              "biases (default: 5e-4 sgd, 1e-5 rmsprop, 0.05 adamw)", type=float)
+                                              "biases (default: 5e-4 sgd, 1e-5 rmsprop / rmsproptf, 0.05 adamw)",
+                                        type=float)
     smoothing: float = option(0.1, "label smoothing")
     mixup: float = option(0.0, "mixup alpha (0 = off)")
     cutmix: float = option(0.0, "cutmix alpha (0 = off)")

@@ -1,4 +1,5 @@
-"""Optimizers (SGD, RMSProp as in the MobileNetV3 / MixNet papers, AdamW) and the warm-up + cosine schedule."""
+"""Optimizers (SGD, RMSProp, TensorFlow's RMSProp as in the MobileNetV3 / MixNet papers, AdamW) and the
+warm-up + cosine schedule."""
 from __future__ import annotations
 
 import math
@@ -7,11 +8,69 @@ import torch
 from torch import nn
 
 # per-optimizer defaults for the options left unset (batch 64; scale lr with the batch)
-DEFAULT_LR = {"sgd": 0.1, "rmsprop": 0.01, "adamw": 0.002}
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "rmsprop": 1e-5, "adamw": 0.05}
+DEFAULT_LR = {"sgd": 0.1, "rmsprop": 0.01, "rmsproptf": 0.01, "adamw": 0.002}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "rmsprop": 1e-5, "rmsproptf": 1e-5, "adamw": 0.05}
 # TF's RMSProp adds eps inside the square root: sqrt(v + 1e-3) ~ sqrt(v) + sqrt(1e-3) for torch's form
-DEFAULT_EPS = {"sgd": None, "rmsprop": 1e-3 ** 0.5, "adamw": 1e-8}
+DEFAULT_EPS = {"sgd": None, "rmsprop": 1e-3 ** 0.5, "rmsproptf": 1e-3, "adamw": 1e-8}
 RMSPROP_DECAY = 0.9  # TF "decay" = torch "alpha" (MnasNet / MobileNetV3 / MixNet training setup)
+
+
+class RMSpropTF(torch.optim.Optimizer):
+    """RMSProp as TensorFlow 1's ``tf.train.RMSPropOptimizer`` computes it, the optimizer of the MnasNet /
+    MobileNetV3 / MixNet papers (timm's ``RMSpropTF``).
+
+    Three differences from ``torch.optim.RMSprop``, which matter most in the first steps and while the
+    learning rate changes: the mean square starts at 1, not 0 (a first step is about ``lr * g``, not
+    ``lr * g / sqrt(0.1 g^2)``); ``eps`` is added inside the square root; and the learning rate is applied
+    inside the momentum buffer, so a step already taken keeps the learning rate it was taken with::
+
+        ms  = alpha * ms + (1 - alpha) * g^2              (ms starts at 1)
+        mom = momentum * mom + lr * g / sqrt(ms + eps)
+        p   = p - mom
+
+    ``g`` is the gradient plus ``weight_decay * p`` (an L2 term in the loss, as the papers' TF code adds it).
+    """
+
+    def __init__(self, params, lr: float = 0.01, alpha: float = 0.9, eps: float = 1e-3, momentum: float = 0.9,
+                 weight_decay: float = 0.0) -> None:
+        for name, value, low in (("lr", lr, 0.0), ("eps", eps, 0.0), ("weight_decay", weight_decay, 0.0)):
+            if not (math.isfinite(value) and value >= low):
+                raise ValueError(f"RMSpropTF: {name} must be a finite number >= {low}, got {value!r}")
+        if not (0.0 <= alpha < 1.0 and 0.0 <= momentum < 1.0):
+            raise ValueError(f"RMSpropTF: alpha and momentum must be in [0, 1), got {alpha!r} and {momentum!r}")
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum,
+                                  "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("RMSpropTF does not take sparse gradients")
+                grad = p.grad if group["weight_decay"] == 0 else p.grad.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["square_avg"] = torch.ones_like(p, memory_format=torch.preserve_format)
+                    if group["momentum"] > 0:
+                        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                square_avg = state["square_avg"]
+                square_avg.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
+                rms = square_avg.add(group["eps"]).sqrt_()
+                if group["momentum"] > 0:
+                    buf = state["momentum_buffer"]
+                    buf.mul_(group["momentum"]).addcdiv_(grad, rms, value=group["lr"])
+                    p.sub_(buf)
+                else:
+                    p.addcdiv_(grad, rms, value=-group["lr"])
+        return loss
 
 
 def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -25,11 +84,12 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
 
 def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float, momentum: float = 0.9,
                      eps: float | None = None) -> torch.optim.Optimizer:
-    """``sgd`` (Nesterov), ``rmsprop`` (alpha 0.9, momentum, eps sqrt(1e-3)) or ``adamw``.
+    """``sgd`` (Nesterov), ``rmsprop`` (torch's, alpha 0.9, eps sqrt(1e-3)), ``rmsproptf`` or ``adamw``.
 
-    RMSProp follows the MobileNetV3 (Howard 2019, sec. 6.1) and MixNet (Tan 2019, sec. 5) setup:
-    TF RMSProp with decay 0.9, momentum 0.9 and epsilon 1e-3 inside the square root, which is
-    ``torch.optim.RMSprop(alpha=0.9, momentum=0.9, eps=sqrt(1e-3))`` up to where eps enters.
+    The MobileNetV3 (Howard 2019, sec. 6.1) and MixNet (Tan 2019, sec. 5) papers train with TF's
+    RMSProp, decay 0.9, momentum 0.9 and epsilon 1e-3: ``rmsproptf`` is that (:class:`RMSpropTF`).
+    ``rmsprop`` is ``torch.optim.RMSprop(alpha=0.9, momentum=0.9, eps=sqrt(1e-3))``, the same
+    hyper-parameters in torch's formulation (mean square from 0, eps outside the root, lr outside momentum).
     """
     if opt not in DEFAULT_LR:
         raise ValueError(f"--opt must be one of {', '.join(DEFAULT_LR)}, got {opt!r}")
@@ -42,6 +102,8 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if opt == "rmsprop":
         return torch.optim.RMSprop(groups, lr=lr, alpha=RMSPROP_DECAY, eps=eps, momentum=momentum)
+    if opt == "rmsproptf":
+        return RMSpropTF(groups, lr=lr, alpha=RMSPROP_DECAY, eps=eps, momentum=momentum)
     return torch.optim.AdamW(groups, lr=lr, eps=eps)
 
 
