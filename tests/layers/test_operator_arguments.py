@@ -55,3 +55,7 @@ def test_activation_factory_must_build_a_module():
     with pytest.raises(ValueError, match=r"activation must build an nn.Module"):
         create_act(lambda **kwargs: torch.relu)
     assert isinstance(create_act(nn.Sigmoid, inplace=True), nn.Sigmoid)  # no inplace argument: built without it
+    # a function where a module class belongs (F.relu for nn.ReLU) used to leak relu()'s TypeError
+    with pytest.raises(ValueError, match=r"act_layer must build an nn.Module when called .* not a function such "
+                                         r"as F.relu.*missing 1 required positional argument"):
+        SqueezeExcite(8, 2, act_layer=torch.nn.functional.relu)

@@ -56,7 +56,11 @@ def create_act(name: ActLayer, inplace: bool = False, *, arg_name: str = "activa
     try:
         module = layer(inplace=inplace)
     except TypeError:
-        module = layer()
+        try:
+            module = layer()
+        except TypeError as e:  # a function such as F.relu: it needs a tensor, it builds no module
+            raise ValueError(f"{arg_name} must build an nn.Module when called with no arguments (a module class "
+                             f"such as nn.ReLU, not a function such as F.relu), but {name!r} failed: {e}") from None
     if not isinstance(module, nn.Module):
         raise ValueError(f"{arg_name} must build an nn.Module when called (a module class such as nn.ReLU), "
                          f"but {name!r} returned {type(module).__name__}")
