@@ -115,6 +115,19 @@ def swap_depthwise(lib: ctypes.CDLL, optimized: nn.Module, layers: dict) -> nn.M
     return optimized
 
 
+def swap_plain_depthwise(lib: ctypes.CDLL, optimized: nn.Module) -> int:
+    """Run every plain depthwise conv of ``optimized`` (one square kernel, symmetric padding, a bias, at least
+    :data:`VECTOR` channels) by the kernel, as a MixConv of one group; in place. Returns how many."""
+    names = [n for n, m in optimized.named_modules()
+             if isinstance(m, OneDNNConv2d) and m.groups == m.in_channels == m.out_channels >= VECTOR
+             and m.kernel_size[0] == m.kernel_size[1] and m.padding[0] == m.padding[1] == (m.kernel_size[0] - 1) // 2
+             and m.bias is not None and type(getattr(m, "act", nn.Identity())) in ACTIVATIONS]
+    for name in names:
+        conv = optimized.get_submodule(name)
+        optimized.set_submodule(name, MixedDepthwise(lib, conv, [conv.kernel_size[0]], [conv.in_channels]))
+    return len(names)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=registered_model, default="mixnet_s")
@@ -123,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=positive_int, default=224)
     p.add_argument("--threads", type=cpu_threads, default=2)
     p.add_argument("--rounds", type=positive_int, default=7)
+    p.add_argument("--plain-models", nargs="*", type=registered_model, default=[],
+                   help="also time these whole models with their plain depthwise convs (one kernel size) run by "
+                        "the kernel, at --model-batch-sizes")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     try:
-        check_image_size([args.model], args.image_size)
+        check_image_size([args.model, *args.plain_models], args.image_size)
     except ValueError as e:
         p.error(str(e))
     with tempfile.TemporaryDirectory() as tmp, num_threads(args.threads):
@@ -160,16 +176,26 @@ def main(argv: list[str] | None = None) -> int:
         swapped = swap_depthwise(lib, copy.deepcopy(optimized), layers)
         whole_rows = compare_models({"onednn": optimized, "ours": swapped}, args.model_batch_sizes, args.image_size,
                                     args.rounds)
+        plain_rows = []
+        for name in args.plain_models:
+            torch.manual_seed(0)
+            plain = optimize_for_inference(create_model(name), example_input=torch.randn(1, 3, args.image_size,
+                                                                                       args.image_size))
+            plain_swapped = copy.deepcopy(plain)
+            count = swap_plain_depthwise(lib, plain_swapped)
+            plain_rows += [{"model": name, "layers": count, **row} for row in compare_models(
+                {"onednn": plain, "ours": plain_swapped}, args.model_batch_sizes, args.image_size, args.rounds)]
     env = script_environment("depthwise_kernel.py", sys.argv[1:], threads=args.threads, model=args.model,
                              image_size=args.image_size, rounds=args.rounds)
-    report = markdown(env, rows, whole_rows)
-    write_report(args.out, "depthwise_kernel", report, {"environment": env, "layers": rows, "whole_model": whole_rows})
+    report = markdown(env, rows, whole_rows, plain_rows)
+    write_report(args.out, "depthwise_kernel", report, {"environment": env, "layers": rows, "whole_model": whole_rows,
+                                                        "plain_models": plain_rows})
     plot(rows, whole_rows, env, args.out / "depthwise_kernel.png")
     print(report)
     return 0
 
 
-def markdown(env: dict, rows: list[dict], whole: list[dict]) -> str:
+def markdown(env: dict, rows: list[dict], whole: list[dict], plain: list[dict] = ()) -> str:
     out = ["# A mixed-kernel depthwise kernel of our own vs oneDNN (issue #6)", "",
            f"`{env['command']}`, {env['date']}, torch {env['torch']}, {env['threads']} threads, {env['model']} at "
            f"{env['image_size']}x{env['image_size']}, {env['rounds']} alternating rounds. oneDNN = the "
@@ -187,6 +213,16 @@ def markdown(env: dict, rows: list[dict], whole: list[dict]) -> str:
             f"{'x'.join(map(str, r['input']))} | {r['stride']} | {r['macs_fused_over_true']:.2f} | "
             f"{r['onednn_ms']:.2f} | {r['ours_ms']:.2f} | x{r['speedup']:.2f} | {r['max_rel_diff']:.1e} |"
             for r in rows]
+    # the per-layer times summed per batch size: what the layers cost, called one by one
+    for b in dict.fromkeys(r["batch_size"] for r in rows):
+        mine = [r for r in rows if r["batch_size"] == b]
+        out.append(f"| {b} | all {len(mine)} layers, summed | | | | | {sum(r['onednn_ms'] for r in mine):.2f} | "
+                   f"{sum(r['ours_ms'] for r in mine):.2f} | | |")
+    if plain:
+        out += ["", "Whole optimised models whose plain depthwise convs (one kernel size) are run by the kernel:", "",
+                "| model | layers | batch | oneDNN ms | ours ms | speed-up |", "| --- | --- | --- | --- | --- | --- |",
+                *[f"| {r['model']} | {r['layers']} | {r['batch_size']} | {r['onednn_ms']:.2f} | {r['ours_ms']:.2f} | "
+                  f"**x{r['speedup']:.2f}** |" for r in plain]]
     return "\n".join(out)
 
 

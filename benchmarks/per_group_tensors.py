@@ -2,8 +2,8 @@
 
 ``optimize_for_inference`` runs each MixConv as one depthwise conv whose kernels are zero-padded
 to the largest. On a contiguous tensor of its own, each group's conv at its own kernel size
-is 1.4-1.8x faster than its share of the fused conv, but a channel slice of a channels_last
-activation is strided, so the groups cannot be sliced out of one tensor for free. Per-group
+skips those zero taps, but a channel slice of a channels_last activation is strided, so the
+groups cannot be sliced out of one tensor for free. Per-group
 tensors avoid the slicing: in :class:`PerGroupInvertedResidual` the expansion conv is one 1x1
 conv per depthwise group, each writing its group's channels to a tensor of its own; each group
 is convolved at its own kernel size; squeeze-excite pools and scales per group; and the

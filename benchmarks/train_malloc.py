@@ -17,8 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 from mobileconv.cli._args import check_image_size, cpu_threads, non_negative_int, positive_int, registered_model
 from mobileconv.engine.bench import script_environment, write_report
 from mobileconv.engine.checkpoint import save_figure

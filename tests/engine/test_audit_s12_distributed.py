@@ -5,6 +5,9 @@ statistics in the input's dtype: under ``--amp`` (bfloat16 autocast on CPU) the 
 "expected dtype float for `end` but got dtype c10::BFloat16" when updating the float32 running statistics, so
 ``torchrun ... train --amp`` could not train at all.
 
+It now gathers each process's count, mean and sum of squared deviations and combines them (parallel Welford):
+uneven shards and a process with no images check the count weighting, a bfloat16 model the buffers' dtype.
+
 Oracles: ``nn.BatchNorm2d`` in one process over the whole global batch (PyTorch's own batch norm, which keeps
 float32 statistics under autocast), and ``mobileconv train --amp`` in one process with the same global batch.
 """
@@ -28,32 +31,39 @@ import torch.distributed as dist
 from torch import nn
 from mobileconv.engine import exit_process
 from mobileconv.engine.distributed import cleanup_distributed, convert_sync_batchnorm, init_distributed
-from tests.engine.test_audit_s12_distributed import batch, make_net
+from tests.engine.test_audit_s12_distributed import CASES, batch, make_net
 
 env = init_distributed("cpu")
 results = {}
-for amp in (False, True):
-    net = convert_sync_batchnorm(make_net(), env.device)
+for case, (amp, sizes, dtype) in CASES.items():
+    net = convert_sync_batchnorm(make_net().to(dtype), env.device)
     ddp = nn.parallel.DistributedDataParallel(net)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    x = batch().chunk(env.world_size)[env.rank]
+    whole = batch().to(dtype)
+    x = (whole.split(sizes) if sizes else whole.chunk(env.world_size))[env.rank]
     try:  # (both processes fail alike, after the same collectives)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             out = ddp(x)
     except RuntimeError as e:
-        results[amp] = {"error": str(e)}
+        results[case] = {"error": str(e)}
         continue
-    out.float().square().mean().backward()
+    # the global batch's mean square: DDP averages the processes' gradients, so each process scales its sum
+    (out.float().square().sum() * env.world_size / (len(whole) * out.shape[1:].numel())).backward()
     optimizer.step()
-    gathered = [torch.empty_like(out) for _ in range(env.world_size)]
-    dist.all_gather(gathered, out.detach().contiguous())
-    results[amp] = {"out": torch.cat(gathered), "state": net.state_dict(),
-                    "grads": {name: p.grad for name, p in net.named_parameters()}}
+    gathered = [None] * env.world_size
+    dist.all_gather_object(gathered, out.detach())
+    results[case] = {"out": torch.cat(gathered), "state": net.state_dict(),
+                     "grads": {name: p.grad for name, p in net.named_parameters()}}
 if env.is_main:
     torch.save(results, sys.argv[1])
 cleanup_distributed()
 exit_process(0)
 """
+
+# case -> (autocast to bfloat16, the two processes' shard sizes (None: halves), the model's dtype)
+CASES = {"float32": (False, None, torch.float32), "amp": (True, None, torch.float32),
+         "uneven": (False, [3, 5], torch.float32), "one_empty": (False, [0, 8], torch.float32),
+         "bfloat16_model": (False, None, torch.bfloat16)}
 
 
 def make_net() -> nn.Module:
@@ -67,11 +77,11 @@ def batch() -> torch.Tensor:
     return torch.randn(8, 3, 7, 7, generator=torch.Generator().manual_seed(1)) * 3 + 1
 
 
-def one_process_step(amp: bool) -> dict:
-    net = make_net()
+def one_process_step(amp: bool, dtype: torch.dtype) -> dict:
+    net = make_net().to(dtype)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        out = net(batch())
+        out = net(batch().to(dtype))
     out.float().square().mean().backward()
     optimizer.step()
     return {"out": out.detach(), "state": net.state_dict(), "grads": {n: p.grad for n, p in net.named_parameters()}}
@@ -87,19 +97,22 @@ def two_process_steps(tmp_path_factory):
     return torch.load(tmp / "out.pt")
 
 
-@pytest.mark.parametrize("amp, tol", [(False, 1e-5), (True, 2e-2)])
-def test_sync_bn_step_matches_one_process_with_the_whole_batch(two_process_steps, amp, tol):
-    got, want = two_process_steps[amp], one_process_step(amp)
+@pytest.mark.parametrize("case, tol", [("float32", 1e-5), ("amp", 2e-2), ("uneven", 1e-5), ("one_empty", 1e-5),
+                                       ("bfloat16_model", 3e-2)])
+def test_sync_bn_step_matches_one_process_with_the_whole_batch(two_process_steps, case, tol):
+    """Uneven shards check the count weighting of the combined statistics, an empty shard a process with none."""
+    amp, _, dtype = CASES[case]
+    got, want = two_process_steps[case], one_process_step(amp, dtype)
     assert "error" not in got, got
-    assert got["out"].dtype == want["out"].dtype == (torch.bfloat16 if amp else torch.float32)
+    assert got["out"].dtype == want["out"].dtype == (torch.bfloat16 if amp else dtype)
     torch.testing.assert_close(got["out"].float(), want["out"].float(), atol=tol * 4, rtol=tol)
     for name, value in want["state"].items():  # running statistics (float32 under autocast too), stepped weights
         assert got["state"][name].dtype == value.dtype, name
-        torch.testing.assert_close(got["state"][name], value, atol=tol, rtol=tol, msg=name)
+        torch.testing.assert_close(got["state"][name].float(), value.float(), atol=tol, rtol=tol, msg=name)
     # DDP's average of the processes' gradients (a conv bias before a BN has a gradient of 0: rounding noise only)
     scale = max(grad.abs().max().item() for grad in want["grads"].values())
     for name, grad in want["grads"].items():
-        torch.testing.assert_close(got["grads"][name], grad, atol=tol * scale, rtol=tol, msg=name)
+        torch.testing.assert_close(got["grads"][name].float(), grad.float(), atol=tol * scale, rtol=tol, msg=name)
 
 
 ARGS = ["train", *TINY, "--epochs", "1", "--no-aug", "--drop", "0", "--seed", "3", "--warmup-epochs", "0", "--lr",

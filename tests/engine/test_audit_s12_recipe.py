@@ -40,6 +40,7 @@ def test_config_refuses_an_optimizer_epsilon_of_zero(eps):
     with pytest.raises(ValueError, match=r"^--opt-eps must be a finite number > 0"):
         TrainConfig.from_mapping({"opt": "adamw", "opt-eps": eps}, "--config c.yaml").validate()
     TrainConfig(opt="rmsprop", opt_eps=1e-8).validate()  # any positive epsilon stays accepted
+    TrainConfig(opt="sgd", opt_eps=eps).validate()  # SGD has no epsilon: ignored, as create_optimizer ignores it
 
 
 @pytest.mark.parametrize("opt", ["rmsprop", "adamw"])

@@ -462,29 +462,22 @@ def test_sizes_too_large_for_memory_are_one_line_errors(option, capsys):
     assert err.count("\n") == 1
 
 
-class _Sleepy(nn.Module):
-    """Identity that takes ``seconds`` per call: a model whose speed the test knows."""
+def test_compare_models_reports_the_second_models_speedup_over_the_first(monkeypatch):
+    """The rows and the ratio's direction, from fixed timings (nothing here asserts on real ones)."""
+    seconds = {"slow": 0.004, "fast": 0.001}
+    calls = []
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
+    def fixed_times(steps, batch, config, progress=False, desc=""):
+        calls.append((tuple(steps), batch[0].shape, config.iters, config.rounds))
+        return {name: [[seconds[name]] * config.iters for _ in range(config.rounds)] for name in steps}
 
-    def forward(self, x):
-        import time
-
-        time.sleep(self.seconds)
-        return x
-
-
-def test_compare_models_reports_the_second_models_speedup_over_the_first():
-    rows = bench.compare_models({"slow": _Sleepy(0.004), "fast": _Sleepy(0.001)}, [1, 3], 8, rounds=2, progress=False)
-    assert [r["batch_size"] for r in rows] == [1, 3]
-    for r in rows:
-        assert set(r) == {"batch_size", "slow_ms", "fast_ms", "speedup"}
-        assert r["slow_ms"] > r["fast_ms"] >= 1.0
-        assert 2.0 < r["speedup"] < 4.5  # 4 ms against 1 ms plus the call overhead
+    monkeypatch.setattr(bench, "time_variants", fixed_times)
+    rows = bench.compare_models({"slow": nn.Identity(), "fast": nn.Identity()}, [1, 3], 8, rounds=2, progress=False)
+    assert rows == [{"batch_size": 1, "slow_ms": 4.0, "fast_ms": 1.0, "speedup": 4.0},
+                    {"batch_size": 3, "slow_ms": 4.0, "fast_ms": 1.0, "speedup": 4.0}]
+    assert calls == [(("slow", "fast"), (1, 3, 8, 8), 20, 2), (("slow", "fast"), (3, 3, 8, 8), 2, 2)]
     with pytest.raises(ValueError, match="compare_models takes two models, got 1"):
-        bench.compare_models({"one": _Sleepy(0)}, [1], 8, rounds=1)
+        bench.compare_models({"one": nn.Identity()}, [1], 8, rounds=1)
 
 
 def test_write_report_writes_markdown_and_json(tmp_path):

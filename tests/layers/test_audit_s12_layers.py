@@ -159,7 +159,8 @@ def test_forward_pre_hook_on_xsepconv_2x2_conv_is_run(padding):
     directions = list(DIRECTION_PADS) if padding == "symmetric" else [padding]
     with torch.no_grad():
         torch.testing.assert_close(m(x), _oracle_xsep_2x2(x, m.conv_2x2.weight, directions))
-    assert len(seen) == 1
+    # one direction: the conv sees its one-sided padding; symmetric: padded by one all round (documented)
+    assert seen == [torch.Size([2, 8, 8, 9]) if padding == "symmetric" else torch.Size([2, 8, 7, 8])]
 
 
 def test_backward_hook_on_a_mixconv_child_is_run():

@@ -136,8 +136,9 @@ class TrainConfig:
             check(value is None or (math.isfinite(value) and value >= 0), name, "a finite number >= 0")
         # RMSProp / AdamW divide by sqrt(v) + eps: with eps 0, a weight whose gradients have all been 0 so far
         # (a dead ReLU channel) gets 0 / 0 = NaN at its first step, and the run stops on a NaN loss
-        check(self.opt_eps is None or (math.isfinite(self.opt_eps) and self.opt_eps > 0), "opt_eps",
-              "a finite number > 0 (an epsilon of 0 turns a weight whose gradient is 0 into NaN)")
+        # (SGD has no epsilon: create_optimizer ignores it there, and so does this check)
+        eps_ok = self.opt_eps is None or self.opt == "sgd" or (math.isfinite(self.opt_eps) and self.opt_eps > 0)
+        check(eps_ok, "opt_eps", "a finite number > 0 (an epsilon of 0 turns a weight whose gradient is 0 into NaN)")
         # a norm of 0 would zero every gradient: no clipping is "leave it out", not 0
         check(self.clip_grad is None or (math.isfinite(self.clip_grad) and self.clip_grad > 0), "clip_grad",
               "a finite number > 0 (leave it out for no clipping)")

@@ -168,7 +168,7 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
+        grad = grad.clone(memory_format=torch.contiguous_format)  # autograd's buffer is not ours to overwrite
         dist.all_reduce(grad)
         return grad[dist.get_rank()]
 
@@ -215,8 +215,9 @@ class DistributedBatchNorm2d(nn.BatchNorm2d):
                 self.num_batches_tracked.add_(1)
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 unbiased = var * (count / (count - 1).clamp(min=1))
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(unbiased.detach(), momentum)
+                # float32 statistics into the buffers' dtype (a bfloat16 / float16 model keeps low-precision buffers)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), momentum)
         y = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
         if self.affine:
             y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
@@ -229,8 +230,10 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
+            like = child.weight if child.affine else child.running_mean  # the dtype / device to keep (None: neither)
             sync = DistributedBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                          child.track_running_stats)
+                                          child.track_running_stats, device=getattr(like, "device", None),
+                                          dtype=getattr(like, "dtype", None))
             sync.load_state_dict(child.state_dict())
             sync.train(child.training)
             setattr(model, name, sync)

@@ -68,7 +68,8 @@ def runs_as_plain_conv(conv: nn.Module) -> bool:
     forward hook (feature extraction, eager-mode quantization observers) must see the conv run. False too
     for a subclass with a forward of its own (a QAT ``Conv2d`` fake-quantizes its weight there). Such
     layers run their convs as modules (the reference formulation) instead. A ``torch.nn.utils.parametrize``
-    parametrization makes ``weight`` a property that the fused paths read like any other weight.
+    parametrization makes ``weight`` a property that the fused paths read like any other weight. Global hooks
+    (``torch.nn.modules.module.register_module_forward_hook``) are not looked at.
     """
     cls = type(conv)
     return (cls.forward in (nn.Conv2d.forward, Conv2dSame.forward) and cls._conv_forward is nn.Conv2d._conv_forward

@@ -146,7 +146,9 @@ class XSepConv2d(nn.Module):
         Both impls otherwise read ``conv_2x2.weight`` directly. With one direction the conv gets that
         direction's one-sided padding; with ``"symmetric"`` it runs once on the input padded by one on
         every side and each channel group takes its window: direction ``(l, r, t, b)`` starts at row
-        ``1 - t``, column ``1 - l``.
+        ``1 - t``, column ``1 - l``. So there the conv's own hooks (and a QAT observer) see an
+        ``(H + 2) x (W + 2)`` input and an ``(H + 1) x (W + 1)`` output, a row and a column more than the
+        layer keeps.
         """
         if len(self.pads) == 1:
             return self.conv_2x2(F.pad(x, self.pads[0]))
