@@ -119,11 +119,21 @@ def _candidates(root: Path) -> Iterator[tuple[Path, CifarLayout]]:
 
 
 def find_layout(root: Path) -> tuple[Path, CifarLayout] | None:
-    """The folder holding CIFAR files under ``root`` (itself or an archive folder) and its layout."""
-    for folder, layout in _candidates(root):
-        if (folder / layout.test_files[0]).is_file() and (folder / layout.meta_file).is_file():
-            return folder, layout
-    return None
+    """The folder holding CIFAR files under ``root`` (itself or an archive folder) and its layout.
+
+    ``root`` itself wins over its archive folders, and the binary version over the python one.
+    Raises ``ValueError`` when ``root`` is not one itself but holds the archive folders of both
+    CIFAR-10 and CIFAR-100 (as a shared data folder may): which one is meant cannot be told.
+    """
+    found = [(folder, layout) for folder, layout in _candidates(root)
+             if (folder / layout.test_files[0]).is_file() and (folder / layout.meta_file).is_file()]
+    if not found:
+        return None
+    if found[0][0] != root and len({layout.name for _, layout in found}) > 1:
+        folders = ", ".join(str(folder) for folder in dict.fromkeys(folder for folder, _ in found))
+        raise ValueError(f"--data {root} holds both CIFAR-10 and CIFAR-100 ({folders}); pass the folder of the one "
+                         f"to use")
+    return found[0]
 
 
 def find_incomplete(root: Path) -> tuple[Path, CifarLayout, list[str]] | None:

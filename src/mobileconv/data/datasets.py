@@ -7,6 +7,7 @@ the train split, the test split and a :class:`DataInfo` describing them.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,15 +74,16 @@ class TensorImageDataset(Dataset):
 class ImageFolderDataset(Dataset):
     """``root/<class>/<image>`` files, decoded with PIL to RGB, shorter side resized to ``size``, centre-cropped.
 
-    Images in sub-folders of a class folder belong to the class; hidden files and folders (``._x.jpg``
-    as macOS copies leave them, ``.ipynb_checkpoints/``) are skipped, as hidden class folders are.
-    Undecodable files raise ``ValueError`` naming the file.
+    Images in sub-folders of a class folder belong to the class, symbolic links to folders included
+    (as torchvision's ``ImageFolder`` follows them; not a link to a folder holding the one it lies
+    in: a loop, or the split / data folder); hidden files and folders (``._x.jpg`` as macOS copies leave them,
+    ``.ipynb_checkpoints/``) are skipped, as hidden class folders are, and so are folders whose
+    name ends like an image's. Undecodable files raise ``ValueError`` naming the file.
     """
 
     def __init__(self, root: Path, classes: list[str], size: int) -> None:
         self.root, self.classes, self.size = Path(root), classes, size
-        self.samples = [(path, label) for label, name in enumerate(classes)
-                        for path in sorted((self.root / name).rglob("*")) if is_image_file(path, self.root / name)]
+        self.samples = [(path, label) for label, name in enumerate(classes) for path in image_files(self.root / name)]
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.long)
 
     def __len__(self) -> int:
@@ -99,31 +101,96 @@ class ImageFolderDataset(Dataset):
         return new
 
 
-def is_image_file(path: Path, folder: Path) -> bool:
-    """Whether ``path`` (under ``folder``) has an image extension and no hidden part (a name starting with ".")."""
-    hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not hidden
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` at any depth, in path order (``sorted`` of the paths).
+
+    Follows symbolic links to folders, as ``os.walk(followlinks=True)`` (torchvision's ImageFolder)
+    does, except one leading to a folder that holds the one it lies in (a loop, or a link to the
+    split or data folder, whose other classes' images are not this class's); hidden folders are
+    not entered. Files are listed by name: a link to a missing file is listed (and its decoding names it).
+    """
+    found = []
+
+    def holds(outer: str, inner: str) -> bool:
+        return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+    def walk(path: Path, ancestors: frozenset) -> None:
+        try:
+            entries = list(os.scandir(path))
+        except OSError:  # unreadable, or a link that stopped resolving: as os.walk, skip it
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            child = path / entry.name
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                real = os.path.realpath(child)
+                if not any(holds(real, a) for a in ancestors):
+                    walk(child, ancestors | {real})
+            elif child.suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(child)
+
+    walk(Path(folder), frozenset({os.path.realpath(folder)}))
+    return sorted(found)
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
     """Decode an image file to a uint8 ``(3, size, size)`` tensor (shorter side resized, centre crop).
 
+    The image is first turned upright as its EXIF orientation tag says (as ``PIL.ImageOps.exif_transpose``
+    does, and as image viewers show it: photos from phones and cameras are often stored sideways).
     Grey images are repeated over the three channels, alpha is dropped, 16-bit grey images are scaled to 8 bits.
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
+            img.load()  # a PNG's EXIF may follow its pixel data
+            method = exif_transpose_method(img)
             img = to_8bit(img).convert("RGB")
+            if method is not None:
+                img = img.transpose(method)
             scale = size / min(img.size)
             w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
-            img = img.resize((w, h), Image.BILINEAR)
             left, top = (w - size) // 2, (h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
+            if w * h <= MAX_RESIZED_AREA * size * size:
+                img = img.resize((w, h), Image.BILINEAR).crop((left, top, left + size, top + size))
+            else:  # a very wide or tall image: resize only the crop's region (the same geometry, up to
+                # rounding) instead of the whole image to (w, h), which takes gigabytes for a 1 x 10,000 px strip
+                sx, sy = img.width / w, img.height / h
+                img = img.resize((size, size), Image.BILINEAR,
+                                 box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
             array = np.asarray(img, dtype=np.uint8).copy()
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot decode image {path}: {e}") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+# load_image resizes a whole image when the result is at most this many crops in area (aspect ratio <= 4:1)
+MAX_RESIZED_AREA = 4
+
+
+def exif_transpose_method(img):
+    """The ``Image.Transpose`` that turns ``img`` upright per its EXIF orientation (tag 274), or None.
+
+    The same mapping as ``PIL.ImageOps.exif_transpose``; an image without the tag, with orientation 1
+    or with an unreadable EXIF block is left as it is (its pixels may still decode).
+    """
+    from PIL import ExifTags, Image
+
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # a malformed EXIF block (struct / key / type errors inside Pillow): no orientation
+        return None
+    if not isinstance(orientation, int):
+        return None
+    return {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}.get(orientation)
 
 
 def to_8bit(img):
