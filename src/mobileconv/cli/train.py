@@ -96,7 +96,7 @@ def register_eval(subparsers) -> None:
     p.add_argument("--model", metavar="NAME", help="model name (default: recorded in the checkpoint)")
     p.add_argument("--data", help="digits | synthetic | PATH (default: recorded in the checkpoint)")
     p.add_argument("--img-size", type=positive_int, metavar="PX",
-                   help="resolution (default: recorded, else the model's)")
+                   help="resolution (default: recorded, else the dataset's own (16 for digits), else the model's)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per forward pass (default 256)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to run (default auto: cuda when available)")
@@ -171,7 +171,8 @@ def register_predict(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes listed per image (default 5)")
     p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     p.add_argument("--img-size", type=positive_int, metavar="PX",
-                   help="resolution (default: recorded, else the model's)")
+                   help="resolution (default: recorded, else the recorded dataset's own (16 for digits), else the "
+                        "model's)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to run (default auto: cuda when available)")
     p.add_argument("--format", choices=("table", "json"), default="table",

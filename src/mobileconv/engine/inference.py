@@ -225,7 +225,8 @@ def predict_images(model_name: str | None, checkpoint: str | Path, images: str |
     if len(classes) != loaded.num_classes:
         raise ValueError(f"{loaded.sources['classes']}: {len(classes)} recorded class names for the checkpoint's "
                          f"{loaded.num_classes} outputs")
-    img_size = resolve_img_size(loaded, img_size)
+    # as eval resolves it: with no recorded img_size, the recorded dataset's own size (16 for digits)
+    img_size = resolve_img_size(loaded, img_size, loaded.get("dataset"))
     transform = BatchTransform(img_size, *resolve_normalization(loaded)).to(dev)
     k = min(top_k, loaded.num_classes)
     for path in images:  # every path before the first prediction
