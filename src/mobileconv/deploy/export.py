@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from ..layers import IMPLS, set_layer_impl
-from .weights import check_output_path, replacement_mode
+from .weights import check_output_path, replacement_mode, unwrap_model
 
 FORMATS: dict[str, str] = {  # format -> usual file suffix
     "onnx": ".onnx",
@@ -255,6 +255,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = uncompiled(model)
     check_format(format)
     if format == "onnx":
         check_opset(opset)
@@ -319,12 +320,18 @@ def check_inputs(shape: Sequence[int], dynamic_batch: bool, seed: int = 0) -> li
 
 @torch.no_grad()
 def reference_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The eager model's eval-mode output on a copy of ``x`` (its train / eval flag is restored afterwards)."""
-    was_training = model.training
+    """The eager model's eval-mode output on a copy of ``x``.
+
+    Every submodule's train / eval flag is restored afterwards, one by one: a model in training
+    mode with some modules in eval mode (BatchNorm frozen for fine-tuning) keeps them so, which a
+    plain ``model.train(was_training)`` would undo.
+    """
+    modes = [(module, module.training) for module in model.modules()]
     try:
         out = model.eval()(x.clone())
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"export needs a model that returns one tensor, got {type(out).__name__} "
                          f"(a features_only backbone cannot be exported with a single output name)")
@@ -454,6 +461,17 @@ def _compare(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, expec
     diff, rel = relative_error(expected, torch.as_tensor(out))
     return ExportCheck(batch_size=x.shape[0], max_abs_diff=diff, rel_err=rel,
                        output_scale=expected.abs().max().item())
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile``'s wrapper (and ``DataParallel`` / DDP), else ``model``.
+
+    The exporters trace Python code, which a compiled wrapper hides behind dynamo (the ONNX and
+    TorchScript exporters refuse it, ``torch.export`` misreads its arguments); the wrapped module
+    holds the same parameters and computes the same function
+    (:func:`mobileconv.deploy.weights.unwrap_model`).
+    """
+    return unwrap_model(model)
 
 
 def _on_cpu_float32(model: nn.Module) -> nn.Module:

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .export import (DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportCheckError, _on_cpu_float32, check_inputs, check_opset,
-                     check_tolerance, export_onnx, prepare_for_export, reference_output, relative_error)
+                     check_tolerance, export_onnx, prepare_for_export, reference_output, relative_error,
+                     uncompiled)
 
 PROVIDERS = ["CPUExecutionProvider"]
 
@@ -98,7 +99,7 @@ def make_ort_callable(model: nn.Module, input_shape: Sequence[int], *, threads: 
         raise ValueError(f"input_shape must be (N, C, H, W) with positive integers, got {input_shape!r}")
     check_opset(opset)
     check_tolerance(tolerance)
-    model = _on_cpu_float32(model)  # onnxruntime runs here on CPU
+    model = _on_cpu_float32(uncompiled(model))  # onnxruntime runs here on CPU; a torch.compile wrapper unwrapped
     (x,) = check_inputs(shape, dynamic_batch=False)
     expected = reference_output(model, x)
     # copies of x: a model may change its input in place

@@ -63,12 +63,30 @@ EXPECTED = ("a checkpoint: a safetensors file of a model state_dict, or a PyTorc
             "(timm, torchvision or mobileconv)")
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile``'s ``OptimizedModule`` (``_orig_mod``) and ``DataParallel`` /
+    ``DistributedDataParallel`` (``module``), in any nesting; ``model`` itself when it is not wrapped.
+
+    The wrappers share the inner model's parameters and buffers but prefix its ``state_dict`` keys
+    (``_orig_mod.``, ``module.``), so loading and saving go through the inner model: a checkpoint
+    loads into a wrapped model as into the model, and a wrapped model saves the model's keys.
+    """
+    while True:
+        if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
 def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, *, drop_head: bool = False,
                     use_ema: bool = False) -> str:
     """Load a checkpoint file into ``model`` in place (``create_model(..., pretrained=path)``).
 
     Args:
-        model: a mobileconv model.
+        model: a mobileconv model, or one wrapped by ``torch.compile`` / ``DataParallel`` / DDP
+            (loaded into the model it wraps, :func:`unwrap_model`).
         pretrained: path to a mobileconv, timm or torchvision checkpoint (detected from its keys).
         drop_head: keep the model's own classifier instead of the checkpoint's (fine-tuning to
             another number of classes).
@@ -152,6 +170,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], me
 
     See :func:`load_pretrained`; ``name`` is used in error messages.
     """
+    model = unwrap_model(model)  # a torch.compile / DataParallel wrapper: load into the model it holds
     source = detect_source(state_dict, metadata)
     target = model.state_dict()
     if source == "torchvision":
@@ -204,6 +223,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     from safetensors.torch import save_file
 
     path = check_output_path(path)
+    model = unwrap_model(model)  # the model's own keys, without torch.compile / DataParallel prefixes
     meta = {"format": FORMAT, **{k: str(v) for k, v in (metadata or {}).items()}}
     eps = bn_eps_of(model)
     if eps is not None:
