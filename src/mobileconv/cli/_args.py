@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 
 def _int_at_least(text: str, minimum: int, what: str) -> int:
@@ -34,15 +35,27 @@ def positive_float(text: str) -> float:
 
 
 def call_with_one_line_errors(fn, *args):
-    """Call ``fn``; a multi-line ValueError / OSError message (a key listing) becomes one line with its headings."""
+    """Call ``fn``; a multi-line ValueError / OSError message (a key listing) becomes one line.
+
+    Each listing line ``heading: item, item, ...`` keeps its heading and its first item
+    (``missing keys (49): blocks.1.0.conv_pw.weight, ...``), so the line still names a key.
+    """
     try:
         return fn(*args)
     except (ValueError, OSError) as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         if len(lines) <= 1:
             raise
-        details = ", ".join(line.split(":")[0] for line in lines[1:])
+        details = "; ".join(_heading_and_first_item(line) for line in lines[1:])
         raise ValueError(f"{lines[0]} ({details})") from e
+
+
+def _heading_and_first_item(line: str) -> str:
+    heading, _, items = line.partition(": ")
+    if not items:
+        return heading
+    first = re.split(r", (?![^\[]*\])", items, maxsplit=1)  # not inside a shape such as [96, 1, 3, 3]
+    return f"{heading}: {first[0]}{', ...' if len(first) > 1 else ''}"
 
 
 def registered_model(text: str) -> str:
