@@ -87,7 +87,11 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
     * with ``compile=True``, the model is compiled in place (:func:`compile_for_inference`).
 
     A module with forward hooks (or pre-hooks) is neither folded, fused nor replaced: its hooks still
-    run and see the values they see in the eval-mode model (per chunk in micro-batched stages).
+    run and see the values they see in the eval-mode model (per chunk in micro-batched stages), also
+    in the tensors they keep: a conv output such a hook receives or returns (a hook on a wrapper that
+    ends in the conv) keeps its BN and activation, and a tensor it receives is not scaled in place.
+    A conv, BN or MixConv whose parameters or statistics the forward also reads outside the module
+    (a tied decoder's ``F.conv_transpose2d(y, self.conv.weight)``) is kept as it is.
 
     Args:
         model: any ``nn.Module`` built from ``torch.nn`` and ``mobileconv.layers``.
@@ -152,7 +156,7 @@ def _optimize(model: nn.Module, x: torch.Tensor, channels_last: bool, onednn: bo
     expected = [expected, *(out for _, out in other)] if verify else None
     reference = [_float32_reference(model, b, e) for b, e in zip(batches, expected)] if verify else None
     set_layer_impl(model, "fast")
-    fuse_operators(model)
+    fuse_operators(model, batches)
     fold_batchnorms(model, batches)
     scale_in_place(model, batches)
     if onednn is None:
@@ -235,14 +239,18 @@ def compile_for_inference(model: nn.Module) -> nn.Module:
     return model
 
 
-def fuse_operators(model: nn.Module) -> nn.Module:
+def fuse_operators(model: nn.Module, example_input: torch.Tensor | list[torch.Tensor] | None = None) -> nn.Module:
     """Replace MixConv / XSepConv / evenly split grouped convs by plain convs, in place (eval-mode maths).
 
     Those whose convs compute their weights (:func:`_computed_weights`) are kept, with ``impl="reference"``;
-    those with forward hooks (:func:`_hooked`) are kept as they are.
+    those with forward hooks (:func:`_hooked`) are kept as they are, and so are those whose weights the
+    forward reads outside their calls (:func:`read_elsewhere`, on ``example_input`` where given).
     """
+    fusable = (GroupedConv2d, MixConv2d, XSepConv2d)
+    elsewhere = set() if example_input is None else read_elsewhere(model, example_input,
+                                                                     lambda m: isinstance(m, fusable))
     for name, module in list(model.named_modules()):
-        if not _standard_forward(module):
+        if not _standard_forward(module) or id(module) in elsewhere:
             continue  # a subclass with a forward of its own computes something else: kept as it is
         if isinstance(module, (GroupedConv2d, MixConv2d, XSepConv2d)) and _computed_weights(module):
             module.impl = "reference"  # kept, calling each conv, which computes its weight as it runs
@@ -329,7 +337,8 @@ def fold_batchnorms(model: nn.Module, example_input: torch.Tensor | list[torch.T
         The ``(conv_name, bn_name)`` pairs that were folded.
     """
     folded: list[tuple[str, str]] = []
-    while pairs := trace_conv_bn_pairs(model, example_input):
+    elsewhere = read_elsewhere(model, example_input, lambda m: isinstance(m, (*_CONVS, *_BATCHNORMS)))
+    while pairs := trace_conv_bn_pairs(model, example_input, elsewhere=elsewhere):
         for conv_name, bn_name in pairs:
             _fold(model.get_submodule(conv_name), model.get_submodule(bn_name))
             _replace(model, bn_name, nn.Identity())
@@ -338,19 +347,86 @@ def fold_batchnorms(model: nn.Module, example_input: torch.Tensor | list[torch.T
 
 
 @torch.no_grad()
-def trace_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor | list[torch.Tensor]) -> list[tuple[str, str]]:
+def trace_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor | list[torch.Tensor], *,
+                        elsewhere: set[int] | None = None) -> list[tuple[str, str]]:
     """``(conv_name, bn_name)`` for every foldable BN whose input is a conv's output, read by nothing else.
 
     A conv whose weight is computed (:func:`_computed_weights`: weight or spectral norm) keeps its BN,
-    and so do convs and BNs with forward hooks (:func:`_hooked`).
+    and so do convs and BNs with forward hooks (:func:`_hooked`) and those whose parameters or statistics
+    the forward reads outside them (:func:`read_elsewhere`; ``elsewhere``: their ids, if already known).
     """
+    if elsewhere is None:
+        elsewhere = read_elsewhere(model, example_input, lambda m: isinstance(m, (*_CONVS, *_BATCHNORMS)))
+
     def is_conv(m: nn.Module) -> bool:
-        return isinstance(m, _CONVS) and _standard_forward(m) and not _computed_weights(m) and not _hooked(m)
+        return (isinstance(m, _CONVS) and _standard_forward(m) and not _computed_weights(m) and not _hooked(m)
+                and id(m) not in elsewhere)
 
     def is_bn(m: nn.Module) -> bool:
-        return isinstance(m, _BATCHNORMS) and _standard_forward(m) and _foldable(m) and not _hooked(m)
+        return (isinstance(m, _BATCHNORMS) and _standard_forward(m) and _foldable(m) and not _hooked(m)
+                and id(m) not in elsewhere)
 
     return trace_pairs(model, example_input, is_conv, is_bn)
+
+
+@torch.no_grad()
+def read_elsewhere(model: nn.Module, example_input: torch.Tensor | list[torch.Tensor],
+                   is_candidate: Callable[[nn.Module], bool]) -> set[int]:
+    """``id`` of every candidate module whose parameters or buffers an op reads outside its own calls.
+
+    A forward that uses a conv's weight again (``F.conv_transpose2d(y, self.conv.weight)``, a tied
+    decoder) or a BN's statistics in a function of its own would read the folded weight, or find the BN
+    gone: such modules are not folded or replaced. A read inside a call of another module that holds
+    the same parameter (two convs sharing one weight) is that module's own. With a list of batches,
+    those found in the pass on any of them.
+    """
+    batches = [example_input] if isinstance(example_input, torch.Tensor) else example_input
+    owners: dict[int, list[nn.Module]] = {}  # storage -> candidates (and their ancestors among them) holding it
+    for m in model.modules():
+        if is_candidate(m):
+            for t in {id(t): t for t in (*m.parameters(), *m.buffers()) if t.numel()}.values():
+                owners.setdefault(_storage_of(t), []).append(m)
+    if not owners:
+        return set()
+    active: dict[int, int] = {}
+    found: set[int] = set()
+    reads = _ForeignReads(owners, active, found)
+
+    def enter(module, args):
+        active[id(module)] = active.get(id(module), 0) + 1
+
+    def leave(module, args, output):
+        active[id(module)] -= 1
+
+    for x in batches:
+        handles = []
+        for m in {id(m): m for ms in owners.values() for m in ms}.values():
+            handles += [m.register_forward_pre_hook(enter, prepend=True),
+                        m.register_forward_hook(leave, always_call=True)]
+        _run_watched(model, x.clone(), handles, reads)
+    return found
+
+
+class _ForeignReads(TorchDispatchMode):
+    """Adds to ``found`` the owners of every watched tensor an op reads while none of them is running."""
+
+    def __init__(self, owners: dict[int, list[nn.Module]], active: dict[int, int], found: set[int]) -> None:
+        super().__init__()
+        self.owners, self.active, self.found = owners, active, found
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves((args, kwargs)):
+            if isinstance(leaf, torch.Tensor):
+                holders = self.owners.get(_storage_of(leaf))
+                if holders and not any(self.active.get(id(m)) for m in holders):
+                    self.found.update(id(m) for m in holders)
+        return out
+
+    def count_outputs(self, outputs) -> None:  # (_run_watched's interface) a returned weight is read elsewhere too
+        for leaf in tree_leaves(outputs):
+            if isinstance(leaf, torch.Tensor):
+                self.found.update(id(m) for m in self.owners.get(_storage_of(leaf), []))
 
 
 def _standard_forward(module: nn.Module) -> bool:
@@ -418,7 +494,10 @@ def trace_pairs(model: nn.Module, example_input: torch.Tensor | list[torch.Tenso
     in_place: set[str] = set()  # consumers that returned their input
     calls: dict[str, int] = {}  # a module called twice (shared weights) cannot be rewritten for one call
     readers = _ReaderCount(produced)
-    handles = []
+    clock = [0]  # events so far: hooked modules' calls (see _watch_hooked) and consumer calls
+    consumed_at: dict[str, int] = {}
+    witnessed: list[tuple[torch.Tensor, int]] = []
+    handles = _watch_hooked(model, witnessed, clock)
 
     def record_producer(name):
         def hook(module, args, output):
@@ -431,6 +510,8 @@ def trace_pairs(model: nn.Module, example_input: torch.Tensor | list[torch.Tenso
     def record_consumer(name):
         def hook(module, args):
             calls[name] = calls.get(name, 0) + 1
+            clock[0] += 1
+            consumed_at[name] = clock[0]
             hit = produced.get(id(args[0])) if args else None
             if hit is not None and hit[1] is args[0]:
                 pairs[name] = hit[0]
@@ -459,8 +540,17 @@ def trace_pairs(model: nn.Module, example_input: torch.Tensor | list[torch.Tenso
             return True
         return in_place_consumer and cons in first_reader and cons in in_place
 
+    def unseen_by_hooks(prod: str, cons: str) -> bool:
+        # A hooked module that received or returned the producer's output (a forward hook on a wrapper of the
+        # conv, a pre-hook on a wrapper of the BN) may keep it: once fused, that tensor would hold the consumer's
+        # result. After an in-place consumer has run, it holds that result in the eval-mode model too.
+        storage = _storage_of(produced[output_of[prod]][1])
+        after = consumed_at[cons] if cons in in_place else float("inf")
+        return not any(when < after and _storage_of(t) == storage for t, when in witnessed)
+
     return [(prod, cons) for cons, prod in pairs.items()
-            if producers.count(prod) == 1 and calls[prod] == 1 and calls[cons] == 1 and only_reader(prod, cons)]
+            if producers.count(prod) == 1 and calls[prod] == 1 and calls[cons] == 1 and only_reader(prod, cons)
+            and unseen_by_hooks(prod, cons)]
 
 
 @torch.no_grad()
@@ -589,10 +679,22 @@ def scale_in_place(model: nn.Module, example_input: torch.Tensor | list[torch.Te
     batches = [example_input] if isinstance(example_input, torch.Tensor) else example_input
     # in both memory formats: a .contiguous(memory_format=...) in the model copies one and passes the other on
     both_formats = [f for x in batches for f in (x, x.contiguous(memory_format=torch.channels_last))]
-    names = trace_overwritable_inputs(model, both_formats, lambda m: type(m) is SqueezeExcite and not _hooked(m))
+    names = trace_overwritable_inputs(model, both_formats,
+                                      lambda m: type(m) is SqueezeExcite and not _hooked(m) and _linear_se(m))
     for name in names:
         _replace(model, name, InplaceSqueezeExcite.from_module(model.get_submodule(name)))
     return names
+
+
+def _linear_se(se: SqueezeExcite) -> bool:
+    """Whether the SE's 1x1 convs compute what :class:`InplaceSqueezeExcite`'s ``F.linear`` calls do.
+
+    Not for a conv a user put in its place with a forward of its own (weight standardisation, QAT),
+    groups, a stride or a padding (which would make a larger map of the pooled 1x1 one).
+    """
+    return all(isinstance(c, nn.Conv2d) and _standard_forward(c) and c.kernel_size == (1, 1) and c.groups == 1
+               and c.stride == (1, 1) and c.padding in ((0, 0), "valid", "same")
+               for c in (se.conv_reduce, se.conv_expand))
 
 
 @torch.no_grad()
@@ -613,7 +715,8 @@ def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor | li
     readers = _ReaderCount(watched)
     inputs: dict[str, torch.Tensor | None] = {}
     calls: dict[str, int] = {}
-    handles = []
+    witnessed: list[tuple[torch.Tensor, int]] = []
+    handles = _watch_hooked(model, witnessed, [0])
 
     def before(name):
         def hook(module, args):
@@ -636,8 +739,33 @@ def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor | li
             handles.append(module.register_forward_pre_hook(before(name)))
             handles.append(module.register_forward_hook(after(name)))
     _run_watched(model, example_input, handles, readers)
+    seen = {_storage_of(t) for t, _ in witnessed}  # a hooked module may keep what it received or returned
     return [name for name, x in inputs.items()
-            if x is not None and calls[name] == 1 and readers.counts.get(id(x)) == 0]
+            if x is not None and calls[name] == 1 and readers.counts.get(id(x)) == 0 and _storage_of(x) not in seen]
+
+
+def _watch_hooked(model: nn.Module, witnessed: list[tuple[torch.Tensor, int]], clock: list[int]) -> list:
+    """Hooks (their handles) that record every tensor a module with forward (pre-)hooks of its own receives or returns.
+
+    Such a hook may keep a tensor (``features[name] = output``) without any op reading it, so
+    :class:`_ReaderCount` does not see it: a rewrite that writes into that tensor, or makes the conv
+    before it return what another module computes, would change what the hook keeps. Each tensor goes
+    into ``witnessed`` with the value of ``clock[0]``, advanced by one per record, and kept alive (its
+    memory is not reused for a later tensor in the pass). Ours run before the user's hooks: they see
+    the arguments before a pre-hook replaces them and the output before a hook replaces it.
+    """
+    def record(tensors):
+        clock[0] += 1
+        witnessed.extend((t, clock[0]) for t in tree_leaves(tensors) if isinstance(t, torch.Tensor))
+
+    handles = []
+    for m in model.modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            handles.append(m.register_forward_pre_hook(lambda _, args, kwargs: record((args, kwargs)),
+                                                       prepend=True, with_kwargs=True))
+            handles.append(m.register_forward_hook(lambda _, args, kwargs, out: record(out),
+                                                   prepend=True, with_kwargs=True))
+    return handles
 
 
 def _run_watched(model: nn.Module, example_input: torch.Tensor, handles: list,
