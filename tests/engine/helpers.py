@@ -26,3 +26,19 @@ def failed_train(args, capsys) -> str:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mobileconv train: error: "), err
     return err
+
+
+def scheduled_lrs(epochs: int, steps: int, warmup_epochs: float, lr: float, min_lr: float):
+    """The learning rate of each step under ``create_scheduler`` (SGD on one tensor), and the one after the last."""
+    import torch
+
+    from mobileconv.engine.optim import create_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2, 2))], lr=lr)
+    sched = create_scheduler(opt, epochs, steps, warmup_epochs, lr, min_lr)
+    seen = []
+    for _ in range(epochs * steps):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return seen, opt.param_groups[0]["lr"]

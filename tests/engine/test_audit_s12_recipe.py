@@ -3,7 +3,6 @@
 Every expected value comes from an independent oracle: torch.optim / torch.optim.lr_scheduler classes,
 torch.optim.swa_utils.AveragedModel, or the formula written out here, never from the code under test.
 """
-import math
 
 import pytest
 import torch
@@ -13,7 +12,9 @@ from torch.optim.swa_utils import AveragedModel
 from mobileconv.data import MixupCutmix
 from mobileconv.engine.config import TrainConfig
 from mobileconv.engine.ema import ModelEma
-from mobileconv.engine.optim import create_optimizer, create_scheduler
+from mobileconv.engine.optim import create_optimizer
+
+from .helpers import scheduled_lrs
 
 # ---- optimizer epsilon ------------------------------------------------------------------------------
 
@@ -124,18 +125,6 @@ def test_ema_without_ties_matches_averaged_model():
 
 
 # ---- schedule -------------------------------------------------------------------------------------------
-
-
-def scheduled_lrs(epochs, steps, warmup_epochs, lr, min_lr):
-    param = nn.Parameter(torch.zeros(2, 2))
-    opt = torch.optim.SGD([param], lr=lr)
-    sched = create_scheduler(opt, epochs, steps, warmup_epochs, lr, min_lr)
-    seen = []
-    for _ in range(epochs * steps):
-        seen.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return seen, opt.param_groups[0]["lr"]
 
 
 def torch_lrs(total, warm, lr, min_lr):
