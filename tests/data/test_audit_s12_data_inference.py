@@ -48,9 +48,9 @@ def save_with_orientation(path, pixels, orientation):
 
 
 def centre_crop(array, size):
-    """The centre ``size`` x ``size`` of an (H, W, C) array whose shorter side is ``size``."""
+    """The centre ``size`` x ``size`` of an (H, W, C) array whose shorter side is ``size`` (torchvision's offset)."""
     h, w = array.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
+    top, left = int(round((h - size) / 2)), int(round((w - size) / 2))
     return array[top:top + size, left:left + size]
 
 
@@ -167,7 +167,7 @@ def test_very_wide_or_tall_image_resizes_only_the_crop(tmp_path, monkeypatch, he
     img = Image.fromarray(pixels)
     scale = size / min(width, height)
     w, h = max(size, round(width * scale)), max(size, round(height * scale))
-    left, top = (w - size) // 2, (h - size) // 2
+    left, top = int(round((w - size) / 2)), int(round((h - size) / 2))  # torchvision's CenterCrop offsets
     expected = np.asarray(img.resize((w, h), Image.BILINEAR).crop((left, top, left + size, top + size))).astype(int)
 
     requested = []
@@ -226,3 +226,15 @@ def test_unreadable_exif_leaves_the_image_decodable(tmp_path, exif):
         with Image.open(tmp_path / "x.jpg") as img:
             expected = np.asarray(img.convert("RGB"))
     np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), expected)
+
+
+@pytest.mark.parametrize("width", [11, 12, 13, 15])
+def test_centre_crop_offset_is_torchvisions(tmp_path, width):
+    """torchvision's CenterCrop takes ``int(round((w - size) / 2))``: for w - size = 3 or 7 that is one pixel
+    right of ``(w - size) // 2``, which the loader used to take."""
+    size = 8
+    pixels = np.arange(size * width, dtype=np.uint8).reshape(size, width, 1).repeat(3, 2) * 2
+    Image.fromarray(pixels).save(tmp_path / "x.png")  # shorter side already 8: no resize, a pure crop
+    left = int(round((width - size) / 2))
+    np.testing.assert_array_equal(load_image(tmp_path / "x.png", size).permute(1, 2, 0).numpy(),
+                                  pixels[:, left:left + size])

@@ -312,6 +312,9 @@ def test_rejects_a_bad_example_input():
     message = r"example_input must be a 4-d tensor \(N, C, H, W\), got torch.Size\(\[3, 8\]\)"
     with pytest.raises(ValueError, match=message):
         optimize_for_inference(nn.Conv2d(3, 3, 1), example_input=torch.zeros(3, 8))
+    # an empty batch used to turn every rewrite off without a word (all empty tensors look alike to the trace)
+    with pytest.raises(ValueError, match=r"example_input must hold at least one image, got shape \(0, 3, 8, 8\)"):
+        optimize_for_inference(nn.Conv2d(3, 3, 1), example_input=torch.zeros(0, 3, 8, 8))
 
 
 # --- squeeze-excite in place ----------------------------------------------------------------------

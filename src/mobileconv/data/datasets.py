@@ -156,7 +156,8 @@ def load_image(path: Path, size: int) -> torch.Tensor:
                 img = img.transpose(method)
             scale = size / min(img.size)
             w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
-            left, top = (w - size) // 2, (h - size) // 2
+            # torchvision's CenterCrop offset, int(round((w - size) / 2)), so its models see the same pixels
+            left, top = int(round((w - size) / 2)), int(round((h - size) / 2))
             if w * h <= MAX_RESIZED_AREA * size * size:
                 img = img.resize((w, h), Image.BILINEAR).crop((left, top, left + size, top + size))
             else:  # a very wide or tall image: resize only the crop's region (the same geometry, up to

@@ -888,6 +888,8 @@ def _example_input(model: nn.Module, example_input: torch.Tensor | None) -> torc
         if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
             raise ValueError("example_input must be a 4-d tensor (N, C, H, W), got "
                              f"{getattr(example_input, 'shape', type(example_input).__name__)}")
+        if example_input.shape[0] == 0:  # every traced tensor would be empty: nothing could be told apart
+            raise ValueError(f"example_input must hold at least one image, got shape {tuple(example_input.shape)}")
         return example_input
     ref = next(model.parameters(), None)
     in_chans = getattr(model, "in_chans", 3)
