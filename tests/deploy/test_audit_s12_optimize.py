@@ -188,3 +188,13 @@ def test_two_convs_sharing_one_weight_still_fold():
     for x in inputs((2, 3, 32, 32), (1, 3, 20, 28)):
         with torch.no_grad():
             assert_close_to_scale(fast(x.clone()), model(x.clone()))
+
+
+def test_in_place_squeeze_excite_names_a_wrong_channel_count():
+    """It ran F.linear on the pooled vector, whose shape error names no channels; it checks as SqueezeExcite does."""
+    from mobileconv.deploy.optimize import InplaceSqueezeExcite
+    from mobileconv.layers import SqueezeExcite
+
+    se = InplaceSqueezeExcite.from_module(SqueezeExcite(8, 2))
+    with pytest.raises(ValueError, match=r"SqueezeExcite: input x must have shape \(N, 8, H, W\), i.e. 8 channels"):
+        se(torch.randn(1, 6, 4, 4))

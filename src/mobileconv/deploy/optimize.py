@@ -29,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ..layers import Conv2dSame, GroupedConv2d, MixConv2d, SqueezeExcite, XSepConv2d, set_layer_impl
+from ..layers.helpers import check_input_channels
 from ..models._blocks import DepthwiseSeparableBlock, DropPath, InvertedResidual
 from ..models._builder import MobileNet
 from .onednn import OneDNNConv2d, fusable_activation, onednn_available
@@ -661,6 +662,7 @@ class InplaceSqueezeExcite(SqueezeExcite):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_channels(x, self.channels, "SqueezeExcite")  # F.linear's own error names no channels
         s = x.mean((2, 3))
         s = self.act1(F.linear(s, self.conv_reduce.weight.flatten(1), self.conv_reduce.bias))
         s = self.gate(F.linear(s, self.conv_expand.weight.flatten(1), self.conv_expand.bias))[:, :, None, None]
