@@ -171,3 +171,25 @@ def test_export_of_a_training_checkpoint_defaults_to_its_recorded_image_size(che
     assert rel_err(eager(model, x), ort_run(out, x)) <= TOL
     assert main(["export", CKPT_MODEL, "--checkpoint", str(ckpt), "--input-size", "24", "--out", str(out)]) == 0
     assert ort.InferenceSession(str(out)).get_inputs()[0].shape[1:] == [3, 24, 24]  # --input-size wins
+
+
+def test_head_less_convert_and_export_give_the_pre_logits(checkpoint, tmp_path, capsys):
+    """`--num-classes 0` (timm's feature-extractor form): convert writes no classifier, export emits the pooled
+    features; a head-less file converted so is exported as such without the flag (it used to want 1000 classes)."""
+    model, ckpt = checkpoint
+    headless = tmp_path / "headless.safetensors"
+    assert main(["convert", str(ckpt), str(headless), "--model", CKPT_MODEL, "--num-classes", "0"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(headless), "pt") as f:
+        assert not any(k.startswith("classifier") for k in f.keys()) and f.metadata()["num_classes"] == "0"
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():  # the oracle: the 10-class model's own pre-logits
+        expected = model.eval().forward_head(model.forward_features(x), pre_logits=True)
+    for source, extra in ((headless, []), (ckpt, ["--num-classes", "0"])):
+        out = tmp_path / f"{source.stem}.onnx"
+        assert main(["export", CKPT_MODEL, "--checkpoint", str(source), "--out", str(out), *extra]) == 0
+        got = ort_run(out, x)
+        assert got.shape == expected.shape == (3, model.num_features)
+        assert rel_err(got, expected) <= TOL
+    capsys.readouterr()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import USE_EMA_HELP, call_with_one_line_errors, positive_int
+from ._args import USE_EMA_HELP, call_with_one_line_errors, non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -18,8 +18,9 @@ def register(subparsers) -> None:
     p.add_argument("src", metavar="SRC", help="checkpoint to read")
     p.add_argument("dst", metavar="DST", help="safetensors file to write (replaced if it exists)")
     p.add_argument("--model", required=True, metavar="NAME", help="mobileconv model name (see `mobileconv models`)")
-    p.add_argument("--num-classes", type=positive_int, default=None, metavar="N",
-                   help="classes of the model (default: those of the checkpoint's classifier)")
+    p.add_argument("--num-classes", type=non_negative_int, default=None, metavar="N",
+                   help="classes of the model (default: those of the checkpoint's classifier); 0 writes the "
+                        "model without its classifier")
     p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     p.set_defaults(func=run_convert)
 

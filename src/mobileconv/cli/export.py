@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._args import USE_EMA_HELP, call_with_one_line_errors, positive_int
+from ._args import USE_EMA_HELP, call_with_one_line_errors, non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -27,9 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="weights: mobileconv .safetensors, or a timm / torchvision state_dict (default: random init)")
     p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
-    p.add_argument("--num-classes", type=positive_int, default=None, metavar="N",
+    p.add_argument("--num-classes", type=non_negative_int, default=None, metavar="N",
                    help="classes (default: the checkpoint classifier's, else the model's: 1000, or 10 for "
-                        "the _cifar forms)")
+                        "the _cifar forms); 0 exports the model without its classifier (pooled features)")
     p.add_argument("--input-size", type=positive_int, default=None, metavar="N",
                    help="export for N x N images (default: the size a mobileconv train checkpoint records, else "
                         "the model's, 224 or 32); ONNX and exported programs are static in H and W")
@@ -88,6 +88,8 @@ def load_for_export(name: str, checkpoint: str | None = None, num_classes: int |
     state_dict, metadata = read_checkpoint(checkpoint, use_ema=use_ema)
     if num_classes is None:
         num_classes = checkpoint_num_classes(state_dict)
+    if num_classes is None and str(metadata.get("num_classes")) == "0":  # a head-less one `convert` wrote
+        num_classes = 0
     model = create_model(name, num_classes=num_classes)
     load_state_dict(model, state_dict, metadata, name=str(checkpoint))
     meta = {k: _json_or_str(v) for k, v in metadata.items()}
