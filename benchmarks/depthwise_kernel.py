@@ -27,8 +27,8 @@ from mobileconv import create_model
 from mobileconv.cli._args import check_image_size, cpu_threads, positive_int, registered_model
 from mobileconv.deploy.onednn import OneDNNConv2d
 from mobileconv.deploy.optimize import optimize_for_inference
-from mobileconv.engine.bench import (BenchConfig, compare_models, make_inference_step, num_threads, paired_ratio,
-                                     script_environment, summarize_times, time_variants, write_report)
+from mobileconv.engine.bench import (BenchConfig, compare_models, compare_on, num_threads, script_environment,
+                                     write_report)
 from mobileconv.engine.checkpoint import save_figure
 from mobileconv.layers import MixConv2d
 
@@ -161,17 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.inference_mode():
                     expected = onednn(x)
                     err = ((ours(x) - expected).abs().max() / expected.abs().max()).item()
-                times = time_variants({"onednn": make_inference_step(onednn, config),
-                                       "ours": make_inference_step(ours, config)}, (x,), config)
-                m = {k: summarize_times(k, t, batch_size) for k, t in times.items()}
+                timed = compare_on({"onednn": onednn, "ours": ours}, x, config)
                 fused_macs = x[0].numel() * onednn.kernel_size[0] ** 2 // mix.stride ** 2
                 true_macs = sum(c * k * k for c, k in zip(mix.splits, mix.kernel_sizes)) * x[0, 0].numel() \
                     // mix.stride ** 2
                 rows.append({"batch_size": batch_size, "layer": name, "kernels": list(mix.kernel_sizes),
                              "input": list(shape), "stride": mix.stride, "macs_fused_over_true": fused_macs / true_macs,
-                             "onednn_ms": m["onednn"].latency_p50_ms, "ours_ms": m["ours"].latency_p50_ms,
-                             "speedup": paired_ratio(m["ours"].round_images_per_s, m["onednn"].round_images_per_s),
-                             "max_rel_diff": err})
+                             **timed, "max_rel_diff": err})
                 print(f"b{batch_size} {name}: x{rows[-1]['speedup']:.2f}", file=sys.stderr)
         swapped = swap_depthwise(lib, copy.deepcopy(optimized), layers)
         whole_rows = compare_models({"onednn": optimized, "ours": swapped}, args.model_batch_sizes, args.image_size,

@@ -31,8 +31,8 @@ from mobileconv import create_model
 from mobileconv.cli._args import check_image_size, cpu_threads, positive_int, registered_model
 from mobileconv.deploy.onednn import OneDNNConv2d
 from mobileconv.deploy.optimize import optimize_for_inference
-from mobileconv.engine.bench import (BenchConfig, compare_models, make_inference_step, num_threads, paired_ratio,
-                                     script_environment, summarize_times, time_variants, write_report)
+from mobileconv.engine.bench import (BenchConfig, compare_models, compare_on, num_threads, script_environment,
+                                     write_report)
 from mobileconv.engine.checkpoint import save_figure
 from mobileconv.layers import MixConv2d
 from mobileconv.models._blocks import InvertedResidual
@@ -207,14 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             config = BenchConfig(batch_size=x.shape[0], rounds=args.rounds, iters=5, warmup=2)
             fused, ours = optimized.get_submodule(name), swapped.get_submodule(name)
             # each call gets a fresh copy: the fused block's squeeze-excite scales in place, and the skip reads x
-            times = time_variants({"fused": make_inference_step(lambda t, m=fused: m(t.clone()), config),
-                                   "per_group": make_inference_step(lambda t, m=ours: m(t.clone()), config)},
-                                  (x,), config)
-            m = {k: summarize_times(k, t, x.shape[0]) for k, t in times.items()}
-            mix = blocks[name]
-            rows.append({"block": name, "kernels": list(mix.kernel_sizes), "input": list(x.shape),
-                         "fused_ms": m["fused"].latency_p50_ms, "per_group_ms": m["per_group"].latency_p50_ms,
-                         "speedup": paired_ratio(m["per_group"].round_images_per_s, m["fused"].round_images_per_s)})
+            timed = compare_on({"fused": lambda t, m=fused: m(t.clone()), "per_group": lambda t, m=ours: m(t.clone())},
+                               x, config)
+            rows.append({"block": name, "kernels": list(blocks[name].kernel_sizes), "input": list(x.shape), **timed})
             print(f"{name}: x{rows[-1]['speedup']:.2f}", file=sys.stderr)
         whole = compare_models({"fused": optimized, "per_group": swapped}, args.batch_sizes, args.image_size,
                                args.rounds)

@@ -402,18 +402,29 @@ def compare_models(models: dict[str, nn.Module], batch_sizes: Sequence[int], ima
     """
     if len(models) != 2:
         raise ValueError(f"compare_models takes two models, got {len(models)}")
-    (first, _), (second, _) = models.items()
     rows = []
     for batch_size in batch_sizes:
         config = BenchConfig(batch_size=batch_size, rounds=rounds, iters=20 if batch_size == 1 else 2,
                              warmup=5 if batch_size == 1 else 2)
-        batch = (torch.randn(batch_size, in_chans, image_size, image_size),)
-        times = time_variants({name: make_inference_step(m, config) for name, m in models.items()}, batch, config,
-                              progress=progress, desc=f"whole model, batch {batch_size}")
-        m = {name: summarize_times(name, t, batch_size) for name, t in times.items()}
-        rows.append({"batch_size": batch_size, **{f"{name}_ms": m[name].latency_p50_ms for name in models},
-                     "speedup": paired_ratio(m[second].round_images_per_s, m[first].round_images_per_s)})
+        batch = torch.randn(batch_size, in_chans, image_size, image_size)
+        rows.append({"batch_size": batch_size, **compare_on(models, batch, config, progress=progress,
+                                                            desc=f"whole model, batch {batch_size}")})
     return rows
+
+
+def compare_on(models: dict[str, Callable[[torch.Tensor], object]], batch: torch.Tensor, config: BenchConfig, *,
+               progress: bool = False, desc: str = "") -> dict:
+    """Two inference callables on ``batch`` in alternating rounds (:func:`time_variants`).
+
+    ``{"<name>_ms" (median latency of each), "speedup"}``: the second's speed over the first's, the
+    median of the per-round ratios (:func:`paired_ratio`).
+    """
+    (first, _), (second, _) = models.items()
+    times = time_variants({name: make_inference_step(m, config) for name, m in models.items()}, (batch,), config,
+                          progress=progress, desc=desc)
+    m = {name: summarize_times(name, t, len(batch)) for name, t in times.items()}
+    return {**{f"{name}_ms": m[name].latency_p50_ms for name in models},
+            "speedup": paired_ratio(m[second].round_images_per_s, m[first].round_images_per_s)}
 
 
 def script_environment(script: str, argv: Sequence[str], **extra) -> dict:

@@ -60,8 +60,8 @@ class Conv2dSame(nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
-def runs_as_plain_conv(conv: nn.Module) -> bool:
-    """Whether calling ``conv`` is just ``F.conv2d`` with its ``weight``: what the fused paths read directly.
+def runs_as_plain_conv(*convs: nn.Module) -> bool:
+    """Whether calling each of ``convs`` is just ``F.conv2d`` with its ``weight``: what the fused paths read directly.
 
     False for a conv with hooks of its own (forward, forward-pre, backward): ``torch.nn.utils.prune`` and
     the hook-based ``weight_norm`` / ``spectral_norm`` compute ``weight`` in a forward pre-hook, and a
@@ -71,10 +71,10 @@ def runs_as_plain_conv(conv: nn.Module) -> bool:
     parametrization makes ``weight`` a property that the fused paths read like any other weight. Global hooks
     (``torch.nn.modules.module.register_module_forward_hook``) are not looked at.
     """
-    cls = type(conv)
-    return (cls.forward in (nn.Conv2d.forward, Conv2dSame.forward) and cls._conv_forward is nn.Conv2d._conv_forward
-            and not (conv._forward_hooks or conv._forward_pre_hooks or conv._backward_hooks
-                     or conv._backward_pre_hooks))
+    return all([type(conv).forward in (nn.Conv2d.forward, Conv2dSame.forward)
+                and type(conv)._conv_forward is nn.Conv2d._conv_forward
+                and not (conv._forward_hooks or conv._forward_pre_hooks or conv._backward_hooks
+                         or conv._backward_pre_hooks) for conv in convs])
 
 
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,

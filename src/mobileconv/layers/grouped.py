@@ -66,7 +66,7 @@ class GroupedConv2d(nn.ModuleList):
         fused = self.impl == "fast" and self.single_conv and self.training
         if not torch.jit.is_scripting():
             # the fused conv reads the weights directly: hooked convs (prune, ...) and QAT convs run as modules
-            fused = fused and all([runs_as_plain_conv(conv) for conv in self])
+            fused = fused and runs_as_plain_conv(*self)
         if fused:
             weight = torch.cat([conv.weight for conv in self], 0)
             k = self.kernel_sizes[0]

@@ -116,7 +116,7 @@ class MixConv2d(nn.ModuleList):
         if not torch.jit.is_scripting():
             # the fused conv reads the weights directly: a conv with hooks (prune, hook-based weight_norm,
             # forward hooks) or a forward of its own (QAT) must run as a module, as in the reference
-            fused = fused and all([runs_as_plain_conv(conv) for conv in self])
+            fused = fused and runs_as_plain_conv(*self)
         if fused:
             k, s = self.max_kernel, self.stride
             pad = (k - 1) // 2
