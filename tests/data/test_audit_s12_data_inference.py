@@ -165,8 +165,8 @@ def test_very_wide_or_tall_image_resizes_only_the_crop(tmp_path, monkeypatch, he
     size = 8
     # the oracle: PIL resizing the whole image (shorter side to 8) and cropping its centre
     img = Image.fromarray(pixels)
-    scale = size / min(width, height)
-    w, h = max(size, round(width * scale)), max(size, round(height * scale))
+    # torchvision's Resize(int): the longer side int(size * long / short), truncated
+    w, h = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
     left, top = int(round((w - size) / 2)), int(round((h - size) / 2))  # torchvision's CenterCrop offsets
     expected = np.asarray(img.resize((w, h), Image.BILINEAR).crop((left, top, left + size, top + size))).astype(int)
 

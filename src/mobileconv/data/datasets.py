@@ -8,6 +8,7 @@ the train split, the test split and a :class:`DataInfo` describing them.
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,12 +79,24 @@ class ImageFolderDataset(Dataset):
     (as torchvision's ``ImageFolder`` follows them; not a link to a folder holding the one it lies
     in: a loop, or the split / data folder); hidden files and folders (``._x.jpg`` as macOS copies leave them,
     ``.ipynb_checkpoints/``) are skipped, as hidden class folders are, and so are folders whose
-    name ends like an image's. Undecodable files raise ``ValueError`` naming the file.
+    name ends like an image's. A symbolic link named like an image whose target is missing raises
+    ``ValueError`` naming it when the folder is listed; undecodable files raise it when decoded.
+
+    Args:
+        root: the split folder holding one folder per class.
+        classes: class names in label order.
+        size: output side length.
+        folders: the class folders' names on disk when they differ from ``classes`` (a class
+            name in NFC form, its folder written in NFD by macOS); defaults to ``classes``.
     """
 
-    def __init__(self, root: Path, classes: list[str], size: int) -> None:
+    def __init__(self, root: Path, classes: list[str], size: int, folders: list[str] | None = None) -> None:
+        folders = list(classes) if folders is None else list(folders)
+        if len(folders) != len(classes):
+            raise ValueError(f"{len(folders)} class folders for {len(classes)} classes")
         self.root, self.classes, self.size = Path(root), classes, size
-        self.samples = [(path, label) for label, name in enumerate(classes) for path in image_files(self.root / name)]
+        self.samples = [(path, label) for label, folder in enumerate(folders)
+                        for path in image_files(self.root / folder)]
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.long)
 
     def __len__(self) -> int:
@@ -107,7 +120,8 @@ def image_files(folder: Path) -> list[Path]:
     Follows symbolic links to folders, as ``os.walk(followlinks=True)`` (torchvision's ImageFolder)
     does, except one leading to a folder that holds the one it lies in (a loop, or a link to the
     split or data folder, whose other classes' images are not this class's); hidden folders are
-    not entered. Files are listed by name: a link to a missing file is listed (and its decoding names it).
+    not entered. Files are listed by name; a link named like an image whose target is missing (or
+    is a loop of links) raises ``ValueError`` naming it, here rather than when an epoch reaches it.
     """
     found = []
 
@@ -132,6 +146,9 @@ def image_files(folder: Path) -> list[Path]:
                 if not any(holds(real, a) for a in ancestors):
                     walk(child, ancestors | {real})
             elif child.suffix.lower() in IMAGE_EXTENSIONS:
+                if entry.is_symlink() and not os.path.exists(child):
+                    raise ValueError(f"image {child} is a symbolic link to {os.readlink(child)}, which does not "
+                                     f"exist; restore its target or remove the link")
                 found.append(child)
 
     walk(Path(folder), frozenset({os.path.realpath(folder)}))
@@ -139,7 +156,8 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
-    """Decode an image file to a uint8 ``(3, size, size)`` tensor (shorter side resized, centre crop).
+    """Decode an image file to a uint8 ``(3, size, size)`` tensor: torchvision's ``Resize(size)`` (bilinear,
+    the longer side truncated: :func:`resized_size`) then ``CenterCrop(size)``.
 
     The image is first turned upright as its EXIF orientation tag says (as ``PIL.ImageOps.exif_transpose``
     does, and as image viewers show it: photos from phones and cameras are often stored sideways).
@@ -154,8 +172,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
             img = to_8bit(img).convert("RGB")
             if method is not None:
                 img = img.transpose(method)
-            scale = size / min(img.size)
-            w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+            w, h = resized_size(img.width, img.height, size)
             # torchvision's CenterCrop offset, int(round((w - size) / 2)), so its models see the same pixels
             left, top = int(round((w - size) / 2)), int(round((h - size) / 2))
             if w * h <= MAX_RESIZED_AREA * size * size:
@@ -173,6 +190,17 @@ def load_image(path: Path, size: int) -> torch.Tensor:
 
 # load_image resizes a whole image when the result is at most this many crops in area (aspect ratio <= 4:1)
 MAX_RESIZED_AREA = 4
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """``(width, height)`` with the shorter side ``size``: torchvision's ``Resize(size)`` (an int).
+
+    The longer side is ``int(size * long / short)``, truncated as torchvision truncates it, so a
+    model trained with ``Resize(size)`` + ``CenterCrop(size)`` sees the same pixels.
+    """
+    short, long = min(width, height), max(width, height)
+    new_long = max(size, int(size * long / short))
+    return (size, new_long) if width <= height else (new_long, size)
 
 
 def exif_transpose_method(img):
@@ -323,23 +351,56 @@ def load_cifar(root: Path, folder: Path, layout: cifar.CifarLayout):
     return train, test, info
 
 
+def class_folders(folder: Path) -> dict[str, str]:
+    """Class name -> folder name of the class folders in a split folder, sorted by class name.
+
+    A class name is its folder's name in Unicode normal form NFC, so ``café`` written by macOS
+    (NFD: ``e`` and a combining accent) and by Linux or Windows (NFC: ``é``) are one class;
+    hidden folders are not classes. Two folders with the same NFC name raise ``ValueError``.
+    """
+    found = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_dir() or path.name.startswith("."):
+            continue
+        name = unicodedata.normalize("NFC", path.name)
+        if name in found:
+            raise ValueError(f"{folder}: class folders {show_names([found[name], path.name])} are one class name "
+                             f"in different Unicode forms (NFC and NFD); merge them into one folder")
+        found[name] = path.name
+    return dict(sorted(found.items()))
+
+
+def show_names(names) -> str:
+    """A list of names as Python prints it, each non-ASCII name followed by its code points
+    (``'café' (caf\\xe9)``), so names that print alike but differ are told apart."""
+    return "[" + ", ".join(repr(n) if n.isascii() else f"{n!r} ({ascii(n)[1:-1]})" for n in names) + "]"
+
+
 def load_image_folder(root: Path, img_size: int):
-    """``root/train/<class>/*`` and ``root/val/<class>/*``; both must exist, hold images and agree on classes."""
-    split_classes = {}
+    """``root/train/<class>/*`` and ``root/val/<class>/*``; both must exist, hold images and agree on classes.
+
+    Class names are matched in Unicode NFC form (:func:`class_folders`); images are read from the
+    folders as they are named on disk.
+    """
+    split_folders = {}
     for split in ("train", "val"):
         folder = root / split
         if not folder.is_dir():
             raise ValueError(f"--data {root}: missing {split}/ folder (an ImageFolder tree needs train/ and val/)")
-        split_classes[split] = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not split_classes[split]:
+        try:
+            split_folders[split] = class_folders(folder)
+        except ValueError as e:
+            raise ValueError(f"--data {root}: {e}") from None
+        if not split_folders[split]:
             raise ValueError(f"--data {root}: {split}/ has no class folders")
-    if split_classes["train"] != split_classes["val"]:
-        only_train = sorted(set(split_classes["train"]) - set(split_classes["val"]))
-        only_val = sorted(set(split_classes["val"]) - set(split_classes["train"]))
-        raise ValueError(f"--data {root}: train/ and val/ classes differ (only in train: {only_train}, "
-                         f"only in val: {only_val})")
-    classes = split_classes["train"]
-    train, val = (ImageFolderDataset(root / split, classes, img_size) for split in ("train", "val"))
+    if list(split_folders["train"]) != list(split_folders["val"]):
+        only_train = sorted(set(split_folders["train"]) - set(split_folders["val"]))
+        only_val = sorted(set(split_folders["val"]) - set(split_folders["train"]))
+        raise ValueError(f"--data {root}: train/ and val/ classes differ (only in train: {show_names(only_train)}, "
+                         f"only in val: {show_names(only_val)})")
+    classes = list(split_folders["train"])
+    train, val = (ImageFolderDataset(root / split, classes, img_size, list(split_folders[split].values()))
+                  for split in ("train", "val"))
     for split, ds in (("train", train), ("val", val)):
         if len(ds) == 0:
             raise ValueError(f"--data {root}: no images ({', '.join(IMAGE_EXTENSIONS)}) under {split}/")

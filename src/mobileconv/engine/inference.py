@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,16 +149,16 @@ def resolve_img_size(loaded: LoadedCheckpoint, img_size: int | None, data: str |
     return img_size
 
 
-def resolve_normalization(loaded: LoadedCheckpoint, default: tuple | None = None) -> tuple[list[float], list[float]]:
-    """Per-channel ``(mean, std)``: those recorded with the checkpoint, else ``default``, else the model's
-    ``pretrained_cfg``'s.
+def resolve_normalization(loaded: LoadedCheckpoint) -> tuple[list[float], list[float]]:
+    """Per-channel ``(mean, std)`` for ``eval`` and ``predict`` alike: those recorded with the checkpoint
+    (or its run's summary.json), else the model's ``pretrained_cfg``'s (mean and std each on its own).
 
     A checkpoint without metadata (timm, torchvision) was trained with its model's usual
-    normalisation (ImageNet's for the ImageNet models), as timm's ``resolve_data_config`` assumes.
+    normalisation (ImageNet's for the ImageNet models), as timm's ``resolve_data_config`` assumes;
+    the data it is evaluated on does not change what the model expects.
     """
-    if default is None:
-        default = (loaded.model.pretrained_cfg["mean"], loaded.model.pretrained_cfg["std"])
-    return list(loaded.get("mean", default[0])), list(loaded.get("std", default[1]))
+    cfg = loaded.model.pretrained_cfg
+    return list(loaded.get("mean", cfg["mean"])), list(loaded.get("std", cfg["std"]))
 
 
 def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: str | None = None,
@@ -166,8 +167,9 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     """top-1 / top-5 / per-class accuracy / confusion matrix of a checkpoint on a dataset's test split.
 
     ``data`` and ``img_size`` default to those recorded with the checkpoint; images are normalised
-    with the recorded ``mean`` / ``std`` (the training run's), else with the dataset's; ``use_ema``
-    takes a training checkpoint's EMA weights.
+    as ``predict`` normalises them (:func:`resolve_normalization`): with the recorded ``mean`` / ``std``
+    (the training run's), else with the model's ``pretrained_cfg``'s; ``use_ema`` takes a training
+    checkpoint's EMA weights.
     """
     check_positive(img_size, "--img-size")
     check_positive(max_samples, "--max-val-samples")
@@ -190,14 +192,14 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
         raise ValueError(f"checkpoint {checkpoint} has {loaded.num_classes} classes, {named} has "
                          f"{info.num_classes}")
     trained_on = loaded.get("classes")
-    if trained_on and list(trained_on) != list(info.classes):  # same count, other labels: scores would mean nothing
+    # same count, other labels: scores would mean nothing (names compared in NFC form, as ImageFolder matches them)
+    if trained_on and [unicodedata.normalize("NFC", c) for c in trained_on] != list(info.classes):
         raise ValueError(f"checkpoint {checkpoint} was trained on the classes {_preview(trained_on)}, {named} has "
                          f"{_preview(info.classes)}; evaluate it on data with its classes")
     test_set = limit_samples(test_set, max_samples)
     loader = DataLoader(test_set, batch_sampler=ShardedBatchSampler(len(test_set), batch_size, shuffle=False,
                                                                     drop_last=False))
-    # normalised as in training (recorded mean / std), else as the data's own (a checkpoint recording none)
-    transform = BatchTransform(img_size, *resolve_normalization(loaded, (info.mean, info.std))).to(dev)
+    transform = BatchTransform(img_size, *resolve_normalization(loaded)).to(dev)
     result = evaluate(loaded.model, loader, transform, info.num_classes, DistEnv(device=dev))
     return {"model": loaded.name, "checkpoint": str(checkpoint), "dataset": info.name, "split": info.test_split,
             "img_size": img_size, "classes": info.classes, **result}
