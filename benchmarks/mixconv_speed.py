@@ -2,7 +2,8 @@
 
 Every number is a ratio of two things timed in alternating rounds in this one process, from the
 same weights (random, so no download is needed): absolute images/s on a shared machine drift,
-ratios measured this way do not. Scenarios (defaults: fp32, 2 threads, 224x224):
+ratios measured this way do not. Scenarios (defaults: CPU, fp32, 2 threads, 224x224;
+``--device cuda --amp`` gives the issue's GPU table, float16 autocast, see ``gpu_table.sh``):
 
 * ``infer``     batch 32: ``optimize_for_inference(model)`` (``optimized``) and
                 ``optimize_for_inference(model, compile=True)`` (``compiled``; ``--no-compiled`` skips
@@ -15,7 +16,7 @@ ratios measured this way do not. Scenarios (defaults: fp32, 2 threads, 224x224):
                 of their MACs per second (true MACs, ``FlopCounterMode`` / 2 on the reference model).
 
 Writes ``benchmarks/results/mixconv_speed.{md,json,png}`` (``mixconv_speed_<scenarios>.*`` for a subset of the
-scenarios, ``_heap`` with ``--heap-malloc``). ``make bench`` runs it; ``--quick``
+scenarios, ``_heap`` with ``--heap-malloc``, ``_cuda`` / ``_amp`` with ``--device cuda`` / ``--amp``). ``make bench`` runs it; ``--quick``
 is a smoke run (64 px, batch 4, 2 rounds) that says nothing about speed.
 """
 from __future__ import annotations
@@ -33,9 +34,9 @@ from mobileconv import create_model
 from mobileconv.cli._args import check_image_size, cpu_threads, positive_int, registered_model
 from mobileconv.engine.checkpoint import save_figure
 from mobileconv.engine.malloc import keep_large_allocations_on_heap
-from mobileconv.engine.bench import (BenchConfig, BenchResult, benchmark_model, build_variant, count_macs,
-                                     format_table, make_batch, num_threads, paired_ratio, summarize_times,
-                                     time_variants, write_report)
+from mobileconv.engine.bench import (DEVICES, BenchConfig, BenchResult, benchmark_model, build_variant,
+                                     check_device, count_macs, format_table, make_batch, num_threads,
+                                     paired_ratio, summarize_times, time_variants, write_report)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("mixnet_s", "mixnet_m", "mixnet_l", "xsep_mobilenetv3_small_100", "mobilenetv3_large_100")
@@ -49,6 +50,10 @@ TARGETS = (
 )
 MAIN = {"infer": "optimized", "latency": "optimized", "train": "fast"}
 SCENARIOS = ("infer", "latency", "train", "tax")
+# (warm-up calls, timed calls per variant per round) by device and scenario: a GPU call takes a
+# few ms at batch 32, so a round times many of them
+CALLS = {"cpu": {"infer": (2, 2), "latency": (5, 20), "train": (2, 1)},
+         "cuda": {"infer": (10, 20), "latency": (20, 50), "train": (10, 10)}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS,
                    help="what to run (default: all; a subset writes mixconv_speed_<scenarios>.*)")
     p.add_argument("--threads", type=cpu_threads, default=2, help="torch threads (default 2)")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="device (default cpu)")
+    p.add_argument("--amp", action="store_true",
+                   help="autocast: bfloat16 on CPU, float16 on CUDA (training with a grad scaler)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="batch for infer / train / tax (default 32; 4 with --quick)")
     p.add_argument("--image-size", type=positive_int, default=None, help="input size (default 224; 64 with --quick)")
@@ -80,7 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, default, quick in (("image_size", 224, 64), ("batch_size", 32, 4), ("rounds", 5, 2)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else default)
-    # sizes are checked here, not minutes later in a scenario's process
+    # device and sizes are checked here, not minutes later in a scenario's process
+    if args.heap_malloc and args.device != "cpu":
+        p.error("--heap-malloc is about the CPU allocator; it does nothing for --device cuda")
+    try:
+        check_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
     if set(args.scenarios) - {"tax"}:
         try:
             check_image_size(args.models, args.image_size)
@@ -95,12 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def scenario_config(scenario: str, args: argparse.Namespace) -> BenchConfig:
-    common = dict(image_size=args.image_size, threads=args.threads, rounds=args.rounds)
+    warmup, iters = CALLS[args.device]["infer" if scenario == "tax" else scenario]
+    common = dict(image_size=args.image_size, threads=args.threads, rounds=args.rounds, device=args.device,
+                  amp=args.amp, warmup=warmup, iters=iters)
     if scenario == "latency":
-        return BenchConfig(mode="infer", batch_size=1, iters=20, warmup=5, **common)
-    if scenario == "train":
-        return BenchConfig(mode="train", batch_size=args.batch_size, iters=1, warmup=2, **common)
-    return BenchConfig(mode="infer", batch_size=args.batch_size, iters=2, warmup=2, **common)
+        return BenchConfig(mode="infer", batch_size=1, **common)
+    return BenchConfig(mode="train" if scenario == "train" else "infer", batch_size=args.batch_size, **common)
 
 
 def run_scenario(scenario: str, args: argparse.Namespace) -> list[BenchResult]:
@@ -176,7 +190,8 @@ def targets_table(rows: list[dict], tax: dict | None) -> list[str]:
 def markdown(args: argparse.Namespace, env: dict, results: dict[str, list[BenchResult]], rows: list[dict],
              tax: dict | None) -> str:
     out = ["# MixConv speed (benchmarks/mixconv_speed.py)", "",
-           f"Command: `{env['command']}`  ", f"Date: {env['date']}; torch {env['torch']}; "
+           f"Command: `{env['command']}`  ", f"Date: {env['date']}; torch {env['torch']}; {env['setting']}; "
+           + (f"{env['gpu']}; " if env["gpu"] else "") +
            f"{env['threads']} threads on {env['cpus']} CPUs ({env['cpu']}); malloc: {env['malloc']}; "
            f"load average {env['load_before']} before, {env['load_after']} after.", "",
            "Speed-ups are medians over rounds of per-round ratios (variants alternate within each round; same "
@@ -195,7 +210,13 @@ def markdown(args: argparse.Namespace, env: dict, results: dict[str, list[BenchR
     return "\n".join(out)
 
 
-def plot(rows: list[dict], tax: dict | None, path: Path) -> None:
+def setting(args: argparse.Namespace) -> str:
+    """``CPU fp32`` / ``CUDA float16 autocast``: what the figures were measured on."""
+    precision = ("bfloat16" if args.device == "cpu" else "float16") + " autocast" if args.amp else "fp32"
+    return f"{args.device.upper()} {precision}"
+
+
+def plot(args: argparse.Namespace, rows: list[dict], tax: dict | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,7 +242,7 @@ def plot(rows: list[dict], tax: dict | None, path: Path) -> None:
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_xticks(range(len(models)), models, fontsize=8)
     ax.set_ylabel("speed-up over impl='reference' (x)")
-    title = "MixConv / XSepConv fast path vs reference, CPU fp32 (targets dashed: 2.5 / 2.0 / 1.5)"
+    title = f"MixConv / XSepConv fast path vs reference, {setting(args)} (targets dashed: 2.5 / 2.0 / 1.5)"
     if tax is not None:
         ratios = ", ".join(f"{v} {e['macs_per_s_ratio']:.2f}" for v, e in tax["variants"].items())
         title += f"\nMACs/s mixnet_s / mobilenetv3_large_100 (target 0.8): {ratios}"
@@ -233,6 +254,7 @@ def plot(rows: list[dict], tax: dict | None, path: Path) -> None:
 def environment(args: argparse.Namespace) -> dict:
     return {"command": " ".join(["python benchmarks/mixconv_speed.py", *sys.argv[1:]]),
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
+            "setting": setting(args), "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
             "threads": args.threads, "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
             "load_before": " / ".join(f"{v:.1f}" for v in os.getloadavg()), "load_after": None}
 
@@ -267,12 +289,19 @@ def _run_in_fresh_process(fn, scenario: str, args: argparse.Namespace):
 def _run_child(fn, scenario: str, args: argparse.Namespace):
     if args.heap_malloc:
         use_heap_for_large_allocations()
+    prepare_process(args)
     return fn(scenario, args)
+
+
+def prepare_process(args: argparse.Namespace) -> None:
+    """On CUDA, let cuDNN pick each conv's fastest algorithm for its shape, as timm's benchmark does."""
+    torch.backends.cudnn.benchmark = args.device == "cuda"
 
 
 def report_stem(args: argparse.Namespace) -> str:
     """``mixconv_speed[_quick][_heap][_<scenarios>]``: a run of some scenarios does not overwrite the full report."""
     stem = "mixconv_speed" + ("_quick" if args.quick else "") + ("_heap" if args.heap_malloc else "")
+    stem += ("_cuda" if args.device == "cuda" else "") + ("_amp" if args.amp else "")
     if set(args.scenarios) != set(SCENARIOS):
         stem += "_" + "_".join(s for s in SCENARIOS if s in args.scenarios)
     return stem
@@ -285,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     env = environment(args)
     env["malloc"] = "heap (mallopt M_MMAP_THRESHOLD=1 GiB, M_TRIM_THRESHOLD off)" if args.heap_malloc else "glibc default"
+    if args.same_process:
+        prepare_process(args)
     run = _run if args.same_process else _run_in_fresh_process
     results = {s: run(run_scenario, s, args) for s in args.scenarios if s != "tax"}
     tax = run(_run_tax, "tax", args) if "tax" in args.scenarios else None
@@ -294,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     report = markdown(args, env, results, rows, tax)
     write_report(args.out, stem, report, {"environment": env, "speedups": rows, "tax": tax,
                                           "results": {s: [r.to_dict() for r in res] for s, res in results.items()}})
-    plot(rows, tax, args.out / f"{stem}.png")
+    plot(args, rows, tax, args.out / f"{stem}.png")
     print(report)
     print(f"\nwrote {args.out / stem}.md / .json / .png", file=sys.stderr)
     return 0

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -38,6 +39,8 @@ def refuse(name: str, argv: list[str], capsys) -> str:
     ("mixconv_speed", ["--models", "mixnet_s_cifar", "--scenarios", "infer", "--image-size", "4"],
      "--image-size 4 is too small for mixnet_s_cifar: it needs at least 8 pixels"),
     ("mixconv_speed", ["--models", "mixnet_s_cifar", "--image-size", "16"], "the tax scenario times mixnet_s"),
+    ("mixconv_speed", ["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    ("mixconv_speed", ["--device", "cuda", "--heap-malloc"], "--heap-malloc is about the CPU allocator"),
     ("cpu_steps", ["--models", "nope"], "expected a registered model name, got 'nope'"),
     ("cpu_steps", ["--batch-sizes", "1", "0"], "--batch-sizes: expected a positive integer, got '0'"),
     ("cpu_steps", ["--models", "mobilenetv3_small_100", "--image-size", "16"],
@@ -94,3 +97,46 @@ def test_small_map_conv_refuses_bad_options_and_runs_small(capsys):
                                  "16", "--rounds", "1", "--calls", "1", "--threads", "1"])
     out = capsys.readouterr().out
     assert "maps <=    16 px in F.conv2d" in out and "oneDNN speed-up x" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_mixconv_speed_cuda_without_cuda_is_one_line(capsys, tmp_path):
+    line = refuse("mixconv_speed", ["--device", "cuda", "--out", str(tmp_path / "out")], capsys)
+    assert "device 'cuda' (--device cuda) was requested but CUDA is not available" in line, line
+
+
+@pytest.mark.parametrize("argv, calls", [
+    ([], {"infer": (2, 2), "latency": (5, 20), "train": (2, 1)}),
+    (["--device", "cuda"], {"infer": (10, 20), "latency": (20, 50), "train": (10, 10)}),
+])
+def test_scenario_configs_follow_device_and_amp(argv, calls, monkeypatch):
+    """A GPU call is a few ms: one round times more calls there; --device / --amp reach every scenario."""
+    module = load("mixconv_speed")
+    monkeypatch.setattr(module, "check_device", lambda device: torch.device(device))  # no CUDA needed to build configs
+    args = module.parse_args([*argv, "--amp", "--models", "mobilenetv3_small_100_cifar", "--scenarios", "infer"])
+    for scenario, (warmup, iters) in calls.items():
+        config = module.scenario_config(scenario, args)
+        assert (config.warmup, config.iters, config.device, config.amp) == (warmup, iters, args.device, True)
+        assert config.batch_size == (1 if scenario == "latency" else 32)
+        assert config.mode == ("train" if scenario == "train" else "infer")
+    assert module.report_stem(args) == "mixconv_speed" + ("_cuda" if argv else "") + "_amp_infer"
+    assert module.setting(args) == ("CUDA float16 autocast" if argv else "CPU bfloat16 autocast")
+
+
+def test_gpu_table_script_commands_parse_and_fit_one_device_call(monkeypatch, tmp_path):
+    """benchmarks/gpu_table.sh runs on a machine this suite never sees: its options must parse here,
+    and its steps' time limits must add up to less than one 10-minute device call."""
+    import re
+    import shlex
+    import types
+
+    script = (BENCHMARKS / "gpu_table.sh").read_text()
+    steps = re.findall(r"^step (\d+) python3 benchmarks/(\w+)\.py (.+)$", script, re.M)
+    assert [name for _, name, _ in steps] == ["mixconv_speed", "vs_timm", "mixconv_speed"]
+    assert sum(int(limit) for limit, _, _ in steps) <= 540
+    monkeypatch.setitem(sys.modules, "timm", types.ModuleType("timm"))  # vs_timm.py only checks it imports
+    for _, name, argv in steps:
+        module = load(name)
+        monkeypatch.setattr(module, "check_device", lambda device: torch.device(device))
+        args = module.parse_args(shlex.split(argv.replace('"$out"', str(tmp_path))))
+        assert (args.device, args.amp) == ("cuda", True)
