@@ -137,8 +137,28 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
     # Under torch.inference_mode() every tensor made here (the copy's parameters, the folded
     # weights) would be an inference tensor: no autograd through the result, and no version
     # counter, so each OneDNNConv2d would pack its weight again on every call.
-    with torch.inference_mode(False):
+    with torch.inference_mode(False), ieee_float32(x.device):
         return _optimize(model, x, channels_last, onednn, micro_batch, verify, compile, example_input is None)
+
+
+@contextlib.contextmanager
+def ieee_float32(device: torch.device):
+    """On CUDA, float32 convs and matmuls in full precision (no TF32) for the duration.
+
+    cuDNN runs float32 convs in TF32 by default (``torch.backends.cudnn.allow_tf32``: a 10-bit
+    mantissa), whose rounding alone moves a model's output by about 1e-3 of its scale, ten times
+    :data:`VERIFY_RTOL`: the eval model and its rewrite are compared in float32 proper. The
+    flags are restored afterwards, so the optimised model runs as the user set them.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _optimize(model: nn.Module, x: torch.Tensor, channels_last: bool, onednn: bool | None, micro_batch: bool | None,
