@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Issue #6's table on CUDA with AMP (eager and compiled), and the same models against timm, in
-# one command for a session lent the GPU machine (the device tool), from the repository root:
+# The CUDA checks (tests/test_cuda.py), issue #6's table on CUDA with AMP (eager and compiled),
+# and the same models against timm, in one command for a session lent the GPU machine (the
+# device tool), from the repository root:
 #
 #   bash benchmarks/gpu_table.sh
 #
 # Nothing to install: that machine's python3 has torch, timm, tqdm, safetensors and matplotlib,
 # and mobileconv is read from src/. Results go to $OUT (the folder the device tool sends back),
 # else to benchmarks/results. Each step has its own time limit, so a slow step still leaves the
-# other steps' files; the three together stay under 8.5 minutes, inside one 10-minute call.
+# other steps' files; the four together stay under 9.5 minutes, inside one 10-minute call.
 set -uo pipefail
 out=${OUT:-benchmarks/results}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -20,9 +21,11 @@ step() {
     timeout "$limit" "$@" || echo "== exit $? from: $*"
 }
 
+# correctness on CUDA first: fast vs reference operators, optimize_for_inference, an AMP step
+step 60 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 # the whole table, eager: inference (batch 32), batch-1 latency, training step, MACs/s parity
 step 150 python3 benchmarks/mixconv_speed.py --device cuda --amp --no-compiled --out "$out"
 # mobileconv against timm's own models, same weights
 step 100 python3 benchmarks/vs_timm.py --device cuda --amp --out "$out"
 # compiled (torch.compile, Inductor) inference and latency: one MixNet and the XSep model
-step 250 python3 benchmarks/mixconv_speed.py --device cuda --amp --scenarios infer latency --models mixnet_s xsep_mobilenetv3_small_100 --out "$out"
+step 240 python3 benchmarks/mixconv_speed.py --device cuda --amp --scenarios infer latency --models mixnet_s xsep_mobilenetv3_small_100 --out "$out"
