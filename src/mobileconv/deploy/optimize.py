@@ -289,14 +289,18 @@ def fuse_operators(model: nn.Module, example_input: torch.Tensor | list[torch.Te
 
 
 def mixconv_as_conv(mixconv: MixConv2d) -> nn.Conv2d:
-    """One depthwise conv with the MixConv's fused ``(C, 1, K, K)`` weight (TF SAME padding kept)."""
+    """One depthwise conv with the MixConv's fused ``(C, 1, K, K)`` weight and its convs' biases, if any
+    (TF SAME padding kept)."""
     c, k, s = mixconv.channels, mixconv.max_kernel, mixconv.stride
+    bias = mixconv.fused_bias()  # a BN folded into the MixConv gave its convs biases
     if mixconv.padding == "tf" and s > 1:  # for stride 1 and odd K, TF SAME is symmetric
-        conv = Conv2dSame(c, c, k, s, groups=c, bias=False)
+        conv = Conv2dSame(c, c, k, s, groups=c, bias=bias is not None)
     else:
-        conv = nn.Conv2d(c, c, k, s, padding=(k - 1) // 2, groups=c, bias=False)
+        conv = nn.Conv2d(c, c, k, s, padding=(k - 1) // 2, groups=c, bias=bias is not None)
     with torch.no_grad():
         conv.weight.copy_(mixconv.fused_weight())
+        if bias is not None:
+            conv.bias.copy_(bias)
     return conv.to(mixconv[0].weight)
 
 
@@ -327,8 +331,9 @@ def grouped_as_conv(grouped: GroupedConv2d) -> nn.Conv2d:
                          f"kernel_sizes={grouped.kernel_sizes})")
     first, k, g = grouped[0], grouped.kernel_sizes[0], len(grouped)
     dense = k == 1 and grouped.in_splits[0] < DENSE_MAX_GROUP_CHANNELS
+    bias = grouped.fused_bias()  # zeros for a group without one
     conv = nn.Conv2d(grouped.in_channels, grouped.out_channels, k, grouped.stride, padding=(k - 1) // 2,
-                     groups=1 if dense else g, bias=first.bias is not None)
+                     groups=1 if dense else g, bias=bias is not None)
     with torch.no_grad():
         if dense:
             conv.weight.zero_()
@@ -337,8 +342,8 @@ def grouped_as_conv(grouped: GroupedConv2d) -> nn.Conv2d:
                 conv.weight[i * co:(i + 1) * co, i * ci:(i + 1) * ci] = c.weight
         else:
             conv.weight.copy_(torch.cat([c.weight for c in grouped], 0))
-        if conv.bias is not None:
-            conv.bias.copy_(torch.cat([c.bias for c in grouped], 0))
+        if bias is not None:
+            conv.bias.copy_(bias)
     return conv.to(first.weight)
 
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .helpers import check_flag
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,
@@ -50,6 +52,7 @@ def get_act(name: ActLayer, *, arg_name: str = "activation") -> Callable[..., nn
 
 def create_act(name: ActLayer, inplace: bool = False, *, arg_name: str = "activation") -> nn.Module:
     """Instantiate an activation by name (``nn.Identity`` for ``None``); the result must be an ``nn.Module``."""
+    check_flag(inplace, "inplace")  # a truthy string such as "no" would silently run it in place
     layer = get_act(name, arg_name=arg_name)
     if layer is None:
         return nn.Identity()

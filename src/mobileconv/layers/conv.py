@@ -11,17 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .helpers import (check_input_channels, check_kernel_size, check_kernel_sizes, check_positive, check_stride,
-                      tf_same_pad)
+from .helpers import (check_flag, check_input_channels, check_kernel_size, check_kernel_sizes, check_positive,
+                      check_stride, tf_same_pad)
 
 PADDING_MODES = ("", "same", "tf")
-
-
-def check_flag(value: object, name: str) -> bool:
-    """``value`` must be a bool (a truthy string such as ``"no"`` would silently switch the option on)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 def check_padding_mode(padding: str) -> str:
@@ -68,13 +61,30 @@ def runs_as_plain_conv(*convs: nn.Module) -> bool:
     forward hook (feature extraction, eager-mode quantization observers) must see the conv run. False too
     for a subclass with a forward of its own (a QAT ``Conv2d`` fake-quantizes its weight there). Such
     layers run their convs as modules (the reference formulation) instead. A ``torch.nn.utils.parametrize``
-    parametrization makes ``weight`` a property that the fused paths read like any other weight. Global hooks
-    (``torch.nn.modules.module.register_module_forward_hook``) are not looked at.
+    parametrization makes ``weight`` a property that the fused paths read like any other weight. The fused
+    paths read a conv's ``bias`` too (the convs are built bias-free; ``fold_batchnorms`` gives them one).
+
+    Global hooks (``torch.nn.modules.module.register_module_forward_hook`` and the like) are deliberately not
+    looked at, as in PyTorch's own fast paths (``nn.TransformerEncoderLayer`` checks its sub-modules' hooks,
+    not global ones): they see the operator, not its convs. Their main users are PyTorch's module trackers
+    (``FlopCounterMode``, ``CommDebugMode``, the memory tracker), which must measure the computation that
+    runs without them, not the reference one. Hook the convs themselves to make them run as modules.
+
+    A ``torch.jit.script``-ed operator cannot look at hooks as it runs: it decides when it is scripted
+    (``__prepare_scriptable__``), as TorchScript compiles the hooks the module has at that moment.
     """
     return all([type(conv).forward in (nn.Conv2d.forward, Conv2dSame.forward)
                 and type(conv)._conv_forward is nn.Conv2d._conv_forward
                 and not (conv._forward_hooks or conv._forward_pre_hooks or conv._backward_hooks
                          or conv._backward_pre_hooks) for conv in convs])
+
+
+def bias_free(*convs: nn.Module) -> bool:
+    """Whether none of ``convs`` has a bias, the usual case, in one dict look-up each (the fused paths' check).
+
+    ``False`` also where ``bias`` is no registered parameter (a ``parametrize`` property, say): read it then.
+    """
+    return all([conv._parameters.get("bias", 0) is None for conv in convs])
 
 
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,

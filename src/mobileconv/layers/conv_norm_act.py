@@ -1,14 +1,17 @@
 """Conv -> norm -> activation, torchvision's ``Conv2dNormActivation`` pattern."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch._jit_internal import _copy_to_script_wrapper
 
 from .activations import ActLayer, create_act
 from .conv import conv2d
-from .helpers import check_input_channels, check_kernel_size, check_norm_layer, check_positive, check_stride
+from .helpers import (check_flag, check_input_channels, check_kernel_size, check_norm_layer, check_positive,
+                      check_stride)
 
 
 class ConvNormAct(nn.Sequential):
@@ -26,6 +29,8 @@ class ConvNormAct(nn.Sequential):
         bias: conv bias; defaults to ``norm_layer is None``.
         padding: ``""`` for symmetric padding, ``"tf"`` for TensorFlow SAME padding.
         inplace: run the activation in place.
+
+    A slice (``layer[:2]``, conv and norm) is a plain ``nn.Sequential`` of those layers.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
@@ -41,6 +46,7 @@ class ConvNormAct(nn.Sequential):
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels} "
                              f"(use groups=1 for a dense conv, groups=in_channels for a depthwise one)")
         check_norm_layer(norm_layer)
+        check_flag(inplace, "inplace")  # a truthy string such as "no" would silently run it in place
         if bias is None:
             bias = norm_layer is None
         elif not isinstance(bias, bool):  # a truthy string such as "no" would silently add a bias
@@ -55,6 +61,12 @@ class ConvNormAct(nn.Sequential):
         for name, layer in layers.items():
             self.add_module(name, layer)
         self.in_channels, self.out_channels = in_channels, out_channels
+
+    @_copy_to_script_wrapper  # as nn.ModuleList / nn.Sequential's: a scripted layer indexes the same way
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):  # nn.Sequential would call ConvNormAct(OrderedDict(...))
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.in_channels, "ConvNormAct")

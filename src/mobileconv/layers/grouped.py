@@ -6,8 +6,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._jit_internal import _copy_to_script_wrapper
 
-from .conv import check_padding_mode, conv2d, runs_as_plain_conv
+from .conv import bias_free, check_padding_mode, conv2d, runs_as_plain_conv
 from .helpers import check_input_channels, check_kernel_sizes, check_positive, check_stride, split_channels
 
 IMPLS = ("fast", "reference")
@@ -17,6 +18,20 @@ def check_impl(impl: str) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     return impl
+
+
+def concat_biases(biases: list[torch.Tensor | None], sizes: list[int]) -> torch.Tensor | None:
+    """The groups' biases as one vector, zeros for a group without one; ``None`` when no group has a bias."""
+    present: list[torch.Tensor] = []
+    for b in biases:
+        if b is not None:
+            present.append(b)
+    if len(present) == 0:
+        return None
+    parts: list[torch.Tensor] = []
+    for b, n in zip(biases, sizes):
+        parts.append(b if b is not None else present[0].new_zeros(n))
+    return torch.cat(parts)
 
 
 class GroupedConv2d(nn.ModuleList):
@@ -31,7 +46,8 @@ class GroupedConv2d(nn.ModuleList):
     equal (1.4-2.5x faster per layer on CPU); in eval mode it keeps the per-group convs so that
     outputs match timm's bit for bit (``optimize_for_inference`` fuses them for deployment).
     ``impl="reference"`` is the split / conv-per-group / concat formulation, which also runs whenever a
-    sub-conv has hooks of its own or a forward of its own (:func:`.conv.runs_as_plain_conv`).
+    sub-conv has hooks of its own or a forward of its own (:func:`.conv.runs_as_plain_conv`), also once
+    scripted. Slicing (``conv[0:2]``) gives a plain ``nn.ModuleList`` of those groups' convs.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_sizes: int | Sequence[int], stride: int = 1,
@@ -58,18 +74,48 @@ class GroupedConv2d(nn.ModuleList):
 
     __repr__ = nn.Module.__repr__  # nn.ModuleList's own repr leaves out extra_repr (kernels, splits)
 
+    def fused_bias(self) -> torch.Tensor | None:
+        """All groups' biases as one ``(out_channels,)`` vector (zeros for a bias-free conv), or ``None``.
+
+        The convs are built bias-free; folding a BN into them (``fold_batchnorms``) gives them a bias.
+        """
+        biases: list[torch.Tensor | None] = []
+        for conv in self:
+            biases.append(conv.bias)
+        return concat_biases(biases, self.out_splits)
+
+    @_copy_to_script_wrapper  # as nn.ModuleList / nn.Sequential's: a scripted layer indexes the same way
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):  # nn.ModuleList would call GroupedConv2d(list_of_convs)
+            return nn.ModuleList(list(self._modules.values())[idx])
+        return super().__getitem__(idx)
+
+    def __prepare_scriptable__(self) -> GroupedConv2d:
+        """Called by ``torch.jit.script``: whether the scripted forward must call the convs as modules.
+
+        TorchScript compiles the convs' hooks as they are now, and a scripted forward cannot look at them.
+        """
+        self.scripted_calls_convs = not runs_as_plain_conv(*self)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.in_channels, "GroupedConv2d")
         # Fused only while training: one grouped GEMM sums in another order than g dense ones
         # (~1e-4 on ImageNet logits), and eval-mode outputs should match timm's split form bit for
         # bit. Inference speed comes from optimize_for_inference, which fuses these convs for good.
         fused = self.impl == "fast" and self.single_conv and self.training
-        if not torch.jit.is_scripting():
-            # the fused conv reads the weights directly: hooked convs (prune, ...) and QAT convs run as modules
+        # the fused conv reads the weights directly: hooked convs (prune, ...) and QAT convs run as modules
+        if torch.jit.is_scripting():
+            fused = fused and not self.scripted_calls_convs
+        else:
             fused = fused and runs_as_plain_conv(*self)
         if fused:
             weight = torch.cat([conv.weight for conv in self], 0)
+            if torch.jit.is_scripting():
+                bias = self.fused_bias()
+            else:  # None unless a BN was folded into the convs
+                bias = None if bias_free(*self) else self.fused_bias()
             k = self.kernel_sizes[0]
-            return F.conv2d(x, weight, None, self.stride, (k - 1) // 2, 1, len(self.kernel_sizes))
+            return F.conv2d(x, weight, bias, self.stride, (k - 1) // 2, 1, len(self.kernel_sizes))
         xs = torch.split(x, self.in_splits, 1)
         return torch.cat([conv(xs[i]) for i, conv in enumerate(self)], 1)

@@ -22,6 +22,13 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
     return new_value
 
 
+def check_flag(value: object, name: str) -> bool:
+    """``value`` must be a bool (a truthy string such as ``"no"`` would silently switch the option on)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_stride(stride: int, name: str = "stride") -> int:
     if not isinstance(stride, int) or isinstance(stride, bool) or stride not in (1, 2):
         raise ValueError(f"{name} must be 1 or 2, got {stride!r}")

@@ -6,12 +6,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._jit_internal import _copy_to_script_wrapper
 
-from .conv import check_flag, check_padding_mode, conv2d, runs_as_plain_conv
+from .conv import bias_free, check_padding_mode, conv2d, runs_as_plain_conv
 from .depthwise_grad import MixedDepthwiseConv, use_grouped_weight_grad
-from .grouped import check_impl
-from .helpers import (DerivedTensorCache, check_input_channels, check_kernel_sizes, check_positive, check_stride,
-                      dilate_kernel, pad_kernel, split_channels, tf_same_pad)
+from .grouped import check_impl, concat_biases
+from .helpers import (DerivedTensorCache, check_flag, check_input_channels, check_kernel_sizes, check_positive,
+                      check_stride, dilate_kernel, pad_kernel, split_channels, tf_same_pad)
 
 SPLITS = ("equal", "exponential")
 
@@ -45,7 +46,9 @@ class MixConv2d(nn.ModuleList):
             (same result, one kernel launch); ``"reference"`` is split / conv per group / concat.
             Switch a whole model with :func:`mobileconv.layers.set_layer_impl`. Convs with hooks of their
             own (``torch.nn.utils.prune``, forward hooks) or a forward of their own (eager QAT) always run
-            as modules, the reference way (:func:`.conv.runs_as_plain_conv`).
+            as modules, the reference way (:func:`.conv.runs_as_plain_conv`), also once scripted.
+
+    Slicing (``conv[0:2]``) gives a plain ``nn.ModuleList`` of those groups' convs.
 
     Example:
         >>> conv = MixConv2d(144, (3, 5, 7))
@@ -98,6 +101,16 @@ class MixConv2d(nn.ModuleList):
             weights.append(pad_kernel(w, p, p, p, p))
         return torch.cat(weights, 0)
 
+    def fused_bias(self) -> torch.Tensor | None:
+        """All groups' biases as one ``(C,)`` vector (zeros for a bias-free conv); ``None`` when no conv has one.
+
+        The convs are built bias-free; folding a BN into them (``fold_batchnorms``) gives them a bias.
+        """
+        biases: list[torch.Tensor | None] = []
+        for conv in self:
+            biases.append(conv.bias)
+        return concat_biases(biases, self.splits)
+
     def _cached_fused_weight(self) -> torch.Tensor:
         """``fused_weight()``, rebuilt only when a kernel changes (see :class:`.helpers.DerivedTensorCache`).
 
@@ -110,14 +123,34 @@ class MixConv2d(nn.ModuleList):
 
     __repr__ = nn.Module.__repr__  # nn.ModuleList's own repr leaves out extra_repr (kernels, splits, stride)
 
+    @_copy_to_script_wrapper  # as nn.ModuleList / nn.Sequential's: a scripted layer indexes the same way
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):  # nn.ModuleList would call MixConv2d(list_of_convs): a slice is no MixConv
+            return nn.ModuleList(list(self._modules.values())[idx])
+        return super().__getitem__(idx)
+
+    def __prepare_scriptable__(self) -> MixConv2d:
+        """Called by ``torch.jit.script``: whether the scripted forward must call the convs as modules.
+
+        TorchScript compiles the convs' hooks as they are now, and a scripted forward cannot look at them.
+        """
+        self.scripted_calls_convs = not runs_as_plain_conv(*self)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.channels, "MixConv2d")
         fused = self.impl == "fast" and self.fusable
-        if not torch.jit.is_scripting():
-            # the fused conv reads the weights directly: a conv with hooks (prune, hook-based weight_norm,
-            # forward hooks) or a forward of its own (QAT) must run as a module, as in the reference
+        # the fused conv reads the weights directly: a conv with hooks (prune, hook-based weight_norm,
+        # forward hooks) or a forward of its own (QAT) must run as a module, as in the reference
+        if torch.jit.is_scripting():
+            fused = fused and not self.scripted_calls_convs
+        else:
             fused = fused and runs_as_plain_conv(*self)
         if fused:
+            if torch.jit.is_scripting():
+                bias = self.fused_bias()
+            else:  # None unless a BN was folded into the convs
+                bias = None if bias_free(*self) else self.fused_bias()
             k, s = self.max_kernel, self.stride
             pad = (k - 1) // 2
             if self.padding == "tf":  # TF SAME for the largest kernel is TF SAME for every centred one
@@ -129,10 +162,11 @@ class MixConv2d(nn.ModuleList):
                 if not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()):
                     # eager inference: reuse the fused kernel while the weights are unchanged (a trace or an
                     # export must build it from the parameters instead of baking in a constant)
-                    return F.conv2d(x, self._cached_fused_weight(), None, s, pad, 1, self.channels)
+                    return F.conv2d(x, self._cached_fused_weight(), bias, s, pad, 1, self.channels)
                 weights = [conv.weight for conv in self]
                 if not self.dilated and use_grouped_weight_grad(x, weights):  # CPU training: per-group weight grad
-                    return MixedDepthwiseConv.apply(x, s, pad, self.kernel_sizes, self.splits, *weights)
-            return F.conv2d(x, self.fused_weight(), None, s, pad, 1, self.channels)
+                    y = MixedDepthwiseConv.apply(x, s, pad, self.kernel_sizes, self.splits, *weights)
+                    return y if bias is None else y + bias.view(1, -1, 1, 1)
+            return F.conv2d(x, self.fused_weight(), bias, s, pad, 1, self.channels)
         xs = torch.split(x, self.splits, 1)
         return torch.cat([conv(xs[i]) for i, conv in enumerate(self)], 1)

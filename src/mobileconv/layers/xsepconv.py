@@ -87,8 +87,9 @@ class XSepConv2d(nn.Module):
         impl: ``"fast"`` runs the 2x2 conv as one pad-1 3x3 depthwise conv, each 2x2 kernel placed
             in the 3x3 corner that matches its padding direction (one conv for every direction,
             no ``F.pad`` of the input); ``"reference"`` pads with ``F.pad`` and runs the 2x2 conv(s).
-            Both read ``conv_2x2.weight``; a ``conv_2x2`` with hooks or a forward of its own (prune, QAT)
-            is called as a module instead (:func:`.conv.runs_as_plain_conv`).
+            Both read ``conv_2x2.weight`` (and its bias, if any); a ``conv_2x2`` with hooks or a forward of
+            its own (prune, QAT) is called as a module instead (:func:`.conv.runs_as_plain_conv`), also
+            once scripted.
     """
 
     def __init__(self, channels: int, kernel_size: int, stride: int = 1, *, padding: str = "symmetric",
@@ -129,16 +130,29 @@ class XSepConv2d(nn.Module):
         ws = torch.split(self.conv_2x2.weight, self.splits, 0)
         return torch.cat([_embed_2x2(w, p) for w, p in zip(ws, self.pads)], 0)
 
+    def __prepare_scriptable__(self) -> XSepConv2d:
+        """Called by ``torch.jit.script``: whether the scripted forward must call ``conv_2x2`` as a module.
+
+        TorchScript compiles the conv's hooks as they are now, and a scripted forward cannot look at them.
+        """
+        self.scripted_calls_conv_2x2 = not runs_as_plain_conv(self.conv_2x2)
+        return self
+
     def conv2x2(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            if not runs_as_plain_conv(self.conv_2x2):  # hooked (prune, ...) or QAT: the conv must run as a module
+        # hooked (prune, ...) or QAT: the conv must run as a module
+        if torch.jit.is_scripting():
+            if self.scripted_calls_conv_2x2:
                 return self._conv2x2_as_module(x)
+        elif not runs_as_plain_conv(self.conv_2x2):
+            return self._conv2x2_as_module(x)
+        bias = self.conv_2x2.bias  # None unless a BN was folded into the conv
         if self.impl == "fast":
-            return F.conv2d(x, self.embedded_2x2_weight(), self.conv_2x2.bias, 1, 1, 1, self.channels)
+            return F.conv2d(x, self.embedded_2x2_weight(), bias, 1, 1, 1, self.channels)
         xs = torch.split(x, self.splits, 1)
         ws = torch.split(self.conv_2x2.weight, self.splits, 0)
         out = [F.conv2d(F.pad(xi, p), wi, None, 1, 0, 1, wi.shape[0]) for xi, wi, p in zip(xs, ws, self.pads)]
-        return torch.cat(out, 1) if len(out) > 1 else out[0]
+        y = torch.cat(out, 1) if len(out) > 1 else out[0]
+        return y if bias is None else y + bias.view(1, -1, 1, 1)
 
     def _conv2x2_as_module(self, x: torch.Tensor) -> torch.Tensor:
         """The 2x2 conv by calling ``conv_2x2``, for a conv with hooks (prune, ...) or a forward of its own (QAT).

@@ -4,9 +4,9 @@ Both walk the module tree, find "same"-padded square depthwise convs (``nn.Conv2
 ``groups == in_channels == out_channels``, odd kernel, no dilation, zero padding of ``(k - 1) // 2``,
 ``padding="same"`` or TF SAME) and replace them in place; everything else (channel counts, strides,
 BNs, activations, the model's other parameters) is kept. Other convs (dilated, "valid"-padded, or
-with a ``padding_mode`` other than ``"zeros"``), subclasses of ``nn.Conv2d`` and convs with forward
-hooks (which may compute something else: weight standardisation, QAT fake quantisation,
-``torch.nn.utils`` parametrizations, pruning, weight / spectral norm) and existing MixConv2d /
+with a ``padding_mode`` other than ``"zeros"``), subclasses of ``nn.Conv2d`` and convs with hooks
+(which may compute something else: weight standardisation, QAT fake quantisation, ``torch.nn.utils``
+parametrizations, pruning, weight / spectral norm; a backward hook would be lost) and existing MixConv2d /
 XSepConv2d / GroupedConv2d are left alone. A depthwise conv with a bias is wrapped as
 :class:`ConvWithBias` so the bias survives. The new operator is built in the old conv's dtype and
 device, in its train / eval mode, and its parameters take the old weight's ``requires_grad`` (a
@@ -54,13 +54,15 @@ class ConvWithBias(nn.Module):
 
 
 def _plain_conv(module: nn.Module) -> bool:
-    """``nn.Conv2d`` or :class:`Conv2dSame` itself, without forward hooks.
+    """``nn.Conv2d`` or :class:`Conv2dSame` itself, without hooks (forward, forward-pre, backward).
 
     A subclass may compute something else from its weight (weight standardisation, QAT fake
     quantisation, a ``torch.nn.utils.parametrize`` parametrization), and a hook may change the
-    weight or output (pruning, ``weight_norm`` / ``spectral_norm``); the replacement would drop that.
+    weight or output (pruning, ``weight_norm`` / ``spectral_norm``) or watch its gradients; the
+    replacement would drop that.
     """
-    return type(module) in (nn.Conv2d, Conv2dSame) and not module._forward_pre_hooks and not module._forward_hooks
+    return type(module) in (nn.Conv2d, Conv2dSame) and not (module._forward_pre_hooks or module._forward_hooks
+                                                            or module._backward_hooks or module._backward_pre_hooks)
 
 
 def is_same_depthwise(module: nn.Module) -> bool:
