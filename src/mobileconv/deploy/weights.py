@@ -14,10 +14,19 @@ detected from the keys:
 * torchvision MobileNetV2 / V3 (``features.<i>...``, ``classifier.<i>...``): renamed by
   structure (see :mod:`mobileconv.deploy._torchvision_map`).
 
+Prefixes that wrappers add to the keys are removed: ``module.`` (DataParallel / DDP,
+``AveragedModel``) and ``_orig_mod.`` (``torch.compile``) always, ``model.`` / ``net.`` (a
+PyTorch Lightning module holding the network as ``self.model`` / ``self.net``) when every key
+carries it and the keys fit the model better without it.
+
 Conventions of the source are carried over: float16 tensors are cast to the model's dtype, a
-missing ``num_batches_tracked`` keeps the model's value, and BatchNorm eps is set to the
-source's (torchvision MobileNetV3 was trained with ``eps=1e-3``, MobileNetV2 with ``1e-5``;
-timm's models already carry their eps: ``1e-3`` for the ``tf_`` ports, ``1e-5`` otherwise).
+missing ``num_batches_tracked`` keeps the model's value, and BatchNorm eps is set to the one
+the source implies, whatever an earlier load left in the model: torchvision MobileNetV3 was
+trained with ``eps=1e-3``, MobileNetV2 with ``1e-5``; a mobileconv file records its own
+(metadata ``bn_eps``); a timm checkpoint, or any file without that metadata, gets the model's
+architecture default (:func:`architecture_bn_eps`: ``1e-3`` for the ``tf_`` forms, as timm's
+``tf_`` ports, ``1e-5`` otherwise, as timm's other models). A model mobileconv did not build
+has no such default and keeps its eps.
 
 Loading is all-or-nothing: the mapped tensors are checked against the model (missing,
 unexpected, shape or dtype mismatch, sparse / quantized / meta tensors, NaN or inf values in the
@@ -39,6 +48,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..models._builder import ArchSpec
 from ._torchvision_map import (TORCHVISION_BN_EPS, is_torchvision_layout, map_torchvision, torchvision_family,
                                torchvision_num_classes)
 
@@ -52,6 +62,9 @@ WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 EMA_KEYS = ("state_dict_ema", "model_ema")
 # prefixes added by DistributedDataParallel / DataParallel and torch.compile
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# attribute names under which a wrapper module holds the network (a LightningModule's self.model / self.net): its
+# state_dict keys are "model.<key>"; removed only when every key carries the prefix and the model takes them so
+OWNER_PREFIXES = ("model.", "net.")
 HEAD_KEYS = ("classifier.weight", "classifier.bias")
 SOURCES = {  # detected source -> how error messages describe it
     "mobileconv": "mobileconv checkpoint",
@@ -120,9 +133,10 @@ def read_checkpoint(path: str | os.PathLike, *,
     holds both those and EMA weights; a checkpoint with EMA weights only gives those.
     ``use_ema=True`` takes the EMA weights (``state_dict_ema``, else ``model_ema``: timm's
     ``load_checkpoint(use_ema=True)`` order; ``mobileconv train --ema``'s ``state.pt`` entry
-    ``ema``), or a mobileconv file whose metadata records ``ema=true`` (the weights files of
-    ``mobileconv train --ema``); any other checkpoint is a ``ValueError``, never a silent
-    fallback to the non-EMA weights.
+    ``ema``), a bare ``AveragedModel.state_dict()`` (``module.`` keys and ``n_averaged``: the
+    averaged weights), or a mobileconv file whose metadata records ``ema=true`` (the weights
+    files of ``mobileconv train --ema``); any other checkpoint is a ``ValueError``, never a
+    silent fallback to the non-EMA weights.
     """
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"pretrained must be the path of a checkpoint file, got {path!r} "
@@ -132,6 +146,8 @@ def read_checkpoint(path: str | os.PathLike, *,
         raise FileNotFoundError(2, "checkpoint file not found", str(path))
     if path.is_dir():
         raise ValueError(f"{path} is a directory; expected {EXPECTED}")
+    if not path.is_file():  # reading a FIFO would wait for a writer forever; a pipe cannot be read twice
+        raise ValueError(f"{path} is not a regular file (a FIFO, device or socket); expected {EXPECTED}")
     with open(path, "rb") as f:
         head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{":  # u64 header length, then the JSON header
@@ -158,10 +174,19 @@ def detect_source(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str,
 
 
 def checkpoint_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
-    """Number of classes of the checkpoint's classifier (None when it has none)."""
-    if "classifier.weight" in state_dict:
-        return int(state_dict["classifier.weight"].shape[0])
-    return torchvision_num_classes(dict(state_dict))
+    """Number of classes of the checkpoint's classifier (None when it has none).
+
+    Keys that all carry an :data:`OWNER_PREFIXES` prefix (a Lightning checkpoint) are read without it.
+    """
+    for keys in (state_dict, *(_without_prefix(state_dict, prefix) for prefix in OWNER_PREFIXES)):
+        if keys is None:
+            continue
+        if "classifier.weight" in keys:
+            return int(keys["classifier.weight"].shape[0])
+        num_classes = torchvision_num_classes(dict(keys))
+        if num_classes is not None:
+            return num_classes
+    return None
 
 
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None,
@@ -171,8 +196,9 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], me
     See :func:`load_pretrained`; ``name`` is used in error messages.
     """
     model = unwrap_model(model)  # a torch.compile / DataParallel wrapper: load into the model it holds
-    source = detect_source(state_dict, metadata)
     target = model.state_dict()
+    state_dict = _without_owner_prefix(state_dict, target)
+    source = detect_source(state_dict, metadata)
     if source == "torchvision":
         try:
             mapped, unmapped = map_torchvision(dict(state_dict), list(target))
@@ -185,6 +211,8 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], me
         mapped = {k: v for k, v in mapped.items() if k not in HEAD_KEYS}
     _check_fits(mapped, unmapped, target, keep, source, name)
     bn_eps = _source_bn_eps(source, state_dict, metadata or {}, name)
+    if bn_eps is None:  # timm, or no recorded eps: the architecture's, never what an earlier load left
+        bn_eps = architecture_bn_eps(model)
     _check_bn_eps(model, bn_eps, name)
 
     new_state = {k: mapped[k][1].to(dtype=v.dtype) if k in mapped else v for k, v in target.items()}
@@ -201,6 +229,13 @@ def set_bn_eps(model: nn.Module, eps: float | Mapping[str, float]) -> None:
     for module_name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eps = float(eps[module_name] if isinstance(eps, Mapping) else eps)
+
+
+def architecture_bn_eps(model: nn.Module) -> float | None:
+    """The BatchNorm eps ``model``'s architecture is built with (``ArchSpec.bn_eps``: ``1e-3`` for the
+    ``tf_`` forms, ``1e-5`` otherwise); None for a model that mobileconv's builder did not make."""
+    arch = getattr(model, "arch", None)
+    return arch.bn_eps if isinstance(arch, ArchSpec) else None
 
 
 def bn_eps_of(model: nn.Module) -> float | dict[str, float] | None:
@@ -359,8 +394,8 @@ def _program_archive(path: Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as archive:
             records = {name.split("/", 1)[-1] for name in archive.namelist()}
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return None  # not a readable zip: torch.load reports it
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError):
+        return None  # not a readable zip (NotImplementedError: a corrupt "version needed" field): torch.load reports it
     if "constants.pkl" in records:
         return "a TorchScript archive (torch.jit.save; load it with torch.jit.load)"
     if "archive_format" in records:
@@ -401,6 +436,8 @@ def _ema_weights(obj: object, metadata: Mapping[str, str], path: Path) -> object
         more = f" ... and {len(entries) - MAX_LISTED} more" if len(entries) > MAX_LISTED else ""
         raise ValueError(f"{path} holds no EMA weights (use_ema=True): its entries are "
                          f"{entries[:MAX_LISTED]}{more}; {expected}")
+    if isinstance(obj, Mapping) and _is_averaged_model_state(obj):  # torch's AveragedModel, saved on its own
+        return obj
     if metadata.get("ema") == "true":  # mobileconv train --ema: the file's weights are the EMA's
         return obj
     recorded = f" (its metadata records ema={metadata['ema']})" if "ema" in metadata else ""
@@ -423,14 +460,46 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
         others = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
         raise ValueError(f"{path} holds a mapping with non-tensor entries {others[:MAX_LISTED]} and no "
                          f"nested state_dict under {list(WRAPPER_KEYS)}; expected {EXPECTED}")
-    if "n_averaged" in obj and len(obj) > 1 and all(k.startswith("module.") for k in obj if k != "n_averaged"):
+    if _is_averaged_model_state(obj):
         obj = {k: v for k, v in obj.items() if k != "n_averaged"}  # AveragedModel's update counter, not a weight
-    state_dict = {}
-    for key, value in obj.items():
-        while key.startswith(WRAPPER_PREFIXES):  # stacked in either order: DDP(compile(m)), compile(DDP(m))
-            key = key.split(".", 1)[1]
-        state_dict[key] = value
+    return {_without_wrapper_prefixes(key): value for key, value in obj.items()}
+
+
+def _without_wrapper_prefixes(key: str) -> str:
+    while key.startswith(WRAPPER_PREFIXES):  # stacked in either order: DDP(compile(m)), compile(DDP(m))
+        key = key.split(".", 1)[1]
+    return key
+
+
+def _is_averaged_model_state(obj: Mapping) -> bool:
+    """``torch.optim.swa_utils.AveragedModel.state_dict()`` (torchvision's EMA): the averaged module's keys under
+    ``module.`` and the ``n_averaged`` update counter."""
+    return "n_averaged" in obj and len(obj) > 1 and all(k.startswith("module.") for k in obj if k != "n_averaged")
+
+
+def _without_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor] | None:
+    """The keys without ``prefix`` (and the wrapper prefixes under it) when every key carries it, else None."""
+    if not state_dict or not all(k.startswith(prefix) for k in state_dict):
+        return None
+    return {_without_wrapper_prefixes(k[len(prefix):]): v for k, v in state_dict.items()}
+
+
+def _without_owner_prefix(state_dict: Mapping[str, torch.Tensor],
+                          target: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """``state_dict`` without the :data:`OWNER_PREFIXES` prefix that every key carries (Lightning's ``model.``),
+    when the model takes more of the keys without it: a model with a child of that name keeps its keys."""
+    for prefix in OWNER_PREFIXES:
+        stripped = _without_prefix(state_dict, prefix)
+        if stripped is not None and _keys_taken(stripped, target) > _keys_taken(state_dict, target):
+            return stripped
     return state_dict
+
+
+def _keys_taken(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> int:
+    """How many keys name a model tensor (all of a torchvision layout's, which is renamed by structure)."""
+    if is_torchvision_layout(dict(state_dict)):
+        return len(state_dict)
+    return sum(key in target for key in state_dict)
 
 
 def _all_tensors(obj: Mapping) -> bool:

@@ -21,22 +21,30 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from ..deploy.weights import replacement_mode, torch_load_reason
+
 STATE_FILE, LAST_FILE, BEST_FILE = "state.pt", "last.safetensors", "best.safetensors"
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it onto ``path``.
 
-    If ``write`` (or anything before the rename) fails, the temporary file is removed and
-    ``path`` keeps its previous content; an ``OSError`` that names no file (a full disk) is
-    raised again naming ``path``.
+    The file ends up as ``open(path, "wb")`` would leave it: a replaced file keeps its permissions
+    (a new one gets the umask's), and a symbolic link is followed (its target is replaced, the
+    link kept). The temporary file is a new one of its own (``mkstemp``), never an existing file
+    or link of the same name. If ``write`` (or anything before the rename) fails, the temporary
+    file is removed and ``path`` keeps its previous content; an ``OSError`` that names no file
+    (a full disk) is raised again naming ``path``.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)  # created here, with O_EXCL
+    os.close(fd)
+    tmp = Path(name)
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
+            os.chmod(tmp, replacement_mode(path))  # mkstemp made it private (0600)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
@@ -139,9 +147,7 @@ def load_state(path: str | Path) -> dict:
         raise ValueError(f"--resume: {path} not found (a run folder holds {STATE_FILE} after its first epoch)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        from ..deploy.weights import torch_load_reason  # without torch's advice to load unsafely
-
+    except Exception as e:  # a truncated or foreign file (torch_load_reason: without torch's advice to load unsafely)
         raise ValueError(f"--resume: cannot load {path} (truncated, corrupt, or not a state.pt of mobileconv train: "
                          f"{torch_load_reason(e)})") from None
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -46,7 +47,29 @@ class ModelEma:
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "decay": self.decay, "updates": self.updates}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore the averaged weights and the update count; ``decay`` stays this object's setting."""
-        self.module.load_state_dict(state["module"])
-        self.updates = state["updates"]
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore the averaged weights and the update count; ``decay`` stays this object's setting.
+
+        All or nothing: a ``ValueError`` says what does not fit (a missing entry, missing or unexpected
+        keys, other shapes) before anything changes, where ``nn.Module.load_state_dict`` would have
+        copied every tensor that fits before raising.
+        """
+        if not isinstance(state, Mapping):
+            raise ValueError(f"an EMA state is a mapping (ModelEma.state_dict()), got a {type(state).__name__}")
+        weights, updates = state.get("module"), state.get("updates")
+        if not isinstance(weights, Mapping) or type(updates) is not int or updates < 0:  # bool is no count
+            raise ValueError(f"an EMA state is {{'module': state_dict, 'updates': count >= 0, 'decay': ...}} "
+                             f"(ModelEma.state_dict()), got the entries {sorted(map(str, state))}")
+        expected = self.module.state_dict()
+        mismatches = {
+            "missing": [k for k in expected if k not in weights],
+            "unexpected": [str(k) for k in weights if k not in expected],
+            "of another shape": [k for k in expected if k in weights and (
+                not isinstance(weights[k], torch.Tensor) or weights[k].shape != expected[k].shape)],
+        }
+        listed = [f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                  for kind, keys in mismatches.items() if keys]
+        if listed:
+            raise ValueError(f"the EMA weights do not fit the model: tensors {'; '.join(listed)}")
+        self.module.load_state_dict(weights)
+        self.updates = updates
