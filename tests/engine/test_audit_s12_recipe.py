@@ -41,14 +41,16 @@ def test_config_refuses_an_optimizer_epsilon_of_zero(eps):
     with pytest.raises(ValueError, match=r"^--opt-eps must be a finite number > 0"):
         TrainConfig.from_mapping({"opt": "adamw", "opt-eps": eps}, "--config c.yaml").validate()
     TrainConfig(opt="rmsprop", opt_eps=1e-8).validate()  # any positive epsilon stays accepted
-    TrainConfig(opt="sgd", opt_eps=eps).validate()  # SGD has no epsilon: ignored, as create_optimizer ignores it
+    with pytest.raises(ValueError, match=r"^--opt-eps .* is not used by --opt sgd"):  # SGD has no epsilon
+        TrainConfig(opt="sgd", opt_eps=eps).validate()
 
 
 @pytest.mark.parametrize("opt", ["rmsprop", "adamw"])
 def test_create_optimizer_refuses_an_epsilon_of_zero(opt):
     with pytest.raises(ValueError, match="--opt-eps must be a finite number > 0"):
         create_optimizer(nn.Linear(2, 2), opt, lr=0.01, weight_decay=0.0, eps=0.0)
-    create_optimizer(nn.Linear(2, 2), "sgd", lr=0.01, weight_decay=0.0, eps=0.0)  # SGD has no epsilon
+    with pytest.raises(ValueError, match="--opt-eps 0.0 is not used by --opt sgd"):  # SGD has no epsilon
+        create_optimizer(nn.Linear(2, 2), "sgd", lr=0.01, weight_decay=0.0, eps=0.0)
 
 
 # ---- EMA ----------------------------------------------------------------------------------------------

@@ -56,11 +56,16 @@ def _show(value) -> str:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    """Defaults < the resumed run's config.yaml < --config FILE < options on the command line."""
-    from ..engine.config import TrainConfig, load_yaml
+    """Defaults < the resumed run's config.yaml < --config FILE < options on the command line.
+
+    ``--momentum`` / ``--opt-eps`` set on the command line or in --config FILE for an optimizer without such a
+    setting are refused (naming where they were set); a resumed run's config.yaml records them resolved (older
+    runs recorded ``momentum: 0.9`` for adamw), so its values are dropped where the optimizer has no use for them.
+    """
+    from ..engine.config import TrainConfig, check_optimizer_options, load_yaml, unused_optimizer_options
 
     given = {k: v for k, v in vars(args).items() if k in TrainConfig.fields()}
-    config = None
+    config, origins = None, {}
     if getattr(args, "resume", None):
         resume = Path(args.resume)
         if not (resume / "config.yaml").is_file():
@@ -69,8 +74,15 @@ def train_config_from_args(args: argparse.Namespace):
         saved = {k: v for k, v in load_yaml(resume / "config.yaml", label).items() if k not in ("out", "overwrite")}
         config = TrainConfig.from_mapping(saved, label)
     if getattr(args, "config", None):
-        config = TrainConfig.from_mapping(load_yaml(args.config), f"--config {args.config}", config)
-    return TrainConfig.from_mapping(given, "command line", config)
+        values = load_yaml(args.config)
+        config = TrainConfig.from_mapping(values, f"--config {args.config}", config)
+        origins = {str(k).replace("-", "_"): f"set in --config {args.config}" for k in values}
+    origins.update({k: "set on the command line" for k in given})
+    config = TrainConfig.from_mapping(given, "command line", config)
+    recorded = {name: None for name in unused_optimizer_options(config) if name not in origins}
+    config = dataclasses.replace(config, **recorded)
+    check_optimizer_options(config, origins)
+    return config
 
 
 def run_train(args: argparse.Namespace) -> int:

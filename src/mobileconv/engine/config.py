@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 OPTIMIZERS = ("sgd", "rmsprop", "rmsproptf", "adamw")
+# the options that only some optimizers have: SGD has no epsilon, AdamW no momentum (its betas are fixed)
+OPTIMIZER_OPTIONS = {"sgd": ("momentum",), "rmsprop": ("momentum", "opt_eps"), "rmsproptf": ("momentum", "opt_eps"),
+                     "adamw": ("opt_eps",)}
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("auto", "bfloat16", "float16")
 DEFAULT_MODEL = "mobilenetv3_small_100_cifar"
@@ -49,9 +52,11 @@ class TrainConfig:
     min_lr: float = option(0.0, "final learning rate of the cosine schedule")
     warmup_epochs: float = option(1.0, "linear warm-up from lr/100 to lr over this many epochs")
     opt: str = option("sgd", "optimizer", choices=OPTIMIZERS)
-    momentum: float = option(0.9, "momentum (sgd: Nesterov; rmsprop, rmsproptf)")
+    momentum: float | None = option(None, "momentum, in [0, 1) (default: 0.9 for sgd (Nesterov), rmsprop and "
+                                          "rmsproptf; adamw has none and refuses it)", type=float)
     opt_eps: float | None = option(None, "optimizer epsilon, > 0 (default: rmsprop 0.0316 = sqrt of TF's 1e-3, "
-                                         "rmsproptf 1e-3 inside the square root, adamw 1e-8)", type=float)
+                                         "rmsproptf 1e-3 inside the square root, adamw 1e-8; sgd has none and "
+                                         "refuses it)", type=float)
     weight_decay: float | None = option(None, "weight decay of conv / linear weights, never of norm layers and "
                                               "biases (default: 5e-4 sgd, 1e-5 rmsprop / rmsproptf, 0.05 adamw)",
                                         type=float)
@@ -134,15 +139,16 @@ class TrainConfig:
                      "drop", "color_jitter", "workers"):
             value = getattr(self, name)
             check(value is None or (math.isfinite(value) and value >= 0), name, "a finite number >= 0")
+        check_optimizer_options(self)
         # RMSProp / AdamW divide by sqrt(v) + eps: with eps 0, a weight whose gradients have all been 0 so far
         # (a dead ReLU channel) gets 0 / 0 = NaN at its first step, and the run stops on a NaN loss
-        # (SGD has no epsilon: create_optimizer ignores it there, and so does this check)
-        eps_ok = self.opt_eps is None or self.opt == "sgd" or (math.isfinite(self.opt_eps) and self.opt_eps > 0)
+        eps_ok = self.opt_eps is None or (math.isfinite(self.opt_eps) and self.opt_eps > 0)
         check(eps_ok, "opt_eps", "a finite number > 0 (an epsilon of 0 turns a weight whose gradient is 0 into NaN)")
         # a norm of 0 would zero every gradient: no clipping is "leave it out", not 0
         check(self.clip_grad is None or (math.isfinite(self.clip_grad) and self.clip_grad > 0), "clip_grad",
               "a finite number > 0 (leave it out for no clipping)")
-        check(self.momentum < 1, "momentum", "in [0, 1) (a momentum of 1 or more never forgets a gradient)")
+        check(self.momentum is None or self.momentum < 1, "momentum",
+              "in [0, 1) (a momentum of 1 or more never forgets a gradient)")
         check(0 <= self.smoothing < 1, "smoothing", "in [0, 1)")
         check(0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
@@ -150,6 +156,23 @@ class TrainConfig:
         check(0 <= self.drop_path < 1, "drop_path", "in [0, 1)")
         check(0 < self.scale[0] <= self.scale[1] <= 1, "scale", "two numbers 0 < MIN <= MAX <= 1")
         return self
+
+
+def unused_optimizer_options(config: TrainConfig) -> list[str]:
+    """The options set (not ``None``) that ``config.opt`` has no use for (``--opt-eps`` with sgd, ``--momentum``
+    with adamw)."""
+    return [name for name in ("momentum", "opt_eps")
+            if getattr(config, name) is not None and name not in OPTIMIZER_OPTIONS[config.opt]]
+
+
+def check_optimizer_options(config: TrainConfig, origins: dict[str, str] | None = None) -> None:
+    """Refuse an option the optimizer would silently ignore; ``origins`` names where an option was set."""
+    for name in unused_optimizer_options(config):
+        flag = "--" + name.replace("_", "-")
+        takes = " and ".join("--" + n.replace("_", "-") for n in OPTIMIZER_OPTIONS[config.opt])
+        where = f" ({origins[name]})" if origins and name in origins else ""
+        raise ValueError(f"{flag} {getattr(config, name)!r}{where} is not used by --opt {config.opt}, which takes "
+                         f"{takes} but not {flag}: leave {flag} out, or choose an --opt that uses it")
 
 
 def coerce(f: dataclasses.Field, value, source: str):

@@ -12,6 +12,7 @@ DEFAULT_LR = {"sgd": 0.1, "rmsprop": 0.01, "rmsproptf": 0.01, "adamw": 0.002}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "rmsprop": 1e-5, "rmsproptf": 1e-5, "adamw": 0.05}
 # TF's RMSProp adds eps inside the square root: sqrt(v + 1e-3) ~ sqrt(v) + sqrt(1e-3) for torch's form
 DEFAULT_EPS = {"sgd": None, "rmsprop": 1e-3 ** 0.5, "rmsproptf": 1e-3, "adamw": 1e-8}
+DEFAULT_MOMENTUM = {"sgd": 0.9, "rmsprop": 0.9, "rmsproptf": 0.9, "adamw": None}  # None: the optimizer has none
 RMSPROP_DECAY = 0.9  # TF "decay" = torch "alpha" (MnasNet / MobileNetV3 / MixNet training setup)
 
 
@@ -82,7 +83,7 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float, momentum: float = 0.9,
+def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float, momentum: float | None = None,
                      eps: float | None = None) -> torch.optim.Optimizer:
     """``sgd`` (Nesterov), ``rmsprop`` (torch's, alpha 0.9, eps sqrt(1e-3)), ``rmsproptf`` or ``adamw``.
 
@@ -90,10 +91,18 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
     RMSProp, decay 0.9, momentum 0.9 and epsilon 1e-3: ``rmsproptf`` is that (:class:`RMSpropTF`).
     ``rmsprop`` is ``torch.optim.RMSprop(alpha=0.9, momentum=0.9, eps=sqrt(1e-3))``, the same
     hyper-parameters in torch's formulation (mean square from 0, eps outside the root, lr outside momentum).
+
+    ``momentum`` (default 0.9) and ``eps`` (default :data:`DEFAULT_EPS`) left ``None`` take the optimizer's
+    default; given to an optimizer that has no such setting (``eps`` to sgd, ``momentum`` to adamw), they
+    raise ``ValueError`` rather than be ignored.
     """
     if opt not in DEFAULT_LR:
         raise ValueError(f"--opt must be one of {', '.join(DEFAULT_LR)}, got {opt!r}")
+    for flag, value, defaults in (("--momentum", momentum, DEFAULT_MOMENTUM), ("--opt-eps", eps, DEFAULT_EPS)):
+        if value is not None and defaults[opt] is None:
+            raise ValueError(f"{flag} {value!r} is not used by --opt {opt}, which has no such setting")
     groups = param_groups_weight_decay(model, weight_decay)
+    momentum = DEFAULT_MOMENTUM[opt] if momentum is None else momentum
     eps = DEFAULT_EPS[opt] if eps is None else eps
     if opt != "sgd" and not (math.isfinite(eps) and eps > 0):  # sqrt(v) + 0 is 0 / 0 = NaN for a 0 gradient
         raise ValueError(f"--opt-eps must be a finite number > 0 (an epsilon of 0 turns a weight whose gradient "

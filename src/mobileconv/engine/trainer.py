@@ -18,6 +18,7 @@ of epoch ``e`` replays epochs ``e+1...`` exactly as the uninterrupted run does.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -41,7 +42,7 @@ from .ema import ModelEma
 from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from .malloc import keep_large_allocations_on_heap
 from .metrics import plot_curves, write_metrics_csv
-from .optim import DEFAULT_EPS, DEFAULT_LR, DEFAULT_WEIGHT_DECAY, create_optimizer, create_scheduler
+from .optim import DEFAULT_EPS, DEFAULT_LR, DEFAULT_MOMENTUM, DEFAULT_WEIGHT_DECAY, create_optimizer, create_scheduler
 
 RUN_FILES = ("config.yaml", "metrics.csv", "curves.png", ckpt.LAST_FILE, ckpt.BEST_FILE, ckpt.STATE_FILE,
              "summary.json")
@@ -91,8 +92,9 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
     return replace(
         config, data=info.name, img_size=img_size, threads=pick(config.threads, threads), lr=lr,
         weight_decay=pick(config.weight_decay, DEFAULT_WEIGHT_DECAY[config.opt]),
-        opt_eps=pick(config.opt_eps, DEFAULT_EPS[config.opt]), hflip=pick(config.hflip, info.hflip),
-        color_jitter=pick(config.color_jitter, info.color_jitter))
+        momentum=pick(config.momentum, DEFAULT_MOMENTUM[config.opt]),
+        opt_eps=pick(config.opt_eps, DEFAULT_EPS[config.opt]),
+        hflip=pick(config.hflip, info.hflip), color_jitter=pick(config.color_jitter, info.color_jitter))
 
 
 def check_out_dir(out: Path, *, resuming_here: bool, overwrite: bool) -> list[str]:
@@ -132,7 +134,21 @@ def start_saving(run: "Run") -> None:
         (run.out / name).unlink(missing_ok=True)
     run.replaces = []
     ckpt.atomic_write_text(run.out / "config.yaml", dump_yaml(run.config))
+    if run.resumed_from is not None:
+        carry_best_weights(run)
     run.saved_config = True
+
+
+def carry_best_weights(run: "Run") -> None:
+    """Copy the best weights of the run resumed from another folder, as long as no later epoch beats them:
+    otherwise the new folder has no best.safetensors while its summary.json names a best epoch."""
+    source = run.resumed_from / ckpt.BEST_FILE
+    try:
+        _, meta = ckpt.load_weights(source)
+    except ValueError:  # missing or unreadable: nothing to carry
+        return
+    if meta.get("epoch") == run.best_epoch:  # not a best of an epoch redone after a kill
+        ckpt.atomic_write_bytes(run.out / ckpt.BEST_FILE, source.read_bytes())
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -190,6 +206,7 @@ class Run:
     train_seconds: float = 0.0
     replaces: list[str] = field(default_factory=list)  # a previous run's files, deleted at the first save
     saved_config: bool = False  # config.yaml is written at the first save
+    resumed_from: Path | None = None  # the run folder resumed from, when it is not ``out``
 
     @property
     def eval_model(self) -> nn.Module:
@@ -267,7 +284,8 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         train_transform=make_transform(config, info, train=True).to(env.device),
         test_transform=make_transform(config, info, train=False).to(env.device),
         mixer=mixer, criterion=nn.CrossEntropyLoss(label_smoothing=0.0 if mixer.enabled else config.smoothing),
-        settings=StepSettings(dtype, config.clip_grad, config.channels_last), replaces=previous)
+        settings=StepSettings(dtype, config.clip_grad, config.channels_last), replaces=previous,
+        resumed_from=resume if resume is not None and not resuming_here else None)
     if state is not None:
         load_run_state(run, state, state_path)
     on_main(env, lambda: prepare_out_dir(out), None)  # nothing is written there before the first save
@@ -310,8 +328,10 @@ def make_loaders(config: TrainConfig, train_set, test_set, env: DistEnv) -> tupl
                                        world_size=env.world_size, drop_last=False)
     args = {"num_workers": config.workers, "pin_memory": env.device.type == "cuda",
             "persistent_workers": config.workers > 0}
-    return (DataLoader(train_set, batch_sampler=train_sampler, **args),
-            DataLoader(test_set, batch_sampler=test_sampler, **args))
+    # each loader draws its workers' base seed from its own generator, not torch's global one: persistent workers
+    # draw it at the first epoch only, which moved the augmentation draws of the epoch a resumed run starts with
+    return tuple(DataLoader(data, batch_sampler=sampler, generator=torch.Generator().manual_seed(config.seed), **args)
+                 for data, sampler in ((train_set, train_sampler), (test_set, test_sampler)))
 
 
 def make_transform(config: TrainConfig, info: DataInfo, train: bool) -> BatchTransform:
@@ -484,16 +504,15 @@ def train_epochs(run: Run) -> dict:
                                     mixer=run.mixer, scaler=run.scaler, ema=run.ema,
                                     progress=env.is_main and not c.quiet)
         except NonFiniteLossError as e:
-            if run.replaces:
-                kept = f"no checkpoint was written, the previous run in {run.out} is kept"
-            elif epoch > 0 and (run.out / ckpt.LAST_FILE).is_file():
-                kept = f"the last good checkpoint is {run.out / ckpt.LAST_FILE} (epoch {epoch})"
-            else:
-                kept = "no checkpoint was written"
-            raise NonFiniteLossError(f"{e}; training stopped, {kept} (try a lower --lr or --clip-grad)") from None
+            raise stopped(run, epoch, str(e)) from None
         broadcast_buffers(run.eval_model)  # every process scores the model that rank 0 saves (--no-sync-bn)
         test = evaluate(run.eval_model, run.test_loader, run.test_transform, run.info.num_classes, env,
                         settings=run.settings)
+        # the loss is checked before each step, not after the epoch's last one: weights it sent to NaN / inf (or
+        # so far that the test logits overflow) would otherwise be saved as a checkpoint and a finished run
+        diverged = diverged_because(run, test["loss"])
+        if diverged:
+            raise stopped(run, epoch, f"{diverged} after epoch {epoch + 1}")
         seconds = time.perf_counter() - epoch_start
         run.train_seconds += seconds
         row = {"epoch": epoch + 1, "loss": stats["loss"], "top1": test["top1"], "top5": test["top5"],
@@ -515,6 +534,31 @@ def train_epochs(run: Run) -> dict:
         log(f"done: top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  in {summary['train_seconds']:.1f} s "
             f"of training; run folder {run.out}", flush=True)
     return summary
+
+
+def diverged_because(run: Run, test_loss: float) -> str | None:
+    """Why the weights after an epoch are not worth a checkpoint (non-finite weights or test loss), or None."""
+    models = [("weights", run.model)] + ([("EMA weights", run.ema.module)] if run.ema is not None else [])
+    for what, module in models:
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                return f"the {what} are not finite ({name})"
+    if not math.isfinite(test_loss):
+        return f"the test loss is {test_loss}"
+    return None
+
+
+def stopped(run: Run, epoch: int, reason: str) -> NonFiniteLossError:
+    """The error that ends a run whose loss or weights became NaN / inf during ``epoch`` (0-based)."""
+    if run.replaces:
+        kept = f"no checkpoint was written, the previous run in {run.out} is kept"
+    elif epoch > 0 and (run.out / ckpt.LAST_FILE).is_file():
+        kept = f"the last good checkpoint is {run.out / ckpt.LAST_FILE} (epoch {epoch})"
+    elif run.resumed_from is not None:
+        kept = f"the last good checkpoint is {run.resumed_from / ckpt.LAST_FILE} (epoch {epoch})"
+    else:
+        kept = "no checkpoint was written"
+    return NonFiniteLossError(f"{reason}; training stopped, {kept} (try a lower --lr or --clip-grad)")
 
 
 def save_epoch(run: Run, epoch: int, is_best: bool) -> None:
