@@ -148,6 +148,8 @@ class ArchSpec:
         se: the family's :class:`SESpec`.
         width_mult: channel multiplier (``alpha`` in MobileNetV1, Sec. 3.3).
         fix_stem: keep the stem width when scaling.
+        fix_stem_below: also keep it when ``width_mult < fix_stem_below`` (timm's MobileNetV3:
+            ``fix_stem=channel_multiplier < 0.75``, so a 0.5x model keeps its 16-channel stem).
         drop_rate: dropout before the classifier.
         bn_eps: BatchNorm epsilon (1e-5 PyTorch, 1e-3 for TF-ported weights).
         padding: ``""`` symmetric, ``"tf"`` TensorFlow SAME.
@@ -163,6 +165,7 @@ class ArchSpec:
     se: SESpec = field(default_factory=SESpec)
     width_mult: float = 1.0
     fix_stem: bool = False
+    fix_stem_below: float = 0.0
     drop_rate: float = 0.2
     bn_eps: float = 1e-5
     padding: str = ""
@@ -175,6 +178,14 @@ class ArchSpec:
             raise ValueError(f"ArchSpec.stages must be a non-empty list of non-empty stages, got {self.stages!r}")
         check_positive(self.stem_channels, "ArchSpec.stem_channels")
         _check_ratio(self.width_mult, "ArchSpec.width_mult", zero_ok=False)
+        _check_ratio(self.fix_stem_below, "ArchSpec.fix_stem_below", zero_ok=True)
+
+    @property
+    def stem_width(self) -> int:
+        """Stem output width: ``round_channels(stem_channels, width_mult)`` unless the stem is fixed."""
+        if self.fix_stem or self.width_mult < self.fix_stem_below:
+            return self.stem_channels
+        return round_channels(self.stem_channels, self.width_mult)
 
 
 def round_channels(channels: int, width_mult: float) -> int:
@@ -318,7 +329,7 @@ class MobileNet(nn.Module):
                 or not 0.0 <= drop_path_rate < 1.0:  # checked here: each block gets a scaled rate
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
         norm_layer = partial(nn.BatchNorm2d, eps=arch.bn_eps)
-        stem = arch.stem_channels if arch.fix_stem else round_channels(arch.stem_channels, arch.width_mult)
+        stem = arch.stem_width
         self.conv_stem = create_conv2d(in_chans, stem, 3, arch.stem_stride, padding=arch.padding)
         self.bn1 = norm_layer(stem)
         self.act1 = create_act(arch.stem_act, inplace=True)
@@ -427,6 +438,9 @@ class FeatureListNet(nn.Module):
 def init_weights(model: nn.Module) -> None:
     """He init (fan-out) for convs, BN to identity, as torchvision initialises MobileNetV2 / V3.
 
+    The classifier gets torchvision's ``normal(0, 0.01)`` in :meth:`MobileNet.reset_classifier`.
+    MobileNetV3's head here is timm's 1x1 ``conv_head`` (torchvision: a ``Linear``, ``normal(0, 0.01)``),
+    so it gets the conv rule, ``std = sqrt(2 / out_channels)``, which is also what timm gives it.
     PyTorch's fan-out of a depthwise ``(C, 1, k, k)`` weight is ``C * k^2``; timm's EfficientNet-family
     init (``_init_weight_goog``) divides it by the groups (``k^2``), so timm's depthwise kernels start
     ``sqrt(C)`` times larger. A BN follows every such conv here, so the forward pass does not depend on it.

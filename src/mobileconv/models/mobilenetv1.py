@@ -10,7 +10,10 @@
 The resolution multiplier rho (Table 7) is just the input size: mobilenetv1_100 at 192 / 160 /
 128 costs 418.1M / 290.7M / 186.4M MACs (69.1 / 67.2 / 64.4% in the paper).
 Every layer is a depthwise-separable block ``dw 3x3 -> BN -> ReLU6 -> pw 1x1 -> BN -> ReLU6``
-without skip (paper Fig. 3, Table 1); the width multiplier alpha scales every width (Sec. 3.3).
+without skip (paper Fig. 3, Table 1; the figure draws ReLU, the released TF-Slim model and timm's
+``mobilenetv1_100`` use ReLU6); the width multiplier alpha scales every width (Sec. 3.3).
+Dropout before the classifier is 0.001, the released model's (TF-Slim ``dropout_keep_prob=0.999``,
+Keras ``MobileNet(dropout=1e-3)``); the paper uses little regularisation for small models (Sec. 3.2).
 """
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ MOBILENETV1 = (
     (_dw(1024, 2), _dw(1024)),
 )
 
-ARCH = ArchSpec(MOBILENETV1, 32, HeadSpec("pool"), stem_act="relu6", drop_rate=0.2)
+DROP_RATE = 1e-3  # TF-Slim mobilenet_v1(dropout_keep_prob=0.999), Keras MobileNet(dropout=1e-3)
+ARCH = ArchSpec(MOBILENETV1, 32, HeadSpec("pool"), stem_act="relu6", drop_rate=DROP_RATE)
 PAPER = "MobileNets, Table 6"
 
 

@@ -8,6 +8,10 @@
 | mobilenetv3_small_075 | 2,041,872 | 43.4M | 65.4% / 44M / 2.4M |
 | mobilenetv3_small_100_cifar | 1,528,106 (10 classes) | 17.5M (32x32) | CIFAR-10 92.97% (XSepConv paper) |
 
+Under ``width_mult`` every block width is ``make_divisible(c * m, 8)``, the stem too from
+``m = 0.75`` up (below that it stays 16: timm's ``fix_stem=channel_multiplier < 0.75``), and the
+head keeps 1280 / 1024 (torchvision would scale both).
+
 Params / MACs are this implementation's (timm-identical) counts: MACs = conv + linear
 multiply-adds from ``torch.utils.flop_counter`` / 2. Module names and shapes equal timm's
 ``mobilenetv3_*`` models, and the parameter order equals torchvision's ``mobilenet_v3_*``.
@@ -83,10 +87,13 @@ def decode_table(table, stem_channels: int = STEM_CHANNELS) -> tuple[tuple[Block
 
 
 MBV3_SE = SESpec(reduce_from="mid", act="relu", gate="hard_sigmoid")
+# timm's MobileNetV3 keeps the 16-channel stem below width 0.75 (``fix_stem=channel_multiplier < 0.75``)
+# and the 1280 / 1024 head at every width.
+FIX_STEM_BELOW = 0.75
 LARGE_ARCH = ArchSpec(decode_table(LARGE), STEM_CHANNELS, HeadSpec("pool_conv", 1280, "hswish"), stem_act="hswish",
-                      se=MBV3_SE, drop_rate=0.2)
+                      se=MBV3_SE, fix_stem_below=FIX_STEM_BELOW, drop_rate=0.2)
 SMALL_ARCH = ArchSpec(decode_table(SMALL), STEM_CHANNELS, HeadSpec("pool_conv", 1024, "hswish"), stem_act="hswish",
-                      se=MBV3_SE, drop_rate=0.2)
+                      se=MBV3_SE, fix_stem_below=FIX_STEM_BELOW, drop_rate=0.2)
 PAPER = "MobileNetV3, Table 3"
 
 
