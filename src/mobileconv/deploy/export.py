@@ -43,7 +43,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ import torch
 from torch import nn
 
 from ..layers import IMPLS, set_layer_impl
-from .weights import check_output_path, replacement_mode, unwrap_model
+from .weights import check_output_path, fsync_dir, fsync_file, replacement_mode, temporary_path, unwrap_model
 
 FORMATS: dict[str, str] = {  # format -> usual file suffix
     "onnx": ".onnx",
@@ -68,7 +67,6 @@ DEFAULT_TOLERANCE = 1e-4
 DEFAULT_BATCH = 2
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 WEAK_CHECK_RATIO = 0.1  # a check accepting errors above 10% of the outputs' scale proves little: say so
-TEMP_NAME_BYTES = 64  # of the output's name in its temporary file's (a 255-byte name must still fit)
 
 
 class ExportError(ValueError):
@@ -293,7 +291,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
     if cast:
         notes.append(f"the model's {' / '.join(cast)} weights were exported as float32, and the check "
                      f"compared with the model in float32")
-    tmp = _temporary_path(path)
+    tmp = temporary_path(path)
     try:
         log(f"exporting to {format} ...")
         method = _run_exporter(format, prepared, inputs[0].clone(), tmp, opset=opset, dynamic_batch=dynamic_batch,
@@ -313,11 +311,11 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
         size = tmp.stat().st_size
         # mkstemp made it private; give it the mode a plain open() would: the old file's, else the umask's
         tmp.chmod(replacement_mode(path))
-        _fsync_file(tmp)  # the data on disk before the rename: a crash cannot leave an empty file at path
+        fsync_file(tmp)  # the data on disk before the rename: a crash cannot leave an empty file at path
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)  # the rename itself
+    fsync_dir(path.parent)  # the rename itself
     return ExportResult(path=path, format=format, input_shape=shape, dynamic_batch=dynamic_batch, method=method,
                         optimized=optimized, tolerance=float(tolerance), checks=checks, size_bytes=size,
                         notes=tuple(notes))
@@ -518,43 +516,6 @@ def _on_cpu_float32(model: nn.Module) -> nn.Module:
     if all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point()) for t in tensors):
         return model
     return copy.deepcopy(model).float().cpu()
-
-
-def _temporary_path(path: Path) -> Path:
-    """A new empty file beside ``path`` (same file system, so ``os.replace`` is atomic).
-
-    Named ``.<name>.<random>.tmp<suffix>`` with ``<name>`` cut to ``TEMP_NAME_BYTES``: any name
-    that ``path`` itself may have (255 bytes on most file systems) leaves room for the rest.
-    """
-    stem = path.name
-    while len(os.fsencode(stem)) > TEMP_NAME_BYTES:
-        stem = stem[:-1]
-    suffix = path.suffix if len(os.fsencode(path.suffix)) <= 16 else ""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=path.parent)
-    except OSError as e:
-        raise type(e)(f"cannot write {path}: {e.strerror or e}") from e
-    os.close(fd)
-    return Path(name)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def first_line(e: BaseException) -> str:

@@ -42,7 +42,7 @@ import stat
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -137,6 +137,9 @@ def read_checkpoint(path: str | os.PathLike, *,
     averaged weights), or a mobileconv file whose metadata records ``ema=true`` (the weights
     files of ``mobileconv train --ema``); any other checkpoint is a ``ValueError``, never a
     silent fallback to the non-EMA weights.
+
+    The metadata is the safetensors header's; for a ``state.pt`` of ``mobileconv train``, what it
+    records about its run (:func:`run_state_metadata`), in the same form; ``{}`` for other torch files.
     """
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"pretrained must be the path of a checkpoint file, got {path!r} "
@@ -153,12 +156,44 @@ def read_checkpoint(path: str | os.PathLike, *,
     if len(head) == 9 and head[8:9] == b"{":  # u64 header length, then the JSON header
         state_dict, metadata = _read_safetensors(path)
     elif head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save zip archive, or legacy pickle protocol 2
-        state_dict, metadata = _read_torch(path), {}
+        state_dict = _read_torch(path)
+        metadata = run_state_metadata(state_dict)
     else:
         raise ValueError(f"{path} is not a checkpoint (unrecognised file contents); expected {EXPECTED}")
     if use_ema:
         state_dict = _ema_weights(state_dict, metadata, path)
     return _unwrap(state_dict, path), metadata
+
+
+# what `mobileconv train`'s state.pt records about its run, under the names of its weights files' metadata:
+# metadata key -> (entry of the state, entry of its "config" or None)
+RUN_STATE_FIELDS = {"model": (None, "model"), "dataset": (None, "data"), "img_size": (None, "img_size"),
+                    "num_classes": ("num_classes", None), "classes": ("classes", None), "mean": ("mean", None),
+                    "std": ("std", None), "epoch": ("epoch", None)}
+
+
+def run_state_metadata(obj: object) -> dict[str, str]:
+    """The metadata a ``mobileconv train`` weights file would record, read from its ``state.pt`` (``obj``).
+
+    A state.pt holds its run's resolved options (``config``: model, data, img_size) and, since runs
+    record them there, its ``classes``, ``mean`` and ``std``, so that a state.pt copied out of its run
+    folder is evaluated with its training preprocessing. Values are JSON-encoded unless strings, as in
+    a weights file's header. ``{}`` for anything else (a timm or torchvision checkpoint).
+    """
+    if not (isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping)
+            and isinstance(obj.get("model"), Mapping) and isinstance(obj.get("num_classes"), int)
+            and isinstance(obj.get("epoch"), int)):
+        return {}
+    metadata = {}
+    for key, (entry, option) in RUN_STATE_FIELDS.items():
+        value = obj.get(entry) if entry is not None else obj["config"].get(option)
+        if value is None:
+            continue
+        try:
+            metadata[key] = value if isinstance(value, str) else json.dumps(value)
+        except (TypeError, ValueError):  # not plain data (a tensor): not recorded, as if absent
+            continue
+    return metadata
 
 
 def detect_source(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> str:
@@ -252,8 +287,9 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
 
     The file is what ``safetensors.torch.save_file(model.state_dict(), path)`` writes, plus
     metadata ``format="mobileconv"`` and ``bn_eps`` (JSON), which :func:`load_pretrained` restores.
-    The tensors go to a temporary file in the same directory, which then replaces ``path``, so
-    a failure never leaves a partial file (a link is followed, see :func:`check_output_path`).
+    The tensors go to a temporary file in the same directory, which is flushed to disk and then
+    replaces ``path`` (:func:`write_atomically`), so neither a failure nor a crash leaves a partial
+    file (a link is followed, see :func:`check_output_path`).
     """
     from safetensors.torch import save_file
 
@@ -264,18 +300,75 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     if eps is not None:
         meta["bn_eps"] = json.dumps(eps)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    return write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+# ---- crash-safe writes (shared by save_weights, engine.checkpoint.atomic_write and deploy.export) --------------
+
+TEMP_NAME_BYTES = 64  # of the output's name in its temporary file's (a 255-byte name must still fit)
+
+
+def write_atomically(path: Path, write_to: Callable[[Path], None]) -> Path:
+    """Fill a new temporary file beside ``path`` with ``write_to(tmp)``, then make it ``path``, crash-safely.
+
+    The temporary file (:func:`temporary_path`) gets the mode ``open(path, "w")`` would leave
+    (:func:`replacement_mode`), is flushed to disk (:func:`fsync_file`) and renamed onto ``path``
+    (``os.replace``), and the rename is made durable (:func:`fsync_dir`): after a crash or power loss
+    ``path`` is the old file or the complete new one, never an empty or partial one. If anything
+    before the rename fails, the temporary file is removed and ``path`` is unchanged. ``path`` is
+    written as it is: callers resolve links first (:func:`check_output_path`).
+    """
+    tmp = temporary_path(path)
     try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, replacement_mode(path))  # mkstemp made it private; give it the mode a plain open() would
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        write_to(tmp)
+        os.chmod(tmp, replacement_mode(path))  # mkstemp made it private (0600)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def temporary_path(path: Path) -> Path:
+    """A new empty file beside ``path`` (same file system, so ``os.replace`` is atomic), created with
+    ``O_EXCL`` (``mkstemp``): never an existing file or a link planted at a predictable name.
+
+    Named ``.<name>.tmp-<random><suffix>`` with ``<name>`` cut to :data:`TEMP_NAME_BYTES` bytes, so any
+    name that ``path`` itself may have (255 bytes on most file systems) leaves room for the rest; the
+    suffix (``.onnx``, ``.pt2``) is kept when it is short, for writers that go by it.
+    """
+    stem = path.name
+    while len(os.fsencode(stem)) > TEMP_NAME_BYTES:
+        stem = stem[:-1]
+    suffix = path.suffix if len(os.fsencode(path.suffix)) <= 16 else ""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{stem}.tmp-", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise type(e)(f"cannot write {path}: {e.strerror or e}") from e
+    os.close(fd)
+    return Path(name)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to disk (before it is renamed over another)."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def check_output_path(path: str | os.PathLike) -> Path:

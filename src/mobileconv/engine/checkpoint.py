@@ -5,7 +5,8 @@ the EMA weights when EMA is on, plus string metadata: model, classes, image size
 normalisation) and ``state.pt`` (everything needed to resume: model, optimizer, scheduler,
 EMA, gradient scaler, epoch, RNG states, metrics history; tensors and plain containers only).
 Every file is written to a temporary file in the same folder, flushed, fsync'ed and renamed
-over the old one with ``os.replace``: a kill at any moment leaves the previous file intact.
+over the old one with ``os.replace``, and the folder is fsync'ed: a kill or a crash at any moment
+leaves the previous file or the new one, whole.
 """
 from __future__ import annotations
 
@@ -21,39 +22,35 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from ..deploy.weights import replacement_mode, torch_load_reason
+from ..deploy.weights import torch_load_reason, write_atomically
 
 STATE_FILE, LAST_FILE, BEST_FILE = "state.pt", "last.safetensors", "best.safetensors"
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it onto ``path``.
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it onto ``path``, fsync the folder.
 
     The file ends up as ``open(path, "wb")`` would leave it: a replaced file keeps its permissions
     (a new one gets the umask's), and a symbolic link is followed (its target is replaced, the
     link kept). The temporary file is a new one of its own (``mkstemp``), never an existing file
-    or link of the same name. If ``write`` (or anything before the rename) fails, the temporary
-    file is removed and ``path`` keeps its previous content; an ``OSError`` that names no file
-    (a full disk) is raised again naming ``path``.
+    or link of the same name, and its name fits beside any valid name of ``path``
+    (:func:`~mobileconv.deploy.weights.write_atomically`, which mobileconv's other writers share).
+    If ``write`` (or anything before the rename) fails, the temporary file is removed and ``path``
+    keeps its previous content; an ``OSError`` that names no file (a full disk) is raised again
+    naming ``path``.
     """
     path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)  # created here, with O_EXCL
-    os.close(fd)
-    tmp = Path(name)
-    try:
+
+    def write_to(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.chmod(tmp, replacement_mode(path))  # mkstemp made it private (0600)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.strerror and e.filename is None:  # a full disk names no file
+
+    try:
+        return write_atomically(path, write_to)
+    except OSError as e:
+        if e.strerror and e.filename is None:  # a full disk names no file
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def probe_writable(folder: str | Path) -> None:
@@ -84,20 +81,6 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
         plt.close(fig)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # ---- model weights (safetensors) ----------------------------------------------------------------
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
@@ -123,6 +106,18 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise ValueError(f"checkpoint {path}: not a safetensors file ({e})") from None
     return tensors, {k: _json_or_str(v) for k, v in raw_meta.items()}
+
+
+def load_metadata(path: str | Path) -> dict:
+    """The metadata of a safetensors file (JSON values decoded) without reading its tensors; ``{}`` if unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - missing, truncated, or not safetensors: nothing recorded
+        return {}
+    return {k: _json_or_str(v) for k, v in raw_meta.items()}
 
 
 def _json_or_str(value: str):

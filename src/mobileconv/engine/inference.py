@@ -48,7 +48,9 @@ class LoadedCheckpoint:
     model: nn.Module
     name: str
     num_classes: int
-    meta: dict  # safetensors metadata (model, dataset, classes, img_size, mean, std...), else summary.json
+    # the checkpoint's metadata (model, dataset, classes, img_size, mean, std...: a weights file's header, or what a
+    # state.pt of `mobileconv train` records, see read_checkpoint), else its run's summary.json
+    meta: dict
     sources: dict  # key of meta -> the file it was read from (the checkpoint or summary.json)
 
     def get(self, key: str, default=None):
@@ -91,7 +93,8 @@ def load_checkpoint(model_name: str | None, checkpoint: str | Path, device: torc
                     use_ema: bool = False) -> LoadedCheckpoint:
     """Build the model with as many classes as the checkpoint's classifier has, and load the weights.
 
-    ``model_name`` defaults to the name recorded with the checkpoint. The weights are loaded as
+    ``model_name`` defaults to the name recorded with the checkpoint (a weights file's metadata, a
+    ``state.pt``'s run options, or the run's summary.json beside it). The weights are loaded as
     ``create_model(..., pretrained=checkpoint)`` does (every key and shape checked, BatchNorm eps
     restored from mobileconv metadata). Raises ``ValueError`` (``FileNotFoundError`` for a missing
     file) if the file is unreadable, its recorded model is not one, or its tensors do not fit the model.
@@ -151,7 +154,8 @@ def resolve_img_size(loaded: LoadedCheckpoint, img_size: int | None, data: str |
 
 def resolve_normalization(loaded: LoadedCheckpoint) -> tuple[list[float], list[float]]:
     """Per-channel ``(mean, std)`` for ``eval`` and ``predict`` alike: those recorded with the checkpoint
-    (or its run's summary.json), else the model's ``pretrained_cfg``'s (mean and std each on its own).
+    (a weights file's metadata, a ``state.pt``'s entries, or its run's summary.json), else the model's
+    ``pretrained_cfg``'s (mean and std each on its own).
 
     A checkpoint without metadata (timm, torchvision) was trained with its model's usual
     normalisation (ImageNet's for the ImageNet models), as timm's ``resolve_data_config`` assumes;

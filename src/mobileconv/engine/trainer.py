@@ -8,7 +8,7 @@ Run folder (written by rank 0 only):
 | ``metrics.csv`` | one row per epoch: epoch, loss, top1, top5, lr, img/s, seconds, test_loss |
 | ``curves.png`` | loss and accuracy against the epoch |
 | ``last.safetensors`` / ``best.safetensors`` | model weights (EMA weights with ``--ema``) |
-| ``state.pt`` | trainer state for ``--resume`` |
+| ``state.pt`` | trainer state for ``--resume``, with the classes, mean and std (``eval`` / ``predict`` read them) |
 | ``summary.json`` | model, dataset, classes, final top-1 / top-5 on the test split, train seconds... |
 
 The data order of epoch ``e`` depends on ``(seed, e)`` only and the augmentation generator is
@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import time
+import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from ..data import (BatchTransform, DataInfo, MixupCutmix, ShardedBatchSampler, build_datasets, limit_samples,
                     preferred_img_size)
+from ..data.datasets import show_names
 from ..deploy.weights import FORMAT, bn_eps_of
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_yaml
@@ -354,6 +356,52 @@ def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Pa
     if state["num_classes"] != info.num_classes:
         raise ValueError(f"--resume {resume}: the run had {state['num_classes']} classes, the data has "
                          f"{info.num_classes}")
+    trained_on, where = recorded_classes(state, resume)
+    if trained_on is None:  # a state.pt from before runs recorded their classes, with no other record left
+        return
+    # names compared in NFC form, as the data names them (a run recorded from a tree written in NFD)
+    trained_on = [unicodedata.normalize("NFC", name) for name in trained_on]
+    if trained_on != list(info.classes):
+        raise ValueError(f"--resume {resume}: the run was trained on other classes than the data has "
+                         f"({class_difference(trained_on, info.classes)}; the run's classes are recorded in {where}); "
+                         f"resuming would mix up the labels: pass the --data it was trained on, or start a new run")
+
+
+def recorded_classes(state: dict, resume: Path) -> tuple[list[str] | None, str]:
+    """The class names a run was trained on, in label order, and the file that records them.
+
+    From its state.pt; for a state.pt from before runs recorded them there, from the run folder's
+    weights file (written with each checkpoint) or summary.json, when it records as many classes as
+    the state; else None (only the number of classes can then be checked).
+    """
+    if "classes" in state:
+        return state["classes"], str(resume / ckpt.STATE_FILE)
+    for name, read in ((ckpt.LAST_FILE, ckpt.load_metadata), ("summary.json", read_json)):
+        classes = read(resume / name).get("classes")
+        if (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+                and len(classes) == state["num_classes"]):
+            return classes, str(resume / name)
+    return None, ""
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; ``{}`` when there is none or it is unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def class_difference(trained_on: list[str], classes: list[str]) -> str:
+    """How a run's classes differ from the data's, in words, for ``trained_on != classes``."""
+    gone = [name for name in trained_on if name not in classes]
+    new = [name for name in classes if name not in trained_on]
+    if gone or new:
+        return f"the run's {show_names(gone)} are not in the data, which has {show_names(new)} instead"
+    label = next(i for i, (old, now) in enumerate(zip(trained_on, classes)) if old != now)
+    return (f"the same names in another order: label {label} was {show_names([trained_on[label]])[1:-1]}, "
+            f"it is {show_names([classes[label]])[1:-1]} in the data")
 
 
 def same_data(saved: str, resolved: str) -> bool:
@@ -448,6 +496,18 @@ STATE_TYPES = {"epoch": int, "num_classes": int, "config": dict, "model": dict, 
                "best_top1": (int, float), "best_epoch": int, "train_seconds": (int, float)}
 
 
+def _is_numbers(value) -> bool:
+    return isinstance(value, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+
+
+# entries that older state.pt files lack: name -> (check, what it must be)
+OPTIONAL_STATE_ENTRIES = {
+    "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
+    "mean": (_is_numbers, "a list of numbers"),
+    "std": (_is_numbers, "a list of numbers"),
+}
+
+
 def read_state(path: Path) -> dict:
     """A state.pt written by :func:`run_state`; a one-line ``ValueError`` naming ``path`` and what is wrong if not."""
     state = ckpt.load_state(path)
@@ -456,8 +516,12 @@ def read_state(path: Path) -> dict:
     missing = [key for key in STATE_TYPES if key not in state]
     wrong = [f"{key} is a {type(state[key]).__name__}" for key, kind in STATE_TYPES.items()
              if key in state and not isinstance(state[key], kind)]
+    wrong += [f"{key} is not {what}" for key, (check, what) in OPTIONAL_STATE_ENTRIES.items()
+              if key in state and not check(state[key])]
     if not missing and not wrong:
         missing = [f"config.{key}" for key in ("model", "data") if key not in state["config"]]
+    if not missing and not wrong and "classes" in state and len(state["classes"]) != state["num_classes"]:
+        wrong = [f"{len(state['classes'])} classes for num_classes {state['num_classes']}"]
     if missing or wrong:
         problems = ([f"missing {', '.join(missing)}"] if missing else []) + wrong
         raise ValueError(f"--resume: {path} is not a state.pt of mobileconv train ({'; '.join(problems)})")
@@ -468,6 +532,9 @@ def run_state(run: Run, epoch: int) -> dict:
     """The resumable state after ``epoch`` completed epochs: tensors and plain containers only."""
     return {
         "epoch": epoch, "num_classes": run.info.num_classes, "config": run.config.to_dict(),
+        # what eval / predict need to preprocess as the run did (read_checkpoint), and the labels' names (resume)
+        "classes": list(run.info.classes), "mean": [float(v) for v in run.info.mean],
+        "std": [float(v) for v in run.info.std],
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else None,
         "scaler": run.scaler.state_dict() if run.scaler is not None else None, "rng": ckpt.get_rng_states(),
