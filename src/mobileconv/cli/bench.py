@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from ._args import non_negative_int, positive_int
+from ._args import check_image_size, non_negative_int, positive_int
 
 
 BACKENDS = ("torch", "onnxruntime")
@@ -87,6 +87,9 @@ def run_bench(args: argparse.Namespace) -> int:
     unknown = [m for m in args.models if m not in known]
     if unknown:
         raise ValueError(f"unknown model(s) {', '.join(unknown)}; see `mobileconv models` for the registered names")
+    # every model, before the first is timed: a later model's forward refused a too small --image-size only
+    # after the earlier ones had been benchmarked for minutes, and their results were lost
+    check_image_size(args.models, args.image_size)
     config = BenchConfig(mode=args.mode, batch_size=args.batch_size, image_size=args.image_size,
                          threads=args.threads, device=args.device, amp=args.amp, compile=args.compile,
                          warmup=args.warmup, rounds=args.rounds, iters=args.iters, memory=not args.no_memory)

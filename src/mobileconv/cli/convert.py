@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import PurePath
 
-from ._args import USE_EMA_HELP, call_with_one_line_errors, non_negative_int, positive_int
+from ._args import USE_EMA_HELP, call_with_one_line_errors, non_negative_int, registered_model
+
+
+# suffixes that torch.load / timm / torchvision users read with torch.load (deploy.weights.TORCH_SUFFIXES, .tar for
+# timm's model_best.pth.tar); importing the constant would import torch for `mobileconv --help`
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 
 def register(subparsers) -> None:
@@ -16,8 +22,10 @@ def register(subparsers) -> None:
                     "BatchNorm eps of the source is recorded in DST (torchvision MobileNetV3: 1e-3); a mobileconv "
                     "checkpoint's metadata (dataset, classes, img_size, mean, std) is kept.")
     p.add_argument("src", metavar="SRC", help="checkpoint to read")
-    p.add_argument("dst", metavar="DST", help="safetensors file to write (replaced if it exists)")
-    p.add_argument("--model", required=True, metavar="NAME", help="mobileconv model name (see `mobileconv models`)")
+    p.add_argument("dst", metavar="DST", help="safetensors file to write (replaced if it exists; not a "
+                   f"{'/'.join(TORCH_SUFFIXES)} name, which torch.load could not read)")
+    p.add_argument("--model", required=True, type=registered_model, metavar="NAME",
+                   help="mobileconv model name (see `mobileconv models`)")
     p.add_argument("--num-classes", type=non_negative_int, default=None, metavar="N",
                    help="classes of the model (default: those of the checkpoint's classifier); 0 writes the "
                         "model without its classifier")
@@ -25,9 +33,18 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_convert)
 
 
+def check_dst_name(dst: str) -> None:
+    """Refuse a DST named like a torch.load file: it would hold safetensors bytes that torch.load cannot read."""
+    suffix = PurePath(dst).suffix.lower()
+    if suffix in TORCH_SUFFIXES:
+        raise ValueError(f"DST {dst!r} ends in {suffix}, a torch.load name, but convert writes safetensors; "
+                         f"name it {str(PurePath(dst).with_suffix('.safetensors'))!r}")
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from ..deploy.weights import convert_checkpoint
 
+    check_dst_name(args.dst)
     info = call_with_one_line_errors(convert_checkpoint, args.src, args.dst, args.model, args.num_classes,
                                      args.use_ema)
     eps = info["bn_eps"]

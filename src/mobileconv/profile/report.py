@@ -97,6 +97,9 @@ def check_plot_path(path: str | os.PathLike) -> Path:
         raise ValueError(f"plot file must end in .png, got {str(path)!r}")
     if not path.parent.is_dir():
         raise ValueError(f"plot folder {str(path.parent)!r} does not exist")
+    if path.exists() and not path.is_file():  # a folder named x.png: found only after the minutes of profiling
+        raise ValueError(f"cannot write the plot {str(path)!r}: it is a directory (give a file name inside it)"
+                         if path.is_dir() else f"cannot write the plot {str(path)!r}: it exists and is not a file")
     try:
         probe_writable(path.parent)
     except OSError as e:

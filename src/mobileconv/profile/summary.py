@@ -8,6 +8,17 @@ What a *layer* (a row) is:
   XSepConv's 2x2 / 1xK / Kx1 convs with their BN and activations);
 * a container that holds parameters of its own or runs convs / matmuls in its own
   ``forward`` gets an extra row ``(own ops)`` carrying just those, so that nothing is lost.
+* a parametrized module (``torch.nn.utils.parametrize``, ``weight_norm``, ``orthogonal``...)
+  is the module it parametrizes: a parametrized ``Conv2d`` is one row, with its original
+  weights as its parameters and the work of computing its weight in its MACs;
+* a TorchScript module (``torch.jit.script`` / ``trace``) is one row: its sub-modules do not run
+  as modules. TorchScript takes no hooks, so a scripted *sub-module*'s MACs show in the row
+  of the module calling it.
+
+``torch.compile``, ``DataParallel`` and ``DistributedDataParallel`` wrappers are looked through:
+a wrapped model is profiled as the model it wraps (eagerly, in this thread: ``DataParallel``'s
+replicas would run in threads that neither the hooks nor the thread-local MAC counter see), with
+its own layer names; a wrapped block inside a model shows its layers under the block's name.
 
 Figures (all for one forward pass of ``batch_size`` inputs, in eval mode, without gradients):
 
@@ -37,7 +48,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
+from ..deploy.weights import unwrap_model
 from ..layers import GroupedConv2d, MixConv2d, XSepConv2d, set_layer_impl
 from .describe import describe
 from .macs import MacCounter
@@ -107,21 +120,40 @@ def _check_sizes(input_size: Sequence[int], batch_size: int) -> tuple[int, ...]:
     return tuple(input_size)
 
 
+def _children(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``named_children()`` without the ``parametrizations`` holder of a parametrized module.
+
+    The holder computes the module's weight when the module reads it; it is part of the module, not
+    a layer (the tensor it returns is a weight, not an activation).
+    """
+    for name, child in module.named_children():
+        if not (name == "parametrizations" and parametrize.is_parametrized(module)):
+            yield name, child
+
+
+def _own_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
+    """A container's own parameters: ``parameters(recurse=False)`` and its parametrizations' originals."""
+    yield from module.parameters(recurse=False)
+    if parametrize.is_parametrized(module):
+        yield from module.parametrizations.parameters()
+
+
 def _layer_modules(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
-    """Split the module tree into layers (leaves and operators) and the containers above them."""
+    """Split the module tree into layers (leaves, operators, TorchScript modules) and the containers above them."""
     layers: dict[str, nn.Module] = {}
     containers: dict[str, nn.Module] = {}
     seen: set[int] = set()
 
     def visit(name: str, module: nn.Module) -> None:
+        module = unwrap_model(module)  # a compiled / DataParallel block: its model's layers, under the block's name
         if id(module) in seen:  # a module shared by two parents is one layer
             return
         seen.add(id(module))
-        if isinstance(module, OPERATORS) or not any(True for _ in module.children()):
+        if isinstance(module, (*OPERATORS, torch.jit.ScriptModule)) or not any(True for _ in _children(module)):
             layers[name] = module
             return
         containers[name] = module
-        for child_name, child in module.named_children():
+        for child_name, child in _children(module):
             visit(f"{name}.{child_name}" if name else child_name, child)
 
     visit("", model)
@@ -194,35 +226,44 @@ class _Record:
 
 
 def _trace(model: nn.Module, x: torch.Tensor, tracked: dict[str, nn.Module], layers: dict[str, nn.Module]):
-    """Run ``model(x)`` once with hooks on the tracked modules; returns per-name records and MACs."""
+    """Run ``model(x)`` once with hooks on the tracked modules; returns per-name records and MACs.
+
+    The model itself (``""``) is recorded here, around the call, so that it needs no hooks (a
+    TorchScript model takes none); ops that run outside every hooked module are charged to it.
+    """
     counter = MacCounter()
-    records: dict[str, _Record] = {}
+    records: dict[str, _Record] = {"": _Record(order=0)}
     handles = []
 
     def pre_hook(name):
-        def hook(module, args):
+        def hook(module, args, kwargs):
             counter.owners.append(name)
             if name not in records:
                 records[name] = _Record(order=len(records))
         return hook
 
     def post_hook(name):
-        def hook(module, args, output):
+        def hook(module, args, kwargs, output):
             counter.owners.pop()
-            rec = records[name]
-            rec.calls += 1
-            if name in layers:
-                if rec.output_shape is None:
-                    rec.output_shape = _shape(output)
-                rec.activation_bytes += _new_bytes(args, output)
+            record(name, (args, kwargs), output)
         return hook
+
+    def record(name, inputs, output):
+        rec = records[name]
+        rec.calls += 1
+        if name in layers:
+            if rec.output_shape is None:
+                rec.output_shape = _shape(output)
+            rec.activation_bytes += _new_bytes(inputs, output)  # inputs passed by keyword included
 
     try:
         for name, module in tracked.items():
-            handles.append(module.register_forward_pre_hook(pre_hook(name)))
-            handles.append(module.register_forward_hook(post_hook(name), always_call=True))
+            if name and not isinstance(module, torch.jit.ScriptModule):  # ScriptModules refuse hooks
+                handles.append(module.register_forward_pre_hook(pre_hook(name), with_kwargs=True))
+                handles.append(module.register_forward_hook(post_hook(name), with_kwargs=True, always_call=True))
         with torch.no_grad(), counter:
-            model(x)
+            output = model(x)
+        record("", (x,), output)
     finally:
         for h in handles:
             h.remove()
@@ -235,7 +276,9 @@ def summarize(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), batch
     Runs one forward pass in eval mode with mobileconv operators switched to their reference
     implementation (both settings are restored afterwards) and reports, per layer, the output
     shape, parameters, MACs and activation memory; see the module docstring for the exact
-    definitions. Works for any ``nn.Module`` taking one tensor.
+    definitions. Works for any ``nn.Module`` taking one tensor; a ``torch.compile`` /
+    ``DataParallel`` / ``DistributedDataParallel`` wrapper is looked through (the wrapped model is
+    profiled, with its own layer names).
 
     Args:
         model: the network.
@@ -258,6 +301,7 @@ def summarize(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), batch
         True
     """
     input_size = _check_sizes(input_size, batch_size)
+    model = unwrap_model(model)  # DataParallel would run replicas in threads that no hook or counter sees
     ref = next(model.parameters(), None)
     if ref is None:
         ref = next(model.buffers(), torch.empty(0))
@@ -309,9 +353,11 @@ def _rows(model: nn.Module, layers: dict[str, nn.Module], containers: dict[str, 
             if rec is None and params == 0:
                 continue
             kind = describe(module)
+            if name and isinstance(module, torch.jit.ScriptModule):  # not hooked, see _trace
+                kind += " (TorchScript: its MACs are in its caller's row)"
         else:
             module = containers[name]
-            params = new_params(module.parameters(recurse=False))
+            params = new_params(_own_parameters(module))
             if params == 0 and macs.get(name, 0) == 0:
                 continue
             kind = f"{type(module).__name__} (own ops)"
