@@ -4,8 +4,8 @@ from torch import nn
 from .activations import create_act, get_act
 from .conv import Conv2dSame, conv2d, create_conv2d
 from .conv_norm_act import ConvNormAct
-from .grouped import IMPLS, GroupedConv2d
-from .helpers import make_divisible, split_channels
+from .grouped import GroupedConv2d
+from .helpers import IMPLS, make_divisible, split_channels
 from .mixconv import MixConv2d, exponential_split
 from .separable import DepthwiseSeparableConv2d, SpatialSeparableConv2d
 from .squeeze_excite import SqueezeExcite

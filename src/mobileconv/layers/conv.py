@@ -90,11 +90,12 @@ def bias_free(*convs: nn.Module) -> bool:
 def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,
            groups: int = 1, bias: bool = False, padding: str = "") -> nn.Conv2d:
     """A single conv with "same" padding: symmetric ``(k - 1) // 2 * d`` or TF SAME (``padding='tf'``)."""
-    check_positive(in_channels, "in_channels")
-    check_positive(out_channels, "out_channels")
-    check_kernel_size(kernel_size)  # odd: symmetric padding keeps the size
-    check_stride(stride)
-    check_positive(dilation, "dilation")
+    in_channels = check_positive(in_channels, "in_channels")
+    out_channels = check_positive(out_channels, "out_channels")
+    kernel_size = check_kernel_size(kernel_size)  # odd: symmetric padding keeps the size
+    stride = check_stride(stride)
+    dilation = check_positive(dilation, "dilation")
+    groups = check_positive(groups, "groups")
     check_flag(bias, "bias")
     check_padding_mode(padding)
     if padding == "tf" and stride > 1:
@@ -123,10 +124,10 @@ def create_conv2d(in_channels: int, out_channels: int, kernel_size: int | Sequen
     from .grouped import GroupedConv2d
     from .mixconv import SPLITS, MixConv2d
 
-    check_positive(in_channels, "in_channels")
-    check_positive(out_channels, "out_channels")
-    check_stride(stride)
-    check_positive(dilation, "dilation")
+    in_channels = check_positive(in_channels, "in_channels")
+    out_channels = check_positive(out_channels, "out_channels")
+    stride = check_stride(stride)
+    dilation = check_positive(dilation, "dilation")
     for flag, name in ((depthwise, "depthwise"), (bias, "bias"), (dilated, "dilated")):
         check_flag(flag, name)
     check_padding_mode(padding)

@@ -36,12 +36,12 @@ class ConvNormAct(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
                  norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d, act_layer: ActLayer = nn.ReLU,
                  dilation: int = 1, bias: bool | None = None, padding: str = "", inplace: bool = True) -> None:
-        check_positive(in_channels, "in_channels")
-        check_positive(out_channels, "out_channels")
-        check_kernel_size(kernel_size)
-        check_stride(stride)
-        check_positive(groups, "groups")
-        check_positive(dilation, "dilation")
+        in_channels = check_positive(in_channels, "in_channels")
+        out_channels = check_positive(out_channels, "out_channels")
+        kernel_size = check_kernel_size(kernel_size)
+        stride = check_stride(stride)
+        groups = check_positive(groups, "groups")
+        dilation = check_positive(dilation, "dilation")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels} "
                              f"(use groups=1 for a dense conv, groups=in_channels for a depthwise one)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -9,15 +10,8 @@ from torch import nn
 from torch._jit_internal import _copy_to_script_wrapper
 
 from .conv import bias_free, check_padding_mode, conv2d, runs_as_plain_conv
-from .helpers import check_input_channels, check_kernel_sizes, check_positive, check_stride, split_channels
-
-IMPLS = ("fast", "reference")
-
-
-def check_impl(impl: str) -> str:
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    return impl
+from .helpers import (FixedLayout, check_impl, check_input_channels, check_kernel_sizes, check_positive, check_stride,
+                      split_channels)
 
 
 def concat_biases(biases: list[torch.Tensor | None], sizes: list[int]) -> torch.Tensor | None:
@@ -34,7 +28,64 @@ def concat_biases(biases: list[torch.Tensor | None], sizes: list[int]) -> torch.
     return torch.cat(parts)
 
 
-class GroupedConv2d(nn.ModuleList):
+class FixedConvList(FixedLayout, nn.ModuleList):
+    """An ``nn.ModuleList`` of one conv per channel group, fixed by the constructor (MixConv2d, GroupedConv2d).
+
+    Its list of convs, channel splits and kernel sizes must agree, so ``append`` / ``extend`` / ``insert`` /
+    ``+=`` / ``del`` / ``pop``, adding any other child and setting one to ``None`` are a ``TypeError``: build a
+    new layer for other groups. A conv may be replaced (``layer[i] = conv`` or ``setattr``, as eager QAT and
+    ``fuse_modules`` do) by one of the same geometry (:class:`.helpers.FixedLayout`).
+    """
+
+    def __init__(self, convs: Sequence[nn.Module]) -> None:
+        super().__init__()
+        for i, conv in enumerate(convs):
+            nn.Module.add_module(self, str(i), conv)  # the list's own add_module refuses new children
+
+    def _refuse(self, what: str) -> TypeError:
+        name = type(self).__name__
+        return TypeError(f"{name}: cannot {what}: its convs, channel splits and kernel sizes are fixed by the "
+                         f"constructor (a conv can be replaced by one of the same geometry); build a new {name}")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        modules = self.__dict__.get("_modules")
+        if modules is not None:
+            if name in modules and value is None:
+                raise self._refuse(f"set conv {name!r} to None")
+            if name not in modules and isinstance(value, nn.Module):
+                raise self._refuse(f"add a child module {name!r}")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in self.__dict__.get("_modules", {}):
+            raise self._refuse(f"delete conv {name!r}")
+        super().__delattr__(name)
+
+    def add_module(self, name: str, module: nn.Module | None) -> None:  # also register_module, append, extend, +=
+        if name not in self._modules:
+            raise self._refuse(f"add a child module {name!r}")
+        setattr(self, name, module)  # a replacement, checked as one
+
+    def append(self, module: nn.Module) -> NoReturn:
+        raise self._refuse("append a conv")
+
+    def extend(self, modules) -> NoReturn:
+        raise self._refuse("extend it")
+
+    def __iadd__(self, modules) -> NoReturn:
+        raise self._refuse("add convs with +=")
+
+    def insert(self, index: int, module: nn.Module) -> NoReturn:
+        raise self._refuse("insert a conv")
+
+    def pop(self, key) -> NoReturn:
+        raise self._refuse("pop a conv")
+
+    def __delitem__(self, idx) -> NoReturn:
+        raise self._refuse("delete a conv")
+
+
+class GroupedConv2d(FixedConvList):
     """MixNet's grouped conv (``a1.1`` / ``p1.1`` in its block strings; MixConv paper, Sec. 4).
 
     Input and output channels are split into ``len(kernel_sizes)`` groups (equal split,
@@ -47,16 +98,21 @@ class GroupedConv2d(nn.ModuleList):
     outputs match timm's bit for bit (``optimize_for_inference`` fuses them for deployment).
     ``impl="reference"`` is the split / conv-per-group / concat formulation, which also runs whenever a
     sub-conv has hooks of its own or a forward of its own (:func:`.conv.runs_as_plain_conv`), also once
-    scripted. Slicing (``conv[0:2]``) gives a plain ``nn.ModuleList`` of those groups' convs.
+    scripted. Slicing (``conv[0:2]``) gives a plain ``nn.ModuleList`` of those groups' convs. The groups are
+    fixed: ``append`` / ``insert`` / ``del`` and the like are refused, a conv may only be replaced by one of the
+    same geometry, and ``impl`` is checked whenever it is assigned (:class:`FixedConvList`).
     """
+
+    _layout = ("in_channels", "out_channels", "stride", "kernel_sizes", "in_splits", "out_splits", "single_conv")
 
     def __init__(self, in_channels: int, out_channels: int, kernel_sizes: int | Sequence[int], stride: int = 1,
                  *, padding: str = "", impl: str = "fast") -> None:
-        check_positive(in_channels, "in_channels")
-        check_positive(out_channels, "out_channels")
+        in_channels = check_positive(in_channels, "in_channels")
+        out_channels = check_positive(out_channels, "out_channels")
         kernel_sizes = check_kernel_sizes(kernel_sizes, "kernel_sizes")
-        check_stride(stride)
+        stride = check_stride(stride)
         check_padding_mode(padding)
+        check_impl(impl)
         g = len(kernel_sizes)
         in_splits = split_channels(in_channels, g, "in_channels")
         out_splits = split_channels(out_channels, g, "out_channels")
@@ -65,7 +121,7 @@ class GroupedConv2d(nn.ModuleList):
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.kernel_sizes = kernel_sizes
         self.in_splits, self.out_splits = in_splits, out_splits
-        self.impl = check_impl(impl)
+        self.impl = impl  # checked again on every assignment (FixedLayout)
         self.single_conv = (len(set(in_splits)) == 1 and len(set(out_splits)) == 1 and len(set(kernel_sizes)) == 1
                             and (padding != "tf" or kernel_sizes[0] == 1))
 

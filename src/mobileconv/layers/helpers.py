@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -29,36 +30,48 @@ def check_flag(value: object, name: str) -> bool:
     return value
 
 
+def as_int(value: object) -> int | None:
+    """``value`` as an ``int`` if it is an integer, a Python or a NumPy one (``np.int64(32)``, as ``nn.Conv2d``
+    takes); ``None`` for anything else, bools included (``True`` is no channel count)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return None
+
+
 def check_stride(stride: int, name: str = "stride") -> int:
-    if not isinstance(stride, int) or isinstance(stride, bool) or stride not in (1, 2):
+    value = as_int(stride)
+    if value not in (1, 2):
         raise ValueError(f"{name} must be 1 or 2, got {stride!r}")
-    return int(stride)
+    return value
 
 
 def check_positive(value: int, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    n = as_int(value)
+    if n is None or n < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return n
 
 
 def check_kernel_size(kernel_size: int, name: str = "kernel_size") -> int:
     """Check one square kernel size: a positive odd integer (so that "same" padding is symmetric)."""
-    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
+    k = as_int(kernel_size)
+    if k is None or k < 1 or k % 2 == 0:
         raise ValueError(f"{name} must be a positive odd integer (1, 3, 5, 7, ...), got {kernel_size!r}")
-    return kernel_size
+    return k
 
 
 def check_kernel_sizes(kernel_sizes: int | Sequence[int], name: str = "kernel_sizes", odd: bool = True) -> list[int]:
-    """Normalise an int or a list of ints into a non-empty list of positive (odd) kernel sizes."""
+    """Normalise an int or a list of ints into a non-empty list of positive (odd) kernel sizes (Python ints)."""
     what = "positive odd integer (1, 3, 5, 7, ...)" if odd else "positive integer"
-    if isinstance(kernel_sizes, int):
+    if as_int(kernel_sizes) is not None:
         ks = [kernel_sizes]
     elif isinstance(kernel_sizes, Sequence) and not isinstance(kernel_sizes, str) and len(kernel_sizes) > 0:
         ks = list(kernel_sizes)
     else:
         raise ValueError(f"{name} must be a {what} or a non-empty list of them, got {kernel_sizes!r}")
-    for k in ks:
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1 or (odd and k % 2 == 0):
+    for i, k in enumerate(ks):
+        ks[i] = as_int(k)
+        if ks[i] is None or ks[i] < 1 or (odd and ks[i] % 2 == 0):
             raise ValueError(f"{name} must be a {what} or a non-empty list of them, got {kernel_sizes!r} "
                              f"(bad value {k!r})")
     return ks
@@ -66,13 +79,68 @@ def check_kernel_sizes(kernel_sizes: int | Sequence[int], name: str = "kernel_si
 
 def split_channels(channels: int, num_groups: int, name: str = "channels") -> list[int]:
     """Equal split with the remainder added to the first group (MixConv paper, Sec. 3.1)."""
-    check_positive(num_groups, "num_groups")
+    num_groups = check_positive(num_groups, "num_groups")
+    if as_int(channels) is None:
+        raise ValueError(f"{name} must be a positive integer, got {channels!r}")
+    channels = as_int(channels)
     if num_groups > channels:
         raise ValueError(f"{name}={channels} is fewer than the number of groups ({num_groups}); "
                          f"need {name} >= {num_groups}, at least one channel per group")
     splits = [channels // num_groups] * num_groups
     splits[0] += channels - sum(splits)
     return splits
+
+
+IMPLS = ("fast", "reference")
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return IMPLS[IMPLS.index(impl)]  # the str itself, whatever compared equal to it
+
+
+# What a conv computes besides its weights: a replacement conv must agree on all of it
+_CONV_GEOMETRY = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                  "padding_mode")
+
+
+def _conv_geometry(module: torch.nn.Module) -> tuple | None:
+    """The ``_CONV_GEOMETRY`` attributes of a conv (``nn.Conv2d``, its QAT / quantized forms); ``None`` otherwise."""
+    if not isinstance(module, torch.nn.Module) or not all(hasattr(module, a) for a in _CONV_GEOMETRY):
+        return None
+    return tuple(getattr(module, a) for a in _CONV_GEOMETRY)
+
+
+class FixedLayout:
+    """Mixin for the operators with a fused path: the attributes the forward computes with stay what they were built as.
+
+    * ``impl`` is checked on every assignment (``layer.impl = "Fast"`` is a ``ValueError``, not a silent
+      reference path), and stored as a plain attribute: the forward reads it at no extra cost, and
+      ``torch.jit.script`` sees a ``str``.
+    * The attributes named in ``_layout`` (channels, kernel sizes, splits, stride, padding...) are set once,
+      in the constructor: the fused path computes with them while the child convs keep their own, so a
+      later assignment is an ``AttributeError`` (build a new layer instead).
+    * A child conv may be replaced (eager QAT and ``fuse_modules`` replace children with ``setattr``), by a
+      conv of the same geometry only (``_CONV_GEOMETRY``); a module that is no conv is run as a module.
+    """
+
+    _layout: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "impl":
+            value = check_impl(value)
+        elif name in self._layout and name in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}.{name} is fixed by the constructor (the fused path computes "
+                                 f"with it, the convs keep their own); build a new {type(self).__name__} instead")
+        elif isinstance(value, torch.nn.Module):
+            old = self.__dict__.get("_modules", {}).get(name)
+            before, after = _conv_geometry(old), _conv_geometry(value)
+            if before is not None and after is not None and before != after:
+                shown = ", ".join(f"{a}={v}" for a, v in zip(_CONV_GEOMETRY, before))
+                raise ValueError(f"{type(self).__name__}: conv {name!r} can only be replaced by a conv of the same "
+                                 f"geometry ({shown}), got {value}; build a new {type(self).__name__} instead")
+        super().__setattr__(name, value)
 
 
 def check_input_channels(x: torch.Tensor, expected: int, module: str) -> None:

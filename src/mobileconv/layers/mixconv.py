@@ -10,16 +10,19 @@ from torch._jit_internal import _copy_to_script_wrapper
 
 from .conv import bias_free, check_padding_mode, conv2d, runs_as_plain_conv
 from .depthwise_grad import MixedDepthwiseConv, use_grouped_weight_grad
-from .grouped import check_impl, concat_biases
-from .helpers import (DerivedTensorCache, check_flag, check_input_channels, check_kernel_sizes, check_positive,
-                      check_stride, dilate_kernel, pad_kernel, split_channels, tf_same_pad)
+from .grouped import FixedConvList, concat_biases
+from .helpers import (DerivedTensorCache, as_int, check_flag, check_impl, check_input_channels, check_kernel_sizes,
+                      check_positive, check_stride, dilate_kernel, pad_kernel, split_channels, tf_same_pad)
 
 SPLITS = ("equal", "exponential")
 
 
 def exponential_split(channels: int, num_groups: int) -> list[int]:
     """Group ``i`` gets ``channels * 2^-(i+1)`` channels, the last group the rest (MixConv paper, Sec. 3.1)."""
-    check_positive(num_groups, "num_groups")
+    num_groups = check_positive(num_groups, "num_groups")
+    if as_int(channels) is None:
+        raise ValueError(f"channels must be a positive integer, got {channels!r}")
+    channels = as_int(channels)
     splits = [int(channels * 2.0 ** -(i + 1)) for i in range(num_groups - 1)]
     splits.append(channels - sum(splits))
     if min(splits) < 1:
@@ -28,7 +31,7 @@ def exponential_split(channels: int, num_groups: int) -> list[int]:
     return splits
 
 
-class MixConv2d(nn.ModuleList):
+class MixConv2d(FixedConvList):
     """Mixed depthwise convolution, MDConv (MixConv paper, Sec. 3, Eq. 2).
 
     The ``channels`` are split into ``g = len(kernel_sizes)`` groups; group ``t`` is convolved
@@ -48,7 +51,9 @@ class MixConv2d(nn.ModuleList):
             own (``torch.nn.utils.prune``, forward hooks) or a forward of their own (eager QAT) always run
             as modules, the reference way (:func:`.conv.runs_as_plain_conv`), also once scripted.
 
-    Slicing (``conv[0:2]``) gives a plain ``nn.ModuleList`` of those groups' convs.
+    Slicing (``conv[0:2]``) gives a plain ``nn.ModuleList`` of those groups' convs. The groups are fixed:
+    ``append`` / ``insert`` / ``del`` and the like are refused, a conv may only be replaced by one of the
+    same geometry, and ``impl`` is checked whenever it is assigned (:class:`.grouped.FixedConvList`).
 
     Example:
         >>> conv = MixConv2d(144, (3, 5, 7))
@@ -56,12 +61,15 @@ class MixConv2d(nn.ModuleList):
         [48, 48, 48]
     """
 
+    _layout = ("channels", "kernel_sizes", "splits", "stride", "dilated", "padding", "split", "max_kernel", "fusable")
+
     def __init__(self, channels: int, kernel_sizes: int | Sequence[int], stride: int = 1, *, split: str = "equal",
                  dilated: bool = False, padding: str = "", impl: str = "fast") -> None:
-        check_positive(channels, "channels")
+        channels = check_positive(channels, "channels")
         kernel_sizes = check_kernel_sizes(kernel_sizes, "kernel_sizes")
-        check_stride(stride)
+        stride = check_stride(stride)
         check_padding_mode(padding)
+        check_impl(impl)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         check_flag(dilated, "dilated")  # a truthy string such as "no" would silently dilate the kernels
@@ -82,7 +90,7 @@ class MixConv2d(nn.ModuleList):
         # TF SAME pads a 1x1 kernel by -1 (clamped to 0) for stride 2 on even inputs, so it is not the
         # largest kernel's padding cut down: such a layer cannot be fused into one conv.
         self.fusable = not (padding == "tf" and stride == 2 and min(kernel_sizes) == 1)
-        self.impl = check_impl(impl)
+        self.impl = impl  # checked again on every assignment (FixedLayout)
 
     def extra_repr(self) -> str:
         return (f"k={','.join(map(str, self.kernel_sizes))} splits={','.join(map(str, self.splits))}"

@@ -30,10 +30,10 @@ class DepthwiseSeparableConv2d(nn.Module):
                  norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d, act_layer: ActLayer = nn.ReLU,
                  padding: str = "") -> None:
         super().__init__()
-        check_positive(in_channels, "in_channels")
-        check_positive(out_channels, "out_channels")
+        in_channels = check_positive(in_channels, "in_channels")
+        out_channels = check_positive(out_channels, "out_channels")
         k = check_kernel_size(kernel_size)
-        check_stride(stride)
+        stride = check_stride(stride)
         check_norm_layer(norm_layer)
         norm_layer = nn.Identity if norm_layer is None else norm_layer  # nn.Identity(channels) ignores its argument
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -59,10 +59,10 @@ class SpatialSeparableConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, *,
                  bias: bool = False) -> None:
         super().__init__()
-        check_positive(in_channels, "in_channels")
-        check_positive(out_channels, "out_channels")
+        in_channels = check_positive(in_channels, "in_channels")
+        out_channels = check_positive(out_channels, "out_channels")
         k = check_kernel_size(kernel_size)
-        check_stride(stride)
+        stride = check_stride(stride)
         check_bias(bias)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.conv_kx1 = nn.Conv2d(in_channels, out_channels, (k, 1), (stride, 1), (k // 2, 0), bias=False)

@@ -19,8 +19,8 @@ class SqueezeExcite(nn.Module):
     def __init__(self, channels: int, reduced_channels: int, act_layer: ActLayer = nn.ReLU,
                  gate_layer: ActLayer = nn.Sigmoid) -> None:
         super().__init__()
-        check_positive(channels, "channels")
-        check_positive(reduced_channels, "reduced_channels")
+        channels = check_positive(channels, "channels")
+        reduced_channels = check_positive(reduced_channels, "reduced_channels")
         self.channels = channels
         self.conv_reduce = nn.Conv2d(channels, reduced_channels, 1, bias=True)
         self.act1 = create_act(act_layer, inplace=True, arg_name="act_layer")

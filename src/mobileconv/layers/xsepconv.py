@@ -9,9 +9,8 @@ from torch import nn
 
 from .activations import ActLayer, create_act
 from .conv import runs_as_plain_conv
-from .grouped import check_impl
-from .helpers import (check_input_channels, check_kernel_size, check_norm_layer, check_positive, check_stride,
-                      pad_kernel, split_channels)
+from .helpers import (FixedLayout, as_int, check_impl, check_input_channels, check_kernel_size, check_norm_layer,
+                      check_positive, check_stride, pad_kernel, split_channels)
 
 # One-sided paddings of a 2x2 conv, as (left, right, top, bottom). "right_top" pads one column
 # on the right and one row on the top; the four directions cancel each other's half-pixel shift.
@@ -46,8 +45,9 @@ def xsep_padding_schedule(n: int) -> list[str]:
     every channel, and the average, off by 1/2; three ``"symmetric"`` layers 3/2 per channel).
     ``tests/layers/test_xsep_padding.py`` checks this against all 125 choices for the last three.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+    if as_int(n) is None or n < 0:
         raise ValueError(f"n must be a non-negative number of 2x2 layers, got {n!r}")
+    n = as_int(n)
     cycle = list(DIRECTIONS)
     full, rest = divmod(n, 4)
     schedule = cycle * full
@@ -64,7 +64,7 @@ def _embed_2x2(weight: torch.Tensor, pad: list[int]) -> torch.Tensor:
     return pad_kernel(weight, col, 1 - col, row, 1 - row)
 
 
-class XSepConv2d(nn.Module):
+class XSepConv2d(FixedLayout, nn.Module):
     """Extremely separated depthwise conv, a drop-in for a ``K x K`` depthwise conv (XSepConv, Fig. 2).
 
     ``2x2 depthwise (one-sided padding) -> BN -> act -> 1xK depthwise -> BN -> act -> Kx1 depthwise -> BN``:
@@ -89,16 +89,22 @@ class XSepConv2d(nn.Module):
             no ``F.pad`` of the input); ``"reference"`` pads with ``F.pad`` and runs the 2x2 conv(s).
             Both read ``conv_2x2.weight`` (and its bias, if any); a ``conv_2x2`` with hooks or a forward of
             its own (prune, QAT) is called as a module instead (:func:`.conv.runs_as_plain_conv`), also
-            once scripted.
+            once scripted. Checked whenever it is assigned.
+
+    The geometry (channels, kernel size, stride, padding) is fixed by the constructor, and a child conv may
+    only be replaced by one of the same geometry (:class:`.helpers.FixedLayout`).
     """
+
+    _layout = ("channels", "kernel_size", "stride", "padding", "splits", "directions", "pads")
 
     def __init__(self, channels: int, kernel_size: int, stride: int = 1, *, padding: str = "symmetric",
                  act_layer: ActLayer = nn.ReLU, norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d,
                  last_norm: bool = True, impl: str = "fast") -> None:
         super().__init__()
-        check_positive(channels, "channels")
+        channels = check_positive(channels, "channels")
         k = check_kernel_size(kernel_size)
-        check_stride(stride)
+        stride = check_stride(stride)
+        check_impl(impl)
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS} (the 2x2 conv's padding direction), got {padding!r}")
         if padding == "symmetric" and channels < 4:
@@ -108,7 +114,7 @@ class XSepConv2d(nn.Module):
         self.directions = list(DIRECTIONS) if padding == "symmetric" else [padding]
         self.pads = [list(DIRECTIONS[d]) for d in self.directions]  # (left, right, top, bottom) per group
         self.channels, self.kernel_size, self.stride, self.padding = channels, k, stride, padding
-        self.impl = check_impl(impl)
+        self.impl = impl  # checked again on every assignment (FixedLayout)
         if not isinstance(last_norm, bool):
             raise ValueError(f"last_norm must be True or False, got {last_norm!r}")
         check_norm_layer(norm_layer)
