@@ -7,7 +7,6 @@ Oracles: the reference fixture's timm logits and the eager PyTorch model, compar
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -56,41 +55,7 @@ def test_mobilenetv3_large_reference_in_onnxruntime_is_within_float32_noise(refe
 
 # --- output files -------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(os.name != "posix", reason="fstat inodes of POSIX file systems")
-def test_the_file_is_on_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
-    """os.replace without fsync: after a crash the rename could survive and the data not (an empty file)."""
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        events.append(("fsync", os.fstat(fd).st_ino))
-        return real_fsync(fd)
-
-    def replace(src, dst, *args, **kwargs):
-        events.append(("replace", os.stat(src).st_ino))
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-    path = tmp_path / "m.onnx"
-    path.write_bytes(b"old export")
-    export_model(small_model(), path, "onnx", input_size=8)
-    replaced = [i for i, (what, _) in enumerate(events) if what == "replace"]
-    assert len(replaced) == 1
-    inode = events[replaced[0]][1]
-    assert ("fsync", inode) in events[:replaced[0]]
-    assert path.read_bytes() != b"old export" and os.stat(path).st_ino == inode
-
-
-def test_an_output_name_of_the_longest_allowed_length_is_written(tmp_path):
-    """The temporary file was '.<name>.<random>.tmp.onnx': past 255 bytes, so 'File name too long'."""
-    path = tmp_path / ("m" * (255 - len(".onnx")) + ".onnx")
-    path.write_bytes(b"old export")  # the name itself is fine
-    model = small_model()
-    export_model(model, path, "onnx", input_size=8)
-    x = seeded_randn(3, 3, 8, 8)
-    assert rel_err(eager(model, x), ort_run(path, x)) <= TOL
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+# (crash-safe and long-name-safe output files: tests/engine/test_audit_s13_state.py, with every writer)
 
 
 # --- the check ----------------------------------------------------------------------------------------

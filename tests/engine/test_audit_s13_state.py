@@ -21,6 +21,7 @@ from torch import nn
 
 from mobileconv.cli import main
 from mobileconv.deploy import weights
+from mobileconv.deploy.export import export_model
 from mobileconv.engine import checkpoint as ckpt
 from mobileconv.engine import trainer
 from mobileconv.engine.inference import load_checkpoint, resolve_normalization
@@ -184,6 +185,7 @@ WRITERS = {
     "deploy.save_weights": lambda path: weights.save_weights(_small_model(), path),
     "checkpoint.save_state": lambda path: ckpt.save_state(path, {"epoch": 1}),
     "checkpoint.save_weights": lambda path: ckpt.save_weights(path, {"w": torch.ones(2)}),
+    "deploy.export_model": lambda path: export_model(_small_model().eval(), path, "onnx", input_size=8),
 }
 
 

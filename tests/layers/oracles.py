@@ -95,3 +95,27 @@ def conv_same(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, dilation: 
         pw = tf_same_pads(x.shape[-1], k, stride, dilation)
         return F.conv2d(F.pad(x, [pw[0], pw[1], ph[0], ph[1]]), weight, None, stride, 0, dilation, groups)
     return F.conv2d(x, weight, None, stride, (k - 1) // 2 * dilation, dilation, groups)
+
+
+DIRECTION_PADS = {d: direction_pads(d) for d in DIRECTION_ORDER}  # F.pad (left, right, top, bottom)
+
+
+def seeded_randn(*shape, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def mixconv(x: torch.Tensor, weights, biases=None, stride: int = 1, scale=None) -> torch.Tensor:
+    """Symmetric "same" MixConv: one depthwise F.conv2d per channel group, concatenated
+    (group ``i``'s output times ``scale[i]`` where given)."""
+    biases = [None] * len(weights) if biases is None else biases
+    xs = torch.split(x, [w.shape[0] for w in weights], 1)
+    outs = [F.conv2d(xi, w, b, stride, (w.shape[-1] - 1) // 2, 1, w.shape[0]) for xi, w, b in zip(xs, weights, biases)]
+    return torch.cat([o * (1 if scale is None else scale[i]) for i, o in enumerate(outs)], 1)
+
+
+def grouped(x: torch.Tensor, weights, biases=None, scale=None) -> torch.Tensor:
+    """MixNet's grouped conv: input channels split by the weights' in-channels, one "same" conv per group."""
+    biases = [None] * len(weights) if biases is None else biases
+    xs = torch.split(x, [w.shape[1] for w in weights], 1)
+    outs = [F.conv2d(xi, w, b, 1, (w.shape[-1] - 1) // 2) for xi, w, b in zip(xs, weights, biases)]
+    return torch.cat([o * (1 if scale is None else scale[i]) for i, o in enumerate(outs)], 1)

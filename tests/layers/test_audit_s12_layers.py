@@ -29,28 +29,11 @@ from torch import nn
 
 from mobileconv.layers import Conv2dSame, GroupedConv2d, MixConv2d, XSepConv2d
 
-DIRECTION_PADS = {"right_top": [0, 1, 1, 0], "right_bottom": [0, 1, 0, 1], "left_top": [1, 0, 1, 0],
-                  "left_bottom": [1, 0, 0, 1]}  # F.pad (left, right, top, bottom), paper's order
-
-
-def _x(*shape, seed=0, dtype=torch.float32):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def _equal_split(c, g):
-    return [c // g + c % g] + [c // g] * (g - 1)
-
-
-def _oracle_mixconv(x, weights, stride=1):
-    """MixConv with symmetric "same" padding: one depthwise F.conv2d per channel group, concatenated."""
-    xs = torch.split(x, [w.shape[0] for w in weights], 1)
-    return torch.cat([F.conv2d(xi, w, None, stride, (w.shape[-1] - 1) // 2, 1, w.shape[0])
-                      for xi, w in zip(xs, weights)], 1)
-
-
-def _oracle_grouped(x, weights):
-    xs = torch.split(x, [w.shape[1] for w in weights], 1)
-    return torch.cat([F.conv2d(xi, w, None, 1, (w.shape[-1] - 1) // 2) for xi, w in zip(xs, weights)], 1)
+from .oracles import DIRECTION_PADS
+from .oracles import equal_split as _equal_split
+from .oracles import grouped as _oracle_grouped
+from .oracles import mixconv as _oracle_mixconv
+from .oracles import seeded_randn as _x
 
 
 def _oracle_xsep_2x2(x, weight, directions):
@@ -87,13 +70,13 @@ def test_pruned_mixconv_trains_and_infers_with_the_masked_weights(stride):
     _train(m, x)  # the second step crashed: the fused path reused weight_orig * mask from pruning time
     masked = [c.weight_orig * c.weight_mask for c in m]
     with torch.no_grad():
-        torch.testing.assert_close(m.eval()(x), _oracle_mixconv(x, masked, stride))
+        torch.testing.assert_close(m.eval()(x), _oracle_mixconv(x, masked, stride=stride))
     # gradients reach weight_orig through the mask, as with a plain conv
     m.train()
     origs = [c.weight_orig for c in m]
     got = torch.autograd.grad(m(x).square().sum(), origs)
     leaves = [o.detach().clone().requires_grad_(True) for o in origs]
-    want = torch.autograd.grad(_oracle_mixconv(x, [o * c.weight_mask for o, c in zip(leaves, m)], stride)
+    want = torch.autograd.grad(_oracle_mixconv(x, [o * c.weight_mask for o, c in zip(leaves, m)], stride=stride)
                                .square().sum(), leaves)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)

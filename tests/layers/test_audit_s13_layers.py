@@ -28,32 +28,13 @@ from torch.nn.modules.module import register_module_forward_hook
 
 from mobileconv.layers import ConvNormAct, GroupedConv2d, MixConv2d, XSepConv2d, create_act
 
+from .oracles import DIRECTION_PADS
+from .oracles import equal_split as _equal_split
+from .oracles import grouped as _oracle_grouped
+from .oracles import mixconv as _oracle_mixconv
+from .oracles import seeded_randn as _x
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script, torch >= 2.9
-
-DIRECTION_PADS = {"right_top": [0, 1, 1, 0], "right_bottom": [0, 1, 0, 1], "left_top": [1, 0, 1, 0],
-                  "left_bottom": [1, 0, 0, 1]}  # F.pad (left, right, top, bottom), paper's order
-
-
-def _x(*shape, seed=0, dtype=torch.float32):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def _equal_split(c, g):
-    return [c // g + c % g] + [c // g] * (g - 1)
-
-
-def _oracle_mixconv(x, weights, biases, stride=1, scale=None):
-    """Symmetric "same" MixConv: one depthwise F.conv2d per group (output of group i times ``scale[i]``)."""
-    xs = torch.split(x, [w.shape[0] for w in weights], 1)
-    outs = [F.conv2d(xi, w, b, stride, (w.shape[-1] - 1) // 2, 1, w.shape[0])
-            for xi, w, b in zip(xs, weights, biases)]
-    return torch.cat([o * (1 if scale is None else scale[i]) for i, o in enumerate(outs)], 1)
-
-
-def _oracle_grouped(x, weights, biases, scale=None):
-    xs = torch.split(x, [w.shape[1] for w in weights], 1)
-    outs = [F.conv2d(xi, w, b, 1, (w.shape[-1] - 1) // 2) for xi, w, b in zip(xs, weights, biases)]
-    return torch.cat([o * (1 if scale is None else scale[i]) for i, o in enumerate(outs)], 1)
 
 
 def _oracle_xsep(x, m, directions, bias=None, scale=1.0):

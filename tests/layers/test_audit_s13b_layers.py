@@ -31,27 +31,14 @@ from mobileconv.layers import (ConvNormAct, DepthwiseSeparableConv2d, GroupedCon
                                xsep_padding_schedule)
 from mobileconv.layers.helpers import split_channels
 
+from .oracles import DIRECTION_PADS
+from .oracles import grouped as _oracle_grouped
+from .oracles import mixconv as _oracle_mixconv
+from .oracles import seeded_randn as _x
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script, torch >= 2.9
 
 IMPL_ERROR = r"impl must be one of \('fast', 'reference'\), got "
-DIRECTION_PADS = {"right_top": [0, 1, 1, 0], "right_bottom": [0, 1, 0, 1], "left_top": [1, 0, 1, 0],
-                  "left_bottom": [1, 0, 0, 1]}  # F.pad (left, right, top, bottom), paper's order
-
-
-def _x(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _oracle_mixconv(x, weights, stride=1):
-    """Symmetric "same" MixConv: one depthwise F.conv2d per channel group."""
-    xs = torch.split(x, [w.shape[0] for w in weights], 1)
-    return torch.cat([F.conv2d(xi, w, None, stride, (w.shape[-1] - 1) // 2, 1, w.shape[0])
-                      for xi, w in zip(xs, weights)], 1)
-
-
-def _oracle_grouped(x, weights):
-    xs = torch.split(x, [w.shape[1] for w in weights], 1)
-    return torch.cat([F.conv2d(xi, w, None, 1, (w.shape[-1] - 1) // 2) for xi, w in zip(xs, weights)], 1)
 
 
 def _oracle_xsep(x, m):
@@ -85,7 +72,7 @@ INPUT_CHANNELS = {"mixconv": 12, "grouped": 8, "xsepconv": 8}
 def _check_against_oracle(name, m, x):
     with torch.no_grad():
         if name == "mixconv":
-            want = _oracle_mixconv(x, [c.weight for c in m], m.stride)
+            want = _oracle_mixconv(x, [c.weight for c in m], stride=m.stride)
         elif name == "grouped":
             want = _oracle_grouped(x, [c.weight for c in m])
         else:
@@ -191,7 +178,7 @@ def test_numpy_integer_mixconv_computes_the_mixed_conv():
     m = MixConv2d(I64(12), [I64(3), I32(5)], I64(2)).eval()
     x = _x(2, 12, 9, 8)
     with torch.no_grad():
-        torch.testing.assert_close(m(x), _oracle_mixconv(x, [c.weight for c in m], 2))
+        torch.testing.assert_close(m(x), _oracle_mixconv(x, [c.weight for c in m], stride=2))
 
 
 def test_numpy_integer_helpers():

@@ -84,6 +84,22 @@ class FixedConvList(FixedLayout, nn.ModuleList):
     def __delitem__(self, idx) -> NoReturn:
         raise self._refuse("delete a conv")
 
+    __repr__ = nn.Module.__repr__  # nn.ModuleList's own repr leaves out extra_repr (kernels, splits, stride)
+
+    @_copy_to_script_wrapper  # as nn.ModuleList / nn.Sequential's: a scripted layer indexes the same way
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):  # nn.ModuleList would call type(self)(list_of_convs): a slice is no such layer
+            return nn.ModuleList(list(self._modules.values())[idx])
+        return super().__getitem__(idx)
+
+    def __prepare_scriptable__(self) -> FixedConvList:
+        """Called by ``torch.jit.script``: whether the scripted forward must call the convs as modules.
+
+        TorchScript compiles the convs' hooks as they are now, and a scripted forward cannot look at them.
+        """
+        self.scripted_calls_convs = not runs_as_plain_conv(*self)
+        return self
+
 
 class GroupedConv2d(FixedConvList):
     """MixNet's grouped conv (``a1.1`` / ``p1.1`` in its block strings; MixConv paper, Sec. 4).
@@ -128,8 +144,6 @@ class GroupedConv2d(FixedConvList):
     def extra_repr(self) -> str:
         return f"k={','.join(map(str, self.kernel_sizes))} splits={','.join(map(str, self.out_splits))}"
 
-    __repr__ = nn.Module.__repr__  # nn.ModuleList's own repr leaves out extra_repr (kernels, splits)
-
     def fused_bias(self) -> torch.Tensor | None:
         """All groups' biases as one ``(out_channels,)`` vector (zeros for a bias-free conv), or ``None``.
 
@@ -139,20 +153,6 @@ class GroupedConv2d(FixedConvList):
         for conv in self:
             biases.append(conv.bias)
         return concat_biases(biases, self.out_splits)
-
-    @_copy_to_script_wrapper  # as nn.ModuleList / nn.Sequential's: a scripted layer indexes the same way
-    def __getitem__(self, idx):
-        if isinstance(idx, slice):  # nn.ModuleList would call GroupedConv2d(list_of_convs)
-            return nn.ModuleList(list(self._modules.values())[idx])
-        return super().__getitem__(idx)
-
-    def __prepare_scriptable__(self) -> GroupedConv2d:
-        """Called by ``torch.jit.script``: whether the scripted forward must call the convs as modules.
-
-        TorchScript compiles the convs' hooks as they are now, and a scripted forward cannot look at them.
-        """
-        self.scripted_calls_convs = not runs_as_plain_conv(*self)
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.in_channels, "GroupedConv2d")

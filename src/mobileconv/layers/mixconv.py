@@ -6,7 +6,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._jit_internal import _copy_to_script_wrapper
 
 from .conv import bias_free, check_padding_mode, conv2d, runs_as_plain_conv
 from .depthwise_grad import MixedDepthwiseConv, use_grouped_weight_grad
@@ -128,22 +127,6 @@ class MixConv2d(FixedConvList):
         if cache is None:  # a plain attribute: not in state_dict, not moved by .to()
             cache = self.__dict__["_fused_cache"] = DerivedTensorCache()
         return cache.get([conv.weight for conv in self], self.fused_weight)
-
-    __repr__ = nn.Module.__repr__  # nn.ModuleList's own repr leaves out extra_repr (kernels, splits, stride)
-
-    @_copy_to_script_wrapper  # as nn.ModuleList / nn.Sequential's: a scripted layer indexes the same way
-    def __getitem__(self, idx):
-        if isinstance(idx, slice):  # nn.ModuleList would call MixConv2d(list_of_convs): a slice is no MixConv
-            return nn.ModuleList(list(self._modules.values())[idx])
-        return super().__getitem__(idx)
-
-    def __prepare_scriptable__(self) -> MixConv2d:
-        """Called by ``torch.jit.script``: whether the scripted forward must call the convs as modules.
-
-        TorchScript compiles the convs' hooks as they are now, and a scripted forward cannot look at them.
-        """
-        self.scripted_calls_convs = not runs_as_plain_conv(*self)
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.channels, "MixConv2d")
