@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from mobileconv.layers import MixConv2d
+from mobileconv.layers import MixConv2d, XSepConv2d
 
 
 def _pair():
@@ -113,3 +113,55 @@ def test_a_trace_builds_the_kernel_from_the_parameters():
             for conv in module.children():
                 conv.weight.mul_(2.0)
         torch.testing.assert_close(traced(x), doubled(x))
+
+
+def _count_builds(monkeypatch, cls, method):
+    calls = []
+    original = getattr(cls, method)
+
+    def counted(self):
+        calls.append(1)
+        return original(self)
+
+    monkeypatch.setattr(cls, method, counted)
+    return calls
+
+
+def test_frozen_weights_reuse_the_kernel_while_the_input_gets_its_gradient(monkeypatch):
+    """Fine-tuning with a frozen backbone: grad mode on, the MixConv's weights frozen."""
+    fast, ref = _pair()
+    for m in (fast, ref):
+        m.train().requires_grad_(False)
+    builds = _count_builds(monkeypatch, MixConv2d, "fused_weight")
+    grads = []
+    for m in (fast, fast, ref):
+        x = _x().requires_grad_()
+        m(x).square().sum().backward()
+        grads.append(x.grad)
+    assert len(builds) == 1  # built once, reused by the second call
+    torch.testing.assert_close(grads[0], grads[2])
+    torch.testing.assert_close(grads[1], grads[2])
+    for m in (fast, ref):  # unfrozen: no cached kernel, the weight gets its gradient
+        m[0].weight.requires_grad_(True)
+        m(_x()).square().sum().backward()
+    torch.testing.assert_close(fast[0].weight.grad, ref[0].weight.grad)
+
+
+@pytest.mark.parametrize("padding", ["symmetric", "left_top"])
+def test_xsepconv_reuses_its_embedded_2x2_kernel_in_inference(monkeypatch, padding):
+    fast = XSepConv2d(8, 5, padding=padding).eval()
+    ref = copy.deepcopy(fast)
+    ref.impl = "reference"
+    builds = _count_builds(monkeypatch, XSepConv2d, "embedded_2x2_weight")
+    x = torch.randn(2, 8, 7, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x))
+        torch.testing.assert_close(fast(x), ref(x))
+        assert len(builds) == 1
+        for m in (fast, ref):
+            m.conv_2x2.weight.mul_(-3.0)  # an in-place change: rebuilt
+        torch.testing.assert_close(fast(x), ref(x))
+        assert len(builds) == 2
+    y = fast(x.clone().requires_grad_())  # grad mode, a trainable weight: built in the graph
+    y.sum().backward()
+    assert fast.conv_2x2.weight.grad is not None and len(builds) == 3

@@ -212,6 +212,18 @@ def _count_optimizer_step(optimizer: object, args: tuple, kwargs: dict) -> None:
 register_optimizer_step_post_hook(_count_optimizer_step)
 
 
+def reuses_derived_weights(weights: Sequence[torch.Tensor]) -> bool:
+    """Whether a kernel derived from ``weights`` (a fused or embedded kernel) may come from a cache.
+
+    Not while a trace or ``torch.compile`` records (they must build it from the parameters instead of
+    baking in a constant), nor while autograd needs it in its graph: grad mode with a weight that
+    requires grad. So in inference and for frozen weights (a fine-tuned model's frozen backbone).
+    """
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return not torch.is_grad_enabled() or not any(w.requires_grad for w in weights)
+
+
 class DerivedTensorCache:
     """Tensors derived from some source tensors (a fused or packed weight), rebuilt when a source changes.
 

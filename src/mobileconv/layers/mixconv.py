@@ -11,7 +11,8 @@ from .conv import bias_free, check_padding_mode, conv2d, runs_as_plain_conv
 from .depthwise_grad import MixedDepthwiseConv, use_grouped_weight_grad
 from .grouped import FixedConvList, concat_biases
 from .helpers import (DerivedTensorCache, as_int, check_flag, check_impl, check_input_channels, check_kernel_sizes,
-                      check_positive, check_stride, dilate_kernel, pad_kernel, split_channels, tf_same_pad)
+                      check_positive, check_stride, dilate_kernel, pad_kernel, reuses_derived_weights, split_channels,
+                      tf_same_pad)
 
 SPLITS = ("equal", "exponential")
 
@@ -150,11 +151,9 @@ class MixConv2d(FixedConvList):
                 x = F.pad(x, [pw[0], pw[1], ph[0], ph[1]])
                 pad = 0
             if not torch.jit.is_scripting():
-                if not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()):
-                    # eager inference: reuse the fused kernel while the weights are unchanged (a trace or an
-                    # export must build it from the parameters instead of baking in a constant)
-                    return F.conv2d(x, self._cached_fused_weight(), bias, s, pad, 1, self.channels)
                 weights = [conv.weight for conv in self]
+                if reuses_derived_weights(weights):  # eager inference, or frozen weights
+                    return F.conv2d(x, self._cached_fused_weight(), bias, s, pad, 1, self.channels)
                 if not self.dilated and use_grouped_weight_grad(x, weights):  # CPU training: per-group weight grad
                     y = MixedDepthwiseConv.apply(x, s, pad, self.kernel_sizes, self.splits, *weights)
                     return y if bias is None else y + bias.view(1, -1, 1, 1)

@@ -9,8 +9,9 @@ from torch import nn
 
 from .activations import ActLayer, create_act
 from .conv import runs_as_plain_conv
-from .helpers import (FixedLayout, as_int, check_impl, check_input_channels, check_kernel_size, check_norm_layer,
-                      check_positive, check_stride, pad_kernel, split_channels)
+from .helpers import (DerivedTensorCache, FixedLayout, as_int, check_impl, check_input_channels, check_kernel_size,
+                      check_norm_layer, check_positive, check_stride, pad_kernel, reuses_derived_weights,
+                      split_channels)
 
 # One-sided paddings of a 2x2 conv, as (left, right, top, bottom). "right_top" pads one column
 # on the right and one row on the top; the four directions cancel each other's half-pixel shift.
@@ -136,6 +137,13 @@ class XSepConv2d(FixedLayout, nn.Module):
         ws = torch.split(self.conv_2x2.weight, self.splits, 0)
         return torch.cat([_embed_2x2(w, p) for w, p in zip(ws, self.pads)], 0)
 
+    def _cached_embedded_2x2_weight(self) -> torch.Tensor:
+        """``embedded_2x2_weight()``, rebuilt only when the 2x2 kernel changes (:class:`.helpers.DerivedTensorCache`)."""
+        cache = self.__dict__.get("_embedded_cache")
+        if cache is None:  # a plain attribute: not in state_dict, not moved by .to()
+            cache = self.__dict__["_embedded_cache"] = DerivedTensorCache()
+        return cache.get([self.conv_2x2.weight], self.embedded_2x2_weight)
+
     def __prepare_scriptable__(self) -> XSepConv2d:
         """Called by ``torch.jit.script``: whether the scripted forward must call ``conv_2x2`` as a module.
 
@@ -153,6 +161,9 @@ class XSepConv2d(FixedLayout, nn.Module):
             return self._conv2x2_as_module(x)
         bias = self.conv_2x2.bias  # None unless a BN was folded into the conv
         if self.impl == "fast":
+            if not torch.jit.is_scripting():
+                if reuses_derived_weights([self.conv_2x2.weight]):  # eager inference, or a frozen weight
+                    return F.conv2d(x, self._cached_embedded_2x2_weight(), bias, 1, 1, 1, self.channels)
             return F.conv2d(x, self.embedded_2x2_weight(), bias, 1, 1, 1, self.channels)
         xs = torch.split(x, self.splits, 1)
         ws = torch.split(self.conv_2x2.weight, self.splits, 0)
