@@ -107,6 +107,10 @@ def test_features_only_strides(name):
         assert len(feats) == 4
         for f, c, r in zip(feats, model.channels, reductions):
             assert f.shape == (2, c, math.ceil(h / r), math.ceil(w / r))
+        # timm's keys: code written for timm reads feature_info[i]["num_chs"] / ["reduction"] / ["module"]
+        for f, info in zip(feats, model.feature_info):
+            assert info["num_chs"] == f.shape[1] and math.ceil(h / info["reduction"]) == f.shape[2]
+            assert isinstance(model.get_submodule(info["module"]), torch.nn.Module)
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         model(torch.randn(1, 3, size, size))
 

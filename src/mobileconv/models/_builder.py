@@ -282,7 +282,8 @@ def build_stages(arch: ArchSpec, stem_channels: int, stem_stride: int, norm_laye
         stage_blocks = [b for b in blocks if b.stage == s]
         for b in stage_blocks:
             reduction *= b.stride
-        info.append(dict(stage=s, module=f"blocks.{s}", channels=stage_blocks[-1].out_channels, reduction=reduction))
+        channels = stage_blocks[-1].out_channels  # also as timm's key, num_chs (timm.models.FeatureInfo reads it)
+        info.append(dict(stage=s, module=f"blocks.{s}", channels=channels, num_chs=channels, reduction=reduction))
     return [nn.Sequential(*stage) for stage in stages], info
 
 
@@ -398,7 +399,8 @@ class FeatureListNet(nn.Module):
     Shares the stem and blocks (and their names) with the classifier it was made from.
 
     Attributes:
-        feature_info: per level ``dict(stage, module, channels, reduction)``.
+        feature_info: per level ``dict(stage, module, channels, num_chs, reduction)`` (``num_chs``, timm's
+            name for ``channels``, so that code written for timm's ``feature_info`` reads it).
     """
 
     __jit_unused_properties__ = ["channels", "reductions"]
