@@ -19,6 +19,8 @@ from torch import nn
 
 # whether this process joined a gloo process group (see exit_process)
 _joined_gloo = False
+# whether init_distributed created the process group (cleanup_distributed destroys only that one)
+_created_group = False
 
 
 @dataclass(frozen=True)
@@ -47,23 +49,50 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"the environment variable {name}={value!r} is not an integer (torchrun sets RANK, "
+                         f"WORLD_SIZE and LOCAL_RANK)") from None
+
+
 def init_distributed(device: str = "auto") -> DistEnv:
-    """Join the ``torchrun`` process group when ``WORLD_SIZE > 1``; pick this process's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    """Join the ``torchrun`` process group when ``WORLD_SIZE > 1``; pick this process's device.
+
+    A process group the caller has already set up (``torch.multiprocessing`` with an ``init_method``, say) is
+    used as it is: this process's rank and the number of processes are the group's, and
+    :func:`cleanup_distributed` leaves it to its owner.
+    """
+    global _joined_gloo, _created_group
+    if dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        local_rank = _env_int("LOCAL_RANK", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        return DistEnv(rank, world_size, local_rank, resolve_device(device, local_rank))
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if world_size < 1 or not 0 <= rank < world_size or not 0 <= local_rank < world_size:
+        # a process of rank >= WORLD_SIZE would wait for its group until the rendezvous times out (30 min), and
+        # a single process of rank > 0 would train without writing anything
+        raise ValueError(f"inconsistent torchrun environment: RANK={rank}, LOCAL_RANK={local_rank}, WORLD_SIZE="
+                         f"{world_size} (0 <= RANK, LOCAL_RANK < WORLD_SIZE); start the processes with torchrun, or "
+                         f"unset these variables for a single process")
     dev = resolve_device(device, local_rank)
-    global _joined_gloo
-    if world_size > 1 and not dist.is_initialized():
+    if world_size > 1:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        _joined_gloo = dev.type != "cuda"
+        _joined_gloo, _created_group = dev.type != "cuda", True
     return DistEnv(rank, world_size, local_rank, dev)
 
 
 def cleanup_distributed() -> None:
-    if dist.is_initialized():
+    """Leave the process group that :func:`init_distributed` joined (not one the caller set up)."""
+    global _created_group
+    if _created_group and dist.is_initialized():
         dist.destroy_process_group()
+    _created_group = False
 
 
 def exit_process(code: int) -> NoReturn:

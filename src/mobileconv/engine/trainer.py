@@ -38,8 +38,8 @@ from ..data.datasets import show_names
 from ..deploy.weights import FORMAT, bn_eps_of
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_yaml
-from .distributed import (DistEnv, barrier, broadcast_buffers, cleanup_distributed, convert_sync_batchnorm,
-                          init_distributed, lost_a_peer, on_main)
+from .distributed import (DistEnv, barrier, broadcast_buffers, broadcast_text, cleanup_distributed,
+                          convert_sync_batchnorm, init_distributed, lost_a_peer, on_main)
 from .ema import ModelEma
 from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from .malloc import keep_large_allocations_on_heap
@@ -253,7 +253,7 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     Checks of the folder run on the main process; their errors are raised on every process.
     """
     check_model_name(config.model)
-    out = Path(config.out or resume or time.strftime("runs/train-%Y%m%d-%H%M%S"))
+    out = Path(config.out or resume or default_out_dir(env))
     state_path = resume / ckpt.STATE_FILE if resume else None
     state = read_state(state_path) if state_path else None
     img_size = config.img_size or preferred_img_size(config.data) or default_img_size(config.model)
@@ -292,6 +292,12 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         load_run_state(run, state, state_path)
     on_main(env, lambda: prepare_out_dir(out), None)  # nothing is written there before the first save
     return run
+
+
+def default_out_dir(env: DistEnv) -> str:
+    """``runs/train-<date>-<time>``, the main process's: the processes need not start within the same second."""
+    name = time.strftime("runs/train-%Y%m%d-%H%M%S")
+    return broadcast_text(name, env.device) if env.distributed else name
 
 
 def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict | None = None,
