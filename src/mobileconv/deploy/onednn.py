@@ -146,6 +146,11 @@ class OneDNNConv2d(nn.Conv2d):
             raise ValueError(f"{type(self).__name__}: expected input of shape (N, {self.in_channels}, H, W), "
                              f"got {tuple(shape)}: {shape[1]} channels instead of {self.in_channels}")
         padding, stride, dilation = list(self.padding), list(self.stride), list(self.dilation)
+        smallest = [d * (k - 1) + 1 - 2 * p for k, p, d in zip(self.kernel_size, padding, dilation)]
+        if shape[2] < smallest[0] or shape[3] < smallest[1]:  # oneDNN's: "could not construct a memory descriptor"
+            raise ValueError(f"{type(self).__name__}: expected input of shape (N, {self.in_channels}, H, W) with "
+                             f"H >= {smallest[0]} and W >= {smallest[1]} ({self.kernel_size[0]} x "
+                             f"{self.kernel_size[1]} kernel), got {tuple(shape)}")
         packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.detach().to_mkldnn(), padding, stride, dilation,
                                                           self.groups, list(shape))
         return (packed, bias, padding, stride, dilation, self.groups, *self.post_op)

@@ -188,13 +188,13 @@ def _optimize(model: nn.Module, x: torch.Tensor, channels_last: bool, onednn: bo
     if micro_batch if micro_batch is not None else x.device.type == "cpu":
         if not micro_batch_stages(model, x) and micro_batch:
             warnings.warn("optimize_for_inference(micro_batch=True): left out, as the model has no `blocks` "
-                          "Sequential of stages, normalises with batch statistics in them, or does not compute "
-                          "its images independently", stacklevel=3)
+                          "Sequential of stages, normalises with batch statistics in them, passes something other "
+                          "than a batch tensor between them, or does not compute its images independently", stacklevel=3)
     model.eval()  # the modules the rewrites made too
     for p in model.parameters():
         p.requires_grad_(False)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if channels_last:  # 4-d tensors only: .to(memory_format=...) refuses a Conv3d's 5-d weight
+        model = model._apply(lambda t: t.to(memory_format=torch.channels_last) if t.dim() == 4 else t)
     if verify:
         for b, e, r in zip(batches, expected, reference):
             _verify(e, _forward(model, b), r)
@@ -730,7 +730,8 @@ def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor | li
     """Names of the candidate modules whose input tensor no ATen op reads once they have returned.
 
     Such a module may overwrite its input. The input must also be a tensor made inside the model
-    (not the caller's ``example_input`` or a view of it) and not a view of another tensor; a read of
+    (not the caller's ``example_input``, a parameter, buffer or tensor attribute of the model, or a view of
+    one) and not a view of another tensor; a read of
     any view of it counts, and so does the model returning it; the module must be called once per
     forward pass. With a list of batches, the names found in the pass on each one (in module order).
     """
@@ -738,6 +739,11 @@ def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor | li
         found = [trace_overwritable_inputs(model, x, is_candidate) for x in example_input]
         return [name for name in found[0] if all(name in f for f in found[1:])]
     example_input = example_input.clone()  # the model may write to its input (see _run_watched)
+    # the input and the tensors the model holds (parameters, buffers, tensor attributes) outlive the pass: the next
+    # call reads them again
+    held = {_storage_of(t) for m in model.modules()
+            for t in (*m.parameters(recurse=False), *m.buffers(recurse=False), *vars(m).values())
+            if isinstance(t, torch.Tensor)} | {_storage_of(example_input)}
     watched: dict[int, tuple[str, torch.Tensor]] = {}
     readers = _ReaderCount(watched)
     inputs: dict[str, torch.Tensor | None] = {}
@@ -749,7 +755,7 @@ def trace_overwritable_inputs(model: nn.Module, example_input: torch.Tensor | li
         def hook(module, args):
             calls[name] = calls.get(name, 0) + 1
             x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            mine = x is not None and x._base is None and _storage_of(x) != _storage_of(example_input)
+            mine = x is not None and x._base is None and _storage_of(x) not in held
             inputs[name] = x if mine else None
         return hook
 
@@ -1130,9 +1136,11 @@ def micro_batch_stages(model: nn.Module, example_input: torch.Tensor, budget: in
 
     A :class:`~mobileconv.models.MobileNet` (every registered classifier) becomes a
     :class:`MicroBatchedMobileNet`, whose stem joins the chunks; in any other model
-    ``model.blocks``, an ``nn.Sequential`` of stages, becomes a :class:`MicroBatchedStages`.
+    ``model.blocks``, an ``nn.Sequential`` of stages, becomes a :class:`MicroBatchedStages` (so
+    also in a MobileNet whose ``blocks`` has forward hooks of its own, which run where it is called).
     The per-step peak ratios come from one forward pass on ``example_input``. Left alone if a
-    BatchNorm in the chunked part normalises with batch statistics. ``budget``: bytes per chunk
+    BatchNorm in the chunked part normalises with batch statistics, or a stage returns anything
+    but a batch tensor (a tuple for the next stage: the chunks could not be concatenated). ``budget``: bytes per chunk
     for the largest activation, default :data:`MICRO_BATCH_BYTES` (16 MiB: half this machine's
     32 MiB L3 and below glibc's largest mmap threshold, 32 MiB; 12-24 MiB measured the same
     within noise).
@@ -1140,7 +1148,9 @@ def micro_batch_stages(model: nn.Module, example_input: torch.Tensor, budget: in
     blocks = getattr(model, "blocks", None)
     if type(blocks) is not nn.Sequential or not len(blocks):
         return False
-    with_stem = type(model) is MobileNet
+    # a MobileNet runs its stem and stages in chunks without calling `blocks`: hooks on it would not run, so then
+    # `blocks` alone is chunked (inside its call)
+    with_stem = type(model) is MobileNet and not (blocks._forward_hooks or blocks._forward_pre_hooks)
     steps = [nn.ModuleList([model.conv_stem, model.bn1, model.act1])] if with_stem else []
     steps += list(blocks)
     if any(isinstance(m, _BATCHNORMS) and (m.training or not _foldable(m)) for s in steps for m in s.modules()):
@@ -1148,19 +1158,23 @@ def micro_batch_stages(model: nn.Module, example_input: torch.Tensor, budget: in
     if not images_independent(model, example_input):
         return False  # something mixes the images of a batch (batch statistics in a functional or 1-d BN...)
     peaks = [0] * len(steps)
-    size: list[int] = []  # numel of one image of the input of the first step
+    inputs: list[object] = []  # the input of the first step
+    outputs: list[object] = []  # what each stage returns: the chunks' last ones are concatenated
     first = model if with_stem else blocks
-    handles = [first.register_forward_pre_hook(lambda module, args: size.append(args[0][0].numel()))]
+    handles = [first.register_forward_pre_hook(lambda module, args: inputs.append(args[0] if args else None))]
+    handles += [stage.register_forward_hook(lambda module, args, output: outputs.append(output)) for stage in blocks]
     for i, step in enumerate(steps):
         def on_output(module, args, output, i=i):
             if isinstance(output, torch.Tensor) and output.dim() == 4:
                 peaks[i] = max(peaks[i], output[0].numel())
         handles += [m.register_forward_hook(on_output) for m in step.modules()]
     _run_watched(model, example_input.clone(), handles)
-    if len(size) != 1 or not all(peaks):
-        return False  # not called once, or a step made no activations
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor) or not inputs[0].dim() or not all(peaks):
+        return False  # not called once on a batch, or a step made no activations
+    if not all(isinstance(y, torch.Tensor) and y.dim() and len(y) == len(inputs[0]) for y in outputs):
+        return False  # a stage passes on something else than a batch (a tuple...): chunks of it cannot be joined
     owner = model if with_stem else blocks
     owner.__class__ = MicroBatchedMobileNet if with_stem else MicroBatchedStages
-    owner.peak_ratios = [p / size[0] for p in peaks]
+    owner.peak_ratios = [p / inputs[0][0].numel() for p in peaks]
     owner.budget = MICRO_BATCH_BYTES if budget is None else budget
     return True
