@@ -108,6 +108,7 @@ def _write_tree(root, train_classes, val_classes):
     ("out_is_file", "--out {tmp}/file exists and is not a folder"),
     ("bad_value", "--lr must be a finite number > 0, got -1.0"),
     ("unknown_model", "--model 'resnet50' is not a known model"),
+    ("misspelt_model", "--model 'mixnet_sx' is not a known model (did you mean mixnet_s"),
     ("bad_config_key", "unknown option 'learning_rate'"),
     ("bad_config_value", "option 'epochs' expects an integer, got 'many'"),
     ("bad_config_inf", "option 'epochs' expects an integer, got inf"),
@@ -133,6 +134,8 @@ def test_bad_input_is_one_clear_line_before_training(tmp_path, capsys, monkeypat
         args += ["--lr", "-1"]
     elif case == "unknown_model":
         args += ["--model", "resnet50"]
+    elif case == "misspelt_model":
+        args += ["--model", "mixnet_sx"]
     elif case.startswith("bad_config"):
         text = {"bad_config_key": "learning_rate: 0.1", "bad_config_value": "epochs: many", "bad_config_choice": "opt: lamb",
                 "bad_config_inf": "epochs: .inf"}

@@ -79,6 +79,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from ..engine.bench import BenchConfig, benchmark_model, check_device, format_table
     from ..engine.malloc import keep_large_allocations_on_heap
     from ..models import list_models
+    from ..profile.zoo import model_name_hint
 
     check_device(args.device)  # before any model is built
     if args.heap_malloc and not keep_large_allocations_on_heap():
@@ -86,7 +87,7 @@ def run_bench(args: argparse.Namespace) -> int:
     known = set(list_models())
     unknown = [m for m in args.models if m not in known]
     if unknown:
-        raise ValueError(f"unknown model(s) {', '.join(unknown)}; see `mobileconv models` for the registered names")
+        raise ValueError("unknown model(s) " + "; ".join(f"{m} ({model_name_hint(m)})" for m in unknown))
     # every model, before the first is timed: a later model's forward refused a too small --image-size only
     # after the earlier ones had been benchmarked for minutes, and their results were lost
     check_image_size(args.models, args.image_size)

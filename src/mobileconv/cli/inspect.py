@@ -35,7 +35,15 @@ def register(subparsers) -> None:
 def _console():
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 200)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            """`mobileconv models | head`: main()'s BrokenPipeError (exit code 0), not rich's SystemExit(1)."""
+            try:
+                super().on_broken_pipe()  # stdout onto /dev/null, so that the exit's flush cannot fail
+            except SystemExit:
+                raise BrokenPipeError from None
+
+    return _Console(width=None if sys.stdout.isatty() else 200)
 
 
 def run_summary(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._args import USE_EMA_HELP, call_with_one_line_errors, positive_int
+from ._args import USE_EMA_HELP, call_with_one_line_errors, positive_int, registered_model
 
 
 def register(subparsers) -> None:
@@ -105,7 +105,8 @@ def register_eval(subparsers) -> None:
                                           "classes comes from the checkpoint's classifier.")
     _one_line_errors(p)
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a mobileconv checkpoint (or a timm / torchvision one, with --model)")
-    p.add_argument("--model", metavar="NAME", help="model name (default: recorded in the checkpoint)")
+    p.add_argument("--model", type=registered_model, metavar="NAME",
+                   help="model name (default: recorded in the checkpoint)")
     p.add_argument("--data", help="digits | synthetic | PATH (default: recorded in the checkpoint)")
     p.add_argument("--img-size", type=positive_int, metavar="PX",
                    help="resolution (default: recorded, else the dataset's own (16 for digits), else the model's)")
@@ -151,6 +152,9 @@ def _check_out_dir(out: Path) -> None:
     """Refuse an ``--out`` folder that could not be created or written, before the evaluation (creating nothing)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
+    broken = next((p for p in (out, *out.parents) if p.is_symlink() and not p.exists()), None)
+    if broken is not None:  # mkdir fails on it ("File exists"), after the evaluation
+        raise ValueError(f"--out {out}: cannot write there ({broken} is a symbolic link to a missing path)")
     from ..engine.checkpoint import probe_writable
 
     existing = next(p for p in (out, *out.parents) if p.exists())
@@ -179,7 +183,8 @@ def register_predict(subparsers) -> None:
     _one_line_errors(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything PIL reads)")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a mobileconv checkpoint (or a timm / torchvision one, with --model)")
-    p.add_argument("--model", metavar="NAME", help="model name (default: recorded in the checkpoint)")
+    p.add_argument("--model", type=registered_model, metavar="NAME",
+                   help="model name (default: recorded in the checkpoint)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes listed per image (default 5)")
     p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     p.add_argument("--img-size", type=positive_int, metavar="PX",

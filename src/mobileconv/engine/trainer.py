@@ -55,9 +55,10 @@ KILL_AFTER_EPOCH_ENV = "MOBILECONV_KILL_AFTER_EPOCH"  # tests: SIGKILL the run a
 
 def check_model_name(name: str) -> None:
     from .. import models
+    from ..profile.zoo import model_name_hint
 
     if name not in models.list_models():
-        raise ValueError(f"--model {name!r} is not a known model (list them with `mobileconv models`)")
+        raise ValueError(f"--model {name!r} is not a known model ({model_name_hint(name)})")
 
 
 def build_model(name: str, num_classes: int, drop: float | None = None, drop_path: float = 0.0) -> nn.Module:
