@@ -92,6 +92,18 @@ class FixedConvList(FixedLayout, nn.ModuleList):
             return nn.ModuleList(list(self._modules.values())[idx])
         return super().__getitem__(idx)
 
+    def fused_bias(self) -> torch.Tensor | None:
+        """All groups' biases as one ``(out_channels,)`` vector (zeros for a bias-free conv); ``None`` when no conv has one.
+
+        The convs are built bias-free; folding a BN into them (``fold_batchnorms``) gives them a bias.
+        """
+        biases: list[torch.Tensor | None] = []
+        sizes: list[int] = []
+        for conv in self:
+            biases.append(conv.bias)
+            sizes.append(conv.out_channels)
+        return concat_biases(biases, sizes)
+
     def __prepare_scriptable__(self) -> FixedConvList:
         """Called by ``torch.jit.script``: whether the scripted forward must call the convs as modules.
 
@@ -143,16 +155,6 @@ class GroupedConv2d(FixedConvList):
 
     def extra_repr(self) -> str:
         return f"k={','.join(map(str, self.kernel_sizes))} splits={','.join(map(str, self.out_splits))}"
-
-    def fused_bias(self) -> torch.Tensor | None:
-        """All groups' biases as one ``(out_channels,)`` vector (zeros for a bias-free conv), or ``None``.
-
-        The convs are built bias-free; folding a BN into them (``fold_batchnorms``) gives them a bias.
-        """
-        biases: list[torch.Tensor | None] = []
-        for conv in self:
-            biases.append(conv.bias)
-        return concat_biases(biases, self.out_splits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.in_channels, "GroupedConv2d")

@@ -9,7 +9,7 @@ from torch import nn
 
 from .conv import bias_free, check_padding_mode, conv2d, runs_as_plain_conv
 from .depthwise_grad import MixedDepthwiseConv, use_grouped_weight_grad
-from .grouped import FixedConvList, concat_biases
+from .grouped import FixedConvList
 from .helpers import (DerivedTensorCache, as_int, check_flag, check_impl, check_input_channels, check_kernel_sizes,
                       check_positive, check_stride, dilate_kernel, pad_kernel, reuses_derived_weights, split_channels,
                       tf_same_pad)
@@ -108,16 +108,6 @@ class MixConv2d(FixedConvList):
             p = (self.max_kernel - w.shape[-1]) // 2
             weights.append(pad_kernel(w, p, p, p, p))
         return torch.cat(weights, 0)
-
-    def fused_bias(self) -> torch.Tensor | None:
-        """All groups' biases as one ``(C,)`` vector (zeros for a bias-free conv); ``None`` when no conv has one.
-
-        The convs are built bias-free; folding a BN into them (``fold_batchnorms``) gives them a bias.
-        """
-        biases: list[torch.Tensor | None] = []
-        for conv in self:
-            biases.append(conv.bias)
-        return concat_biases(biases, self.splits)
 
     def _cached_fused_weight(self) -> torch.Tensor:
         """``fused_weight()``, rebuilt only when a kernel changes (see :class:`.helpers.DerivedTensorCache`).
