@@ -70,6 +70,10 @@ def _inf(state):
     state["conv_stem.weight"][0, 0, 0, 0] = float("-inf")
 
 
+def _negative_var(state):
+    state["bn1.running_var"][1] = -0.5  # eval-mode BN: sqrt(-0.5 + eps) is NaN
+
+
 def _int_weight(state):
     state["conv_stem.weight"] = (state["conv_stem.weight"] * 100).to(torch.int8)  # quantised-looking weights
 
@@ -93,12 +97,13 @@ def _meta(state):
 @pytest.mark.parametrize("corrupt, expected", [
     (_nan, "non-finite keys (1): bn1.running_var"),
     (_inf, "non-finite keys (1): conv_stem.weight"),
+    (_negative_var, "negative running_var keys (1): bn1.running_var"),
     (_int_weight, "dtype mismatch keys (1): conv_stem.weight: checkpoint torch.int8 vs model torch.float32"),
     (_bool, "dtype mismatch keys (1): classifier.bias: checkpoint torch.bool vs model torch.float32"),
     (_complex, "dtype mismatch keys (1): classifier.weight: checkpoint torch.complex64 vs model torch.float32"),
     (_sparse, "unusable keys (1): classifier.weight: a torch.sparse_coo tensor"),
     (_meta, "unusable keys (1): conv_stem.weight: a tensor on the meta device"),
-], ids=["nan", "inf", "int8", "bool", "complex", "sparse", "meta"])
+], ids=["nan", "inf", "negative_var", "int8", "bool", "complex", "sparse", "meta"])
 def test_tensors_the_model_cannot_take_are_refused_and_change_nothing(tmp_path, corrupt, expected):
     """These used to be cast silently (NaN, int8, bool, complex) or to fail inside ``nn.Module.load_state_dict``
     with a RuntimeError after copying the tensors before them (sparse, meta): a half-loaded model."""

@@ -252,6 +252,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], me
 
     new_state = {k: mapped[k][1].to(dtype=v.dtype) if k in mapped else v for k, v in target.items()}
     _check_finite(new_state, mapped, source, name)
+    _check_running_vars(new_state, mapped, source, name)
     with torch.no_grad():
         model.load_state_dict(new_state, strict=True)
     if bn_eps is not None:
@@ -666,6 +667,21 @@ def _check_finite(new_state: dict[str, torch.Tensor], mapped: dict[str, tuple[st
         more = f" ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
         raise ValueError(f"{name} ({SOURCES[source]}) holds NaN or infinite values (a diverged run?); the model was "
                          f"not changed.\n  non-finite keys ({len(bad)}): {', '.join(bad[:MAX_LISTED])}{more}")
+
+
+def _check_running_vars(new_state: dict[str, torch.Tensor], mapped: dict[str, tuple[str, torch.Tensor]], source: str,
+                        name: str) -> None:
+    """A ValueError listing the BatchNorm running variances with negative entries (model unchanged).
+
+    A variance is never negative; such a BN would give NaN (``sqrt(var + eps)``) in eval mode.
+    """
+    bad = [key if mapped[key][0] == key else f"{key} (from {mapped[key][0]})" for key, value in new_state.items()
+           if key in mapped and key.endswith("running_var") and value.is_floating_point() and bool((value < 0).any())]
+    if bad:
+        more = f" ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise ValueError(f"{name} ({SOURCES[source]}) holds negative BatchNorm running variances (a corrupt file?); "
+                         f"the model was not changed.\n  negative running_var keys ({len(bad)}): "
+                         f"{', '.join(bad[:MAX_LISTED])}{more}")
 
 
 def _only_classes_differ(mapped: dict[str, tuple[str, torch.Tensor]], target: dict[str, torch.Tensor]) -> bool:
