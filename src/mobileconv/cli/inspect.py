@@ -60,12 +60,27 @@ def run_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_something_to_plot(pattern: str) -> None:
+    """Refuse ``--plot`` before profiling when none of the models has a published top-1 (the plot's y axis).
+
+    Reading ``pretrained_cfg`` takes building the models, not profiling them. Before this check the models
+    were profiled, then the plot refused and no table printed.
+    """
+    import mobileconv
+
+    names = mobileconv.list_models(pattern)  # none: profile_models says so
+    if names and all(mobileconv.create_model(n).pretrained_cfg.get("paper_top1") is None for n in names):
+        raise ValueError(f"none of the models matching {pattern!r} has a published top-1, nothing to plot; "
+                         f"leave out --plot for their table")
+
+
 def run_models(args: argparse.Namespace) -> int:
     from ..profile import plot_top1_vs_macs, profile_models
     from ..profile.report import check_plot_path, models_table
 
     if args.plot:
         check_plot_path(args.plot)  # before the minutes of profiling
+        _check_something_to_plot(args.filter)
     records = profile_models(args.filter)
     plotted = plot_top1_vs_macs(records, args.plot) if args.plot else None
     if args.format == "json":

@@ -179,7 +179,12 @@ def format_eval_table(result: dict) -> str:
 # ---- predict ---------------------------------------------------------------------------------------
 
 def register_predict(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="classify image files with a checkpoint (top-5 with class names)")
+    p = subparsers.add_parser("predict", help="classify image files with a checkpoint (top-5 with class names)",
+                              description="The top-k classes (name and probability) of each image file under a "
+                                          "checkpoint. Each image is resized and center-cropped to the recorded "
+                                          "img_size and normalised with the recorded mean and std, as the "
+                                          "checkpoint's test images were; the class names are those recorded "
+                                          "with the checkpoint (else the class indices).")
     _one_line_errors(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything PIL reads)")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a mobileconv checkpoint (or a timm / torchvision one, with --model)")

@@ -18,7 +18,7 @@ from ..deploy.weights import checkpoint_num_classes, load_state_dict, read_check
 from .checkpoint import _json_or_str
 from .distributed import DistEnv, resolve_device
 from .loop import evaluate
-from .trainer import build_model
+from .trainer import build_model, check_images_fit, images_memory_text, memory_errors_as_value_errors
 
 
 def _is_positive_int(value) -> bool:
@@ -173,7 +173,8 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     ``data`` and ``img_size`` default to those recorded with the checkpoint; images are normalised
     as ``predict`` normalises them (:func:`resolve_normalization`): with the recorded ``mean`` / ``std``
     (the training run's), else with the model's ``pretrained_cfg``'s; ``use_ema`` takes a training
-    checkpoint's EMA weights.
+    checkpoint's EMA weights. A batch of images of ``img_size`` that the memory cannot hold is refused with a
+    ``ValueError`` (up front where it cannot be allocated at all).
     """
     check_positive(img_size, "--img-size")
     check_positive(max_samples, "--max-val-samples")
@@ -184,6 +185,14 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     if data is None:
         raise ValueError(f"checkpoint {checkpoint} does not record its dataset: pass --data")
     img_size = resolve_img_size(loaded, img_size, data)
+    batch = min(batch_size, max_samples or batch_size)
+    check_images_fit(batch, img_size, dev)  # before any image is made (or decoded and resized by PIL)
+    with memory_errors_as_value_errors(*images_memory_text(batch, img_size)):
+        return _evaluate_on(loaded, checkpoint, data, given, img_size, batch_size, max_samples, dev)
+
+
+def _evaluate_on(loaded: LoadedCheckpoint, checkpoint: str | Path, data: str, given: str | None, img_size: int,
+                 batch_size: int, max_samples: int | None, dev: torch.device) -> dict:
     try:
         _, test_set, info = build_datasets(data, img_size)
     except ValueError as e:
@@ -219,7 +228,9 @@ def predict_images(model_name: str | None, checkpoint: str | Path, images: str |
                    use_ema: bool = False) -> list[dict]:
     """Top-k classes (name, probability) per image file, preprocessed as the checkpoint's test images were.
 
-    ``images`` is a list of paths, or one path; ``use_ema`` takes a training checkpoint's EMA weights.
+    ``images`` is a list of paths, or one path; ``use_ema`` takes a training checkpoint's EMA weights. An
+    ``img_size`` too large for the memory is refused with a ``ValueError`` (before any image is read where one
+    image of that size cannot be allocated at all).
     """
     if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of characters
         images = [images]
@@ -240,12 +251,14 @@ def predict_images(model_name: str | None, checkpoint: str | Path, images: str |
             raise ValueError(f"image {path} is a folder; pass image files (e.g. {Path(path) / '*.jpg'})")
         if not Path(path).is_file():
             raise ValueError(f"image {path}: no such file")
+    check_images_fit(1, img_size, dev)  # before PIL resizes an image to that size (the OOM killer ended that)
     results = []
-    for path in images:
-        x = transform(load_image(Path(path), img_size).unsqueeze(0).to(dev))
-        with torch.no_grad():
-            probs = loaded.model(x).float().softmax(dim=1)[0]
-        top = probs.topk(k)
-        results.append({"image": str(path), "top": [{"class": classes[i], "index": int(i), "prob": float(p)}
-                                                    for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+    with memory_errors_as_value_errors(*images_memory_text(1, img_size)):
+        for path in images:
+            x = transform(load_image(Path(path), img_size).unsqueeze(0).to(dev))
+            with torch.no_grad():
+                probs = loaded.model(x).float().softmax(dim=1)[0]
+            top = probs.topk(k)
+            results.append({"image": str(path), "top": [{"class": classes[i], "index": int(i), "prob": float(p)}
+                                                        for p, i in zip(top.values.tolist(), top.indices.tolist())]})
     return results

@@ -17,6 +17,7 @@ of epoch ``e`` replays epochs ``e+1...`` exactly as the uninterrupted run does.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import random
 import signal
 import time
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -75,6 +77,48 @@ def build_model(name: str, num_classes: int, drop: float | None = None, drop_pat
 def default_img_size(name: str) -> int:
     """The model's default input side (``pretrained_cfg["input_size"]``: 32 for the ``_cifar`` forms)."""
     return int(build_model(name, num_classes=10).pretrained_cfg["input_size"][-1])
+
+
+# ---- memory ------------------------------------------------------------------------------------
+
+def images_memory_text(batch_size: int, img_size: int) -> tuple[str, str]:
+    """What did not fit and what to change, for :func:`memory_errors_as_value_errors`."""
+    if batch_size == 1:
+        return f"an image of {img_size}x{img_size} px", "use a smaller --img-size"
+    return f"batches of {batch_size} images of {img_size}x{img_size} px", "use a smaller --batch-size or --img-size"
+
+
+@contextlib.contextmanager
+def memory_errors_as_value_errors(what: str, advice: str) -> Iterator[None]:
+    """A failed allocation becomes a one-line ``ValueError``: ``not enough memory for WHAT (why); ADVICE``.
+
+    The test ``mobileconv bench`` / ``export`` use (:func:`~mobileconv.deploy.export.is_out_of_memory`: torch's
+    CPU or CUDA allocator refusing a tensor); a ``MemoryError`` (PIL decoding or resizing an image) counts too.
+    """
+    from ..deploy.export import first_line, is_out_of_memory
+
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        if not (isinstance(e, MemoryError) or is_out_of_memory(e)):
+            raise
+        raise ValueError(f"not enough memory for {what} ({first_line(e)}); {advice}") from e
+
+
+def check_images_fit(batch_size: int, img_size: int, device: torch.device | str) -> None:
+    """Refuse up front (the ``ValueError`` of :func:`memory_errors_as_value_errors`) a batch of float32 images
+    that ``device`` cannot allocate, before any image is decoded or made.
+
+    Without it ``eval`` / ``train --img-size 100000`` ended in a traceback from the first tensor of that size and
+    ``predict --img-size 100000`` was killed by the OOM killer while PIL resized the image. The batch is allocated
+    and freed (:func:`~mobileconv.profile.zoo.probe_allocation`: no page is written, it costs no memory), so
+    what this refuses is what the machine (RAM + swap) or the GPU cannot hold at all; a size that fits only
+    just can still run out of memory later, with the same one-line error where torch's allocator says so.
+    """
+    from ..profile.zoo import probe_allocation
+
+    with memory_errors_as_value_errors(*images_memory_text(batch_size, img_size)):
+        probe_allocation(batch_size * 3 * img_size * img_size * 4, device)
 
 
 # ---- configuration ------------------------------------------------------------------------------
@@ -223,14 +267,17 @@ def fit(config: TrainConfig, resume: str | Path | None = None) -> dict:
 
     Raises:
         ValueError: bad options, data or resume state, before any training step and before anything in the
-            run folder changes.
+            run folder changes; a batch or image size too large for the memory (checked up front where the
+            machine or GPU cannot hold one batch of images at all, else where an allocation fails).
         NonFiniteLossError: the loss became NaN / inf; the last checkpoint (previous epoch) is kept.
     """
     env = init_distributed(config.device)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         run = setup_run(config.validate(), env, Path(resume) if resume else None)
-        summary = train_epochs(run)
+        with memory_errors_as_value_errors(*images_memory_text(process_batch_size(run.config, env),
+                                                               run.config.img_size)):
+            summary = train_epochs(run)
         # gloo aborts a process that leaves the group while a peer is still connected (rank 0 is
         # still writing its files): everyone leaves together
         barrier()
@@ -258,7 +305,9 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     state_path = resume / ckpt.STATE_FILE if resume else None
     state = read_state(state_path) if state_path else None
     img_size = config.img_size or preferred_img_size(config.data) or default_img_size(config.model)
-    train_set, test_set, info = build_datasets(config.data, img_size)
+    check_images_fit(process_batch_size(config, env), img_size, env.device)  # before any image is made
+    with memory_errors_as_value_errors(*images_memory_text(process_batch_size(config, env), img_size)):
+        train_set, test_set, info = build_datasets(config.data, img_size)
     config = resolve_config(replace(config, out=str(out)), info, img_size)
     resuming_here = resume is not None and out.resolve() == resume.resolve()
     previous = on_main(env, lambda: check_out_dir(out, resuming_here=resuming_here, overwrite=config.overwrite), [])
@@ -293,6 +342,11 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         load_run_state(run, state, state_path)
     on_main(env, lambda: prepare_out_dir(out), None)  # nothing is written there before the first save
     return run
+
+
+def process_batch_size(config: TrainConfig, env: DistEnv) -> int:
+    """The images of one training step on this process (``--batch-size`` is split evenly over the processes)."""
+    return max(1, config.batch_size // env.world_size)
 
 
 def default_out_dir(env: DistEnv) -> str:

@@ -91,7 +91,11 @@ def models_table(records: Sequence[dict]):
 
 
 def check_plot_path(path: str | os.PathLike) -> Path:
-    """A ``.png`` path in an existing, writable folder, or a ValueError saying what is wrong."""
+    """A ``.png`` path in an existing, writable folder, or a ValueError saying what is wrong.
+
+    A symbolic link is checked where the plot goes, at its target: a link to a missing file in an existing,
+    writable folder is fine (the file is created there), a link into a missing folder is refused.
+    """
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"plot file must end in .png, got {str(path)!r}")
@@ -100,10 +104,23 @@ def check_plot_path(path: str | os.PathLike) -> Path:
     if path.exists() and not path.is_file():  # a folder named x.png: found only after the minutes of profiling
         raise ValueError(f"cannot write the plot {str(path)!r}: it is a directory (give a file name inside it)"
                          if path.is_dir() else f"cannot write the plot {str(path)!r}: it exists and is not a file")
+    folder = path.parent
+    if path.is_symlink():  # the plot is written through the link, to its target (save_figure)
+        target = Path(os.path.realpath(path))
+        try:
+            path.stat()
+        except FileNotFoundError:  # found only after the work otherwise
+            if not target.parent.is_dir():
+                raise ValueError(f"cannot write the plot {str(path)!r}: it is a symbolic link to a missing path "
+                                 f"({str(target)!r}, whose folder does not exist)") from None
+        except OSError as e:  # a loop of links
+            raise ValueError(f"cannot write the plot {str(path)!r}: it is a symbolic link that cannot be followed "
+                             f"({e.strerror or e})") from None
+        folder = target.parent
     try:
-        probe_writable(path.parent)
+        probe_writable(folder)
     except OSError as e:
-        raise ValueError(f"cannot write the plot {str(path)!r}: folder {str(path.parent)!r} is not writable "
+        raise ValueError(f"cannot write the plot {str(path)!r}: folder {str(folder)!r} is not writable "
                          f"({e.strerror or e})") from e
     return path
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
 
+import torch
 from torch import nn
 
 from .summary import ModelSummary, summarize
@@ -25,8 +27,36 @@ def model_name_hint(name: str) -> str:
     return f"did you mean {', '.join(close)}?" if close else "`mobileconv models` lists them"
 
 
+def probe_allocation(nbytes: int, device: torch.device | str = "cpu") -> None:
+    """Allocate ``nbytes`` in one block on ``device`` and free it at once; torch's ``RuntimeError`` if it cannot.
+
+    ``torch.empty`` writes no page, so this costs no memory; on CPU the kernel refuses outright a block larger
+    than the machine's RAM + swap (its default overcommit heuristic), the GPU one larger than what is free there.
+    A size that would overflow an int64 is tried as the largest one (refused as well).
+    """
+    torch.empty(min(nbytes, sys.maxsize), dtype=torch.uint8, device=device)
+
+
+def weights_bytes(name: str, width_mult: float) -> int | None:
+    """The bytes of the parameters and buffers of ``create_model(name, width_mult=width_mult)``, without allocating
+    them (the model is built on the meta device); ``None`` where even that fails (sizes beyond an int64)."""
+    import mobileconv
+
+    try:
+        with torch.device("meta"):
+            model = mobileconv.create_model(name, width_mult=width_mult)
+    except RuntimeError:
+        return None
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
 def create_for_profile(name: str, width_mult: float | None = None) -> nn.Module:
-    """``create_model(name)`` (with ``width_mult`` when given) after checking the name and multiplier."""
+    """``create_model(name)`` (with ``width_mult`` when given) after checking the name and multiplier.
+
+    With ``width_mult``, weights the memory cannot hold are refused before any is allocated: the model's
+    layers were otherwise allocated and initialised one by one (``summary --width-mult 1000``: 3 TB of weights
+    in layers of a few GB each) for minutes, until the memory ran out.
+    """
     import mobileconv
 
     check_model_name(name)
@@ -35,6 +65,9 @@ def create_for_profile(name: str, width_mult: float | None = None) -> nn.Module:
     if not 0 < width_mult < math.inf:
         raise ValueError(f"width multiplier must be a positive finite number, got {width_mult!r}")
     try:
+        nbytes = weights_bytes(name, width_mult)
+        if nbytes is not None:  # else the real build fails at its first (too large) allocation
+            _check_weights_fit(name, width_mult, nbytes)
         return mobileconv.create_model(name, width_mult=width_mult)
     except TypeError as e:  # the family's builder has no width_mult argument
         if "width_mult" not in str(e):
@@ -44,6 +77,20 @@ def create_for_profile(name: str, width_mult: float | None = None) -> nn.Module:
         from ..deploy.export import first_line
 
         raise ValueError(f"cannot build {name} with width multiplier {width_mult:g}: {first_line(e)}") from e
+
+
+def _check_weights_fit(name: str, width_mult: float, nbytes: int) -> None:
+    from ..deploy.export import first_line, is_out_of_memory
+    from .report import human
+
+    try:
+        probe_allocation(nbytes)
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        raise ValueError(f"cannot build {name} with width multiplier {width_mult:g}: its weights take "
+                         f"{human(nbytes, 'B')}, more than the memory can hold ({first_line(e)}); use a smaller "
+                         f"width multiplier") from e
 
 
 def default_input_size(model: nn.Module) -> tuple[int, ...]:
