@@ -6,38 +6,18 @@ The too-large sizes are far beyond any machine (100000 x 100000 px: 120 GB per f
 the fix would have started the big work (PIL resizing, allocating the layers), that work is replaced by a
 failing stub, so a regression fails the test instead of running out of memory.
 """
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import mobileconv
 from mobileconv.cli import main
 from mobileconv.engine import inference, trainer
-from mobileconv.engine.checkpoint import save_weights
 from mobileconv.profile.report import check_plot_path
+
+from ..engine.test_eval_predict_errors import ckpt, image  # noqa: F401 (fixtures: a trainer checkpoint, a PNG)
 
 MODEL = "mobilenetv3_small_100_cifar"
 HUGE = "100000"
-META = {"format": "mobileconv", "model": MODEL, "dataset": "synthetic", "num_classes": 10,
-        "classes": [f"class_{i}" for i in range(10)], "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "last.safetensors"
-    torch.manual_seed(0)
-    save_weights(path, mobileconv.create_model(MODEL, num_classes=10).state_dict(), META)
-    return path
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "x.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(path)
-    return path
-
-
 def run(capsys, *argv):
     capsys.readouterr()
     try:
