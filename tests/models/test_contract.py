@@ -114,3 +114,23 @@ def test_features_only_strides(name):
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         model(torch.randn(1, 3, size, size))
 
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pretrained_cfg_names_the_stem_conv_and_the_head(name):
+    """timm's first_conv / classifier keys: the conv the image goes into, and the Linear that makes the logits."""
+    size = sizes(name)[0]
+    model = mobileconv.create_model(name, in_chans=1, num_classes=7).eval()
+    first = model.get_submodule(model.pretrained_cfg["first_conv"])
+    head = model.get_submodule(model.pretrained_cfg["classifier"])
+    seen = {}
+    first.register_forward_pre_hook(lambda m, args: seen.setdefault("first", args[0]))
+    head.register_forward_hook(lambda m, args, out: seen.setdefault("head", out))
+    x = torch.randn(1, 1, size, size)
+    with torch.no_grad():
+        logits = model(x)
+    assert seen["first"] is x and isinstance(first, torch.nn.Conv2d) and first.in_channels == 1
+    assert isinstance(head, torch.nn.Linear) and torch.equal(seen["head"], logits)
+    backbone = mobileconv.create_model(name, features_only=True)
+    assert "classifier" not in backbone.pretrained_cfg
+    assert isinstance(backbone.get_submodule(backbone.pretrained_cfg["first_conv"]), torch.nn.Conv2d)

@@ -417,6 +417,7 @@ class FeatureListNet(nn.Module):
         self._out_stages = [info["stage"] for info in self.feature_info]
         self.name, self.in_chans, self.min_input_size = model.name, model.in_chans, model.min_input_size
         self.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}))
+        self.pretrained_cfg.pop("classifier", None)  # no head here (timm's pretrained_cfg_for_features does the same)
 
     @property
     def channels(self) -> list[int]:
@@ -468,13 +469,15 @@ def model_cfg(input_size: int = 224, *, top1: float | None = None, macs: float |
     """A ``pretrained_cfg`` dict: default resolution, normalisation, classes and the paper's published figures.
 
     ``num_classes`` is the default of :func:`build_model` (timm's ``pretrained_cfg`` key):
-    1000 for ImageNet, 10 for the CIFAR-10 forms.
+    1000 for ImageNet, 10 for the CIFAR-10 forms. ``first_conv`` / ``classifier`` name the module that
+    takes the image and the classifier head, as timm's keys do (timm's ``adapt_input_conv`` and head
+    resets read them).
 
     ``paper_top1`` is top-1 accuracy (%) on ``paper_dataset``, ``paper_macs`` multiply-adds,
     ``paper_params`` parameters, all as the cited paper table reports them (``None`` where it does not).
     """
     return dict(input_size=(3, input_size, input_size), mean=mean, std=std, num_classes=num_classes,
-                paper_top1=top1, paper_macs=macs,
+                first_conv="conv_stem", classifier="classifier", paper_top1=top1, paper_macs=macs,
                 paper_params=params, paper_dataset=dataset, paper=source)
 
 
