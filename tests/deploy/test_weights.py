@@ -9,6 +9,7 @@ import os
 import pickle
 import shlex
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -371,11 +372,16 @@ def test_argparse_options_beside_the_weights_are_allowed_but_nothing_inside_them
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.(script|save)` is deprecated:DeprecationWarning")
-@pytest.mark.parametrize("program", ["torchscript", "exported_program"])
+@pytest.mark.parametrize("program", ["torchscript", "exported_program", "npz"])
 def test_saved_programs_are_named_not_reported_as_corrupt(model, tmp_path, program):
-    """``mobileconv export`` writes TorchScript .pt and torch.export .pt2 files: not weights, and said so."""
+    """``mobileconv export`` writes TorchScript .pt and torch.export .pt2 files: not weights, and said so
+    (as is a NumPy .npz of the weights, a zip archive too)."""
     module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
-    if program == "torchscript":
+    if program == "npz":
+        path = tmp_path / "weights.npz"
+        np.savez(path, **{k: v.numpy() for k, v in model.state_dict().items()})
+        expected = "is a NumPy archive (.npz: numpy.savez; load it with numpy.load), not a state_dict"
+    elif program == "torchscript":
         path = tmp_path / "model.pt"
         torch.jit.save(torch.jit.script(module), str(path))
         expected = "is a TorchScript archive (torch.jit.save; load it with torch.jit.load), not a state_dict"

@@ -480,10 +480,11 @@ def _read_torch(path: Path) -> object:
 
 
 def _program_archive(path: Path) -> str | None:
-    """What a zip archive holds when it is a saved program rather than a ``torch.save`` file, else None.
+    """What a zip archive holds when it is a saved program or NumPy arrays rather than a ``torch.save`` file, else None.
 
     ``torch.jit.save`` (TorchScript, ``mobileconv export --format torchscript``) archives hold
-    ``constants.pkl`` and ``code/``; ``torch.export.save`` (``.pt2``) ones an ``archive_format`` record.
+    ``constants.pkl`` and ``code/``; ``torch.export.save`` (``.pt2``) ones an ``archive_format`` record;
+    ``numpy.savez`` ones only ``.npy`` files.
     """
     try:
         with zipfile.ZipFile(path) as archive:
@@ -494,6 +495,8 @@ def _program_archive(path: Path) -> str | None:
         return "a TorchScript archive (torch.jit.save; load it with torch.jit.load)"
     if "archive_format" in records:
         return "a torch.export program (.pt2; load it with torch.export.load)"
+    if records and all(name.endswith(".npy") for name in records):
+        return "a NumPy archive (.npz: numpy.savez; load it with numpy.load)"
     return None
 
 
