@@ -66,7 +66,9 @@ class RMSpropTF(torch.optim.Optimizer):
                 square_avg.mul_(group["alpha"]).addcmul_(grad, grad, value=1 - group["alpha"])
                 rms = square_avg.add(group["eps"]).sqrt_()
                 if group["momentum"] > 0:
-                    buf = state["momentum_buffer"]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:  # momentum turned on after steps without (a resumed run's new --momentum)
+                        buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     buf.mul_(group["momentum"]).addcdiv_(grad, rms, value=group["lr"])
                     p.sub_(buf)
                 else:
@@ -81,6 +83,21 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def start_missing_momentum_buffers(optimizer: torch.optim.Optimizer, args=(), kwargs=None) -> None:
+    """Step pre-hook: a zero momentum buffer for each parameter that has taken steps without momentum.
+
+    ``torch.optim.RMSprop`` creates the buffer at a parameter's first step only when momentum is > 0, and
+    raises ``KeyError: 'momentum_buffer'`` when momentum is turned on later (``--momentum 0.9`` given on
+    resuming a run trained with ``--momentum 0``); a momentum starts from 0, as at a first step.
+    """
+    for group in optimizer.param_groups:
+        if group["momentum"] > 0:
+            for param in group["params"]:
+                state = optimizer.state.get(param)
+                if state and "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
 
 def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float, momentum: float | None = None,
@@ -110,7 +127,9 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
     if opt == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if opt == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, alpha=RMSPROP_DECAY, eps=eps, momentum=momentum)
+        optimizer = torch.optim.RMSprop(groups, lr=lr, alpha=RMSPROP_DECAY, eps=eps, momentum=momentum)
+        optimizer.register_step_pre_hook(start_missing_momentum_buffers)
+        return optimizer
     if opt == "rmsproptf":
         return RMSpropTF(groups, lr=lr, alpha=RMSPROP_DECAY, eps=eps, momentum=momentum)
     return torch.optim.AdamW(groups, lr=lr, eps=eps)
