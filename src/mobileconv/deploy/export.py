@@ -389,13 +389,32 @@ def prepare_for_export(model: nn.Module, example: torch.Tensor, *, optimize: boo
         try:
             prepared = optimize_for_inference(model, example_input=example, channels_last=channels_last,
                                               onednn=False, micro_batch=False, verify=False)  # portable graphs
-            return prepared, True, notes
+            return whole_batches(prepared), True, notes
         except Exception as e:  # noqa: BLE001 - an unusual user model: export it unoptimised
             notes.append(f"optimize_for_inference failed ({first_line(e)}); exported without BN folding")
-    prepared = copy.deepcopy(model).eval()
+    prepared = whole_batches(copy.deepcopy(model).eval())
     if impl is not None:
         set_layer_impl(prepared, impl)
     return prepared, False, notes
+
+
+def whole_batches(model: nn.Module) -> nn.Module:
+    """``model`` with the micro-batching of an ``optimize_for_inference`` model undone, in place.
+
+    ``micro_batch=False`` only keeps the rewrite from being made: a model the user optimised
+    already (``micro_batch`` is on by default on CPU) still plans its chunks from the batch size,
+    which ``torch.export`` records as a guard on the symbolic batch ("Constraints violated
+    (batch)"). The plain classes compute the same function on the whole batch.
+    """
+    from ..models._builder import MobileNet  # noqa: PLC0415
+    from .optimize import MicroBatchedMobileNet, MicroBatchedStages  # noqa: PLC0415
+
+    for module in model.modules():
+        if type(module) is MicroBatchedMobileNet:
+            module.__class__ = MobileNet
+        elif type(module) is MicroBatchedStages:
+            module.__class__ = nn.Sequential
+    return model
 
 
 def _run_exporter(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, *, opset: int,

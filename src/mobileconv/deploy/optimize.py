@@ -1022,8 +1022,9 @@ def chunk_plan(peak_ratios: list[float], budget: int, x: torch.Tensor) -> tuple[
 
 
 def _whole_batch_only(x: torch.Tensor) -> bool:
-    """Autograd recording and tracing see the plain whole-batch forward (``torch.compile`` traces the chunks)."""
-    return (torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing()
+    """Autograd recording, tracing and ``torch.export`` see the plain whole-batch forward (``torch.compile`` traces
+    the chunks; ``torch.export`` would record the chunk sizes as a guard on a dynamic batch)."""
+    return (torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing() or torch.compiler.is_exporting()
 
 
 class _ChunkPlan:
