@@ -98,6 +98,12 @@ def test_unwritable_output(where, tmp_path, capsys):
     _fails(["export", "mobilenetv1_025", "--out", str(parent / "m.onnx")], capsys, tmp_path, "cannot write")
 
 
+def test_output_naming_a_folder_with_a_trailing_slash_is_refused(tmp_path, capsys):
+    """``--out sub/`` (no such folder yet) used to write a file named ``sub``: open("sub/", "w") refuses it."""
+    _fails(["export", "mobilenetv1_025", "--format", "onnx", "--out", f"{tmp_path / 'sub'}/"], capsys, tmp_path,
+           "it names a folder (give a file name inside it)")
+
+
 def test_opset_below_17(tmp_path, capsys):
     _fails(["export", "mobilenetv1_025", "--opset", "11", "--out", str(tmp_path / "m.onnx")], capsys, tmp_path,
            "opset must be an integer from 17")

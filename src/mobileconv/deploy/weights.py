@@ -382,6 +382,8 @@ def check_output_path(path: str | os.PathLike) -> Path:
     """
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ValueError(f"the output path must be a file name, got {path!r}")
+    if str(path).endswith(("/", os.sep)):  # Path() drops the slash: "sub/" would become a file named sub
+        raise IsADirectoryError(f"cannot write {str(path)!r}: it names a folder (give a file name inside it)")
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a directory (give a file name inside it)")
