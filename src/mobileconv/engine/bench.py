@@ -481,7 +481,8 @@ def benchmark_model(model: nn.Module | str, config: BenchConfig, variants: Seque
     name = name or type(model).__name__
     image_size = config.image_size or default_image_size(model)
     in_chans = getattr(model, "in_chans", 3)
-    with num_threads(config.threads), _memory_errors_as_value_errors(config, image_size):
+    with num_threads(config.threads), _memory_errors_as_value_errors(config, image_size), \
+            _single_value_batch_norm_errors(config, image_size, name):
         macs = count_macs(model, image_size, in_chans)
         batch = make_batch(config, image_size, in_chans, getattr(model, "num_classes", 1000))
         steps = {v: build_variant(model, v, config, batch[0]) for v in variants}
@@ -516,6 +517,22 @@ def _memory_errors_as_value_errors(config: BenchConfig, image_size: int) -> Iter
             raise
         raise ValueError(f"not enough memory for batches of {config.batch_size} images of {image_size}x{image_size} "
                          f"({first_line(e)}); use a smaller batch or image size") from e
+
+
+@contextlib.contextmanager
+def _single_value_batch_norm_errors(config: BenchConfig, image_size: int, name: str) -> Iterator[None]:
+    """A training BatchNorm that sees one value per channel (batch 1, a 1x1 map) becomes an error naming the fix.
+
+    torch's own message ("Expected more than 1 value per channel when training") names neither option.
+    """
+    try:
+        yield
+    except ValueError as e:
+        if "Expected more than 1 value per channel when training" not in str(e):
+            raise
+        raise ValueError(f"{name} in --mode train at batch size {config.batch_size} and {image_size}x{image_size} "
+                         f"images: a BatchNorm layer gets one value per channel ({e}); use --batch-size 2 or more, "
+                         f"or a larger --image-size") from e
 
 
 COLUMNS = ("model", "mode", "variant", "batch", "size", "img/s", "p50 ms", "p90 ms", "peak MiB", "GMAC/s",
