@@ -157,3 +157,32 @@ def test_mixconv_training_fast_path_gradient_penalty_equals_reference(monkeypatc
     assert calls, "the fast path did not use MixedDepthwiseConv"
     for got, expected in zip(*outs):
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("setting", ["autocast", "bfloat16_model"])
+def test_low_precision_cpu_training_runs_the_split_as_the_reference_does(setting, monkeypatch):
+    """bfloat16 CPU training: the fused conv's weight gradient at the largest kernel ran oneDNN's generic kernel
+    (mixnet_s step 1.9x the reference's); the split computes each group at its own size, bit for bit the reference."""
+    fast = MixConv2d(12, [3, 5, 7, 9], stride=1, padding="tf")
+    ref = copy.deepcopy(fast)
+    ref.impl = "reference"
+    x = _randn(2, 12, 9, 10, dtype=torch.float32)
+    if setting == "bfloat16_model":
+        fast, ref, x = fast.bfloat16(), ref.bfloat16(), x.bfloat16()
+    widths = []  # output channels of each conv call: 12 for the fused conv, 3 for a group's
+    real_conv2d = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda inp, w, *a, **k: widths.append(w.shape[0]) or real_conv2d(inp, w, *a, **k))
+    outs, grads = [], []
+    for m in (fast, ref):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setting == "autocast"):
+            y = m(x)
+        y.float().square().sum().backward()
+        outs.append(y)
+        grads.append([conv.weight.grad for conv in m])
+    assert widths == [3] * 8  # both layers ran the split: four group convs each
+    assert depthwise_grad.low_precision_cpu_training(x, [fast[0].weight]) == (setting == "bfloat16_model")
+    assert torch.equal(outs[0], outs[1])
+    for g_fast, g_ref in zip(*grads):
+        assert torch.equal(g_fast, g_ref)
+    with torch.no_grad():  # inference keeps the fused conv
+        assert not depthwise_grad.low_precision_cpu_training(x, [fast[0].weight])

@@ -40,6 +40,16 @@ def use_grouped_weight_grad(x: torch.Tensor, weights: list[torch.Tensor]) -> boo
             and not function_transforms_active())
 
 
+def low_precision_cpu_training(x: torch.Tensor, weights: list[torch.Tensor]) -> bool:
+    """True for eager CPU training in bfloat16 / float16 (autocast or a half model): where
+    :class:`MixedDepthwiseConv` does not apply and the fused conv's large-kernel weight gradient runs
+    oneDNN's generic kernel (mixnet_s, bfloat16 autocast: 1.9x the split / concat step's time)."""
+    return (torch.is_grad_enabled() and x.device.type == "cpu" and any(w.requires_grad for w in weights)
+            and (torch.is_autocast_enabled("cpu") or x.dtype in (torch.bfloat16, torch.float16))
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and not function_transforms_active())
+
+
 def depthwise_weight_grad(x_t: torch.Tensor, grad_t: torch.Tensor, kernel_size: int, stride: int,
                           padding: int) -> torch.Tensor:
     """Weight gradient of a ``k x k`` depthwise conv (symmetric ``padding``), by a depthwise forward conv.

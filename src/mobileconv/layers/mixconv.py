@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .conv import bias_free, check_padding_mode, conv2d, runs_as_plain_conv
-from .depthwise_grad import MixedDepthwiseConv, use_grouped_weight_grad
+from .depthwise_grad import MixedDepthwiseConv, low_precision_cpu_training, use_grouped_weight_grad
 from .grouped import FixedConvList
 from .helpers import (DerivedTensorCache, as_int, check_flag, check_impl, check_input_channels, check_kernel_sizes,
                       check_positive, check_stride, dilate_kernel, pad_kernel, reuses_derived_weights, split_channels,
@@ -128,6 +128,9 @@ class MixConv2d(FixedConvList):
             fused = fused and not self.scripted_calls_convs
         else:
             fused = fused and runs_as_plain_conv(*self)
+            # bfloat16 / float16 CPU training: the split computes each group's weight gradient at its own kernel
+            # size, where the fused conv's would run oneDNN's slow generic kernel at the largest one
+            fused = fused and not low_precision_cpu_training(x, [conv.weight for conv in self])
         if fused:
             if torch.jit.is_scripting():
                 bias = self.fused_bias()
