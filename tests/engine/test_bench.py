@@ -72,6 +72,12 @@ def test_onnxruntime_backend_is_inference_only(capsys):
     assert "--backend onnxruntime times inference only" in capsys.readouterr().err
 
 
+def test_compile_with_only_the_onnxruntime_backend_is_refused(capsys):
+    """Nothing would be compiled, yet the result recorded compile: true."""
+    assert main(["bench", "mixnet_s", "--backend", "onnxruntime", "--compile"]) == 2
+    assert "with --backend onnxruntime alone nothing is compiled" in capsys.readouterr().err
+
+
 def test_onnxruntime_backend_refuses_amp(capsys):
     # it would time the float32 ONNX model beside bfloat16 torch variants, unlabelled
     assert main(["bench", "mixnet_s", "--backend", "torch,onnxruntime", "--amp"]) == 2

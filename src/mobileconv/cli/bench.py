@@ -70,6 +70,9 @@ def variants_for(args: argparse.Namespace) -> list[str]:
         raise ValueError("--backend onnxruntime times inference only; use --mode infer")
     if "onnxruntime" in args.backend and args.amp:
         raise ValueError("--backend onnxruntime runs the float32 ONNX model; leave out --amp")
+    if args.compile and "torch" not in args.backend:  # the result would say compile: true of an ONNX model
+        raise ValueError("--compile compiles the torch model; with --backend onnxruntime alone nothing is compiled "
+                         "(use --backend torch,onnxruntime, or leave out --compile)")
     torch_variant = "compiled" if args.compile and args.mode == "infer" else MAIN_VARIANT[args.mode]
     timed = [torch_variant if b == "torch" else "onnxruntime" for b in args.backend]
     return timed + [REFERENCE_VARIANT] if args.compare_reference else timed
