@@ -633,10 +633,20 @@ def _check_fits(mapped: dict[str, tuple[str, torch.Tensor]], unmapped: list[str]
     for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched),
                          ("dtype mismatch", wrong_dtype), ("unusable", unusable)):
         if items:
-            shown = items[:MAX_LISTED]
-            more = f" ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
-            lines.append(f"  {title} keys ({len(items)}): {', '.join(shown)}{more}")
+            lines.append(_listed_keys(title, items))
     raise ValueError("\n".join(lines))
+
+
+def _listed_keys(title: str, keys: list[str]) -> str:
+    """``  TITLE keys (N): a, b, ... and M more``: an error message's line of keys, at most MAX_LISTED shown."""
+    more = f" ... and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else ""
+    return f"  {title} keys ({len(keys)}): {', '.join(keys[:MAX_LISTED])}{more}"
+
+
+def _shown_key(key: str, mapped: dict[str, tuple[str, torch.Tensor]]) -> str:
+    """A model key, with the checkpoint key it was mapped from where that differs (torchvision's names)."""
+    src = mapped[key][0]
+    return key if src == key else f"{key} (from {src})"
 
 
 def _unusable(value: torch.Tensor) -> str | None:
@@ -664,14 +674,12 @@ def _check_finite(new_state: dict[str, torch.Tensor], mapped: dict[str, tuple[st
     bad = []
     for key, value in new_state.items():
         if key in mapped and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            src, original = mapped[key]
-            shown = key if src == key else f"{key} (from {src})"
+            original = mapped[key][1]
             overflow = original.dtype != value.dtype and bool(torch.isfinite(original.float()).all())
-            bad.append(f"{shown}{f': too large for {value.dtype}' if overflow else ''}")
+            bad.append(f"{_shown_key(key, mapped)}{f': too large for {value.dtype}' if overflow else ''}")
     if bad:
-        more = f" ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
         raise ValueError(f"{name} ({SOURCES[source]}) holds NaN or infinite values (a diverged run?); the model was "
-                         f"not changed.\n  non-finite keys ({len(bad)}): {', '.join(bad[:MAX_LISTED])}{more}")
+                         f"not changed.\n{_listed_keys('non-finite', bad)}")
 
 
 def _check_running_vars(new_state: dict[str, torch.Tensor], mapped: dict[str, tuple[str, torch.Tensor]], source: str,
@@ -680,13 +688,11 @@ def _check_running_vars(new_state: dict[str, torch.Tensor], mapped: dict[str, tu
 
     A variance is never negative; such a BN would give NaN (``sqrt(var + eps)``) in eval mode.
     """
-    bad = [key if mapped[key][0] == key else f"{key} (from {mapped[key][0]})" for key, value in new_state.items()
+    bad = [_shown_key(key, mapped) for key, value in new_state.items()
            if key in mapped and key.endswith("running_var") and value.is_floating_point() and bool((value < 0).any())]
     if bad:
-        more = f" ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
         raise ValueError(f"{name} ({SOURCES[source]}) holds negative BatchNorm running variances (a corrupt file?); "
-                         f"the model was not changed.\n  negative running_var keys ({len(bad)}): "
-                         f"{', '.join(bad[:MAX_LISTED])}{more}")
+                         f"the model was not changed.\n{_listed_keys('negative running_var', bad)}")
 
 
 def _only_classes_differ(mapped: dict[str, tuple[str, torch.Tensor]], target: dict[str, torch.Tensor]) -> bool:
