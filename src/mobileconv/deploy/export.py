@@ -40,11 +40,12 @@ keeps the Python control flow and runs at any size.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,6 +175,21 @@ def check_tolerance(tolerance: float) -> float:
 def is_out_of_memory(e: BaseException) -> bool:
     """Whether ``e`` is torch failing to allocate a tensor (CPU or CUDA), e.g. for a huge batch or image size."""
     return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
+@contextlib.contextmanager
+def memory_errors_as_value_errors(what: str, advice: str) -> Iterator[None]:
+    """A failed allocation becomes a one-line ``ValueError``: ``not enough memory for WHAT (why); ADVICE``.
+
+    Torch's CPU or CUDA allocator refusing a tensor (:func:`is_out_of_memory`), or a ``MemoryError`` (PIL
+    decoding or resizing an image).
+    """
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        if not (isinstance(e, MemoryError) or is_out_of_memory(e)):
+            raise
+        raise ValueError(f"not enough memory for {what} ({first_line(e)}); {advice}") from e
 
 
 def max_onnx_opset() -> int:

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..deploy.export import memory_errors_as_value_errors
 from ..layers import set_layer_impl
 
 MODES = ("infer", "train")
@@ -481,7 +482,8 @@ def benchmark_model(model: nn.Module | str, config: BenchConfig, variants: Seque
     name = name or type(model).__name__
     image_size = config.image_size or default_image_size(model)
     in_chans = getattr(model, "in_chans", 3)
-    with num_threads(config.threads), _memory_errors_as_value_errors(config, image_size), \
+    too_large = f"batches of {config.batch_size} images of {image_size}x{image_size}"
+    with num_threads(config.threads), memory_errors_as_value_errors(too_large, "use a smaller batch or image size"), \
             _single_value_batch_norm_errors(config, image_size, name):
         macs = count_macs(model, image_size, in_chans)
         batch = make_batch(config, image_size, in_chans, getattr(model, "num_classes", 1000))
@@ -503,20 +505,6 @@ def benchmark_model(model: nn.Module | str, config: BenchConfig, variants: Seque
                 if v != REFERENCE_VARIANT:
                     m.speedup = result.speedup(v)
     return result
-
-
-@contextlib.contextmanager
-def _memory_errors_as_value_errors(config: BenchConfig, image_size: int) -> Iterator[None]:
-    """A failed tensor allocation (a batch or image size too large) becomes a one-line ``ValueError``."""
-    from ..deploy.export import first_line, is_out_of_memory  # noqa: PLC0415
-
-    try:
-        yield
-    except RuntimeError as e:
-        if not is_out_of_memory(e):
-            raise
-        raise ValueError(f"not enough memory for batches of {config.batch_size} images of {image_size}x{image_size} "
-                         f"({first_line(e)}); use a smaller batch or image size") from e
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from ..deploy.weights import checkpoint_num_classes, load_state_dict, read_check
 from .checkpoint import _json_or_str
 from .distributed import DistEnv, resolve_device
 from .loop import evaluate
-from .trainer import build_model, check_images_fit, images_memory_text, memory_errors_as_value_errors
+from .trainer import build_model, images_fit
 
 
 def _is_positive_int(value) -> bool:
@@ -186,8 +186,7 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
         raise ValueError(f"checkpoint {checkpoint} does not record its dataset: pass --data")
     img_size = resolve_img_size(loaded, img_size, data)
     batch = min(batch_size, max_samples or batch_size)
-    check_images_fit(batch, img_size, dev)  # before any image is made (or decoded and resized by PIL)
-    with memory_errors_as_value_errors(*images_memory_text(batch, img_size)):
+    with images_fit(batch, img_size, dev):  # before any image is made (or decoded and resized by PIL)
         return _evaluate_on(loaded, checkpoint, data, given, img_size, batch_size, max_samples, dev)
 
 
@@ -251,9 +250,8 @@ def predict_images(model_name: str | None, checkpoint: str | Path, images: str |
             raise ValueError(f"image {path} is a folder; pass image files (e.g. {Path(path) / '*.jpg'})")
         if not Path(path).is_file():
             raise ValueError(f"image {path}: no such file")
-    check_images_fit(1, img_size, dev)  # before PIL resizes an image to that size (the OOM killer ended that)
     results = []
-    with memory_errors_as_value_errors(*images_memory_text(1, img_size)):
+    with images_fit(1, img_size, dev):  # before PIL resizes an image to that size (the OOM killer ended that)
         for path in images:
             x = transform(load_image(Path(path), img_size).unsqueeze(0).to(dev))
             with torch.no_grad():

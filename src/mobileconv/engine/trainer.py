@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from ..data import (BatchTransform, DataInfo, MixupCutmix, ShardedBatchSampler, build_datasets, limit_samples,
                     preferred_img_size)
 from ..data.datasets import show_names
+from ..deploy.export import memory_errors_as_value_errors
 from ..deploy.weights import FORMAT, bn_eps_of
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_yaml
@@ -88,23 +89,6 @@ def images_memory_text(batch_size: int, img_size: int) -> tuple[str, str]:
     return f"batches of {batch_size} images of {img_size}x{img_size} px", "use a smaller --batch-size or --img-size"
 
 
-@contextlib.contextmanager
-def memory_errors_as_value_errors(what: str, advice: str) -> Iterator[None]:
-    """A failed allocation becomes a one-line ``ValueError``: ``not enough memory for WHAT (why); ADVICE``.
-
-    The test ``mobileconv bench`` / ``export`` use (:func:`~mobileconv.deploy.export.is_out_of_memory`: torch's
-    CPU or CUDA allocator refusing a tensor); a ``MemoryError`` (PIL decoding or resizing an image) counts too.
-    """
-    from ..deploy.export import first_line, is_out_of_memory
-
-    try:
-        yield
-    except (RuntimeError, MemoryError) as e:
-        if not (isinstance(e, MemoryError) or is_out_of_memory(e)):
-            raise
-        raise ValueError(f"not enough memory for {what} ({first_line(e)}); {advice}") from e
-
-
 def check_images_fit(batch_size: int, img_size: int, device: torch.device | str) -> None:
     """Refuse up front (the ``ValueError`` of :func:`memory_errors_as_value_errors`) a batch of float32 images
     that ``device`` cannot allocate, before any image is decoded or made.
@@ -119,6 +103,14 @@ def check_images_fit(batch_size: int, img_size: int, device: torch.device | str)
 
     with memory_errors_as_value_errors(*images_memory_text(batch_size, img_size)):
         probe_allocation(batch_size * 3 * img_size * img_size * 4, device)
+
+
+@contextlib.contextmanager
+def images_fit(batch_size: int, img_size: int, device: torch.device | str) -> Iterator[None]:
+    """:func:`check_images_fit` up front, then a failed allocation inside the block as the same one-line error."""
+    check_images_fit(batch_size, img_size, device)
+    with memory_errors_as_value_errors(*images_memory_text(batch_size, img_size)):
+        yield
 
 
 # ---- configuration ------------------------------------------------------------------------------
@@ -305,8 +297,7 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     state_path = resume / ckpt.STATE_FILE if resume else None
     state = read_state(state_path) if state_path else None
     img_size = config.img_size or preferred_img_size(config.data) or default_img_size(config.model)
-    check_images_fit(process_batch_size(config, env), img_size, env.device)  # before any image is made
-    with memory_errors_as_value_errors(*images_memory_text(process_batch_size(config, env), img_size)):
+    with images_fit(process_batch_size(config, env), img_size, env.device):  # before any image is made
         train_set, test_set, info = build_datasets(config.data, img_size)
     config = resolve_config(replace(config, out=str(out)), info, img_size)
     resuming_here = resume is not None and out.resolve() == resume.resolve()
