@@ -31,23 +31,26 @@ def function_transforms_active() -> bool:
     return torch._C._are_functorch_transforms_active() or fwAD._current_level >= 0
 
 
+def _eager_cpu_training(x: torch.Tensor, weights: list[torch.Tensor]) -> bool:
+    """Autograd records on CPU for these weights, eagerly: no script, trace, compile, ``torch.func`` transform."""
+    return (torch.is_grad_enabled() and x.device.type == "cpu" and any(w.requires_grad for w in weights)
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and not function_transforms_active())
+
+
 def use_grouped_weight_grad(x: torch.Tensor, weights: list[torch.Tensor]) -> bool:
     """True when :class:`MixedDepthwiseConv` pays: eager CPU training in float32 / float64, no autocast,
     no ``torch.func`` transform or forward-mode AD."""
-    return (torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and any(w.requires_grad for w in weights) and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-            and not function_transforms_active())
+    return (x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu")
+            and _eager_cpu_training(x, weights))
 
 
 def low_precision_cpu_training(x: torch.Tensor, weights: list[torch.Tensor]) -> bool:
     """True for eager CPU training in bfloat16 / float16 (autocast or a half model): where
     :class:`MixedDepthwiseConv` does not apply and the fused conv's large-kernel weight gradient runs
     oneDNN's generic kernel (mixnet_s, bfloat16 autocast: 1.9x the split / concat step's time)."""
-    return (torch.is_grad_enabled() and x.device.type == "cpu" and any(w.requires_grad for w in weights)
-            and (torch.is_autocast_enabled("cpu") or x.dtype in (torch.bfloat16, torch.float16))
-            and not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-            and not function_transforms_active())
+    return ((torch.is_autocast_enabled("cpu") or x.dtype in (torch.bfloat16, torch.float16))
+            and _eager_cpu_training(x, weights))
 
 
 def depthwise_weight_grad(x_t: torch.Tensor, grad_t: torch.Tensor, kernel_size: int, stride: int,

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
@@ -222,6 +223,16 @@ def reuses_derived_weights(weights: Sequence[torch.Tensor]) -> bool:
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
     return not torch.is_grad_enabled() or not any(w.requires_grad for w in weights)
+
+
+def cached_derived(module: nn.Module, name: str, sources: Sequence[torch.Tensor],
+                   build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``build()``, kept in a :class:`DerivedTensorCache` at ``module.__dict__[name]`` and rebuilt when a source
+    changes. A plain attribute: not in ``state_dict``, not moved by ``.to()``, not a submodule."""
+    cache = module.__dict__.get(name)
+    if cache is None:
+        cache = module.__dict__[name] = DerivedTensorCache()
+    return cache.get(sources, build)
 
 
 class DerivedTensorCache:

@@ -10,7 +10,7 @@ from torch import nn
 from .conv import bias_free, check_padding_mode, conv2d, runs_as_plain_conv
 from .depthwise_grad import MixedDepthwiseConv, low_precision_cpu_training, use_grouped_weight_grad
 from .grouped import FixedConvList
-from .helpers import (DerivedTensorCache, as_int, check_flag, check_impl, check_input_channels, check_kernel_sizes,
+from .helpers import (as_int, cached_derived, check_flag, check_impl, check_input_channels, check_kernel_sizes,
                       check_positive, check_stride, dilate_kernel, pad_kernel, reuses_derived_weights, split_channels,
                       tf_same_pad)
 
@@ -114,10 +114,7 @@ class MixConv2d(FixedConvList):
 
         Replaced, moved / cast, changed in place or by an optimizer step; not by a write through ``.data``.
         """
-        cache = self.__dict__.get("_fused_cache")
-        if cache is None:  # a plain attribute: not in state_dict, not moved by .to()
-            cache = self.__dict__["_fused_cache"] = DerivedTensorCache()
-        return cache.get([conv.weight for conv in self], self.fused_weight)
+        return cached_derived(self, "_fused_cache", [conv.weight for conv in self], self.fused_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.channels, "MixConv2d")

@@ -9,7 +9,7 @@ from torch import nn
 
 from .activations import ActLayer, create_act
 from .conv import runs_as_plain_conv
-from .helpers import (DerivedTensorCache, FixedLayout, as_int, check_impl, check_input_channels, check_kernel_size,
+from .helpers import (FixedLayout, as_int, cached_derived, check_impl, check_input_channels, check_kernel_size,
                       check_norm_layer, check_positive, check_stride, pad_kernel, reuses_derived_weights,
                       split_channels)
 
@@ -139,10 +139,7 @@ class XSepConv2d(FixedLayout, nn.Module):
 
     def _cached_embedded_2x2_weight(self) -> torch.Tensor:
         """``embedded_2x2_weight()``, rebuilt only when the 2x2 kernel changes (:class:`.helpers.DerivedTensorCache`)."""
-        cache = self.__dict__.get("_embedded_cache")
-        if cache is None:  # a plain attribute: not in state_dict, not moved by .to()
-            cache = self.__dict__["_embedded_cache"] = DerivedTensorCache()
-        return cache.get([self.conv_2x2.weight], self.embedded_2x2_weight)
+        return cached_derived(self, "_embedded_cache", [self.conv_2x2.weight], self.embedded_2x2_weight)
 
     def __prepare_scriptable__(self) -> XSepConv2d:
         """Called by ``torch.jit.script``: whether the scripted forward must call ``conv_2x2`` as a module.
