@@ -1,8 +1,9 @@
 """``mobileconv predict`` with a checkpoint that records nothing (a timm state_dict): the model's own
-resolution and normalisation are used, as timm's ``resolve_data_config`` would.
+resolution, normalisation and test crop are used, as timm's ``resolve_data_config`` would.
 
-The oracle: the same pixels normalised by hand with ImageNet's mean / std (the constants below,
-not read from the model), fed to the model loaded with ``create_model(..., pretrained=...)``.
+The oracle: the same pixels resized by PIL as timm's evaluation transform does (shorter side to
+floor(224 / 0.875) = 256, bicubic, centre 224 crop: the constants below, not read from the model) and
+normalised by hand with ImageNet's mean / std, fed to the model loaded with ``create_model(..., pretrained=...)``.
 """
 import json
 
@@ -18,17 +19,21 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
-def test_predict_without_metadata_uses_the_models_imagenet_preprocessing(reference_dir, tmp_path, capsys):
+@pytest.mark.parametrize("options, crop", [([], "timm"), (["--crop-pct", "1", "--interpolation", "bilinear"], None)])
+def test_predict_without_metadata_uses_the_models_imagenet_preprocessing(reference_dir, tmp_path, capsys, options,
+                                                                          crop):
     checkpoint = reference_dir / "timm_mixnet_s.safetensors"
-    # 224 px (mixnet_s' input size): predict's resize and crop leave it as it is
+    # 224 px (mixnet_s' input size): with --crop-pct 1, predict's resize and crop leave it as it is
     pixels = np.random.default_rng(0).integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "x.png")
     capsys.readouterr()
     assert main(["predict", str(tmp_path / "x.png"), "--model", "mixnet_s", "--checkpoint", str(checkpoint),
-                 "--device", "cpu", "--format", "json"]) == 0
+                 "--device", "cpu", "--format", "json", *options]) == 0
     top = json.loads(capsys.readouterr().out)[0]["top"]
 
     model = mobileconv.create_model("mixnet_s", pretrained=str(checkpoint)).eval()
+    if crop == "timm":
+        pixels = np.asarray(Image.fromarray(pixels).resize((256, 256), Image.BICUBIC))[16:240, 16:240]
     x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().unsqueeze(0) / 255
     with torch.no_grad():
         expected = model((x - IMAGENET_MEAN) / IMAGENET_STD).softmax(1)[0].topk(5)

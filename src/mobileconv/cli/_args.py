@@ -34,6 +34,24 @@ def positive_float(text: str) -> float:
     return value
 
 
+def crop_fraction(text: str) -> float:
+    """A number in (0, 1]: ``--crop-pct``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+CROP_HELP = ("the centre crop's share of the resized shorter side: images are resized to floor(img_size / crop_pct) "
+             "then centre-cropped (default: recorded, else 1.0 for a mobileconv checkpoint, 0.875 for a torchvision "
+             "one and the model's pretrained_cfg, 0.875 for the ImageNet forms, for a timm one)")
+INTERPOLATION_HELP = ("resampling of that resize (default: recorded, else bilinear for mobileconv and torchvision "
+                      "checkpoints and the model's pretrained_cfg, bicubic for the ImageNet forms, for timm ones)")
+
+
 def call_with_one_line_errors(fn, *args):
     """Call ``fn``; a multi-line ValueError / OSError message (a key listing) becomes one line.
 

@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from ._args import USE_EMA_HELP, call_with_one_line_errors, positive_int, registered_model
+from ._args import (CROP_HELP, INTERPOLATION_HELP, USE_EMA_HELP, call_with_one_line_errors, crop_fraction,
+                    positive_int, registered_model)
 
 
 def register(subparsers) -> None:
@@ -110,6 +111,7 @@ def register_eval(subparsers) -> None:
     p.add_argument("--data", help="digits | synthetic | PATH (default: recorded in the checkpoint)")
     p.add_argument("--img-size", type=positive_int, metavar="PX",
                    help="resolution (default: recorded, else the dataset's own (16 for digits), else the model's)")
+    _add_crop_options(p, "ImageFolder test images")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per forward pass (default 256)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to run (default auto: cuda when available)")
@@ -136,7 +138,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if out is not None:
         _check_out_dir(out)
     result = call_with_one_line_errors(evaluate_checkpoint, args.model, args.checkpoint, args.data, args.img_size,
-                                       args.batch_size, args.device, args.max_val_samples, args.use_ema)
+                                       args.batch_size, args.device, args.max_val_samples, args.use_ema,
+                                       args.crop_pct, args.interpolation)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     title = f"{result['model']} on {result['dataset']}: top-1 {result['top1']:.2f}%"
@@ -146,6 +149,13 @@ def run_eval(args: argparse.Namespace) -> int:
         atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2) if args.format == "json" else format_eval_table(result))
     return 0
+
+
+def _add_crop_options(p: argparse.ArgumentParser, what: str) -> None:
+    from ..data import INTERPOLATIONS
+
+    p.add_argument("--crop-pct", type=crop_fraction, metavar="F", help=f"{what}: {CROP_HELP}")
+    p.add_argument("--interpolation", choices=INTERPOLATIONS, help=f"{what}: {INTERPOLATION_HELP}")
 
 
 def _check_out_dir(out: Path) -> None:
@@ -167,7 +177,8 @@ def _check_out_dir(out: Path) -> None:
 
 def format_eval_table(result: dict) -> str:
     lines = [f"model {result['model']}  checkpoint {result['checkpoint']}",
-             f"data {result['dataset']} ({result['split']} split, {result['count']} images, {result['img_size']} px)",
+             f"data {result['dataset']} ({result['split']} split, {result['count']} images, {result['img_size']} px"
+             + (f", crop {result['crop_pct']:g} {result['interpolation']}" if "crop_pct" in result else "") + ")",
              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}",
              "", f"{'class':<20} {'accuracy':>9} {'images':>7}"]
     for name, acc, row in zip(result["classes"], result["per_class"], result["confusion"]):
@@ -182,7 +193,7 @@ def register_predict(subparsers) -> None:
     p = subparsers.add_parser("predict", help="classify image files with a checkpoint (top-5 with class names)",
                               description="The top-k classes (name and probability) of each image file under a "
                                           "checkpoint. Each image is resized and center-cropped to the recorded "
-                                          "img_size and normalised with the recorded mean and std, as the "
+                                          "img_size (as --crop-pct / --interpolation say) and normalised with the recorded mean and std, as the "
                                           "checkpoint's test images were; the class names are those recorded "
                                           "with the checkpoint (else the class indices).")
     _one_line_errors(p)
@@ -195,6 +206,7 @@ def register_predict(subparsers) -> None:
     p.add_argument("--img-size", type=positive_int, metavar="PX",
                    help="resolution (default: recorded, else the recorded dataset's own (16 for digits), else the "
                         "model's)")
+    _add_crop_options(p, "each image")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to run (default auto: cuda when available)")
     p.add_argument("--format", choices=("table", "json"), default="table",
@@ -208,7 +220,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     results = call_with_one_line_errors(predict_images, args.model, args.checkpoint, args.images, args.top_k,
-                                        args.img_size, args.device, args.use_ema)
+                                        args.img_size, args.device, args.use_ema, args.crop_pct, args.interpolation)
     if args.format == "json":
         print(json.dumps(results, indent=2))
         return 0

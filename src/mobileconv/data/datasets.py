@@ -7,6 +7,7 @@ the train split, the test split and a :class:`DataInfo` describing them.
 """
 from __future__ import annotations
 
+import math
 import os
 import unicodedata
 from dataclasses import dataclass
@@ -73,7 +74,8 @@ class TensorImageDataset(Dataset):
 
 
 class ImageFolderDataset(Dataset):
-    """``root/<class>/<image>`` files, decoded with PIL to RGB, shorter side resized to ``size``, centre-cropped.
+    """``root/<class>/<image>`` files, decoded with PIL to RGB, resized and centre-cropped to ``size``
+    (:func:`load_image`: the shorter side to ``floor(size / crop_pct)``, then the centre ``size x size``).
 
     Images in sub-folders of a class folder belong to the class, symbolic links to folders included
     (as torchvision's ``ImageFolder`` follows them; not a link to a folder holding the one it lies
@@ -88,13 +90,19 @@ class ImageFolderDataset(Dataset):
         size: output side length.
         folders: the class folders' names on disk when they differ from ``classes`` (a class
             name in NFC form, its folder written in NFD by macOS); defaults to ``classes``.
+        crop_pct: the crop's share of the resized shorter side (1: the whole shorter side; timm's
+            evaluation uses 0.875: 256 px resized, 224 px cropped).
+        interpolation: ``"bilinear"`` or ``"bicubic"`` (:data:`INTERPOLATIONS`).
     """
 
-    def __init__(self, root: Path, classes: list[str], size: int, folders: list[str] | None = None) -> None:
+    def __init__(self, root: Path, classes: list[str], size: int, folders: list[str] | None = None,
+                 crop_pct: float = 1.0, interpolation: str = "bilinear") -> None:
         folders = list(classes) if folders is None else list(folders)
         if len(folders) != len(classes):
             raise ValueError(f"{len(folders)} class folders for {len(classes)} classes")
+        check_crop(crop_pct, interpolation)
         self.root, self.classes, self.size = Path(root), classes, size
+        self.crop_pct, self.interpolation = crop_pct, interpolation
         self.samples = [(path, label) for label, folder in enumerate(folders)
                         for path in image_files(self.root / folder)]
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.long)
@@ -104,11 +112,12 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         path, label = self.samples[index]
-        return load_image(path, self.size), self.labels[index]
+        return load_image(path, self.size, self.crop_pct, self.interpolation), self.labels[index]
 
     def subset(self, indices) -> "ImageFolderDataset":
         new = ImageFolderDataset.__new__(ImageFolderDataset)
         new.root, new.classes, new.size = self.root, self.classes, self.size
+        new.crop_pct, new.interpolation = self.crop_pct, self.interpolation
         new.samples = [self.samples[i] for i in indices]
         new.labels = self.labels[torch.as_tensor(indices, dtype=torch.long)]
         return new
@@ -155,9 +164,29 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """Decode an image file to a uint8 ``(3, size, size)`` tensor: torchvision's ``Resize(size)`` (bilinear,
-    the longer side truncated: :func:`resized_size`) then ``CenterCrop(size)``.
+# PIL resampling filters by name (timm's / torchvision's ``interpolation`` names)
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def check_crop(crop_pct: float, interpolation: str) -> None:
+    """A ValueError unless ``0 < crop_pct <= 1`` and ``interpolation`` is one of :data:`INTERPOLATIONS`."""
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be a number in (0, 1] (the crop's share of the resized shorter side, "
+                         f"0.875 in timm's evaluation), got {crop_pct!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+
+
+def scale_size(size: int, crop_pct: float) -> int:
+    """The shorter side an image is resized to before its centre ``size`` crop: ``floor(size / crop_pct)``
+    (timm's evaluation transform: 256 for 224 at 0.875)."""
+    return math.floor(size / crop_pct)
+
+
+def load_image(path: Path, size: int, crop_pct: float = 1.0, interpolation: str = "bilinear") -> torch.Tensor:
+    """Decode an image file to a uint8 ``(3, size, size)`` tensor: torchvision's ``Resize(scale)`` (the longer
+    side truncated: :func:`resized_size`) with ``scale = floor(size / crop_pct)`` (:func:`scale_size`), then
+    ``CenterCrop(size)``: timm's evaluation transform. ``crop_pct=1`` keeps the whole shorter side.
 
     The image is first turned upright as its EXIF orientation tag says (as ``PIL.ImageOps.exif_transpose``
     does, and as image viewers show it: photos from phones and cameras are often stored sideways).
@@ -165,6 +194,9 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     """
     from PIL import Image, UnidentifiedImageError
 
+    check_crop(crop_pct, interpolation)
+    resample = Image.BICUBIC if interpolation == "bicubic" else Image.BILINEAR
+    scale = scale_size(size, crop_pct)
     try:
         with Image.open(path) as img:
             img.load()  # a PNG's EXIF may follow its pixel data
@@ -172,15 +204,15 @@ def load_image(path: Path, size: int) -> torch.Tensor:
             img = to_8bit(img).convert("RGB")
             if method is not None:
                 img = img.transpose(method)
-            w, h = resized_size(img.width, img.height, size)
+            w, h = resized_size(img.width, img.height, scale)
             # torchvision's CenterCrop offset, int(round((w - size) / 2)), so its models see the same pixels
             left, top = int(round((w - size) / 2)), int(round((h - size) / 2))
-            if w * h <= MAX_RESIZED_AREA * size * size:
-                img = img.resize((w, h), Image.BILINEAR).crop((left, top, left + size, top + size))
+            if w * h <= MAX_RESIZED_AREA * scale * scale:
+                img = img.resize((w, h), resample).crop((left, top, left + size, top + size))
             else:  # a very wide or tall image: resize only the crop's region (the same geometry, up to
                 # rounding) instead of the whole image to (w, h), which takes gigabytes for a 1 x 10,000 px strip
                 sx, sy = img.width / w, img.height / h
-                img = img.resize((size, size), Image.BILINEAR,
+                img = img.resize((size, size), resample,
                                  box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
             array = np.asarray(img, dtype=np.uint8).copy()
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -188,7 +220,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-# load_image resizes a whole image when the result is at most this many crops in area (aspect ratio <= 4:1)
+# load_image resizes a whole image when the result is at most this many squares of the shorter side (aspect ratio <= 4:1)
 MAX_RESIZED_AREA = 4
 
 
@@ -254,8 +286,13 @@ def preferred_img_size(data: str) -> int | None:
     return PREFERRED_IMG_SIZE.get(data)
 
 
-def build_datasets(data: str, img_size: int) -> tuple[Dataset, Dataset, DataInfo]:
+def build_datasets(data: str, img_size: int, crop_pct: float = 1.0,
+                   interpolation: str = "bilinear") -> tuple[Dataset, Dataset, DataInfo]:
     """Train split, test split and their :class:`DataInfo` for a ``--data`` value.
+
+    ``crop_pct`` and ``interpolation`` are how an ImageFolder tree's test images are resized and
+    cropped (:func:`load_image`); the training images keep the whole shorter side (the random resized
+    crop follows), and digits, synthetic and CIFAR images are arrays that the batch transform resizes whole.
 
     Raises ``ValueError`` with a one-line reason for a missing, empty or inconsistent dataset.
     """
@@ -272,7 +309,7 @@ def build_datasets(data: str, img_size: int) -> tuple[Dataset, Dataset, DataInfo
     if found is not None:
         return load_cifar(root, *found)
     if (root / "train").is_dir() or (root / "val").is_dir():
-        return load_image_folder(root, img_size)
+        return load_image_folder(root, img_size, crop_pct, interpolation)
     incomplete = cifar.find_incomplete(root)
     if incomplete is not None:
         folder, layout, missing = incomplete
@@ -376,8 +413,10 @@ def show_names(names) -> str:
     return "[" + ", ".join(repr(n) if n.isascii() else f"{n!r} ({ascii(n)[1:-1]})" for n in names) + "]"
 
 
-def load_image_folder(root: Path, img_size: int):
+def load_image_folder(root: Path, img_size: int, crop_pct: float = 1.0, interpolation: str = "bilinear"):
     """``root/train/<class>/*`` and ``root/val/<class>/*``; both must exist, hold images and agree on classes.
+
+    The val images are resized and cropped with ``crop_pct`` and ``interpolation`` (:func:`load_image`).
 
     Class names are matched in Unicode NFC form (:func:`class_folders`); images are read from the
     folders as they are named on disk.
@@ -399,8 +438,9 @@ def load_image_folder(root: Path, img_size: int):
         raise ValueError(f"--data {root}: train/ and val/ classes differ (only in train: {show_names(only_train)}, "
                          f"only in val: {show_names(only_val)})")
     classes = list(split_folders["train"])
-    train, val = (ImageFolderDataset(root / split, classes, img_size, list(split_folders[split].values()))
-                  for split in ("train", "val"))
+    train = ImageFolderDataset(root / "train", classes, img_size, list(split_folders["train"].values()))
+    val = ImageFolderDataset(root / "val", classes, img_size, list(split_folders["val"].values()), crop_pct,
+                             interpolation)
     for split, ds in (("train", train), ("val", val)):
         if len(ds) == 0:
             raise ValueError(f"--data {root}: no images ({', '.join(IMAGE_EXTENSIONS)}) under {split}/")

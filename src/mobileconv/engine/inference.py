@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import (BatchTransform, ShardedBatchSampler, build_datasets, limit_samples, load_image,
-                    preferred_img_size)
+from ..data import (INTERPOLATIONS, BatchTransform, ShardedBatchSampler, build_datasets, check_crop, limit_samples,
+                    load_image, preferred_img_size)
 from ..deploy.weights import checkpoint_num_classes, load_state_dict, read_checkpoint
 from .checkpoint import _json_or_str
 from .distributed import DistEnv, resolve_device
@@ -38,7 +38,15 @@ RECORDED = {
     "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
     "mean": (_is_channel_values, "a list of 3 numbers (finite, per channel)"),
     "std": (lambda v: _is_channel_values(v) and all(x > 0 for x in v), "a list of 3 numbers > 0 (finite, per channel)"),
+    "crop_pct": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
+                 "a number in (0, 1]"),
+    "interpolation": (lambda v: v in INTERPOLATIONS, f"one of {', '.join(INTERPOLATIONS)}"),
 }
+
+# How the weights of each source were evaluated, for a checkpoint that records nothing: mobileconv's own test
+# images keep the whole shorter side; torchvision's ImageClassification preset resizes to 256 and crops 224
+# bilinearly; a timm checkpoint follows its model's pretrained_cfg (timm's resolve_data_config).
+SOURCE_CROP = {"mobileconv": (1.0, "bilinear"), "torchvision": (0.875, "bilinear")}
 
 
 @dataclass
@@ -52,6 +60,7 @@ class LoadedCheckpoint:
     # state.pt of `mobileconv train` records, see read_checkpoint), else its run's summary.json
     meta: dict
     sources: dict  # key of meta -> the file it was read from (the checkpoint or summary.json)
+    source: str = "mobileconv"  # who wrote the weights: "mobileconv", "timm" or "torchvision" (detect_source)
 
     def get(self, key: str, default=None):
         """The recorded value, checked against :data:`RECORDED`; ``default`` when none is recorded."""
@@ -120,8 +129,10 @@ def load_checkpoint(model_name: str | None, checkpoint: str | Path, device: torc
             raise ValueError(f"{sources['model']}: recorded model {model_name!r} is not a known model (list them "
                              f"with `mobileconv models`); pass --model")
     model = build_model(model_name, num_classes)
-    load_state_dict(model, tensors, raw_meta, name=str(checkpoint))
-    return LoadedCheckpoint(model.to(device).eval(), model_name, num_classes, meta, sources)
+    source = load_state_dict(model, tensors, raw_meta, name=str(checkpoint))
+    if source == "mobileconv" and meta.get("converted_from") in ("timm", "torchvision"):
+        source = meta["converted_from"]  # `mobileconv convert` of published weights: evaluated as they were
+    return LoadedCheckpoint(model.to(device).eval(), model_name, num_classes, meta, sources, source)
 
 
 def check_positive(value: int | None, option: str) -> None:
@@ -165,19 +176,42 @@ def resolve_normalization(loaded: LoadedCheckpoint) -> tuple[list[float], list[f
     return list(loaded.get("mean", cfg["mean"])), list(loaded.get("std", cfg["std"]))
 
 
+def resolve_crop(loaded: LoadedCheckpoint, crop_pct: float | None = None,
+                 interpolation: str | None = None) -> tuple[float, str]:
+    """``(crop_pct, interpolation)`` with which ``eval`` and ``predict`` resize and crop image files.
+
+    Each is the value given, else the one recorded with the checkpoint, else the one its source's
+    weights were evaluated with (:data:`SOURCE_CROP`): 1.0 / bilinear for mobileconv's own checkpoints (its
+    test images keep the whole shorter side), 0.875 / bilinear for torchvision's, and the model's
+    ``pretrained_cfg`` (0.875 / bicubic for the ImageNet forms) for timm's, as timm's ``resolve_data_config``
+    does. A checkpoint written by ``mobileconv convert`` counts as the source it was converted from.
+    """
+    cfg = loaded.model.pretrained_cfg
+    default = SOURCE_CROP.get(loaded.source, (cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bilinear")))
+    crop_pct = loaded.get("crop_pct", default[0]) if crop_pct is None else crop_pct
+    interpolation = loaded.get("interpolation", default[1]) if interpolation is None else interpolation
+    check_crop(crop_pct, interpolation)
+    return float(crop_pct), interpolation
+
+
 def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: str | None = None,
                         img_size: int | None = None, batch_size: int = 256, device: str = "auto",
-                        max_samples: int | None = None, use_ema: bool = False) -> dict:
+                        max_samples: int | None = None, use_ema: bool = False, crop_pct: float | None = None,
+                        interpolation: str | None = None) -> dict:
     """top-1 / top-5 / per-class accuracy / confusion matrix of a checkpoint on a dataset's test split.
 
     ``data`` and ``img_size`` default to those recorded with the checkpoint; images are normalised
     as ``predict`` normalises them (:func:`resolve_normalization`): with the recorded ``mean`` / ``std``
     (the training run's), else with the model's ``pretrained_cfg``'s; ``use_ema`` takes a training
-    checkpoint's EMA weights. A batch of images of ``img_size`` that the memory cannot hold is refused with a
+    checkpoint's EMA weights. An ImageFolder tree's images are resized and centre-cropped with ``crop_pct`` and
+    ``interpolation`` (:func:`resolve_crop`; given for digits, synthetic or CIFAR data, whose arrays are resized
+    whole, they are refused). A batch of images of ``img_size`` that the memory cannot hold is refused with a
     ``ValueError`` (up front where it cannot be allocated at all).
     """
     check_positive(img_size, "--img-size")
     check_positive(max_samples, "--max-val-samples")
+    if crop_pct is not None or interpolation is not None:  # before the checkpoint is read
+        check_crop(1.0 if crop_pct is None else crop_pct, interpolation or INTERPOLATIONS[0])
     dev = resolve_device(device)
     loaded = load_checkpoint(model_name, checkpoint, dev, use_ema)
     given = data
@@ -185,21 +219,28 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     if data is None:
         raise ValueError(f"checkpoint {checkpoint} does not record its dataset: pass --data")
     img_size = resolve_img_size(loaded, img_size, data)
+    crop = resolve_crop(loaded, crop_pct, interpolation)
+    explicit = [f"--{name} {value}" for name, value in (("crop-pct", crop_pct), ("interpolation", interpolation))
+                if value is not None]
     batch = min(batch_size, max_samples or batch_size)
     with images_fit(batch, img_size, dev):  # before any image is made (or decoded and resized by PIL)
-        return _evaluate_on(loaded, checkpoint, data, given, img_size, batch_size, max_samples, dev)
+        return _evaluate_on(loaded, checkpoint, data, given, img_size, crop, explicit, batch_size, max_samples, dev)
 
 
 def _evaluate_on(loaded: LoadedCheckpoint, checkpoint: str | Path, data: str, given: str | None, img_size: int,
-                 batch_size: int, max_samples: int | None, dev: torch.device) -> dict:
+                 crop: tuple[float, str], explicit: list[str], batch_size: int, max_samples: int | None,
+                 dev: torch.device) -> dict:
     try:
-        _, test_set, info = build_datasets(data, img_size)
+        _, test_set, info = build_datasets(data, img_size, *crop)
     except ValueError as e:
         if given is not None:
             raise
         raise ValueError(f"{e} (the dataset {loaded.sources['dataset']} records; pass --data to use "
                          f"another)") from None
     named = f"--data {data}" if given else f"its recorded dataset {data!r}"
+    if explicit and info.kind != "imagefolder":
+        raise ValueError(f"{' and '.join(explicit)}: {named} is an array dataset ({info.kind}), resized whole; crop_pct "
+                         f"and interpolation apply to image files (an ImageFolder tree, or predict)")
     if info.num_classes != loaded.num_classes:
         raise ValueError(f"checkpoint {checkpoint} has {loaded.num_classes} classes, {named} has "
                          f"{info.num_classes}")
@@ -213,8 +254,9 @@ def _evaluate_on(loaded: LoadedCheckpoint, checkpoint: str | Path, data: str, gi
                                                                     drop_last=False))
     transform = BatchTransform(img_size, *resolve_normalization(loaded)).to(dev)
     result = evaluate(loaded.model, loader, transform, info.num_classes, DistEnv(device=dev))
+    preprocessing = {"crop_pct": crop[0], "interpolation": crop[1]} if info.kind == "imagefolder" else {}
     return {"model": loaded.name, "checkpoint": str(checkpoint), "dataset": info.name, "split": info.test_split,
-            "img_size": img_size, "classes": info.classes, **result}
+            "img_size": img_size, **preprocessing, "classes": info.classes, **result}
 
 
 def _preview(names, count: int = 3) -> str:
@@ -224,17 +266,21 @@ def _preview(names, count: int = 3) -> str:
 
 def predict_images(model_name: str | None, checkpoint: str | Path, images: str | Path | list[str | Path],
                    top_k: int = 5, img_size: int | None = None, device: str = "auto",
-                   use_ema: bool = False) -> list[dict]:
+                   use_ema: bool = False, crop_pct: float | None = None,
+                   interpolation: str | None = None) -> list[dict]:
     """Top-k classes (name, probability) per image file, preprocessed as the checkpoint's test images were.
 
-    ``images`` is a list of paths, or one path; ``use_ema`` takes a training checkpoint's EMA weights. An
-    ``img_size`` too large for the memory is refused with a ``ValueError`` (before any image is read where one
-    image of that size cannot be allocated at all).
+    ``images`` is a list of paths, or one path; ``use_ema`` takes a training checkpoint's EMA weights;
+    ``crop_pct`` and ``interpolation`` default as :func:`resolve_crop` says. An ``img_size`` too large for the
+    memory is refused with a ``ValueError`` (before any image is read where one image of that size cannot be
+    allocated at all).
     """
     if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of characters
         images = [images]
     check_positive(top_k, "--top-k")
     check_positive(img_size, "--img-size")
+    if crop_pct is not None or interpolation is not None:  # before the checkpoint is read
+        check_crop(1.0 if crop_pct is None else crop_pct, interpolation or INTERPOLATIONS[0])
     dev = resolve_device(device)
     loaded = load_checkpoint(model_name, checkpoint, dev, use_ema)
     classes = loaded.get("classes") or [str(i) for i in range(loaded.num_classes)]
@@ -243,6 +289,7 @@ def predict_images(model_name: str | None, checkpoint: str | Path, images: str |
                          f"{loaded.num_classes} outputs")
     # as eval resolves it: with no recorded img_size, the recorded dataset's own size (16 for digits)
     img_size = resolve_img_size(loaded, img_size, loaded.get("dataset"))
+    crop = resolve_crop(loaded, crop_pct, interpolation)
     transform = BatchTransform(img_size, *resolve_normalization(loaded)).to(dev)
     k = min(top_k, loaded.num_classes)
     for path in images:  # every path before the first prediction
@@ -253,7 +300,7 @@ def predict_images(model_name: str | None, checkpoint: str | Path, images: str |
     results = []
     with images_fit(1, img_size, dev):  # before PIL resizes an image to that size (the OOM killer ended that)
         for path in images:
-            x = transform(load_image(Path(path), img_size).unsqueeze(0).to(dev))
+            x = transform(load_image(Path(path), img_size, *crop).unsqueeze(0).to(dev))
             with torch.no_grad():
                 probs = loaded.model(x).float().softmax(dim=1)[0]
             top = probs.topk(k)

@@ -466,17 +466,22 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 def model_cfg(input_size: int = 224, *, top1: float | None = None, macs: float | None = None,
               params: float | None = None, source: str = "", dataset: str = "imagenet",
               mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, num_classes: int = 1000) -> dict:
-    """A ``pretrained_cfg`` dict: default resolution, normalisation, classes and the paper's published figures.
+    """A ``pretrained_cfg`` dict: default resolution, preprocessing, classes and the paper's published figures.
 
     ``num_classes`` is the default of :func:`build_model` (timm's ``pretrained_cfg`` key):
     1000 for ImageNet, 10 for the CIFAR-10 forms. ``first_conv`` / ``classifier`` name the module that
     takes the image and the classifier head, as timm's keys do (timm's ``adapt_input_conv`` and head
-    resets read them).
+    resets read them). ``crop_pct`` / ``interpolation`` are how a test image is resized before its centre
+    crop, as timm's keys say it (``mobileconv eval`` / ``predict`` use them for a checkpoint without
+    metadata): for the ImageNet forms timm's values for these families' weights, 0.875 (256 px resized,
+    224 cropped) and bicubic; the CIFAR-10 forms take their 32x32 images whole (1.0, bilinear).
 
     ``paper_top1`` is top-1 accuracy (%) on ``paper_dataset``, ``paper_macs`` multiply-adds,
     ``paper_params`` parameters, all as the cited paper table reports them (``None`` where it does not).
     """
+    imagenet = dataset == "imagenet"
     return dict(input_size=(3, input_size, input_size), mean=mean, std=std, num_classes=num_classes,
+                crop_pct=0.875 if imagenet else 1.0, interpolation="bicubic" if imagenet else "bilinear",
                 first_conv="conv_stem", classifier="classifier", paper_top1=top1, paper_macs=macs,
                 paper_params=params, paper_dataset=dataset, paper=source)
 
