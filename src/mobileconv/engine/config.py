@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "rmsprop", "rmsproptf", "adamw")
 OPTIMIZER_OPTIONS = {"sgd": ("momentum",), "rmsprop": ("momentum", "opt_eps"), "rmsproptf": ("momentum", "opt_eps"),
                      "adamw": ("opt_eps",)}
 DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("cosine", "step")  # learning-rate schedules after the warm-up (optim.create_scheduler)
 AMP_DTYPES = ("auto", "bfloat16", "float16")
 DEFAULT_MODEL = "mobilenetv3_small_100_cifar"
 SEED_LIMIT = 2 ** 64  # torch.manual_seed takes seeds up to 0xffff_ffff_ffff_ffff
@@ -49,8 +50,14 @@ class TrainConfig:
     batch_size: int = option(64, "global batch size, split evenly over the processes")
     lr: float | None = option(None, "peak learning rate (default: 0.1 sgd, 0.01 rmsprop / rmsproptf, "
                                     "0.002 adamw)", type=float)
-    min_lr: float = option(0.0, "final learning rate of the cosine schedule")
+    min_lr: float = option(0.0, "final learning rate of the cosine schedule (with --sched step: the lowest rate)")
     warmup_epochs: float = option(1.0, "linear warm-up from lr/100 to lr over this many epochs")
+    sched: str = option("cosine", "schedule after the warm-up: cosine decay to --min-lr, or step: the rate times "
+                                  "--decay-rate every --decay-epochs (timm's step schedule)", choices=SCHEDULES)
+    decay_epochs: float = option(90.0, "--sched step: epochs between decays (timm's default; the MobileNetV3 / "
+                                       "MixNet recipe uses 2.4)")
+    decay_rate: float = option(0.1, "--sched step: factor per decay, in (0, 1] (timm's default; the recipe uses "
+                                    "0.97)")
     opt: str = option("sgd", "optimizer", choices=OPTIMIZERS)
     momentum: float | None = option(None, "momentum, in [0, 1) (default: 0.9 for sgd (Nesterov), rmsprop and "
                                           "rmsproptf; adamw has none and refuses it)", type=float)
@@ -149,6 +156,8 @@ class TrainConfig:
               "a finite number > 0 (leave it out for no clipping)")
         check(self.momentum is None or self.momentum < 1, "momentum",
               "in [0, 1) (a momentum of 1 or more never forgets a gradient)")
+        check(math.isfinite(self.decay_epochs) and self.decay_epochs > 0, "decay_epochs", "a finite number > 0")
+        check(0 < self.decay_rate <= 1, "decay_rate", "in (0, 1]")
         check(0 <= self.smoothing < 1, "smoothing", "in [0, 1)")
         check(0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")

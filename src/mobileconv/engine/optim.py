@@ -1,11 +1,13 @@
 """Optimizers (SGD, RMSProp, TensorFlow's RMSProp as in the MobileNetV3 / MixNet papers, AdamW) and the
-warm-up + cosine schedule."""
+warm-up + cosine or step schedules."""
 from __future__ import annotations
 
 import math
 
 import torch
 from torch import nn
+
+from .config import SCHEDULES
 
 # per-optimizer defaults for the options left unset (batch 64; scale lr with the batch)
 DEFAULT_LR = {"sgd": 0.1, "rmsprop": 0.01, "rmsproptf": 0.01, "adamw": 0.002}
@@ -154,8 +156,41 @@ class WarmupCosine:
         return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class WarmupStepDecay:
+    """Learning-rate factor per step: linear warm-up from ``start_factor``, then step decay, never below ``min_factor``.
+
+    ``f(t) = start + (1 - start) * t / W`` for ``t < W``, else ``max(min, rate ** (e // D))`` with ``e`` the
+    epochs completed (``t // steps_per_epoch``) and ``D`` = ``decay_epochs``: timm's ``StepLRScheduler``
+    (updated once per epoch, ``decay_rate ** (epoch // decay_t)``, counted from the start of the run), the
+    MnasNet / MobileNetV3 / MixNet recipe with ``rate`` 0.97 and ``D`` 2.4. A plain object so that
+    ``LambdaLR.state_dict()`` saves its fields.
+    """
+
+    def __init__(self, total_steps: int, steps_per_epoch: int, warmup_steps: int, decay_epochs: float,
+                 decay_rate: float, min_factor: float = 0.0, start_factor: float = 0.01):
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.warmup_steps = min(warmup_steps, max(0, total_steps - 1))
+        self.decay_epochs, self.decay_rate = decay_epochs, decay_rate
+        self.min_factor, self.start_factor = min_factor, start_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.start_factor + (1 - self.start_factor) * step / self.warmup_steps
+        decays = (step // self.steps_per_epoch) // self.decay_epochs  # float floor division, as timm's t // decay_t
+        return max(self.min_factor, self.decay_rate ** decays)
+
+
 def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float,
-                     lr: float, min_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step warm-up + cosine schedule (call ``step()`` after every optimizer step)."""
-    schedule = WarmupCosine(epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch), min_lr / lr)
+                     lr: float, min_lr: float, sched: str = "cosine", decay_epochs: float = 90.0,
+                     decay_rate: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step warm-up, then ``sched``: cosine decay to ``min_lr`` (:class:`WarmupCosine`) or ``step``,
+    ``decay_rate`` every ``decay_epochs`` floored at ``min_lr`` (:class:`WarmupStepDecay`). Call ``step()``
+    after every optimizer step."""
+    total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
+    if sched == "cosine":
+        schedule = WarmupCosine(total, warmup, min_lr / lr)
+    elif sched == "step":
+        schedule = WarmupStepDecay(total, steps_per_epoch, warmup, decay_epochs, decay_rate, min_lr / lr)
+    else:
+        raise ValueError(f"--sched must be one of {', '.join(SCHEDULES)}, got {sched!r}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
