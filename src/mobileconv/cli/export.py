@@ -87,7 +87,7 @@ def load_for_export(name: str, checkpoint: str | None = None, num_classes: int |
         return create_model(name, num_classes=num_classes), None
     state_dict, metadata = read_checkpoint(checkpoint, use_ema=use_ema)
     if num_classes is None:
-        num_classes = checkpoint_num_classes(state_dict)
+        num_classes = checkpoint_num_classes(state_dict, str(checkpoint))
     if num_classes is None and str(metadata.get("num_classes")) == "0":  # a head-less one `convert` wrote
         num_classes = 0
     model = create_model(name, num_classes=num_classes)

@@ -208,12 +208,12 @@ def detect_source(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str,
     return "torchvision" if is_torchvision_layout(dict(state_dict)) else "timm"
 
 
-def checkpoint_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+def checkpoint_num_classes(state_dict: Mapping[str, torch.Tensor], where: str = "checkpoint") -> int | None:
     """Number of classes of the checkpoint's classifier (None when it has none).
 
     Keys that all carry an :data:`OWNER_PREFIXES` prefix (a Lightning checkpoint) are read without it.
     """
-    for keys in (state_dict, *(_without_prefix(state_dict, prefix) for prefix in OWNER_PREFIXES)):
+    for keys in (state_dict, *(_without_prefix(state_dict, prefix, where) for prefix in OWNER_PREFIXES)):
         if keys is None:
             continue
         if "classifier.weight" in keys:
@@ -232,7 +232,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], me
     """
     model = unwrap_model(model)  # a torch.compile / DataParallel wrapper: load into the model it holds
     target = model.state_dict()
-    state_dict = _without_owner_prefix(state_dict, target)
+    state_dict = _without_owner_prefix(state_dict, target, name)
     source = detect_source(state_dict, metadata)
     if source == "torchvision":
         try:
@@ -432,7 +432,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_nam
     check_output_path(dst)  # before reading and checking the whole checkpoint
     state_dict, metadata = read_checkpoint(src, use_ema=use_ema)
     if num_classes is None:
-        num_classes = checkpoint_num_classes(state_dict)
+        num_classes = checkpoint_num_classes(state_dict, str(src))
         if num_classes is None:
             raise ValueError(f"{src} has no classifier to infer the number of classes from; pass --num-classes")
     model = create_model(model_name, num_classes=num_classes)
@@ -561,7 +561,22 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
                          f"nested state_dict under {list(WRAPPER_KEYS)}; expected {EXPECTED}")
     if _is_averaged_model_state(obj):
         obj = {k: v for k, v in obj.items() if k != "n_averaged"}  # AveragedModel's update counter, not a weight
-    return {_without_wrapper_prefixes(key): value for key, value in obj.items()}
+    return _renamed(obj, _without_wrapper_prefixes, str(path))
+
+
+def _renamed(state_dict: Mapping[str, torch.Tensor], rename: Callable[[str], str],
+             where: str) -> dict[str, torch.Tensor]:
+    """``{rename(key): value}``; a ValueError when two keys become one (``module.x`` beside ``x``): which of the
+    two tensors the model should take cannot be known, and a dict would keep the later one silently."""
+    renamed, origin = {}, {}
+    for key, value in state_dict.items():
+        new = rename(key)
+        if new in renamed:
+            raise ValueError(f"{where}: keys {origin[new]!r} and {key!r} both become {new!r} without their "
+                             f"wrapper prefixes ({', '.join(WRAPPER_PREFIXES + OWNER_PREFIXES)}): the file mixes "
+                             f"two wrappings of the model; save one of them")
+        renamed[new], origin[new] = value, key
+    return renamed
 
 
 def _without_wrapper_prefixes(key: str) -> str:
@@ -576,19 +591,20 @@ def _is_averaged_model_state(obj: Mapping) -> bool:
     return "n_averaged" in obj and len(obj) > 1 and all(k.startswith("module.") for k in obj if k != "n_averaged")
 
 
-def _without_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor] | None:
+def _without_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str,
+                    where: str = "checkpoint") -> dict[str, torch.Tensor] | None:
     """The keys without ``prefix`` (and the wrapper prefixes under it) when every key carries it, else None."""
     if not state_dict or not all(k.startswith(prefix) for k in state_dict):
         return None
-    return {_without_wrapper_prefixes(k[len(prefix):]): v for k, v in state_dict.items()}
+    return _renamed(state_dict, lambda k: _without_wrapper_prefixes(k[len(prefix):]), where)
 
 
-def _without_owner_prefix(state_dict: Mapping[str, torch.Tensor],
-                          target: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+def _without_owner_prefix(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                          where: str = "checkpoint") -> Mapping[str, torch.Tensor]:
     """``state_dict`` without the :data:`OWNER_PREFIXES` prefix that every key carries (Lightning's ``model.``),
     when the model takes more of the keys without it: a model with a child of that name keeps its keys."""
     for prefix in OWNER_PREFIXES:
-        stripped = _without_prefix(state_dict, prefix)
+        stripped = _without_prefix(state_dict, prefix, where)
         if stripped is not None and _keys_taken(stripped, target) > _keys_taken(state_dict, target):
             return stripped
     return state_dict

@@ -113,7 +113,7 @@ def load_checkpoint(model_name: str | None, checkpoint: str | Path, device: torc
 
     checkpoint = Path(checkpoint)
     tensors, raw_meta = read_checkpoint(checkpoint, use_ema=use_ema)
-    num_classes = checkpoint_num_classes(tensors)
+    num_classes = checkpoint_num_classes(tensors, str(checkpoint))
     if num_classes is None:
         raise ValueError(f"checkpoint {checkpoint} has no classifier: not a classification model's state_dict")
     own = {k: _json_or_str(v) for k, v in raw_meta.items()}
