@@ -42,10 +42,15 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(fnmatch.filter(_MODELS, pattern))
 
 
+def close_model_names(name: str, n: int = 5) -> list[str]:
+    """Up to ``n`` registered names close to ``name`` (``difflib``), best first: the hint of an unknown name."""
+    return difflib.get_close_matches(str(name), list(_MODELS), n=n, cutoff=0.5)
+
+
 def get_model_fn(name: str) -> ModelFn:
     """The registered function for ``name``; a ValueError lists close names otherwise."""
     if name not in _MODELS:
-        close = difflib.get_close_matches(str(name), list(_MODELS), n=5, cutoff=0.5)
+        close = close_model_names(name)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}{hint} (list_models() gives all {len(_MODELS)} names)")
     return _MODELS[name]

@@ -1,7 +1,6 @@
 """Profiles of registered models: the figures behind ``mobileconv summary`` and ``mobileconv models``."""
 from __future__ import annotations
 
-import difflib
 import math
 import sys
 
@@ -21,9 +20,9 @@ def check_model_name(name: str) -> None:
 
 def model_name_hint(name: str) -> str:
     """The registered names close to ``name``, as a hint for an error message."""
-    import mobileconv
+    from ..models._registry import close_model_names
 
-    close = difflib.get_close_matches(name, mobileconv.list_models(), n=3)
+    close = close_model_names(name, n=3)
     return f"did you mean {', '.join(close)}?" if close else "`mobileconv models` lists them"
 
 
