@@ -79,9 +79,10 @@ def test_ema_of_a_tied_weight_is_averaged_not_copied():
     model, decay, steps = TiedNet(), 0.9, 6
     ema = ModelEma(model, decay)
     # oracle: AveragedModel averages model.parameters() (each shared tensor once); its first update copies,
-    # so update n >= 2 is ModelEma's update t = n - 2, whose decay is min(D, (1 + t) / (10 + t))
-    oracle = AveragedModel(model, avg_fn=lambda avg, p, n: avg * warmed_decay(decay, int(n) - 1)
-                           + p * (1 - warmed_decay(decay, int(n) - 1)), use_buffers=False)
+    # so its update n >= 2 (averaged count n - 1 so far) is ModelEma's update t = n - 1 (t = 1, 2, ...), whose
+    # decay is min(D, (1 + t) / (10 + t))
+    oracle = AveragedModel(model, avg_fn=lambda avg, p, n: avg * warmed_decay(decay, int(n))
+                           + p * (1 - warmed_decay(decay, int(n))), use_buffers=False)
     oracle.update_parameters(model)
     by_hand = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -93,7 +94,7 @@ def test_ema_of_a_tied_weight_is_averaged_not_copied():
         opt.step()
         ema.update(model)
         oracle.update_parameters(model)
-        d = warmed_decay(decay, t)
+        d = warmed_decay(decay, t + 1)
         for name, p in model.named_parameters():
             by_hand[name] = d * by_hand[name] + (1 - d) * p.detach()
     assert not torch.allclose(ema.module.encode.weight, model.encode.weight)  # not the live weight
@@ -111,8 +112,8 @@ def test_ema_without_ties_matches_averaged_model():
     torch.manual_seed(1)
     model, decay = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(12, 2)), 0.95
     ema = ModelEma(model, decay)
-    oracle = AveragedModel(model, avg_fn=lambda avg, p, n: avg * warmed_decay(decay, int(n) - 1)
-                           + p * (1 - warmed_decay(decay, int(n) - 1)), use_buffers=False)
+    oracle = AveragedModel(model, avg_fn=lambda avg, p, n: avg * warmed_decay(decay, int(n))
+                           + p * (1 - warmed_decay(decay, int(n))), use_buffers=False)
     oracle.update_parameters(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for _ in range(30):

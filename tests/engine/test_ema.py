@@ -14,7 +14,8 @@ def test_ema_follows_the_warmed_up_recurrence_and_copies_buffers():
         with torch.no_grad():
             model[0].weight.add_(1.0)
             model[1].running_mean.add_(0.5)
-        d = min(0.9, (1 + step) / (10 + step))
+        t = step + 1  # TF's num_updates = global_step, counted before the EMA is applied
+        d = min(0.9, (1 + t) / (10 + t))
         expected = d * expected + (1 - d) * model[0].weight.detach()
         ema.update(model)
     torch.testing.assert_close(ema.module[0].weight, expected)

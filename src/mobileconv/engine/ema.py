@@ -11,8 +11,10 @@ from torch import nn
 class ModelEma:
     """A frozen copy of ``model`` whose floating-point parameters follow ``ema = d*ema + (1-d)*w``.
 
-    The decay warms up as ``d_t = min(decay, (1 + t) / (10 + t))`` (TF's ExponentialMovingAverage
-    with ``num_updates``), so early averages are not dominated by the random initial weights.
+    The decay warms up as ``d_t = min(decay, (1 + t) / (10 + t))`` at the ``t``-th update (``t = 1, 2, ...``):
+    TF's ExponentialMovingAverage with ``num_updates=global_step``, applied after the optimizer step has
+    counted the step (the MnasNet / EfficientNet / MixNet training code), so the first update uses 2/11.
+    Early averages are thus not dominated by the random initial weights.
     Buffers (batch-norm running statistics) are copied, not averaged. A parameter shared by several
     modules (tied weights) is averaged once, under each of its names.
     """
@@ -25,7 +27,9 @@ class ModelEma:
         self.param_names = {name for name, _ in self.module.named_parameters(remove_duplicate=False)}
 
     def current_decay(self) -> float:
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+        """The decay of the next update (its ``t`` is ``updates + 1``)."""
+        t = self.updates + 1
+        return min(self.decay, (1 + t) / (10 + t))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
