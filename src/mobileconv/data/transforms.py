@@ -1,7 +1,7 @@
 """Batched augmentation on whole uint8 batches (kornia), and mixup / cutmix with soft targets.
 
 Train: resize to the training size when the stored size differs -> random resized crop ->
-horizontal flip -> colour jitter -> normalise. Eval: resize -> normalise. All randomness comes
+horizontal flip -> colour jitter -> normalise -> random erasing. Eval: resize -> normalise. All randomness comes
 from torch's global generator, which the trainer seeds from ``(seed, epoch, rank)`` at the start
 of every epoch, so a resumed run replays the same augmentations.
 """
@@ -25,11 +25,14 @@ class BatchTransform(nn.Module):
         ratio: aspect-ratio range of the crop.
         hflip: probability of a horizontal flip.
         color_jitter: brightness / contrast / saturation strength (0 disables it).
+        reprob: probability per image of random erasing (Zhong et al. 2020; timm's ``--reprob``): one
+            rectangle of 2-33% of the area, aspect ratio 0.3-3.3, set to 0 after normalisation (the mean
+            colour: timm's ``--remode const``).
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *, train: bool = False,
                  scale: Sequence[float] = (1.0, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: float = 0.0,
-                 color_jitter: float = 0.0) -> None:
+                 color_jitter: float = 0.0, reprob: float = 0.0) -> None:
         super().__init__()
         import kornia.augmentation as K
 
@@ -44,6 +47,9 @@ class BatchTransform(nn.Module):
         if train and color_jitter > 0:
             ops.append(K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=1.0))
         self.augment = nn.Sequential(*ops)
+        # on the normalised batch, as timm erases: 0 there is the mean colour
+        self.erase = K.RandomErasing(scale=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3), value=0.0, p=reprob) \
+            if train and reprob > 0 else nn.Identity()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -51,7 +57,7 @@ class BatchTransform(nn.Module):
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         x = self.augment(x)
-        return (x - self.mean) / self.std
+        return self.erase((x - self.mean) / self.std)
 
 
 def one_hot_smooth(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:

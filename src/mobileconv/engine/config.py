@@ -76,6 +76,8 @@ class TrainConfig:
     hflip: float | None = option(None, "horizontal-flip probability (default: 0 for digits, else 0.5)", type=float)
     color_jitter: float | None = option(None, "colour-jitter strength (default: 0 for digits / synthetic, else 0.4)",
                                         type=float)
+    reprob: float = option(0.0, "random-erasing probability per training image: one rectangle of 2-33%% of the area "
+                                "set to the mean colour (timm's --reprob with --remode const)")
     drop: float | None = option(None, "dropout rate before the classifier (default: the model's)", type=float)
     drop_path: float = option(0.0, "stochastic-depth rate of the residual blocks")
     ema: bool = option(False, "keep an exponential moving average of the weights and evaluate / save it")
@@ -161,6 +163,8 @@ class TrainConfig:
         check(0 <= self.smoothing < 1, "smoothing", "in [0, 1)")
         check(0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
+        check(0 <= self.reprob <= 1, "reprob", "a probability in [0, 1]")
+        check(self.aug or self.reprob == 0, "reprob", "0 with --no-aug (random erasing is an augmentation)")
         check(self.drop is None or self.drop < 1, "drop", "in [0, 1)")
         check(0 <= self.drop_path < 1, "drop_path", "in [0, 1)")
         check(0 < self.scale[0] <= self.scale[1] <= 1, "scale", "two numbers 0 < MIN <= MAX <= 1")

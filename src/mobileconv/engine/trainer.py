@@ -392,7 +392,7 @@ def make_transform(config: TrainConfig, info: DataInfo, train: bool) -> BatchTra
     if not (train and config.aug):
         return BatchTransform(config.img_size, info.mean, info.std)
     return BatchTransform(config.img_size, info.mean, info.std, train=True, scale=config.scale, hflip=config.hflip,
-                          color_jitter=config.color_jitter)
+                          color_jitter=config.color_jitter, reprob=config.reprob)
 
 
 def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Path) -> None:

@@ -1,0 +1,61 @@
+"""``--reprob``: random erasing on the normalised batch (one rectangle per image, set to 0 = the mean colour).
+
+Oracle: the erased pixels found by comparing against the same batch transformed without erasing, and
+the rectangle / area bounds of Zhong et al. (2-33% of the area, aspect ratio 0.3-3.3), up to pixel rounding.
+"""
+import pytest
+import torch
+
+from mobileconv.cli import main
+from mobileconv.data import BatchTransform
+
+MEAN, STD = (0.2, 0.3, 0.4), (0.5, 0.5, 0.5)
+
+
+def test_every_image_gets_one_rectangle_at_the_mean_colour_when_reprob_is_1():
+    torch.manual_seed(0)
+    images = torch.full((64, 3, 40, 40), 200, dtype=torch.uint8)  # normalised: far from 0 in every channel
+    plain = BatchTransform(40, MEAN, STD, train=True)(images)
+    erased = BatchTransform(40, MEAN, STD, train=True, reprob=1.0)(images)
+    changed = (erased != plain).any(dim=1)  # (N, H, W)
+    assert torch.equal(erased.masked_select(changed.unsqueeze(1).expand_as(erased)),
+                       torch.zeros(int(changed.sum()) * 3))
+    for mask in changed:
+        rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+        assert len(rows) and len(cols)
+        h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+        assert int(mask.sum()) == h * w  # one filled rectangle
+        assert 0.015 <= h * w / (40 * 40) <= 0.36
+        assert 0.3 / 1.5 <= h / w <= 3.3 * 1.5  # 0.3-3.3, loosened for rounding to whole pixels
+
+
+def test_reprob_is_a_probability_per_image():
+    torch.manual_seed(0)
+    images = torch.full((400, 3, 16, 16), 200, dtype=torch.uint8)
+    plain = BatchTransform(16, MEAN, STD, train=True)(images)
+    erased = BatchTransform(16, MEAN, STD, train=True, reprob=0.25)(images)
+    share = (erased != plain).flatten(1).any(dim=1).float().mean().item()
+    assert 0.18 <= share <= 0.32  # 100 of 400 expected; binomial sd 8.7 images
+
+
+def test_eval_transform_never_erases():
+    images = torch.full((8, 3, 16, 16), 200, dtype=torch.uint8)
+    assert torch.equal(BatchTransform(16, MEAN, STD, reprob=1.0)(images), BatchTransform(16, MEAN, STD)(images))
+
+
+QUICK = ["--model", "mobilenetv3_small_100_cifar", "--data", "synthetic", "--img-size", "16",
+         "--max-train-samples", "16", "--max-val-samples", "8", "--batch-size", "8", "--epochs", "1", "--quiet"]
+
+
+def test_train_with_random_erasing_records_it(tmp_path, capsys):
+    assert main(["train", *QUICK, "--reprob", "0.25", "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    assert "reprob: 0.25" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--reprob", "1.5"], "--reprob must be a probability in [0, 1], got 1.5"),
+    (["--no-aug", "--reprob", "0.2"], "--reprob must be 0 with --no-aug (random erasing is an augmentation)"),
+])
+def test_bad_reprob_is_refused(tmp_path, capsys, args, expected):
+    assert main(["train", *QUICK, *args, "--out", str(tmp_path / "run")]) == 2
+    assert expected in capsys.readouterr().err
