@@ -44,7 +44,7 @@ def no_call(what):
 
 def test_eval_img_size_beyond_the_memory_is_refused_before_any_data(ckpt, capsys, monkeypatch):
     # before: the synthetic set's 100000 px images failed to allocate, a RuntimeError traceback (exit 1)
-    monkeypatch.setattr(inference, "build_datasets", no_call("built the dataset"))
+    monkeypatch.setattr(inference, "build_test_dataset", no_call("built the dataset"))
     code, out, err = run(capsys, "eval", "--checkpoint", ckpt, "--img-size", HUGE, "--batch-size", "4",
                          "--device", "cpu")
     one_line_error(code, err, "eval", f"not enough memory for batches of 4 images of {HUGE}x{HUGE} px (")

@@ -317,6 +317,40 @@ def build_datasets(data: str, img_size: int, crop_pct: float = 1.0,
     raise ValueError(f"--data {data!r} holds neither train/ and val/ folders nor CIFAR files; expected {DATA_HELP}")
 
 
+def build_test_dataset(data: str, img_size: int, crop_pct: float = 1.0,
+                       interpolation: str = "bilinear") -> tuple[Dataset, DataInfo]:
+    """The test split of a ``--data`` value alone, and its :class:`DataInfo` (``mobileconv eval``).
+
+    An ImageFolder tree needs only its ``val/`` folder here (ImageNet's validation images without its
+    training set: ``train/`` is neither listed nor checked), and a folder that holds the class folders
+    themselves is the test split (``--data imagenet/val``, as timm's ``validate.py`` reads one). A class
+    folder without images is a class with no test images. Everything else is :func:`build_datasets`'s test split.
+    """
+    root = Path(data).expanduser()
+    if data in ("digits", "synthetic") or not root.is_dir() or cifar.find_layout(root) is not None:
+        return build_datasets(data, img_size, crop_pct, interpolation)[1:]
+    if (root / "val").is_dir():
+        folder = root / "val"
+    elif (root / "train").is_dir() or cifar.find_incomplete(root) is not None:
+        return build_datasets(data, img_size, crop_pct, interpolation)[1:]  # its error: no val/, CIFAR files missing
+    else:
+        folder = root
+    try:
+        classes = class_folders(folder)
+    except ValueError as e:
+        raise ValueError(f"--data {root}: {e}") from None
+    if not classes:
+        where = "val/ has" if folder != root else "it holds no train/ and val/ folders, no CIFAR files and"
+        raise ValueError(f"--data {data!r}: {where} no class folders; expected {DATA_HELP}, or a folder of class "
+                         f"folders (the test images alone)")
+    test = ImageFolderDataset(folder, list(classes), img_size, list(classes.values()), crop_pct, interpolation)
+    if len(test) == 0:
+        raise ValueError(f"--data {root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {folder}")
+    info = DataInfo(str(root.resolve()), "imagefolder", list(classes), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                    hflip=0.5, color_jitter=0.4, test_split=folder.name)
+    return test, info
+
+
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 

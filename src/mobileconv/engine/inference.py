@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import (INTERPOLATIONS, BatchTransform, ShardedBatchSampler, build_datasets, check_crop, limit_samples,
+from ..data import (INTERPOLATIONS, BatchTransform, ShardedBatchSampler, build_test_dataset, check_crop, limit_samples,
                     load_image, preferred_img_size)
 from ..deploy.weights import checkpoint_num_classes, load_state_dict, read_checkpoint
 from .checkpoint import _json_or_str
@@ -231,7 +231,7 @@ def _evaluate_on(loaded: LoadedCheckpoint, checkpoint: str | Path, data: str, gi
                  crop: tuple[float, str], explicit: list[str], batch_size: int, max_samples: int | None,
                  dev: torch.device) -> dict:
     try:
-        _, test_set, info = build_datasets(data, img_size, *crop)
+        test_set, info = build_test_dataset(data, img_size, *crop)
     except ValueError as e:
         if given is not None:
             raise

@@ -1,0 +1,78 @@
+"""``mobileconv eval`` on a tree with val/ alone (ImageNet's validation set without its training set), or on a
+folder of class folders (``--data imagenet/val``): the test images are read, nothing else is needed.
+
+Oracle: the accuracy counted by hand from a model whose prediction is fixed by the image colour.
+"""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mobileconv
+from mobileconv.cli import main
+from mobileconv.data import build_test_dataset
+from mobileconv.engine.checkpoint import save_weights
+
+CLASSES = ("blue", "red")
+
+
+def _val(folder, counts=(3, 2)):
+    for name, count in zip(CLASSES, counts):
+        (folder / name).mkdir(parents=True)
+        for i in range(count):
+            colour = (0, 0, 255) if name == "blue" else (255, 0, 0)
+            Image.fromarray(np.full((20, 24, 3), colour, np.uint8)).save(folder / name / f"{i}.png")
+
+
+@pytest.mark.parametrize("layout", ["val-only", "class-folders"])
+def test_the_test_split_is_read_without_a_train_folder(tmp_path, layout):
+    root = tmp_path / "data"
+    _val(root / "val" if layout == "val-only" else root)
+    test, info = build_test_dataset(str(root), 16)
+    assert info.classes == list(CLASSES) and info.kind == "imagefolder" and info.test_split == (
+        "val" if layout == "val-only" else "data")
+    assert len(test) == 5 and test.labels.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_train_folder_is_not_listed_for_eval(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    _val(root / "val")
+    (root / "train" / "only-in-train").mkdir(parents=True)  # would make build_datasets refuse the tree
+    test, info = build_test_dataset(str(root), 16)
+    assert info.classes == list(CLASSES)
+
+
+def test_eval_scores_a_checkpoint_on_a_folder_of_class_folders(tmp_path, capsys):
+    """A 2-class model whose classifier ignores its features (weight 0, bias favouring 'red'): 2 of 5 right."""
+    root = tmp_path / "val"
+    _val(root)
+    model = mobileconv.create_model("mobilenetv3_small_100", num_classes=2)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 1.0]))  # always 'red'
+    save_weights(tmp_path / "w.safetensors", model.state_dict())
+    assert main(["eval", "--checkpoint", str(tmp_path / "w.safetensors"), "--model", "mobilenetv3_small_100",
+                 "--data", str(root), "--img-size", "32", "--device", "cpu", "--format", "json"]) == 0
+    import json
+    result = json.loads(capsys.readouterr().out)
+    assert result["count"] == 5 and result["top1"] == pytest.approx(100 * 2 / 5)  # the 2 red images of 5
+    assert result["split"] == "val" and result["classes"] == list(CLASSES)
+
+
+def test_a_class_without_test_images_is_reported_not_refused(tmp_path):
+    root = tmp_path / "val"
+    _val(root, counts=(2, 0))
+    test, info = build_test_dataset(str(root), 16)
+    assert info.classes == list(CLASSES) and len(test) == 2
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: root.mkdir(), "no class folders"),
+    (lambda root: (root / "train" / "a").mkdir(parents=True), "missing val/ folder"),
+    (lambda root: (root / "val" / "a").mkdir(parents=True), "no images"),
+])
+def test_unusable_folders_are_refused(tmp_path, make, message):
+    root = tmp_path / "data"
+    make(root)
+    with pytest.raises(ValueError, match=message):
+        build_test_dataset(str(root), 16)
