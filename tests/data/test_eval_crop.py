@@ -158,3 +158,14 @@ def test_cli_crop_pct_must_be_in_zero_one(tmp_path, capsys, value):
         main(["predict", "x.png", "--checkpoint", "w.safetensors", "--crop-pct", value])
     assert e.value.code == 2
     assert "expected a number in (0, 1]" in capsys.readouterr().err
+
+
+def test_a_small_crop_pct_resizes_only_the_crop_region_to_the_same_pixels(tmp_path):
+    """crop_pct 0.05: the whole image resized to floor(16 / 0.05) = 320 px would be 20x the crop's side; only the
+    crop's region is resized (bounded memory for any crop_pct), to the pixels of the whole resize up to rounding."""
+    pixels = _photo(tmp_path / "x.png", 40, 30)
+    w, h = 426, 320  # int(320 * 40 / 30)
+    left, top = round((w - 16) / 2), round((h - 16) / 2)
+    expected = np.asarray(Image.fromarray(pixels).resize((w, h), Image.BICUBIC).crop((left, top, left + 16, top + 16)))
+    got = load_image(tmp_path / "x.png", 16, 0.05, "bicubic").permute(1, 2, 0).numpy()
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1

@@ -207,10 +207,11 @@ def load_image(path: Path, size: int, crop_pct: float = 1.0, interpolation: str 
             w, h = resized_size(img.width, img.height, scale)
             # torchvision's CenterCrop offset, int(round((w - size) / 2)), so its models see the same pixels
             left, top = int(round((w - size) / 2)), int(round((h - size) / 2))
-            if w * h <= MAX_RESIZED_AREA * scale * scale:
+            if w * h <= MAX_RESIZED_AREA * size * size:
                 img = img.resize((w, h), resample).crop((left, top, left + size, top + size))
-            else:  # a very wide or tall image: resize only the crop's region (the same geometry, up to
-                # rounding) instead of the whole image to (w, h), which takes gigabytes for a 1 x 10,000 px strip
+            else:  # a very wide or tall image, or a small crop_pct: resize only the crop's region (the same geometry,
+                # up to rounding) instead of the whole image to (w, h), which takes gigabytes for a 1 x 10,000 px
+                # strip, or for crop_pct 0.01
                 sx, sy = img.width / w, img.height / h
                 img = img.resize((size, size), resample,
                                  box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
@@ -220,7 +221,7 @@ def load_image(path: Path, size: int, crop_pct: float = 1.0, interpolation: str 
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-# load_image resizes a whole image when the result is at most this many squares of the shorter side (aspect ratio <= 4:1)
+# load_image resizes a whole image when the result is at most this many crops in area (aspect ratio <= 4:1 at crop_pct 1)
 MAX_RESIZED_AREA = 4
 
 
