@@ -76,3 +76,25 @@ def test_unusable_folders_are_refused(tmp_path, make, message):
     make(root)
     with pytest.raises(ValueError, match=message):
         build_test_dataset(str(root), 16)
+
+
+def test_eval_with_worker_processes_gives_the_same_result(tmp_path, capsys):
+    import json
+
+    _val(tmp_path / "val", counts=(3, 3))
+    save_weights(tmp_path / "w.safetensors", mobileconv.create_model("mobilenetv3_small_100", num_classes=2)
+                 .state_dict())
+    results = []
+    for workers in ("0", "2"):
+        assert main(["eval", "--checkpoint", str(tmp_path / "w.safetensors"), "--model", "mobilenetv3_small_100",
+                     "--data", str(tmp_path / "val"), "--img-size", "32", "--batch-size", "2", "--device", "cpu",
+                     "--format", "json", "--workers", workers]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0]["count"] == 6 and results[0]["confusion"] == results[1]["confusion"]
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-6)
+
+
+def test_negative_workers_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--checkpoint", "w.safetensors", "--workers", "-1"])
+    assert "expected an integer >= 0, got '-1'" in capsys.readouterr().err

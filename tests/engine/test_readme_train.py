@@ -6,7 +6,7 @@ import shlex
 import pytest
 
 from mobileconv.cli import build_parser
-from mobileconv.cli._args import crop_fraction, positive_int, registered_model
+from mobileconv.cli._args import crop_fraction, non_negative_int, positive_int, registered_model
 
 from .helpers import REPO
 
@@ -42,7 +42,7 @@ def sample_values(action: argparse.Action, documented: list[str]) -> list[list[s
         return [[choice] for choice in documented[0].split("|")]
     count = action.nargs if isinstance(action.nargs, int) else 1
     assert len(documented) == count, f"{action.option_strings}: documented {documented}, parser takes {count}"
-    value = {int: "3", positive_int: "3", float: "0.5", crop_fraction: "0.875",
+    value = {int: "3", positive_int: "3", non_negative_int: "3", float: "0.5", crop_fraction: "0.875",
              registered_model: "mixnet_s"}.get(action.type, "x")
     return [[value] * count]
 

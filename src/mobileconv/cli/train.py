@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ._args import (CROP_HELP, INTERPOLATION_HELP, USE_EMA_HELP, call_with_one_line_errors, crop_fraction,
-                    positive_int, registered_model)
+                    non_negative_int, positive_int, registered_model)
 
 
 def register(subparsers) -> None:
@@ -116,6 +116,8 @@ def register_eval(subparsers) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to run (default auto: cuda when available)")
     p.add_argument("--max-val-samples", type=positive_int, metavar="N", help="evaluate only this many test images")
+    p.add_argument("--workers", type=non_negative_int, default=0, metavar="N",
+                   help="processes that decode the test images (default 0: the main one)")
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="a table of top-1 / top-5 / per-class accuracy, or the full result as JSON (default table)")
     p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
@@ -139,7 +141,7 @@ def run_eval(args: argparse.Namespace) -> int:
         _check_out_dir(out)
     result = call_with_one_line_errors(evaluate_checkpoint, args.model, args.checkpoint, args.data, args.img_size,
                                        args.batch_size, args.device, args.max_val_samples, args.use_ema,
-                                       args.crop_pct, args.interpolation)
+                                       args.crop_pct, args.interpolation, args.workers)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     title = f"{result['model']} on {result['dataset']}: top-1 {result['top1']:.2f}%"

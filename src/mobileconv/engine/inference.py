@@ -197,7 +197,7 @@ def resolve_crop(loaded: LoadedCheckpoint, crop_pct: float | None = None,
 def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: str | None = None,
                         img_size: int | None = None, batch_size: int = 256, device: str = "auto",
                         max_samples: int | None = None, use_ema: bool = False, crop_pct: float | None = None,
-                        interpolation: str | None = None) -> dict:
+                        interpolation: str | None = None, workers: int = 0) -> dict:
     """top-1 / top-5 / per-class accuracy / confusion matrix of a checkpoint on a dataset's test split.
 
     ``data`` and ``img_size`` default to those recorded with the checkpoint; images are normalised
@@ -205,11 +205,14 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     (the training run's), else with the model's ``pretrained_cfg``'s; ``use_ema`` takes a training
     checkpoint's EMA weights. An ImageFolder tree's images are resized and centre-cropped with ``crop_pct`` and
     ``interpolation`` (:func:`resolve_crop`; given for digits, synthetic or CIFAR data, whose arrays are resized
-    whole, they are refused). A batch of images of ``img_size`` that the memory cannot hold is refused with a
-    ``ValueError`` (up front where it cannot be allocated at all).
+    whole, they are refused). ``workers`` processes decode the images (0: this one). A batch of images of
+    ``img_size`` that the memory cannot hold is refused with a ``ValueError`` (up front where it cannot be
+    allocated at all).
     """
     check_positive(img_size, "--img-size")
     check_positive(max_samples, "--max-val-samples")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"--workers must be an integer >= 0, got {workers!r}")
     if crop_pct is not None or interpolation is not None:  # before the checkpoint is read
         check_crop(1.0 if crop_pct is None else crop_pct, interpolation or INTERPOLATIONS[0])
     dev = resolve_device(device)
@@ -224,12 +227,13 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
                 if value is not None]
     batch = min(batch_size, max_samples or batch_size)
     with images_fit(batch, img_size, dev):  # before any image is made (or decoded and resized by PIL)
-        return _evaluate_on(loaded, checkpoint, data, given, img_size, crop, explicit, batch_size, max_samples, dev)
+        return _evaluate_on(loaded, checkpoint, data, given, img_size, crop, explicit, batch_size, max_samples, dev,
+                            workers)
 
 
 def _evaluate_on(loaded: LoadedCheckpoint, checkpoint: str | Path, data: str, given: str | None, img_size: int,
                  crop: tuple[float, str], explicit: list[str], batch_size: int, max_samples: int | None,
-                 dev: torch.device) -> dict:
+                 dev: torch.device, workers: int) -> dict:
     try:
         test_set, info = build_test_dataset(data, img_size, *crop)
     except ValueError as e:
@@ -251,7 +255,8 @@ def _evaluate_on(loaded: LoadedCheckpoint, checkpoint: str | Path, data: str, gi
                          f"{_preview(info.classes)}; evaluate it on data with its classes")
     test_set = limit_samples(test_set, max_samples)
     loader = DataLoader(test_set, batch_sampler=ShardedBatchSampler(len(test_set), batch_size, shuffle=False,
-                                                                    drop_last=False))
+                                                                    drop_last=False),
+                        num_workers=workers, pin_memory=dev.type == "cuda")
     transform = BatchTransform(img_size, *resolve_normalization(loaded)).to(dev)
     result = evaluate(loaded.model, loader, transform, info.num_classes, DistEnv(device=dev))
     preprocessing = {"crop_pct": crop[0], "interpolation": crop[1]} if info.kind == "imagefolder" else {}
