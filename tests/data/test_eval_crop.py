@@ -47,14 +47,15 @@ def test_bicubic_and_bilinear_differ(tmp_path):
 
 
 @pytest.mark.parametrize("crop_pct, interpolation, message", [
-    (0, "bilinear", "crop_pct must be a number in (0, 1]"),
-    (1.5, "bilinear", "crop_pct must be a number in (0, 1]"),
-    (True, "bilinear", "crop_pct must be a number in (0, 1]"),
+    (0, "bilinear", "crop_pct must be a number from 0.01 to 1"),
+    (1e-320, "bilinear", "crop_pct must be a number from 0.01 to 1"),  # size / crop_pct overflows
+    (1.5, "bilinear", "crop_pct must be a number from 0.01 to 1"),
+    (True, "bilinear", "crop_pct must be a number from 0.01 to 1"),
     (0.875, "nearest", "interpolation must be one of bilinear, bicubic"),
 ])
 def test_bad_crop_values_are_refused(tmp_path, crop_pct, interpolation, message):
     _photo(tmp_path / "x.png", 40, 40)
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+    with pytest.raises(ValueError, match=message):
         load_image(tmp_path / "x.png", 32, crop_pct, interpolation)
 
 
@@ -93,7 +94,7 @@ def test_the_default_crop_is_the_one_each_source_was_evaluated_with(reference_di
     assert inference.resolve_crop(loaded, 0.5, "bilinear") == (0.5, "bilinear")  # given values win
     save_model_weights(model, tmp_path / "bad.safetensors", {"model": "mobilenetv3_small_100_cifar",
                                                              "crop_pct": "1.2"})
-    with pytest.raises(ValueError, match=r"bad.safetensors: recorded crop_pct 1.2 is not a number in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"bad.safetensors: recorded crop_pct 1.2 is not a number from 0.01 to 1"):
         crop(None, tmp_path / "bad.safetensors")
 
 
@@ -152,12 +153,12 @@ def test_crop_options_are_refused_for_array_data(tmp_path, capsys, option):
            "files" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("value", ["0", "1.5", "nan", "x"])
+@pytest.mark.parametrize("value", ["0", "1e-320", "0.009", "1.5", "nan", "x"])
 def test_cli_crop_pct_must_be_in_zero_one(tmp_path, capsys, value):
     with pytest.raises(SystemExit) as e:
         main(["predict", "x.png", "--checkpoint", "w.safetensors", "--crop-pct", value])
     assert e.value.code == 2
-    assert "expected a number in (0, 1]" in capsys.readouterr().err
+    assert "expected a number from 0.01 to 1" in capsys.readouterr().err
 
 
 def test_a_small_crop_pct_resizes_only_the_crop_region_to_the_same_pixels(tmp_path):
@@ -169,3 +170,29 @@ def test_a_small_crop_pct_resizes_only_the_crop_region_to_the_same_pixels(tmp_pa
     expected = np.asarray(Image.fromarray(pixels).resize((w, h), Image.BICUBIC).crop((left, top, left + 16, top + 16)))
     got = load_image(tmp_path / "x.png", 16, 0.05, "bicubic").permute(1, 2, 0).numpy()
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_a_mobileconv_file_without_a_dataset_takes_the_models_crop(tmp_path):
+    """save_weights() of an ImageNet model (a timm-pretrained one, say): not a `mobileconv train` run's file."""
+    cpu = torch.device("cpu")
+    model = mobileconv.create_model("mixnet_s")
+    save_model_weights(model, tmp_path / "plain.safetensors", {"model": "mixnet_s"})
+    save_model_weights(model, tmp_path / "run.safetensors", {"model": "mixnet_s", "dataset": str(tmp_path)})
+    assert inference.resolve_crop(inference.load_checkpoint(None, tmp_path / "plain.safetensors", cpu)) == (
+        0.875, "bicubic")
+    assert inference.resolve_crop(inference.load_checkpoint(None, tmp_path / "run.safetensors", cpu)) == (
+        1.0, "bilinear")
+
+
+def test_converting_a_converted_file_keeps_its_origin(reference_dir, tmp_path):
+    cpu = torch.device("cpu")
+    convert_checkpoint(reference_dir / "timm_mixnet_s.safetensors", tmp_path / "once.safetensors", "mixnet_s")
+    convert_checkpoint(tmp_path / "once.safetensors", tmp_path / "twice.safetensors", "mixnet_s")
+    loaded = inference.load_checkpoint(None, tmp_path / "twice.safetensors", cpu)
+    assert loaded.meta["converted_from"] == "timm" and inference.resolve_crop(loaded) == (0.875, "bicubic")
+
+
+def test_mobilenetv1_is_normalised_to_minus_one_one():
+    """TF-Slim's Inception preprocessing, which timm's mobilenetv1_*.ra4 weights were trained with."""
+    cfg = mobileconv.create_model("mobilenetv1_100").pretrained_cfg
+    assert (cfg["mean"], cfg["std"]) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

@@ -98,3 +98,14 @@ def test_negative_workers_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--checkpoint", "w.safetensors", "--workers", "-1"])
     assert "expected an integer >= 0, got '-1'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["train", "val"])
+def test_a_folder_of_class_folders_may_have_a_class_named_train_or_val(tmp_path, name):
+    """CIFAR-100 has a class 'train': a folder whose train/ or val/ holds images, not class folders, is a class."""
+    root = tmp_path / "data"
+    _val(root)
+    (root / name).mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / name / "0.png")
+    test, info = build_test_dataset(str(root), 16)
+    assert info.classes == sorted([*CLASSES, name]) and len(test) == 6

@@ -59,3 +59,11 @@ def test_train_with_random_erasing_records_it(tmp_path, capsys):
 def test_bad_reprob_is_refused(tmp_path, capsys, args, expected):
     assert main(["train", *QUICK, *args, "--out", str(tmp_path / "run")]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_resume_with_no_aug_drops_the_runs_reprob(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *QUICK, "--reprob", "0.5", "--out", str(run)]) == 0, capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-aug", "--quiet"]) == 0, capsys.readouterr().err
+    config = (run / "config.yaml").read_text()
+    assert "reprob: 0.0" in config and "aug: false" in config

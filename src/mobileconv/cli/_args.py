@@ -35,13 +35,15 @@ def positive_float(text: str) -> float:
 
 
 def crop_fraction(text: str) -> float:
-    """A number in (0, 1]: ``--crop-pct``."""
+    """A ``crop_pct`` (``--crop-pct``): a number from ``MIN_CROP_PCT`` (0.01) to 1."""
+    from ..data.datasets import MIN_CROP_PCT, is_crop_pct
+
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+        value = None
+    if not is_crop_pct(value):
+        raise argparse.ArgumentTypeError(f"expected a number from {MIN_CROP_PCT} to 1, got {text!r}")
     return value
 
 

@@ -61,7 +61,8 @@ def train_config_from_args(args: argparse.Namespace):
 
     ``--momentum`` / ``--opt-eps`` set on the command line or in --config FILE for an optimizer without such a
     setting are refused (naming where they were set); a resumed run's config.yaml records them resolved (older
-    runs recorded ``momentum: 0.9`` for adamw), so its values are dropped where the optimizer has no use for them.
+    runs recorded ``momentum: 0.9`` for adamw), so its values are dropped where the optimizer has no use for them,
+    as its ``reprob`` is when augmentation is turned off (``--no-aug``).
     """
     from ..engine.config import TrainConfig, check_optimizer_options, load_yaml, unused_optimizer_options
 
@@ -82,6 +83,8 @@ def train_config_from_args(args: argparse.Namespace):
     config = TrainConfig.from_mapping(given, "command line", config)
     recorded = {name: None for name in unused_optimizer_options(config) if name not in origins}
     config = dataclasses.replace(config, **recorded)
+    if not config.aug and config.reprob and "reprob" not in origins:  # the resumed run's, now without augmentation
+        config = dataclasses.replace(config, reprob=0.0)
     check_optimizer_options(config, origins)
     return config
 

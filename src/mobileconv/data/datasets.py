@@ -168,11 +168,21 @@ def image_files(folder: Path) -> list[Path]:
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 
+# the smallest crop_pct: the image resized to 100x the crop's side (timm's models use 0.875-1)
+MIN_CROP_PCT = 0.01
+
+
+def is_crop_pct(value) -> bool:
+    """Whether ``value`` is a ``crop_pct``: a number from :data:`MIN_CROP_PCT` to 1."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and MIN_CROP_PCT <= value <= 1
+
+
 def check_crop(crop_pct: float, interpolation: str) -> None:
-    """A ValueError unless ``0 < crop_pct <= 1`` and ``interpolation`` is one of :data:`INTERPOLATIONS`."""
-    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
-        raise ValueError(f"crop_pct must be a number in (0, 1] (the crop's share of the resized shorter side, "
-                         f"0.875 in timm's evaluation), got {crop_pct!r}")
+    """A ValueError unless ``crop_pct`` is one (:func:`is_crop_pct`) and ``interpolation`` is one of
+    :data:`INTERPOLATIONS`."""
+    if not is_crop_pct(crop_pct):
+        raise ValueError(f"crop_pct must be a number from {MIN_CROP_PCT} to 1 (the crop's share of the resized "
+                         f"shorter side, 0.875 in timm's evaluation), got {crop_pct!r}")
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
 
@@ -330,11 +340,11 @@ def build_test_dataset(data: str, img_size: int, crop_pct: float = 1.0,
     root = Path(data).expanduser()
     if data in ("digits", "synthetic") or not root.is_dir() or cifar.find_layout(root) is not None:
         return build_datasets(data, img_size, crop_pct, interpolation)[1:]
-    if (root / "val").is_dir():
+    if _holds_class_folders(root / "val"):
         folder = root / "val"
-    elif (root / "train").is_dir() or cifar.find_incomplete(root) is not None:
+    elif _holds_class_folders(root / "train") or cifar.find_incomplete(root) is not None:
         return build_datasets(data, img_size, crop_pct, interpolation)[1:]  # its error: no val/, CIFAR files missing
-    else:
+    else:  # class folders, one of them perhaps named train or val (CIFAR-100 has a class "train")
         folder = root
     try:
         classes = class_folders(folder)
@@ -350,6 +360,11 @@ def build_test_dataset(data: str, img_size: int, crop_pct: float = 1.0,
     info = DataInfo(str(root.resolve()), "imagefolder", list(classes), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     hflip=0.5, color_jitter=0.4, test_split=folder.name)
     return test, info
+
+
+def _holds_class_folders(folder: Path) -> bool:
+    """Whether ``folder`` is a split folder: a folder holding (non-hidden) folders, not a class folder of images."""
+    return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
 
 
 DIGITS_TEST_FRACTION = 0.2

@@ -440,7 +440,9 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_nam
     kept = {k: v for k, v in metadata.items() if k != "bn_eps"} if source == "mobileconv" else {}
     if use_ema:
         kept["ema"] = "true"  # JSON, as `mobileconv train` records it
-    save_weights(model, dst, {**kept, "model": model_name, "num_classes": num_classes, "converted_from": source})
+    # a converted timm / torchvision file stays what it was converted from (eval / predict crop its images so)
+    origin = metadata.get("converted_from") if metadata.get("converted_from") in ("timm", "torchvision") else source
+    save_weights(model, dst, {**kept, "model": model_name, "num_classes": num_classes, "converted_from": origin})
     return {"source": source, "num_classes": num_classes, "tensors": len(model.state_dict()),
             "params": sum(p.numel() for p in model.parameters()), "bn_eps": bn_eps_of(model)}
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import (INTERPOLATIONS, BatchTransform, ShardedBatchSampler, build_test_dataset, check_crop, limit_samples,
-                    load_image, preferred_img_size)
+from ..data import (INTERPOLATIONS, MIN_CROP_PCT, BatchTransform, ShardedBatchSampler, build_test_dataset,
+                    check_crop, is_crop_pct, limit_samples, load_image, preferred_img_size)
 from ..deploy.weights import checkpoint_num_classes, load_state_dict, read_checkpoint
 from .checkpoint import _json_or_str
 from .distributed import DistEnv, resolve_device
@@ -38,8 +38,7 @@ RECORDED = {
     "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
     "mean": (_is_channel_values, "a list of 3 numbers (finite, per channel)"),
     "std": (lambda v: _is_channel_values(v) and all(x > 0 for x in v), "a list of 3 numbers > 0 (finite, per channel)"),
-    "crop_pct": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
-                 "a number in (0, 1]"),
+    "crop_pct": (is_crop_pct, f"a number from {MIN_CROP_PCT} to 1"),
     "interpolation": (lambda v: v in INTERPOLATIONS, f"one of {', '.join(INTERPOLATIONS)}"),
 }
 
@@ -181,13 +180,16 @@ def resolve_crop(loaded: LoadedCheckpoint, crop_pct: float | None = None,
     """``(crop_pct, interpolation)`` with which ``eval`` and ``predict`` resize and crop image files.
 
     Each is the value given, else the one recorded with the checkpoint, else the one its source's
-    weights were evaluated with (:data:`SOURCE_CROP`): 1.0 / bilinear for mobileconv's own checkpoints (its
-    test images keep the whole shorter side), 0.875 / bilinear for torchvision's, and the model's
-    ``pretrained_cfg`` (0.875 / bicubic for the ImageNet forms) for timm's, as timm's ``resolve_data_config``
-    does. A checkpoint written by ``mobileconv convert`` counts as the source it was converted from.
+    weights were evaluated with (:data:`SOURCE_CROP`): 1.0 / bilinear for those of a ``mobileconv train`` run
+    (it records its dataset; its test images keep the whole shorter side), 0.875 / bilinear for torchvision's,
+    and the model's ``pretrained_cfg`` (0.875 / bicubic for the ImageNet forms) for timm's and for any other
+    (a mobileconv file that records no dataset), as timm's ``resolve_data_config`` does. A checkpoint written
+    by ``mobileconv convert`` counts as the source it was converted from.
     """
     cfg = loaded.model.pretrained_cfg
-    default = SOURCE_CROP.get(loaded.source, (cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bilinear")))
+    trained_here = loaded.source != "mobileconv" or loaded.get("dataset") is not None  # by `mobileconv train`
+    default = SOURCE_CROP.get(loaded.source) if trained_here else None
+    default = default or (cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bilinear"))
     crop_pct = loaded.get("crop_pct", default[0]) if crop_pct is None else crop_pct
     interpolation = loaded.get("interpolation", default[1]) if interpolation is None else interpolation
     check_crop(crop_pct, interpolation)

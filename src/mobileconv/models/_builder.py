@@ -460,6 +460,8 @@ def init_weights(model: nn.Module) -> None:
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# TF-Slim's Inception preprocessing, to [-1, 1]: MobileNetV1's own and timm's mobilenetv1_*.ra4 weights
+INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 

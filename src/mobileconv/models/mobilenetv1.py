@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ._builder import ArchSpec, BlockSpec, HeadSpec, build_model, model_cfg
+from ._builder import INCEPTION_MEAN, INCEPTION_STD, ArchSpec, BlockSpec, HeadSpec, build_model, model_cfg
 from ._registry import register_model
 
 
@@ -47,7 +47,8 @@ PAPER = "MobileNets, Table 6"
 
 
 def _build(name: str, width: float, top1: float, macs: float, params: float, kwargs: dict):
-    cfg = model_cfg(224, top1=top1, macs=macs, params=params, source=PAPER)
+    # normalised to [-1, 1], as TF-Slim trained MobileNetV1 and timm its mobilenetv1_*.ra4 weights
+    cfg = model_cfg(224, top1=top1, macs=macs, params=params, source=PAPER, mean=INCEPTION_MEAN, std=INCEPTION_STD)
     # the width is the architecture's own, so its paper figures stay (a width_mult override drops them)
     return build_model(name, dataclasses.replace(ARCH, width_mult=width), cfg, **kwargs)
 
