@@ -47,6 +47,31 @@ def test_train_with_step_schedule_records_the_rate_after_each_epoch(tmp_path, ca
     assert "sched: step" in config and "decay_epochs: 1.0" in config and "decay_rate: 0.5" in config
 
 
+def test_step_defaults_are_timms_and_recorded(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *QUICK, "--epochs", "1", "--sched", "step", "--out", str(run)]) == 0
+    config = (run / "config.yaml").read_text()
+    assert "decay_epochs: 90.0" in config and "decay_rate: 0.1" in config
+
+
+@pytest.mark.parametrize("option", [["--decay-epochs", "2.4"], ["--decay-rate", "0.97"]])
+def test_decay_options_without_step_are_refused(tmp_path, capsys, option):
+    assert main(["train", *QUICK, *option, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{option[0]} {float(option[1])!r} (set on the command line) is used by --sched step only, not by " \
+           f"--sched cosine: leave {option[0]} out, or add --sched step" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resuming_a_step_run_with_cosine_drops_the_recorded_decay(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *QUICK, "--epochs", "1", "--sched", "step", "--decay-rate", "0.5", "--out", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--sched", "cosine", "--quiet"]) == 0, \
+        capsys.readouterr().err
+    config = (run / "config.yaml").read_text()
+    assert "sched: cosine" in config and "decay_rate: null" in config
+
+
 @pytest.mark.parametrize("option, value, expected", [
     ("--decay-rate", "0", "--decay-rate must be in (0, 1], got 0.0"),
     ("--decay-rate", "1.5", "--decay-rate must be in (0, 1], got 1.5"),

@@ -60,8 +60,9 @@ def train_config_from_args(args: argparse.Namespace):
     """Defaults < the resumed run's config.yaml < --config FILE < options on the command line.
 
     ``--momentum`` / ``--opt-eps`` set on the command line or in --config FILE for an optimizer without such a
-    setting are refused (naming where they were set); a resumed run's config.yaml records them resolved (older
-    runs recorded ``momentum: 0.9`` for adamw), so its values are dropped where the optimizer has no use for them,
+    setting, and ``--decay-epochs`` / ``--decay-rate`` for a schedule without, are refused (naming where they were
+    set); a resumed run's config.yaml records them resolved (older runs recorded ``momentum: 0.9`` for adamw),
+    so its values are dropped where the optimizer or schedule has no use for them,
     as its ``reprob`` is when augmentation is turned off (``--no-aug``).
     """
     from ..engine.config import TrainConfig, check_optimizer_options, load_yaml, unused_optimizer_options

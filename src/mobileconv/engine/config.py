@@ -54,10 +54,10 @@ class TrainConfig:
     warmup_epochs: float = option(1.0, "linear warm-up from lr/100 to lr over this many epochs")
     sched: str = option("cosine", "schedule after the warm-up: cosine decay to --min-lr, or step: the rate times "
                                   "--decay-rate every --decay-epochs (timm's step schedule)", choices=SCHEDULES)
-    decay_epochs: float = option(90.0, "--sched step: epochs between decays (timm's default; the MobileNetV3 / "
-                                       "MixNet recipe uses 2.4)")
-    decay_rate: float = option(0.1, "--sched step: factor per decay, in (0, 1] (timm's default; the recipe uses "
-                                    "0.97)")
+    decay_epochs: float | None = option(None, "--sched step: epochs between decays (default 90, timm's; the TF "
+                                              "recipe of MnasNet / MixNet uses 2.4)", type=float)
+    decay_rate: float | None = option(None, "--sched step: factor per decay, in (0, 1] (default 0.1, timm's; the "
+                                            "TF recipe uses 0.97)", type=float)
     opt: str = option("sgd", "optimizer", choices=OPTIMIZERS)
     momentum: float | None = option(None, "momentum, in [0, 1) (default: 0.9 for sgd (Nesterov), rmsprop and "
                                           "rmsproptf; adamw has none and refuses it)", type=float)
@@ -158,8 +158,9 @@ class TrainConfig:
               "a finite number > 0 (leave it out for no clipping)")
         check(self.momentum is None or self.momentum < 1, "momentum",
               "in [0, 1) (a momentum of 1 or more never forgets a gradient)")
-        check(math.isfinite(self.decay_epochs) and self.decay_epochs > 0, "decay_epochs", "a finite number > 0")
-        check(0 < self.decay_rate <= 1, "decay_rate", "in (0, 1]")
+        check(self.decay_epochs is None or (math.isfinite(self.decay_epochs) and self.decay_epochs > 0),
+              "decay_epochs", "a finite number > 0")
+        check(self.decay_rate is None or 0 < self.decay_rate <= 1, "decay_rate", "in (0, 1]")
         check(0 <= self.smoothing < 1, "smoothing", "in [0, 1)")
         check(0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
@@ -171,19 +172,28 @@ class TrainConfig:
         return self
 
 
+# the options that only some schedules have
+SCHEDULE_OPTIONS = {"cosine": (), "step": ("decay_epochs", "decay_rate")}
+
+
 def unused_optimizer_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``) that ``config.opt`` has no use for (``--opt-eps`` with sgd, ``--momentum``
-    with adamw)."""
-    return [name for name in ("momentum", "opt_eps")
-            if getattr(config, name) is not None and name not in OPTIMIZER_OPTIONS[config.opt]]
+    with adamw), or ``config.sched`` (``--decay-rate`` with cosine)."""
+    uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
+    return [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
+            if getattr(config, name) is not None and name not in uses]
 
 
 def check_optimizer_options(config: TrainConfig, origins: dict[str, str] | None = None) -> None:
-    """Refuse an option the optimizer would silently ignore; ``origins`` names where an option was set."""
+    """Refuse an option the optimizer or the schedule would silently ignore; ``origins`` names where an option
+    was set."""
     for name in unused_optimizer_options(config):
         flag = "--" + name.replace("_", "-")
-        takes = " and ".join("--" + n.replace("_", "-") for n in OPTIMIZER_OPTIONS[config.opt])
         where = f" ({origins[name]})" if origins and name in origins else ""
+        if name.startswith("decay_"):
+            raise ValueError(f"{flag} {getattr(config, name)!r}{where} is used by --sched step only, not by --sched "
+                             f"{config.sched}: leave {flag} out, or add --sched step")
+        takes = " and ".join("--" + n.replace("_", "-") for n in OPTIMIZER_OPTIONS[config.opt])
         raise ValueError(f"{flag} {getattr(config, name)!r}{where} is not used by --opt {config.opt}, which takes "
                          f"{takes} but not {flag}: leave {flag} out, or choose an --opt that uses it")
 

@@ -180,17 +180,25 @@ class WarmupStepDecay:
         return max(self.min_factor, self.decay_rate ** decays)
 
 
+# per-schedule defaults of --decay-epochs / --decay-rate (timm's); the cosine has neither
+DEFAULT_DECAY_EPOCHS = {"cosine": None, "step": 90.0}
+DEFAULT_DECAY_RATE = {"cosine": None, "step": 0.1}
+
+
 def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float,
-                     lr: float, min_lr: float, sched: str = "cosine", decay_epochs: float = 90.0,
-                     decay_rate: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+                     lr: float, min_lr: float, sched: str = "cosine", decay_epochs: float | None = None,
+                     decay_rate: float | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step warm-up, then ``sched``: cosine decay to ``min_lr`` (:class:`WarmupCosine`) or ``step``,
-    ``decay_rate`` every ``decay_epochs`` floored at ``min_lr`` (:class:`WarmupStepDecay`). Call ``step()``
-    after every optimizer step."""
+    ``decay_rate`` every ``decay_epochs`` floored at ``min_lr`` (:class:`WarmupStepDecay`; ``None``: timm's
+    defaults, :data:`DEFAULT_DECAY_EPOCHS` / :data:`DEFAULT_DECAY_RATE`). Call ``step()`` after every optimizer
+    step."""
+    if sched not in SCHEDULES:
+        raise ValueError(f"--sched must be one of {', '.join(SCHEDULES)}, got {sched!r}")
     total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
     if sched == "cosine":
         schedule = WarmupCosine(total, warmup, min_lr / lr)
-    elif sched == "step":
-        schedule = WarmupStepDecay(total, steps_per_epoch, warmup, decay_epochs, decay_rate, min_lr / lr)
     else:
-        raise ValueError(f"--sched must be one of {', '.join(SCHEDULES)}, got {sched!r}")
+        decay_epochs = DEFAULT_DECAY_EPOCHS[sched] if decay_epochs is None else decay_epochs
+        decay_rate = DEFAULT_DECAY_RATE[sched] if decay_rate is None else decay_rate
+        schedule = WarmupStepDecay(total, steps_per_epoch, warmup, decay_epochs, decay_rate, min_lr / lr)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -47,7 +47,8 @@ from .ema import ModelEma
 from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from .malloc import keep_large_allocations_on_heap
 from .metrics import plot_curves, write_metrics_csv
-from .optim import DEFAULT_EPS, DEFAULT_LR, DEFAULT_MOMENTUM, DEFAULT_WEIGHT_DECAY, create_optimizer, create_scheduler
+from .optim import (DEFAULT_DECAY_EPOCHS, DEFAULT_DECAY_RATE, DEFAULT_EPS, DEFAULT_LR, DEFAULT_MOMENTUM,
+                    DEFAULT_WEIGHT_DECAY, create_optimizer, create_scheduler)
 
 RUN_FILES = ("config.yaml", "metrics.csv", "curves.png", ckpt.LAST_FILE, ckpt.BEST_FILE, ckpt.STATE_FILE,
              "summary.json")
@@ -133,6 +134,8 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
         weight_decay=pick(config.weight_decay, DEFAULT_WEIGHT_DECAY[config.opt]),
         momentum=pick(config.momentum, DEFAULT_MOMENTUM[config.opt]),
         opt_eps=pick(config.opt_eps, DEFAULT_EPS[config.opt]),
+        decay_epochs=pick(config.decay_epochs, DEFAULT_DECAY_EPOCHS[config.sched]),
+        decay_rate=pick(config.decay_rate, DEFAULT_DECAY_RATE[config.sched]),
         hflip=pick(config.hflip, info.hflip), color_jitter=pick(config.color_jitter, info.color_jitter))
 
 
