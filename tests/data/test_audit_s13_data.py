@@ -40,23 +40,8 @@ def normalised(pixels, mean, std):
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
-def seen_inputs(monkeypatch):
-    """The tensors eval / predict feed the model, recorded by a hook on the model they build."""
-    from mobileconv.engine import inference
-
-    seen, build = [], inference.build_model
-
-    def recording_build(*args, **kwargs):
-        model = build(*args, **kwargs)
-        model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
-        return model
-
-    monkeypatch.setattr(inference, "build_model", recording_build)
-    return seen
-
-
 @pytest.mark.parametrize("records_dataset", [False, True])
-def test_eval_and_predict_normalise_alike_when_the_checkpoint_records_none(tmp_path, monkeypatch, records_dataset):
+def test_eval_and_predict_normalise_alike_when_the_checkpoint_records_none(tmp_path, model_inputs, records_dataset):
     import mobileconv
     from mobileconv.engine.checkpoint import save_weights
     from mobileconv.engine.inference import evaluate_checkpoint, predict_images
@@ -71,7 +56,7 @@ def test_eval_and_predict_normalise_alike_when_the_checkpoint_records_none(tmp_p
     meta = {"model": MODEL, "dataset": str(root)} if records_dataset else {"model": MODEL}
     save_weights(path, mobileconv.create_model(MODEL, num_classes=2).state_dict(), meta)
 
-    seen = seen_inputs(monkeypatch)
+    seen = model_inputs
     evaluate_checkpoint(None, path, data=str(root), img_size=32, device="cpu")
     predict_images(None, path, [root / "val" / "a" / "x.png", root / "val" / "b" / "x.png"], device="cpu")
     assert [tuple(x.shape) for x in seen] == [(2, 3, 32, 32), (1, 3, 32, 32), (1, 3, 32, 32)]
@@ -80,7 +65,7 @@ def test_eval_and_predict_normalise_alike_when_the_checkpoint_records_none(tmp_p
     torch.testing.assert_close(torch.cat(seen[1:]), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_recorded_statistics_still_win_in_eval(tmp_path, monkeypatch):
+def test_recorded_statistics_still_win_in_eval(tmp_path, model_inputs):
     """A run's own mean / std (here ImageNet's, recorded by the ImageFolder run) beat the model's."""
     import mobileconv
     from mobileconv.engine.checkpoint import save_weights
@@ -95,7 +80,7 @@ def test_recorded_statistics_still_win_in_eval(tmp_path, monkeypatch):
     std = [0.229, 0.224, 0.225]
     save_weights(path, mobileconv.create_model(MODEL, num_classes=2).state_dict(),
                  {"model": MODEL, "mean": IMAGENET_MEAN, "std": std})
-    seen = seen_inputs(monkeypatch)
+    seen = model_inputs
     evaluate_checkpoint(None, path, data=str(root), img_size=32, device="cpu")
     torch.testing.assert_close(seen[0], normalised(pixels, IMAGENET_MEAN, std), rtol=1e-5, atol=1e-5)
 

@@ -114,23 +114,13 @@ def test_build_datasets_crops_only_the_image_folder_test_split(tmp_path):
     assert (val.subset([1]).crop_pct, val.subset([1]).interpolation) == (0.5, "bicubic")
 
 
-def test_eval_feeds_the_model_timms_crop_for_a_checkpoint_without_metadata(tmp_path, capsys):
+def test_eval_feeds_the_model_timms_crop_for_a_checkpoint_without_metadata(tmp_path, model_inputs):
     """A timm-style state_dict (no metadata) of a 2-class ImageNet-form model on an ImageFolder tree."""
     _tree(tmp_path / "data", size=40)
     path = tmp_path / "w.safetensors"
     save_weights(path, mobileconv.create_model("mobilenetv3_small_100", num_classes=2).state_dict())
-    seen = []
-    build = inference.build_model
-
-    def recording_build(*args, **kwargs):
-        model = build(*args, **kwargs)
-        model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
-        return model
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(inference, "build_model", recording_build)
-        result = inference.evaluate_checkpoint("mobilenetv3_small_100", path, str(tmp_path / "data"), img_size=32,
-                                               device="cpu")
+    result = inference.evaluate_checkpoint("mobilenetv3_small_100", path, str(tmp_path / "data"), img_size=32,
+                                           device="cpu")
     assert (result["crop_pct"], result["interpolation"]) == (0.875, "bicubic")
     # floor(32 / 0.875) = 36: the 40 x 40 cat to 36 x 36, the 60 x 40 dog to 54 x 36; centre 32 x 32, bicubic
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -140,7 +130,7 @@ def test_eval_feeds_the_model_timms_crop_for_a_checkpoint_without_metadata(tmp_p
         left, top = round((w - 32) / 2), round((h - 32) / 2)
         pixels = torch.from_numpy(np.asarray(img.crop((left, top, left + 32, top + 32))).copy())
         expected.append((pixels.permute(2, 0, 1).float() / 255 - mean) / std)
-    torch.testing.assert_close(torch.cat(seen), torch.stack(expected), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat(model_inputs), torch.stack(expected), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("option", [["--crop-pct", "0.875"], ["--interpolation", "bicubic"]])

@@ -42,7 +42,7 @@ def test_predict_without_metadata_uses_the_models_imagenet_preprocessing(referen
 
 
 @pytest.mark.parametrize("recorded", [False, True])
-def test_predict_normalisation_is_the_recorded_one_else_the_models(tmp_path, recorded):
+def test_predict_normalisation_is_the_recorded_one_else_the_models(tmp_path, recorded, model_inputs):
     """The tensor fed to the model: recorded mean / std win over the model's ``pretrained_cfg``."""
     from mobileconv.engine import inference
     from mobileconv.engine.checkpoint import save_weights
@@ -56,24 +56,15 @@ def test_predict_normalisation_is_the_recorded_one_else_the_models(tmp_path, rec
     pixels = np.random.default_rng(1).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "x.png")
 
-    seen = []
-    build = inference.build_model
-
-    def recording_build(*args, **kwargs):
-        model = build(*args, **kwargs)
-        model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
-        return model
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(inference, "build_model", recording_build)
-        inference.predict_images(model_name, path, [tmp_path / "x.png"], device="cpu")
+    inference.predict_images(model_name, path, [tmp_path / "x.png"], device="cpu")
+    seen = model_inputs
     x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().unsqueeze(0) / 255
     expected = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     assert len(seen) == 1 and seen[0].shape == (1, 3, 32, 32)
     torch.testing.assert_close(seen[0], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_predict_without_recorded_size_uses_the_recorded_datasets_as_eval_does(tmp_path):
+def test_predict_without_recorded_size_uses_the_recorded_datasets_as_eval_does(tmp_path, model_inputs):
     """A checkpoint recording ``dataset=digits`` and no img_size: eval ran it at 16 px, predict at the model's 32."""
     from mobileconv.engine import inference
     from mobileconv.engine.checkpoint import save_weights
@@ -83,16 +74,6 @@ def test_predict_without_recorded_size_uses_the_recorded_datasets_as_eval_does(t
     save_weights(path, mobileconv.create_model(model_name, num_classes=10).state_dict(),
                  {"model": model_name, "dataset": "digits"})
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "x.png")
-    seen = []
-    build = inference.build_model
-
-    def recording_build(*args, **kwargs):
-        model = build(*args, **kwargs)
-        model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape))
-        return model
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(inference, "build_model", recording_build)
-        inference.predict_images(model_name, path, [tmp_path / "x.png"], device="cpu")
+    inference.predict_images(model_name, path, [tmp_path / "x.png"], device="cpu")
     loaded = inference.load_checkpoint(model_name, path, torch.device("cpu"), False)
-    assert seen == [(1, 3, 16, 16)] and inference.resolve_img_size(loaded, None, "digits") == 16
+    assert [x.shape for x in model_inputs] == [(1, 3, 16, 16)] and inference.resolve_img_size(loaded, None, "digits") == 16
