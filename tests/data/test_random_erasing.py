@@ -67,3 +67,22 @@ def test_resume_with_no_aug_drops_the_runs_reprob(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-aug", "--quiet"]) == 0, capsys.readouterr().err
     config = (run / "config.yaml").read_text()
     assert "reprob: 0.0" in config and "aug: false" in config
+
+
+@pytest.mark.parametrize("ratio, rows_spanned", [((4.0, 4.0), 16), ((0.25, 0.25), 64)])
+def test_ratio_sets_the_crops_width_over_height(ratio, rows_spanned):
+    """A quarter of a 64 x 64 image at width / height 4 is 64 x 16 (16 source rows), at 1/4 it is 16 x 64."""
+    torch.manual_seed(0)
+    rows = torch.arange(64, dtype=torch.float32).view(1, 1, 64, 1).expand(8, 3, 64, 64)
+    images = (rows * 4).to(torch.uint8)  # pixel value = 4 x its row
+    out = BatchTransform(64, (0, 0, 0), (1, 1, 1), train=True, scale=(0.25, 0.25), ratio=ratio)(images)
+    spanned = (out.amax(dim=(1, 2, 3)) - out.amin(dim=(1, 2, 3))) * 255 / 4 + 1  # source rows seen per image
+    assert torch.all((spanned - rows_spanned).abs() <= 2), spanned
+
+
+def test_train_records_the_ratio(tmp_path, capsys):
+    assert main(["train", *QUICK, "--ratio", "0.5", "2", "--out", str(tmp_path / "run")]) == 0, \
+        capsys.readouterr().err
+    assert "ratio:\n- 0.5\n- 2.0" in (tmp_path / "run" / "config.yaml").read_text()
+    assert main(["train", *QUICK, "--ratio", "2", "0.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "--ratio must be two finite numbers 0 < MIN <= MAX, got (2.0, 0.5)" in capsys.readouterr().err

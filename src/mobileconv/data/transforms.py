@@ -22,7 +22,7 @@ class BatchTransform(nn.Module):
         mean, std: per-channel normalisation of [0, 1] images.
         train: apply the random augmentations below.
         scale: area range of the random resized crop; ``(1, 1)`` keeps the whole image.
-        ratio: aspect-ratio range of the crop.
+        ratio: aspect-ratio range (width / height) of the crop.
         hflip: probability of a horizontal flip.
         color_jitter: brightness / contrast / saturation strength (0 disables it).
         reprob: probability per image of random erasing (Zhong et al. 2020; timm's ``--reprob``): one

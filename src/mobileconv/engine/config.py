@@ -73,6 +73,8 @@ class TrainConfig:
     aug: bool = option(True, "random augmentation of training batches (--no-aug: none)")
     scale: tuple[float, float] = option((0.5, 1.0), "area range of the random resized crop", nargs=2,
                                         metavar=("MIN", "MAX"))
+    ratio: tuple[float, float] = option((3 / 4, 4 / 3), "aspect-ratio range (width / height) of the random resized "
+                                                        "crop", nargs=2, metavar=("MIN", "MAX"))
     hflip: float | None = option(None, "horizontal-flip probability (default: 0 for digits, else 0.5)", type=float)
     color_jitter: float | None = option(None, "colour-jitter strength (default: 0 for digits / synthetic, else 0.4)",
                                         type=float)
@@ -169,6 +171,7 @@ class TrainConfig:
         check(self.drop is None or self.drop < 1, "drop", "in [0, 1)")
         check(0 <= self.drop_path < 1, "drop_path", "in [0, 1)")
         check(0 < self.scale[0] <= self.scale[1] <= 1, "scale", "two numbers 0 < MIN <= MAX <= 1")
+        check(0 < self.ratio[0] <= self.ratio[1] < math.inf, "ratio", "two finite numbers 0 < MIN <= MAX")
         return self
 
 

@@ -394,8 +394,8 @@ def make_loaders(config: TrainConfig, train_set, test_set, env: DistEnv) -> tupl
 def make_transform(config: TrainConfig, info: DataInfo, train: bool) -> BatchTransform:
     if not (train and config.aug):
         return BatchTransform(config.img_size, info.mean, info.std)
-    return BatchTransform(config.img_size, info.mean, info.std, train=True, scale=config.scale, hflip=config.hflip,
-                          color_jitter=config.color_jitter, reprob=config.reprob)
+    return BatchTransform(config.img_size, info.mean, info.std, train=True, scale=config.scale, ratio=config.ratio,
+                          hflip=config.hflip, color_jitter=config.color_jitter, reprob=config.reprob)
 
 
 def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Path) -> None:
