@@ -4,9 +4,11 @@ Oracle: the decay counts written out by hand for whole epochs (``epoch // 2.4`` 
 0, 0, 0, 1, 1, 2, 2, 2), not the scheduler's own expression.
 """
 import pytest
+import torch
 
 from mobileconv.cli import main
 from mobileconv.engine.metrics import read_metrics_csv
+from mobileconv.engine.optim import create_scheduler
 
 from .helpers import scheduled_lrs
 
@@ -91,3 +93,25 @@ def test_a_schedule_given_on_resume_applies_from_the_saved_position(tmp_path, ca
                  "--decay-rate", "0.5", "--quiet"]) == 0, capsys.readouterr().err
     rows = read_metrics_csv(run / "metrics.csv")
     assert [row["lr"] for row in rows[1:]] == pytest.approx([0.02, 0.01])  # epochs 2 and 3 // 1 decays
+
+
+@pytest.mark.parametrize("schedule", [(), ("step", 2, 0.5)])  # no decay before epoch 2
+def test_warmup_starts_from_warmup_lr(schedule):
+    lr, steps, warmup_lr = 0.1, 4, 1e-6
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched_args = (*schedule,) if schedule else ("cosine", None, None)
+    sched = create_scheduler(opt, 3, steps, 1, lr, 0.0, *sched_args, warmup_lr)
+    seen = []
+    for _ in range(steps + 1):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # linear from 1e-6 at step 0 to lr at the end of the warm-up (step 4)
+    assert seen == pytest.approx([warmup_lr + (lr - warmup_lr) * t / steps for t in range(steps)] + [lr])
+
+
+def test_train_records_warmup_lr_and_refuses_a_negative_one(tmp_path, capsys):
+    assert main(["train", *QUICK, "--epochs", "1", "--warmup-lr", "1e-6", "--out", str(tmp_path / "run")]) == 0
+    assert "warmup_lr: 1.0e-06" in (tmp_path / "run" / "config.yaml").read_text()
+    assert main(["train", *QUICK, "--warmup-lr", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--warmup-lr must be a finite number >= 0, got -1.0" in capsys.readouterr().err

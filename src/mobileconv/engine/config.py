@@ -51,7 +51,8 @@ class TrainConfig:
     lr: float | None = option(None, "peak learning rate (default: 0.1 sgd, 0.01 rmsprop / rmsproptf, "
                                     "0.002 adamw)", type=float)
     min_lr: float = option(0.0, "final learning rate of the cosine schedule (with --sched step: the lowest rate)")
-    warmup_epochs: float = option(1.0, "linear warm-up from lr/100 to lr over this many epochs")
+    warmup_epochs: float = option(1.0, "linear warm-up from --warmup-lr to lr over this many epochs")
+    warmup_lr: float | None = option(None, "learning rate the warm-up starts from (default: lr / 100)", type=float)
     sched: str = option("cosine", "schedule after the warm-up: cosine decay to --min-lr, or step: the rate times "
                                   "--decay-rate every --decay-epochs (timm's step schedule)", choices=SCHEDULES)
     decay_epochs: float | None = option(None, "--sched step: epochs between decays (default 90, timm's; the TF "
@@ -146,6 +147,8 @@ class TrainConfig:
         check(self.threads is None or self.threads <= cpus, "threads",
               f"from 1 to {cpus} (the CPUs this process may use)")
         check(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr", "a finite number > 0")
+        check(self.warmup_lr is None or (math.isfinite(self.warmup_lr) and self.warmup_lr >= 0), "warmup_lr",
+              "a finite number >= 0")
         for name in ("min_lr", "warmup_epochs", "momentum", "weight_decay", "mixup", "cutmix",
                      "drop", "color_jitter", "workers"):
             value = getattr(self, name)

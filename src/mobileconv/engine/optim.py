@@ -187,18 +187,19 @@ DEFAULT_DECAY_RATE = {"cosine": None, "step": 0.1}
 
 def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float,
                      lr: float, min_lr: float, sched: str = "cosine", decay_epochs: float | None = None,
-                     decay_rate: float | None = None) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step warm-up, then ``sched``: cosine decay to ``min_lr`` (:class:`WarmupCosine`) or ``step``,
-    ``decay_rate`` every ``decay_epochs`` floored at ``min_lr`` (:class:`WarmupStepDecay`; ``None``: timm's
-    defaults, :data:`DEFAULT_DECAY_EPOCHS` / :data:`DEFAULT_DECAY_RATE`). Call ``step()`` after every optimizer
-    step."""
+                     decay_rate: float | None = None, warmup_lr: float | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warm-up from ``warmup_lr`` (``None``: ``lr / 100``) to ``lr``, then ``sched``: cosine decay
+    to ``min_lr`` (:class:`WarmupCosine`) or ``step``, ``decay_rate`` every ``decay_epochs`` floored at ``min_lr``
+    (:class:`WarmupStepDecay`; ``None``: timm's defaults, :data:`DEFAULT_DECAY_EPOCHS` /
+    :data:`DEFAULT_DECAY_RATE`). Call ``step()`` after every optimizer step."""
     if sched not in SCHEDULES:
         raise ValueError(f"--sched must be one of {', '.join(SCHEDULES)}, got {sched!r}")
     total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
+    start = 0.01 if warmup_lr is None else warmup_lr / lr
     if sched == "cosine":
-        schedule = WarmupCosine(total, warmup, min_lr / lr)
+        schedule = WarmupCosine(total, warmup, min_lr / lr, start)
     else:
         decay_epochs = DEFAULT_DECAY_EPOCHS[sched] if decay_epochs is None else decay_epochs
         decay_rate = DEFAULT_DECAY_RATE[sched] if decay_rate is None else decay_rate
-        schedule = WarmupStepDecay(total, steps_per_epoch, warmup, decay_epochs, decay_rate, min_lr / lr)
+        schedule = WarmupStepDecay(total, steps_per_epoch, warmup, decay_epochs, decay_rate, min_lr / lr, start)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

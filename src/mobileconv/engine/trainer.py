@@ -319,7 +319,8 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     train_loader, test_loader = make_loaders(config, train_set, test_set, env)
     optimizer = create_optimizer(model, config.opt, config.lr, config.weight_decay, config.momentum, config.opt_eps)
     scheduler = create_scheduler(optimizer, config.epochs, len(train_loader), config.warmup_epochs, config.lr,
-                                 config.min_lr, config.sched, config.decay_epochs, config.decay_rate)
+                                 config.min_lr, config.sched, config.decay_epochs, config.decay_rate,
+                                 config.warmup_lr)
     dtype = amp_dtype(config, env.device)
     mixer = MixupCutmix(info.num_classes, config.mixup, config.cutmix, config.smoothing)
     run = Run(
