@@ -95,7 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = train_config_from_args(args)
     try:
-        fit(config, resume=getattr(args, "resume", None))
+        call_with_one_line_errors(fit, config, getattr(args, "resume", None))  # a key listing on one line
     except NonFiniteLossError as e:
         print(f"mobileconv train: error: {e}", file=sys.stderr)
         return 1

@@ -46,6 +46,9 @@ class TrainConfig:
                        metavar="DATA")
     img_size: int | None = option(None, "training / test resolution (default: 16 for digits, else the model's "
                                         "input size)", type=int, metavar="PX")
+    pretrained: str | None = option(None, "start from these weights: a mobileconv, timm or torchvision checkpoint "
+                                          "(a classifier for another number of classes is replaced by a new one)",
+                                    type=str, metavar="FILE")
     epochs: int = option(15, "number of epochs")
     batch_size: int = option(64, "global batch size, split evenly over the processes")
     lr: float | None = option(None, "peak learning rate (default: 0.1 sgd, 0.01 rmsprop / rmsproptf, "

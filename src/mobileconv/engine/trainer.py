@@ -38,7 +38,7 @@ from ..data import (BatchTransform, DataInfo, MixupCutmix, ShardedBatchSampler, 
                     preferred_img_size)
 from ..data.datasets import show_names
 from ..deploy.export import memory_errors_as_value_errors
-from ..deploy.weights import FORMAT, bn_eps_of
+from ..deploy.weights import FORMAT, bn_eps_of, checkpoint_num_classes, load_state_dict, read_checkpoint
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_yaml
 from .distributed import (DistEnv, barrier, broadcast_buffers, broadcast_text, cleanup_distributed,
@@ -360,6 +360,8 @@ def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict
                          f"pixels (its minimum input size); pass a larger --img-size")
     if state is not None:
         load_checked(model, state["model"], f"--resume: {state_path}: its model weights")
+    elif config.pretrained:
+        load_initial_weights(model, config.pretrained, info.num_classes)
     model.to(env.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -376,6 +378,20 @@ def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict
         check_compiler(env.device, "--compile", ValueError)
         train_model = torch.compile(train_model)
     return model, train_model
+
+
+def load_initial_weights(model: nn.Module, path: str, num_classes: int) -> None:
+    """``--pretrained``: ``path``'s weights (mobileconv, timm or torchvision) into ``model``, checked as
+    ``create_model(pretrained=...)`` checks them; a classifier for another number of classes than ``num_classes``
+    is left out, and the model keeps its new one (fine-tuning on another dataset)."""
+    try:
+        tensors, metadata = read_checkpoint(path)
+        drop_head = checkpoint_num_classes(tensors, path) not in (None, num_classes)
+        load_state_dict(model, tensors, metadata, drop_head=drop_head, name=path)
+    except FileNotFoundError:
+        raise ValueError(f"--pretrained {path}: no such file") from None
+    except ValueError as e:
+        raise ValueError(f"--pretrained: {e}") from None
 
 
 def make_loaders(config: TrainConfig, train_set, test_set, env: DistEnv) -> tuple[DataLoader, DataLoader]:
