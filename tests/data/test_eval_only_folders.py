@@ -109,3 +109,35 @@ def test_a_folder_of_class_folders_may_have_a_class_named_train_or_val(tmp_path,
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / name / "0.png")
     test, info = build_test_dataset(str(root), 16)
     assert info.classes == sorted([*CLASSES, name]) and len(test) == 6
+
+
+def test_eval_optimize_scores_the_optimised_copy_alike(tmp_path, capsys):
+    """--optimize: the same confusion matrix and loss (to 1e-4) as the plain model; the checkpoint's model is
+    evaluated through optimize_for_inference's copy (BN folded: no BatchNorm2d left in what runs)."""
+    import json
+
+    from mobileconv.engine import loop
+
+    _val(tmp_path / "val", counts=(3, 3))
+    torch.manual_seed(0)
+    save_weights(tmp_path / "w.safetensors", mobileconv.create_model("mixnet_s", num_classes=2).state_dict())
+    ran = []
+    evaluate = loop.evaluate
+
+    def recording_evaluate(model, *args, **kwargs):
+        ran.append(any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()))
+        return evaluate(model, *args, **kwargs)
+
+    results = []
+    with pytest.MonkeyPatch.context() as mp:
+        from mobileconv.engine import inference
+        mp.setattr(inference, "evaluate", recording_evaluate)
+        for option in ([], ["--optimize"]):
+            assert main(["eval", "--checkpoint", str(tmp_path / "w.safetensors"), "--model", "mixnet_s", "--data",
+                         str(tmp_path / "val"), "--img-size", "64", "--device", "cpu", "--format", "json",
+                         *option]) == 0
+            results.append(json.loads(capsys.readouterr().out))
+    assert ran == [True, False]
+    assert [r["optimized"] for r in results] == [False, True]
+    assert results[0]["confusion"] == results[1]["confusion"]
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-4)

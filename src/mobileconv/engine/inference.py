@@ -199,7 +199,8 @@ def resolve_crop(loaded: LoadedCheckpoint, crop_pct: float | None = None,
 def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: str | None = None,
                         img_size: int | None = None, batch_size: int = 256, device: str = "auto",
                         max_samples: int | None = None, use_ema: bool = False, crop_pct: float | None = None,
-                        interpolation: str | None = None, workers: int = 0) -> dict:
+                        interpolation: str | None = None, workers: int = 0, optimize: bool = False,
+                        progress: bool = False) -> dict:
     """top-1 / top-5 / per-class accuracy / confusion matrix of a checkpoint on a dataset's test split.
 
     ``data`` and ``img_size`` default to those recorded with the checkpoint; images are normalised
@@ -207,7 +208,9 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     (the training run's), else with the model's ``pretrained_cfg``'s; ``use_ema`` takes a training
     checkpoint's EMA weights. An ImageFolder tree's images are resized and centre-cropped with ``crop_pct`` and
     ``interpolation`` (:func:`resolve_crop`; given for digits, synthetic or CIFAR data, whose arrays are resized
-    whole, they are refused). ``workers`` processes decode the images (0: this one). A batch of images of
+    whole, they are refused). ``workers`` processes decode the images (0: this one). ``optimize`` evaluates
+    :func:`~mobileconv.optimize_for_inference`'s copy of the model (BN folded, MixConv fused, oneDNN on CPU:
+    faster, logits within 1e-4 of their scale); ``progress`` shows a progress bar. A batch of images of
     ``img_size`` that the memory cannot hold is refused with a ``ValueError`` (up front where it cannot be
     allocated at all).
     """
@@ -230,12 +233,12 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     batch = min(batch_size, max_samples or batch_size)
     with images_fit(batch, img_size, dev):  # before any image is made (or decoded and resized by PIL)
         return _evaluate_on(loaded, checkpoint, data, given, img_size, crop, explicit, batch_size, max_samples, dev,
-                            workers)
+                            workers, optimize, progress)
 
 
 def _evaluate_on(loaded: LoadedCheckpoint, checkpoint: str | Path, data: str, given: str | None, img_size: int,
                  crop: tuple[float, str], explicit: list[str], batch_size: int, max_samples: int | None,
-                 dev: torch.device, workers: int) -> dict:
+                 dev: torch.device, workers: int, optimize: bool = False, progress: bool = False) -> dict:
     try:
         test_set, info = build_test_dataset(data, img_size, *crop)
     except ValueError as e:
@@ -260,10 +263,15 @@ def _evaluate_on(loaded: LoadedCheckpoint, checkpoint: str | Path, data: str, gi
                                                                     drop_last=False),
                         num_workers=workers, pin_memory=dev.type == "cuda")
     transform = BatchTransform(img_size, *resolve_normalization(loaded)).to(dev)
-    result = evaluate(loaded.model, loader, transform, info.num_classes, DistEnv(device=dev))
+    model = loaded.model
+    if optimize:
+        from ..deploy.optimize import optimize_for_inference
+
+        model = optimize_for_inference(model, example_input=torch.zeros(1, 3, img_size, img_size, device=dev))
+    result = evaluate(model, loader, transform, info.num_classes, DistEnv(device=dev), progress=progress)
     preprocessing = {"crop_pct": crop[0], "interpolation": crop[1]} if info.kind == "imagefolder" else {}
     return {"model": loaded.name, "checkpoint": str(checkpoint), "dataset": info.name, "split": info.test_split,
-            "img_size": img_size, **preprocessing, "classes": info.classes, **result}
+            "img_size": img_size, **preprocessing, "optimized": optimize, "classes": info.classes, **result}
 
 
 def _preview(names, count: int = 3) -> str:
