@@ -61,11 +61,10 @@ def train_config_from_args(args: argparse.Namespace):
 
     ``--momentum`` / ``--opt-eps`` set on the command line or in --config FILE for an optimizer without such a
     setting, and ``--decay-epochs`` / ``--decay-rate`` for a schedule without, are refused (naming where they were
-    set); a resumed run's config.yaml records them resolved (older runs recorded ``momentum: 0.9`` for adamw),
-    so its values are dropped where the optimizer or schedule has no use for them,
-    as its ``reprob`` is when augmentation is turned off (``--no-aug``).
+    set), as is ``--reprob`` with ``--no-aug``; a resumed run's config.yaml records them resolved (older runs
+    recorded ``momentum: 0.9`` for adamw), so its values are dropped where nothing uses them any more.
     """
-    from ..engine.config import TrainConfig, check_optimizer_options, load_yaml, unused_optimizer_options
+    from ..engine.config import TrainConfig, check_unused_options, load_yaml, unused_options
 
     given = {k: v for k, v in vars(args).items() if k in TrainConfig.fields()}
     config, origins = None, {}
@@ -82,11 +81,10 @@ def train_config_from_args(args: argparse.Namespace):
         origins = {str(k).replace("-", "_"): f"set in --config {args.config}" for k in values}
     origins.update({k: "set on the command line" for k in given})
     config = TrainConfig.from_mapping(given, "command line", config)
-    recorded = {name: None for name in unused_optimizer_options(config) if name not in origins}
+    fields = TrainConfig.fields()
+    recorded = {name: fields[name].default for name in unused_options(config) if name not in origins}
     config = dataclasses.replace(config, **recorded)
-    if not config.aug and config.reprob and "reprob" not in origins:  # the resumed run's, now without augmentation
-        config = dataclasses.replace(config, reprob=0.0)
-    check_optimizer_options(config, origins)
+    check_unused_options(config, origins)
     return config
 
 

@@ -156,7 +156,7 @@ class TrainConfig:
                      "drop", "color_jitter", "workers"):
             value = getattr(self, name)
             check(value is None or (math.isfinite(value) and value >= 0), name, "a finite number >= 0")
-        check_optimizer_options(self)
+        check_unused_options(self)
         # RMSProp / AdamW divide by sqrt(v) + eps: with eps 0, a weight whose gradients have all been 0 so far
         # (a dead ReLU channel) gets 0 / 0 = NaN at its first step, and the run stops on a NaN loss
         eps_ok = self.opt_eps is None or (math.isfinite(self.opt_eps) and self.opt_eps > 0)
@@ -173,7 +173,6 @@ class TrainConfig:
         check(0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
         check(0 <= self.reprob <= 1, "reprob", "a probability in [0, 1]")
-        check(self.aug or self.reprob == 0, "reprob", "0 with --no-aug (random erasing is an augmentation)")
         check(self.drop is None or self.drop < 1, "drop", "in [0, 1)")
         check(0 <= self.drop_path < 1, "drop_path", "in [0, 1)")
         check(0 < self.scale[0] <= self.scale[1] <= 1, "scale", "two numbers 0 < MIN <= MAX <= 1")
@@ -185,25 +184,30 @@ class TrainConfig:
 SCHEDULE_OPTIONS = {"cosine": (), "step": ("decay_epochs", "decay_rate")}
 
 
-def unused_optimizer_options(config: TrainConfig) -> list[str]:
-    """The options set (not ``None``) that ``config.opt`` has no use for (``--opt-eps`` with sgd, ``--momentum``
-    with adamw), or ``config.sched`` (``--decay-rate`` with cosine)."""
+def unused_options(config: TrainConfig) -> list[str]:
+    """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
+    ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``
+    with ``--no-aug``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
-    return [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
-            if getattr(config, name) is not None and name not in uses]
+    unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
+              if getattr(config, name) is not None and name not in uses]
+    return unused + (["reprob"] if config.reprob and not config.aug else [])
 
 
-def check_optimizer_options(config: TrainConfig, origins: dict[str, str] | None = None) -> None:
-    """Refuse an option the optimizer or the schedule would silently ignore; ``origins`` names where an option
+def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = None) -> None:
+    """Refuse an option that would be silently ignored (:func:`unused_options`); ``origins`` names where an option
     was set."""
-    for name in unused_optimizer_options(config):
-        flag = "--" + name.replace("_", "-")
+    for name in unused_options(config):
+        flag, value = "--" + name.replace("_", "-"), getattr(config, name)
         where = f" ({origins[name]})" if origins and name in origins else ""
+        if name == "reprob":
+            raise ValueError(f"--reprob must be 0 with --no-aug (random erasing is an augmentation), got {value!r}"
+                             f"{where}")
         if name.startswith("decay_"):
-            raise ValueError(f"{flag} {getattr(config, name)!r}{where} is used by --sched step only, not by --sched "
+            raise ValueError(f"{flag} {value!r}{where} is used by --sched step only, not by --sched "
                              f"{config.sched}: leave {flag} out, or add --sched step")
         takes = " and ".join("--" + n.replace("_", "-") for n in OPTIMIZER_OPTIONS[config.opt])
-        raise ValueError(f"{flag} {getattr(config, name)!r}{where} is not used by --opt {config.opt}, which takes "
+        raise ValueError(f"{flag} {value!r}{where} is not used by --opt {config.opt}, which takes "
                          f"{takes} but not {flag}: leave {flag} out, or choose an --opt that uses it")
 
 
