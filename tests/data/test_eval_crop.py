@@ -11,7 +11,7 @@ from PIL import Image
 
 import mobileconv
 from mobileconv.cli import main
-from mobileconv.data import build_datasets, load_image
+from mobileconv.data import build_datasets, build_test_dataset, load_image
 from mobileconv.deploy.weights import convert_checkpoint
 from mobileconv.deploy.weights import save_weights as save_model_weights
 from mobileconv.engine import inference
@@ -105,9 +105,10 @@ def _tree(root, size=48):
             _photo(root / split / name / "a.png", size + 20 * label, size, seed=label)
 
 
-def test_build_datasets_crops_only_the_image_folder_test_split(tmp_path):
+def test_only_the_image_folder_test_split_is_cropped(tmp_path):
     _tree(tmp_path)
-    train, val, _ = build_datasets(str(tmp_path), 32, 0.5, "bicubic")
+    train, _, _ = build_datasets(str(tmp_path), 32)
+    val, _ = build_test_dataset(str(tmp_path), 32, 0.5, "bicubic")
     assert (val.crop_pct, val.interpolation) == (0.5, "bicubic")
     assert (train.crop_pct, train.interpolation) == (1.0, "bilinear")  # the random resized crop follows
     assert torch.equal(val[0][0], load_image(tmp_path / "val" / "cat" / "a.png", 32, 0.5, "bicubic"))

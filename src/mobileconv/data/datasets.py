@@ -164,7 +164,7 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-# PIL resampling filters by name (timm's / torchvision's ``interpolation`` names)
+# timm's / torchvision's ``interpolation`` names, PIL's resampling filters in lower case
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 
@@ -177,13 +177,13 @@ def is_crop_pct(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and MIN_CROP_PCT <= value <= 1
 
 
-def check_crop(crop_pct: float, interpolation: str) -> None:
+def check_crop(crop_pct: float | None, interpolation: str | None) -> None:
     """A ValueError unless ``crop_pct`` is one (:func:`is_crop_pct`) and ``interpolation`` is one of
-    :data:`INTERPOLATIONS`."""
-    if not is_crop_pct(crop_pct):
+    :data:`INTERPOLATIONS`; ``None`` is not given (an option left to its default)."""
+    if crop_pct is not None and not is_crop_pct(crop_pct):
         raise ValueError(f"crop_pct must be a number from {MIN_CROP_PCT} to 1 (the crop's share of the resized "
                          f"shorter side, 0.875 in timm's evaluation), got {crop_pct!r}")
-    if interpolation not in INTERPOLATIONS:
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
 
 
@@ -205,7 +205,7 @@ def load_image(path: Path, size: int, crop_pct: float = 1.0, interpolation: str 
     from PIL import Image, UnidentifiedImageError
 
     check_crop(crop_pct, interpolation)
-    resample = Image.BICUBIC if interpolation == "bicubic" else Image.BILINEAR
+    resample = getattr(Image.Resampling, interpolation.upper())
     scale = scale_size(size, crop_pct)
     try:
         with Image.open(path) as img:
@@ -297,13 +297,11 @@ def preferred_img_size(data: str) -> int | None:
     return PREFERRED_IMG_SIZE.get(data)
 
 
-def build_datasets(data: str, img_size: int, crop_pct: float = 1.0,
-                   interpolation: str = "bilinear") -> tuple[Dataset, Dataset, DataInfo]:
+def build_datasets(data: str, img_size: int) -> tuple[Dataset, Dataset, DataInfo]:
     """Train split, test split and their :class:`DataInfo` for a ``--data`` value.
 
-    ``crop_pct`` and ``interpolation`` are how an ImageFolder tree's test images are resized and
-    cropped (:func:`load_image`); the training images keep the whole shorter side (the random resized
-    crop follows), and digits, synthetic and CIFAR images are arrays that the batch transform resizes whole.
+    An ImageFolder tree's images keep the whole shorter side (the random resized crop follows in training);
+    :func:`build_test_dataset` crops test images otherwise.
 
     Raises ``ValueError`` with a one-line reason for a missing, empty or inconsistent dataset.
     """
@@ -320,7 +318,7 @@ def build_datasets(data: str, img_size: int, crop_pct: float = 1.0,
     if found is not None:
         return load_cifar(root, *found)
     if (root / "train").is_dir() or (root / "val").is_dir():
-        return load_image_folder(root, img_size, crop_pct, interpolation)
+        return load_image_folder(root, img_size)
     incomplete = cifar.find_incomplete(root)
     if incomplete is not None:
         folder, layout, missing = incomplete
@@ -339,11 +337,11 @@ def build_test_dataset(data: str, img_size: int, crop_pct: float = 1.0,
     """
     root = Path(data).expanduser()
     if data in ("digits", "synthetic") or not root.is_dir() or cifar.find_layout(root) is not None:
-        return build_datasets(data, img_size, crop_pct, interpolation)[1:]
+        return build_datasets(data, img_size)[1:]  # arrays: resized whole, no crop
     if _holds_class_folders(root / "val"):
         folder = root / "val"
     elif _holds_class_folders(root / "train") or cifar.find_incomplete(root) is not None:
-        return build_datasets(data, img_size, crop_pct, interpolation)[1:]  # its error: no val/, CIFAR files missing
+        return build_datasets(data, img_size)[1:]  # its error: no val/, CIFAR files missing
     else:  # class folders, one of them perhaps named train or val (CIFAR-100 has a class "train")
         folder = root
     try:
@@ -357,9 +355,7 @@ def build_test_dataset(data: str, img_size: int, crop_pct: float = 1.0,
     test = ImageFolderDataset(folder, list(classes), img_size, list(classes.values()), crop_pct, interpolation)
     if len(test) == 0:
         raise ValueError(f"--data {root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {folder}")
-    info = DataInfo(str(root.resolve()), "imagefolder", list(classes), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                    hflip=0.5, color_jitter=0.4, test_split=folder.name)
-    return test, info
+    return test, image_folder_info(root, list(classes), folder.name)
 
 
 def _holds_class_folders(folder: Path) -> bool:
@@ -463,10 +459,8 @@ def show_names(names) -> str:
     return "[" + ", ".join(repr(n) if n.isascii() else f"{n!r} ({ascii(n)[1:-1]})" for n in names) + "]"
 
 
-def load_image_folder(root: Path, img_size: int, crop_pct: float = 1.0, interpolation: str = "bilinear"):
+def load_image_folder(root: Path, img_size: int):
     """``root/train/<class>/*`` and ``root/val/<class>/*``; both must exist, hold images and agree on classes.
-
-    The val images are resized and cropped with ``crop_pct`` and ``interpolation`` (:func:`load_image`).
 
     Class names are matched in Unicode NFC form (:func:`class_folders`); images are read from the
     folders as they are named on disk.
@@ -488,9 +482,8 @@ def load_image_folder(root: Path, img_size: int, crop_pct: float = 1.0, interpol
         raise ValueError(f"--data {root}: train/ and val/ classes differ (only in train: {show_names(only_train)}, "
                          f"only in val: {show_names(only_val)})")
     classes = list(split_folders["train"])
-    train = ImageFolderDataset(root / "train", classes, img_size, list(split_folders["train"].values()))
-    val = ImageFolderDataset(root / "val", classes, img_size, list(split_folders["val"].values()), crop_pct,
-                             interpolation)
+    train, val = (ImageFolderDataset(root / split, classes, img_size, list(split_folders[split].values()))
+                  for split in ("train", "val"))
     for split, ds in (("train", train), ("val", val)):
         if len(ds) == 0:
             raise ValueError(f"--data {root}: no images ({', '.join(IMAGE_EXTENSIONS)}) under {split}/")
@@ -500,9 +493,14 @@ def load_image_folder(root: Path, img_size: int, crop_pct: float = 1.0, interpol
             raise ValueError(f"--data {root}: {split}/{empty[0]}/ holds no images ({', '.join(IMAGE_EXTENSIONS)})"
                              f"{f' (nor do {len(empty) - 1} other class folders)' if len(empty) > 1 else ''}; "
                              f"every class needs images in both train/ and val/")
-    info = DataInfo(str(root.resolve()), "imagefolder", classes, mean=IMAGENET_MEAN, std=IMAGENET_STD, hflip=0.5,
-                    color_jitter=0.4, test_split="val")
-    return train, val, info
+    return train, val, image_folder_info(root, classes, "val")
+
+
+def image_folder_info(root: Path, classes: list[str], test_split: str) -> DataInfo:
+    """An ImageFolder dataset's :class:`DataInfo`: photos, normalised with ImageNet's statistics, flipped and
+    colour-jittered in training."""
+    return DataInfo(str(root.resolve()), "imagefolder", classes, mean=IMAGENET_MEAN, std=IMAGENET_STD, hflip=0.5,
+                    color_jitter=0.4, test_split=test_split)
 
 
 def limit_samples(dataset, max_samples: int | None, seed: int = 0):

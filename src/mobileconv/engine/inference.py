@@ -187,9 +187,9 @@ def resolve_crop(loaded: LoadedCheckpoint, crop_pct: float | None = None,
     by ``mobileconv convert`` counts as the source it was converted from.
     """
     cfg = loaded.model.pretrained_cfg
-    trained_here = loaded.source != "mobileconv" or loaded.get("dataset") is not None  # by `mobileconv train`
-    default = SOURCE_CROP.get(loaded.source) if trained_here else None
-    default = default or (cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bilinear"))
+    model_default = cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bilinear")  # timm's resolve_data_config
+    saved_by_hand = loaded.source == "mobileconv" and loaded.get("dataset") is None  # save_weights, not a train run
+    default = model_default if saved_by_hand else SOURCE_CROP.get(loaded.source, model_default)
     crop_pct = loaded.get("crop_pct", default[0]) if crop_pct is None else crop_pct
     interpolation = loaded.get("interpolation", default[1]) if interpolation is None else interpolation
     check_crop(crop_pct, interpolation)
@@ -218,8 +218,7 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     check_positive(max_samples, "--max-val-samples")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"--workers must be an integer >= 0, got {workers!r}")
-    if crop_pct is not None or interpolation is not None:  # before the checkpoint is read
-        check_crop(1.0 if crop_pct is None else crop_pct, interpolation or INTERPOLATIONS[0])
+    check_crop(crop_pct, interpolation)  # the given ones, before the checkpoint is read
     dev = resolve_device(device)
     loaded = load_checkpoint(model_name, checkpoint, dev, use_ema)
     given = data
@@ -294,8 +293,7 @@ def predict_images(model_name: str | None, checkpoint: str | Path, images: str |
         images = [images]
     check_positive(top_k, "--top-k")
     check_positive(img_size, "--img-size")
-    if crop_pct is not None or interpolation is not None:  # before the checkpoint is read
-        check_crop(1.0 if crop_pct is None else crop_pct, interpolation or INTERPOLATIONS[0])
+    check_crop(crop_pct, interpolation)  # the given ones, before the checkpoint is read
     dev = resolve_device(device)
     loaded = load_checkpoint(model_name, checkpoint, dev, use_ema)
     classes = loaded.get("classes") or [str(i) for i in range(loaded.num_classes)]
