@@ -1,9 +1,9 @@
 """Batched augmentation on whole uint8 batches (kornia), and mixup / cutmix with soft targets.
 
 Train: resize to the training size when the stored size differs -> random resized crop ->
-horizontal flip -> colour jitter -> normalise -> random erasing. Eval: resize -> normalise. All randomness comes
-from torch's global generator, which the trainer seeds from ``(seed, epoch, rank)`` at the start
-of every epoch, so a resumed run replays the same augmentations.
+horizontal flip -> colour jitter -> RandAugment -> normalise -> random erasing (timm's order). Eval:
+resize -> normalise. All randomness comes from torch's global generator, which the trainer seeds from
+``(seed, epoch, rank)`` at the start of every epoch, so a resumed run replays the same augmentations.
 """
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .randaugment import RandAugment
+
+ERASE_MODES = ("const", "pixel")
 
 
 class BatchTransform(nn.Module):
@@ -26,13 +30,18 @@ class BatchTransform(nn.Module):
         hflip: probability of a horizontal flip.
         color_jitter: brightness / contrast / saturation strength (0 disables it).
         reprob: probability per image of random erasing (Zhong et al. 2020; timm's ``--reprob``): one
-            rectangle of 2-33% of the area, aspect ratio 0.3-3.3, set to 0 after normalisation (the mean
-            colour: timm's ``--remode const``).
+            rectangle of 2-33% of the area, aspect ratio 0.3-3.3, filled after normalisation as ``remode`` says.
+        remode: ``"const"``: the rectangle is set to 0, the mean colour; ``"pixel"``: to values drawn from
+            ``N(0, 1)`` per pixel and channel (timm's ``--remode``).
+        auto_augment: timm's RandAugment policy string (``"rand-m9-mstd0.5"``, :mod:`.randaugment`), applied to
+            the crop rounded to 8-bit values, as timm applies it to PIL images; the area that its geometric ops
+            uncover takes the mean colour, ``round(255 * mean)``.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *, train: bool = False,
                  scale: Sequence[float] = (1.0, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: float = 0.0,
-                 color_jitter: float = 0.0, reprob: float = 0.0) -> None:
+                 color_jitter: float = 0.0, reprob: float = 0.0, remode: str = "const",
+                 auto_augment: str | None = None) -> None:
         super().__init__()
         import kornia.augmentation as K
 
@@ -47,9 +56,16 @@ class BatchTransform(nn.Module):
         if train and color_jitter > 0:
             ops.append(K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=1.0))
         self.augment = nn.Sequential(*ops)
+        self.rand_augment = None
+        if train and auto_augment:
+            fill = [min(255, round(255 * m)) for m in mean]  # timm's img_mean
+            self.rand_augment = RandAugment.from_policy(auto_augment, fill=fill)
+        if remode not in ERASE_MODES:
+            raise ValueError(f"remode must be one of {ERASE_MODES}, got {remode!r}")
+        self.remode = remode
         # on the normalised batch, as timm erases: 0 there is the mean colour
         self.erase = K.RandomErasing(scale=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3), value=0.0, p=reprob) \
-            if train and reprob > 0 else nn.Identity()
+            if train and reprob > 0 else None
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -57,7 +73,26 @@ class BatchTransform(nn.Module):
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         x = self.augment(x)
-        return self.erase((x - self.mean) / self.std)
+        if self.rand_augment is not None:
+            x = self.rand_augment(x.mul(255).round_().clamp_(0, 255)).div_(255)
+        x = (x - self.mean) / self.std
+        if self.erase is None:
+            return x
+        if self.remode == "const":
+            return self.erase(x)
+        return erase_with_noise(x, self.erase.forward_parameters(x.shape))
+
+
+def erase_with_noise(x: torch.Tensor, params: dict) -> torch.Tensor:
+    """timm's ``--remode pixel``: the rectangles that kornia's ``RandomErasing`` drew (``params``) filled with
+    ``N(0, 1)`` values, one per pixel and channel."""
+    n, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    ys, xs, hs, ws = (params[k].to(x.device).view(n, 1, 1) for k in ("ys", "xs", "heights", "widths"))
+    inside = (rows >= ys) & (rows < ys + hs) & (cols >= xs) & (cols < xs + ws)
+    inside &= params["batch_prob"].to(x.device).view(n, 1, 1) > 0.5
+    return torch.where(inside.unsqueeze(1), torch.randn_like(x), x)
 
 
 def one_hot_smooth(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:

@@ -13,6 +13,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.randaugment import parse_policy
+from ..data.transforms import ERASE_MODES
+
 OPTIMIZERS = ("sgd", "rmsprop", "rmsproptf", "adamw")
 # the options that only some optimizers have: SGD has no epsilon, AdamW no momentum (its betas are fixed)
 OPTIMIZER_OPTIONS = {"sgd": ("momentum",), "rmsprop": ("momentum", "opt_eps"), "rmsproptf": ("momentum", "opt_eps"),
@@ -80,10 +83,14 @@ class TrainConfig:
     ratio: tuple[float, float] = option((3 / 4, 4 / 3), "aspect-ratio range (width / height) of the random resized "
                                                         "crop", nargs=2, metavar=("MIN", "MAX"))
     hflip: float | None = option(None, "horizontal-flip probability (default: 0 for digits, else 0.5)", type=float)
-    color_jitter: float | None = option(None, "colour-jitter strength (default: 0 for digits / synthetic, else 0.4)",
-                                        type=float)
-    reprob: float = option(0.0, "random-erasing probability per training image: one rectangle of 2-33%% of the area "
-                                "set to the mean colour (timm's --reprob with --remode const)")
+    color_jitter: float | None = option(None, "colour-jitter strength (default: 0 for digits / synthetic or with "
+                                              "--aa, else 0.4)", type=float)
+    aa: str | None = option(None, "RandAugment policy in timm's syntax, e.g. rand-m9-mstd0.5 (default: none)",
+                            type=str, metavar="POLICY")
+    reprob: float = option(0.0, "random-erasing probability per training image: one rectangle of 2-33%% of the area, "
+                                "filled as --remode says")
+    remode: str = option("const", "random-erasing fill: const = the mean colour, pixel = random normal values per "
+                                  "pixel (timm's --remode)", choices=ERASE_MODES)
     drop: float | None = option(None, "dropout rate before the classifier (default: the model's)", type=float)
     drop_path: float = option(0.0, "stochastic-depth rate of the residual blocks")
     ema: bool = option(False, "keep an exponential moving average of the weights and evaluate / save it")
@@ -173,6 +180,8 @@ class TrainConfig:
         check(0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
         check(0 <= self.reprob <= 1, "reprob", "a probability in [0, 1]")
+        if self.aa is not None:
+            parse_policy(self.aa)
         check(self.drop is None or self.drop < 1, "drop", "in [0, 1)")
         check(0 <= self.drop_path < 1, "drop_path", "in [0, 1)")
         check(0 < self.scale[0] <= self.scale[1] <= 1, "scale", "two numbers 0 < MIN <= MAX <= 1")
@@ -187,11 +196,15 @@ SCHEDULE_OPTIONS = {"cosine": (), "step": ("decay_epochs", "decay_rate")}
 def unused_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``
-    with ``--no-aug``."""
+    and ``--aa`` with ``--no-aug``, ``--remode pixel`` without random erasing."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
               if getattr(config, name) is not None and name not in uses]
-    return unused + (["reprob"] if config.reprob and not config.aug else [])
+    if not config.aug:
+        unused += [name for name in ("reprob", "aa") if getattr(config, name)]
+    if config.remode != "const" and not (config.reprob and config.aug):
+        unused.append("remode")
+    return unused
 
 
 def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = None) -> None:
@@ -203,6 +216,11 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
         if name == "reprob":
             raise ValueError(f"--reprob must be 0 with --no-aug (random erasing is an augmentation), got {value!r}"
                              f"{where}")
+        if name == "aa":
+            raise ValueError(f"--aa {value!r}{where} is an augmentation: leave it out with --no-aug")
+        if name == "remode":
+            raise ValueError(f"--remode {value}{where} fills random-erasing rectangles, which only --reprob > 0 "
+                             f"makes (and not with --no-aug): add --reprob, or leave --remode out")
         if name.startswith("decay_"):
             raise ValueError(f"{flag} {value!r}{where} is used by --sched step only, not by --sched "
                              f"{config.sched}: leave {flag} out, or add --sched step")

@@ -136,7 +136,9 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
         opt_eps=pick(config.opt_eps, DEFAULT_EPS[config.opt]),
         decay_epochs=pick(config.decay_epochs, DEFAULT_DECAY_EPOCHS[config.sched]),
         decay_rate=pick(config.decay_rate, DEFAULT_DECAY_RATE[config.sched]),
-        hflip=pick(config.hflip, info.hflip), color_jitter=pick(config.color_jitter, info.color_jitter))
+        hflip=pick(config.hflip, info.hflip),
+        # timm turns colour jitter off under RandAugment, which has colour ops of its own; an explicit value still applies
+        color_jitter=pick(config.color_jitter, 0.0 if config.aa else info.color_jitter))
 
 
 def check_out_dir(out: Path, *, resuming_here: bool, overwrite: bool) -> list[str]:
@@ -412,7 +414,8 @@ def make_transform(config: TrainConfig, info: DataInfo, train: bool) -> BatchTra
     if not (train and config.aug):
         return BatchTransform(config.img_size, info.mean, info.std)
     return BatchTransform(config.img_size, info.mean, info.std, train=True, scale=config.scale, ratio=config.ratio,
-                          hflip=config.hflip, color_jitter=config.color_jitter, reprob=config.reprob)
+                          hflip=config.hflip, color_jitter=config.color_jitter, reprob=config.reprob,
+                          remode=config.remode, auto_augment=config.aa)
 
 
 def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Path) -> None:

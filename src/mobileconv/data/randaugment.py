@@ -1,0 +1,375 @@
+"""RandAugment (Cubuk et al. 2020) as timm implements it, on whole batches.
+
+Each image draws its own ops, magnitudes and signs, as timm's per-image PIL transform does; the ops
+then run batched over the images that drew them. Every op computes what the Pillow call timm makes
+computes (``timm/data/auto_augment.py``), on float tensors that hold uint8 values 0-255, and
+``tests/data/test_randaugment_ops.py`` checks each against Pillow. One difference: the geometric
+ops resample bilinearly, where timm's training default picks bilinear or bicubic at random.
+
+The policy string is timm's ``--aa``: ``rand-m9-mstd0.5`` is magnitude 9 (of 10) with Gaussian
+magnitude noise of standard deviation 0.5, two ops per image, each applied with probability 0.5.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LEVEL_DENOM = 10.0  # magnitudes are given out of 10
+TRANSLATE_PCT = 0.45  # TranslateXRel / TranslateYRel move at most this fraction of the side
+
+
+def _per_image(value, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A scalar or one value per image, as an ``(N, 1, 1, 1)`` tensor for broadcasting over ``x``."""
+    return torch.as_tensor(value, dtype=dtype, device=x.device).expand(x.shape[0]).reshape(-1, 1, 1, 1)
+
+
+# ---- colour ops: per-pixel look-up tables and blends ---------------------------------------------------------
+
+def invert(x: torch.Tensor) -> torch.Tensor:
+    """``ImageOps.invert``."""
+    return 255 - x
+
+
+def posterize(x: torch.Tensor, bits) -> torch.Tensor:
+    """``ImageOps.posterize(img, bits)``: keep the ``bits`` high bits (0 keeps none, 8 or more all)."""
+    step = 2.0 ** (8 - _per_image(bits, x).clamp(0, 8))
+    return torch.div(x, step, rounding_mode="floor") * step
+
+
+def solarize(x: torch.Tensor, threshold) -> torch.Tensor:
+    """``ImageOps.solarize(img, threshold)``: values at or above ``threshold`` are inverted."""
+    return torch.where(x >= _per_image(threshold, x), 255 - x, x)
+
+
+def solarize_add(x: torch.Tensor, add, threshold=128) -> torch.Tensor:
+    """timm's ``solarize_add``: values below ``threshold`` get ``add`` added, up to 255."""
+    return torch.where(x < _per_image(threshold, x), (x + _per_image(add, x)).clamp(max=255), x)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """Pillow's RGB -> L conversion (ITU-R 601-2 luma in 16-bit fixed point), ``(N, 1, H, W)``."""
+    r, g, b = x.to(torch.int32).unbind(1)
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).unsqueeze(1).to(x.dtype)
+
+
+def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor) -> torch.Tensor:
+    """``Image.blend(degenerate, img, factor)``: ``degenerate + factor * (img - degenerate)`` in float32,
+    truncated to an integer and clipped to 0-255."""
+    factor = _per_image(factor, x)
+    return (degenerate + factor * (x - degenerate)).floor_().clamp_(0, 255)
+
+
+def color(x: torch.Tensor, factor) -> torch.Tensor:
+    """``ImageEnhance.Color(img).enhance(factor)``: blend with the image's greyscale."""
+    return _blend(_grey(x), x, factor)
+
+
+def contrast(x: torch.Tensor, factor) -> torch.Tensor:
+    """``ImageEnhance.Contrast(img).enhance(factor)``: blend with the image's mean grey level, rounded."""
+    mean = _grey(x).to(torch.float64).mean((1, 2, 3), keepdim=True)
+    return _blend(torch.floor(mean + 0.5).to(x.dtype), x, factor)
+
+
+def brightness(x: torch.Tensor, factor) -> torch.Tensor:
+    """``ImageEnhance.Brightness(img).enhance(factor)``: blend with black."""
+    return _blend(torch.zeros_like(x), x, factor)
+
+
+def sharpness(x: torch.Tensor, factor) -> torch.Tensor:
+    """``ImageEnhance.Sharpness(img).enhance(factor)``: blend with ``ImageFilter.SMOOTH``, the 3x3 kernel
+    ``[[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13`` rounded to the nearest integer, the 1-pixel border unfiltered."""
+    if x.shape[-1] < 3 or x.shape[-2] < 3:
+        return x.clone()  # all border: the smoothed image is the image
+    kernel = torch.ones(3, 1, 3, 3, dtype=torch.float32, device=x.device)
+    kernel[:, :, 1, 1] = 5
+    total = F.conv2d(x.float(), kernel, groups=3)  # integers below 2 ** 24: exact in any order
+    smooth = x.clone()
+    # k / 13 is never a half, so round-half-up on the exact sum is Pillow's rounding of its float sum
+    smooth[..., 1:-1, 1:-1] = torch.div(2 * total + 13, 26, rounding_mode="floor").to(x.dtype)
+    return _blend(smooth, x, factor)
+
+
+def _apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """``x`` through one 256-entry table per image and channel, ``lut`` of shape ``(N, C, 256)``."""
+    n, c, h, w = x.shape
+    index = x.reshape(n, c, h * w).long()
+    return lut.to(x.dtype).gather(2, index).reshape(n, c, h, w)
+
+
+def _histograms(x: torch.Tensor) -> torch.Tensor:
+    """The 256-bin histogram of each image and channel, ``(N, C, 256)`` int64."""
+    n, c, h, w = x.shape
+    index = x.reshape(n, c, h * w).long()
+    return torch.zeros(n, c, 256, dtype=torch.int64, device=x.device).scatter_add_(2, index, torch.ones_like(index))
+
+
+def auto_contrast(x: torch.Tensor) -> torch.Tensor:
+    """``ImageOps.autocontrast(img)``: each channel stretched so that its lowest value becomes 0 and its
+    highest 255 (``int(i * scale + offset)`` in double precision); a constant channel is left as it is."""
+    n, c = x.shape[:2]
+    lo = x.amin((2, 3)).to(torch.float64)
+    hi = x.amax((2, 3)).to(torch.float64)
+    scale = torch.full_like(hi, 255.0) / (hi - lo).clamp(min=1)  # not 255.0 / t, which is 255.0 * (1 / t)
+    offset = -lo * scale
+    levels = torch.arange(256, dtype=torch.float64, device=x.device)
+    lut = (levels * scale.unsqueeze(-1) + offset.unsqueeze(-1)).trunc().clamp(0, 255)
+    lut = torch.where((hi > lo).unsqueeze(-1), lut, levels.expand(n, c, 256))
+    return _apply_lut(x, lut)
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """``ImageOps.equalize(img)``: each channel's histogram equalised with Pillow's integer steps, ``(pixels
+    below the highest value) // 255`` wide; a channel with one value, or a step of 0, is left as it is."""
+    n, c = x.shape[:2]
+    hist = _histograms(x)
+    last = hist.gather(2, x.amax((2, 3)).long().unsqueeze(-1)).squeeze(-1)  # pixels at the highest value
+    step = (hist.sum(-1) - last) // 255
+    before = hist.cumsum(-1) - hist  # pixels below each value
+    lut = ((step // 2).unsqueeze(-1) + before) // step.clamp(min=1).unsqueeze(-1)
+    keep = ((hist > 0).sum(-1) <= 1) | (step == 0)
+    levels = torch.arange(256, device=x.device).expand(n, c, 256)
+    return _apply_lut(x, torch.where(keep.unsqueeze(-1), levels, lut.clamp(max=255)))
+
+
+# ---- geometric ops: Pillow's affine transform with bilinear resampling ----------------------------------------
+
+def affine(x: torch.Tensor, matrices: torch.Tensor, fill: Sequence[int]) -> torch.Tensor:
+    """``img.transform(img.size, Image.AFFINE, matrix, resample=Image.BILINEAR, fillcolor=fill)`` per image.
+
+    ``matrices`` is ``(N, 6)``: the output pixel ``(x, y)`` samples the input at ``(a x' + b y' + c,
+    d x' + e y' + f)``, with ``x' = x + 0.5`` and ``y' = y + 0.5`` (pixel centres), all in double precision as
+    in Pillow. A point outside the image takes ``fill``; inside, the four nearest pixels (clamped to the
+    border) are interpolated in Pillow's order and the result is truncated.
+    """
+    n, c, h, w = x.shape
+    m = matrices.to(torch.float64).reshape(n, 6, 1, 1)
+    cols = (torch.arange(w, dtype=torch.float64, device=x.device) + 0.5).reshape(1, 1, w)
+    rows = (torch.arange(h, dtype=torch.float64, device=x.device) + 0.5).reshape(1, h, 1)
+    xin = m[:, 0] * cols + m[:, 1] * rows + m[:, 2]  # (N, H, W)
+    yin = m[:, 3] * cols + m[:, 4] * rows + m[:, 5]
+    inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
+    xin, yin = xin - 0.5, yin - 0.5
+    x0, y0 = xin.floor(), yin.floor()
+    dx, dy = (xin - x0).unsqueeze(1), (yin - y0).unsqueeze(1)
+    x0, y0 = x0.long(), y0.long()
+    xs = (x0.clamp(0, w - 1), (x0 + 1).clamp(0, w - 1))
+    ys = (y0.clamp(0, h - 1) * w, (y0 + 1).clamp(0, h - 1) * w)
+    flat = x.to(torch.float64).reshape(n, c, h * w)
+
+    def pixel(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        return flat.gather(2, (row + col).reshape(n, 1, h * w).expand(n, c, h * w)).reshape(n, c, h, w)
+
+    top_left, top_right = pixel(ys[0], xs[0]), pixel(ys[0], xs[1])
+    bottom_left, bottom_right = pixel(ys[1], xs[0]), pixel(ys[1], xs[1])
+    top = top_left + (top_right - top_left) * dx
+    bottom = bottom_left + (bottom_right - bottom_left) * dx
+    out = (top + (bottom - top) * dy).trunc_()
+    fill = torch.tensor(fill, dtype=torch.float64, device=x.device).reshape(1, c, 1, 1)
+    return torch.where(inside.unsqueeze(1), out, fill).to(x.dtype)
+
+
+def _matrices(rows: list[list[float]], x: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64, device=x.device).reshape(-1, 6)
+
+
+def _values(value, x: torch.Tensor) -> list[float]:
+    return torch.as_tensor(value, dtype=torch.float64).expand(x.shape[0]).tolist()
+
+
+def rotate(x: torch.Tensor, degrees, fill: Sequence[int]) -> torch.Tensor:
+    """``img.rotate(degrees, resample=Image.BILINEAR, fillcolor=fill)``: counter-clockwise about the centre,
+    with Pillow's matrix (the angle taken modulo 360, sines and cosines rounded to 15 decimals)."""
+    h, w = x.shape[-2:]
+    cx, cy = w / 2, h / 2
+    rows = []
+    for angle in _values(degrees, x):
+        angle = -math.radians(angle % 360.0)
+        a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
+        d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
+        rows.append([a, b, a * -cx + b * -cy + 0.0 + cx, d, e, d * -cx + e * -cy + 0.0 + cy])
+    out = affine(x, _matrices(rows, x), fill)
+    unrotated = torch.tensor([angle % 360.0 == 0 for angle in _values(degrees, x)], device=x.device)
+    return torch.where(unrotated.reshape(-1, 1, 1, 1), x, out)  # Pillow returns a copy for 0 degrees
+
+
+def shear_x(x: torch.Tensor, factor, fill: Sequence[int]) -> torch.Tensor:
+    """``img.transform(size, AFFINE, (1, factor, 0, 0, 1, 0), BILINEAR, fillcolor=fill)``."""
+    return affine(x, _matrices([[1, f, 0, 0, 1, 0] for f in _values(factor, x)], x), fill)
+
+
+def shear_y(x: torch.Tensor, factor, fill: Sequence[int]) -> torch.Tensor:
+    """``img.transform(size, AFFINE, (1, 0, 0, factor, 1, 0), BILINEAR, fillcolor=fill)``."""
+    return affine(x, _matrices([[1, 0, 0, f, 1, 0] for f in _values(factor, x)], x), fill)
+
+
+def translate_x(x: torch.Tensor, pixels, fill: Sequence[int]) -> torch.Tensor:
+    """``img.transform(size, AFFINE, (1, 0, pixels, 0, 1, 0), BILINEAR, fillcolor=fill)``."""
+    return affine(x, _matrices([[1, 0, p, 0, 1, 0] for p in _values(pixels, x)], x), fill)
+
+
+def translate_y(x: torch.Tensor, pixels, fill: Sequence[int]) -> torch.Tensor:
+    """``img.transform(size, AFFINE, (1, 0, 0, 0, 1, pixels), BILINEAR, fillcolor=fill)``."""
+    return affine(x, _matrices([[1, 0, 0, 0, 1, p] for p in _values(pixels, x)], x), fill)
+
+
+# ---- the policy --------------------------------------------------------------------------------------------
+
+def _signed(level: torch.Tensor, negate: torch.Tensor) -> torch.Tensor:
+    return torch.where(negate, -level, level)
+
+
+def _enhance_increasing(m: torch.Tensor, negate: torch.Tensor) -> torch.Tensor:
+    return (1.0 + _signed(m / LEVEL_DENOM * 0.9, negate)).clamp(min=0.1)
+
+
+# name -> (op, argument from (magnitude, random sign, image)); timm's LEVEL_TO_ARG, with the sign drawn per image
+OPS: dict[str, tuple[Callable, Callable | None]] = {
+    "AutoContrast": (auto_contrast, None),
+    "Equalize": (equalize, None),
+    "Invert": (invert, None),
+    "Rotate": (rotate, lambda m, neg, x: _signed(m / LEVEL_DENOM * 30.0, neg)),
+    "Posterize": (posterize, lambda m, neg, x: (m / LEVEL_DENOM * 4).trunc()),
+    "PosterizeIncreasing": (posterize, lambda m, neg, x: 4 - (m / LEVEL_DENOM * 4).trunc()),
+    "Solarize": (solarize, lambda m, neg, x: (m / LEVEL_DENOM * 256).trunc()),
+    "SolarizeIncreasing": (solarize, lambda m, neg, x: 256 - (m / LEVEL_DENOM * 256).trunc()),
+    "SolarizeAdd": (solarize_add, lambda m, neg, x: (m / LEVEL_DENOM * 110).trunc()),
+    "Color": (color, lambda m, neg, x: m / LEVEL_DENOM * 1.8 + 0.1),
+    "ColorIncreasing": (color, lambda m, neg, x: _enhance_increasing(m, neg)),
+    "Contrast": (contrast, lambda m, neg, x: m / LEVEL_DENOM * 1.8 + 0.1),
+    "ContrastIncreasing": (contrast, lambda m, neg, x: _enhance_increasing(m, neg)),
+    "Brightness": (brightness, lambda m, neg, x: m / LEVEL_DENOM * 1.8 + 0.1),
+    "BrightnessIncreasing": (brightness, lambda m, neg, x: _enhance_increasing(m, neg)),
+    "Sharpness": (sharpness, lambda m, neg, x: m / LEVEL_DENOM * 1.8 + 0.1),
+    "SharpnessIncreasing": (sharpness, lambda m, neg, x: _enhance_increasing(m, neg)),
+    "ShearX": (shear_x, lambda m, neg, x: _signed(m / LEVEL_DENOM * 0.3, neg)),
+    "ShearY": (shear_y, lambda m, neg, x: _signed(m / LEVEL_DENOM * 0.3, neg)),
+    "TranslateXRel": (translate_x, lambda m, neg, x: _signed(m / LEVEL_DENOM * TRANSLATE_PCT, neg) * x.shape[-1]),
+    "TranslateYRel": (translate_y, lambda m, neg, x: _signed(m / LEVEL_DENOM * TRANSLATE_PCT, neg) * x.shape[-2]),
+}
+GEOMETRIC = {rotate, shear_x, shear_y, translate_x, translate_y}
+
+# timm's _RAND_TRANSFORMS, and with "inc1" the variants whose strength grows with the magnitude
+RAND_TRANSFORMS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
+                   "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+RAND_INCREASING_TRANSFORMS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing",
+                              "SolarizeIncreasing", "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing",
+                              "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel",
+                              "TranslateYRel")
+# timm's _RAND_CHOICE_WEIGHTS_0 ("w0"): ops drawn with these weights, without replacement
+CHOICE_WEIGHTS_0 = {"Rotate": 0.3, "ShearX": 0.2, "ShearY": 0.2, "TranslateXRel": 0.1, "TranslateYRel": 0.1,
+                    "Color": 0.025, "Sharpness": 0.025, "AutoContrast": 0.025, "Solarize": 0.005,
+                    "SolarizeAdd": 0.005, "Contrast": 0.005, "Brightness": 0.005, "Equalize": 0.005,
+                    "Posterize": 0.0, "Invert": 0.0}
+
+POLICY_HELP = ("timm's RandAugment string: 'rand' followed by any of -m<magnitude 0-10+> (default 10), -n<ops per "
+               "image> (default 2), -mstd<magnitude noise std; above 100: uniform in [0, m]>, -mmax<largest magnitude> "
+               "(default 10), -inc<0|1> (ops that grow stronger with the magnitude), -w0 (timm's op weights); "
+               "e.g. rand-m9-mstd0.5")
+
+
+def parse_policy(policy: str) -> dict:
+    """timm's ``rand-m9-n2-mstd0.5-mmax10-inc1-w0`` as keyword arguments of :class:`RandAugment`.
+
+    Raises ``ValueError`` naming the expected form for anything else (timm asserts, or skips a section
+    without a number).
+    """
+    if not isinstance(policy, str) or policy.split("-")[0] != "rand":
+        raise ValueError(f"--aa {policy!r}: expected {POLICY_HELP} (AutoAugment and AugMix are not supported)")
+    settings = {}
+    parsers = {"m": float, "n": int, "mstd": float, "mmax": float, "inc": int, "w": int}
+    for section in policy.split("-")[1:]:
+        match = re.fullmatch(r"([a-z]+)(\d.*)", section)
+        if match is None or match[1] not in parsers or match[1] in settings:
+            reason = "repeated" if match and match[1] in settings else "unknown"
+            raise ValueError(f"--aa {policy!r}: {reason} section {section!r}; expected {POLICY_HELP}")
+        try:
+            value = parsers[match[1]](match[2])
+        except ValueError:
+            raise ValueError(f"--aa {policy!r}: section {section!r} needs a number; expected {POLICY_HELP}") from None
+        settings[match[1]] = value
+    if settings.get("n", 2) < 1 or not math.isfinite(settings.get("m", 10)) or settings.get("m", 10) < 0:
+        raise ValueError(f"--aa {policy!r}: needs n >= 1 ops per image and a finite magnitude m >= 0")
+    if settings.get("mstd", 0) < 0 or settings.get("mmax", 10) <= 0 or settings.get("w", 0) != 0 \
+            or settings.get("inc", 0) not in (0, 1):
+        raise ValueError(f"--aa {policy!r}: needs mstd >= 0, mmax > 0, w0 (timm's only weights) and inc0 / inc1")
+    mstd = settings.get("mstd", 0.0)
+    return {"magnitude": settings.get("m", LEVEL_DENOM), "num_layers": settings.get("n", 2),
+            "magnitude_std": math.inf if mstd > 100 else mstd, "magnitude_max": settings.get("mmax", LEVEL_DENOM),
+            "increasing": bool(settings.get("inc", 0)), "weighted": "w" in settings}
+
+
+class RandAugment(nn.Module):
+    """timm's RandAugment on a batch: every image applies ``num_layers`` ops drawn for it, each with
+    probability ``prob``.
+
+    Input and output are float batches ``(N, 3, H, W)`` holding uint8 values 0-255. The magnitude of each
+    op application is ``magnitude``, or with ``magnitude_std`` drawn from ``N(magnitude, magnitude_std)``
+    (uniform in ``[0, magnitude]`` when it is infinite), clipped to ``[0, magnitude_max]``. Signed ops
+    (rotate, shear, translate) are negated with probability 1/2. All randomness comes from torch's global
+    generator. Build one from timm's policy string with :meth:`from_policy`.
+
+    Args:
+        fill: RGB colour of the area that the geometric ops uncover (timm: the dataset mean, ``round(255 *
+            mean)``).
+        increasing: timm's ``inc1`` op set.
+        weighted: timm's ``w0`` op weights, ops then drawn without replacement.
+    """
+
+    def __init__(self, magnitude: float = LEVEL_DENOM, num_layers: int = 2, magnitude_std: float = 0.0,
+                 magnitude_max: float = LEVEL_DENOM, increasing: bool = False, weighted: bool = False,
+                 fill: Sequence[int] = (128, 128, 128), prob: float = 0.5) -> None:
+        super().__init__()
+        self.magnitude, self.num_layers, self.prob = float(magnitude), int(num_layers), float(prob)
+        self.magnitude_std, self.magnitude_max = float(magnitude_std), float(magnitude_max)
+        self.fill = tuple(int(v) for v in fill)
+        self.names = RAND_INCREASING_TRANSFORMS if increasing else RAND_TRANSFORMS
+        if weighted and increasing:
+            raise ValueError("timm's op weights (w0) are for the plain op set, not with inc1")
+        weights = [CHOICE_WEIGHTS_0[name] for name in self.names] if weighted else [1.0] * len(self.names)
+        # a plain attribute, not a buffer: the draws stay on the CPU generator when the batch is on a GPU
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+        self.weighted = weighted
+        if weighted and self.num_layers > int((self.weights > 0).sum()):
+            raise ValueError(f"n={self.num_layers} ops per image drawn without replacement, but w0 gives only "
+                             f"{int((self.weights > 0).sum())} ops a weight above 0")
+
+    @classmethod
+    def from_policy(cls, policy: str, fill: Sequence[int] = (128, 128, 128)) -> RandAugment:
+        """From timm's ``--aa`` string (:func:`parse_policy`)."""
+        return cls(**parse_policy(policy), fill=fill)
+
+    def extra_repr(self) -> str:
+        return (f"n={self.num_layers}, m={self.magnitude:g}, mstd={self.magnitude_std:g}, "
+                f"mmax={self.magnitude_max:g}, p={self.prob:g}, fill={self.fill}")
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        x = x.clone(memory_format=torch.contiguous_format)  # the ops gather over flattened planes
+        weights = self.weights.expand(n, -1)
+        choices = torch.multinomial(weights, self.num_layers, replacement=not self.weighted)  # (N, layers)
+        for layer in range(self.num_layers):
+            applied = torch.rand(n, dtype=torch.float64) <= self.prob
+            if math.isinf(self.magnitude_std):
+                magnitude = torch.rand(n, dtype=torch.float64) * self.magnitude
+            else:
+                magnitude = self.magnitude + self.magnitude_std * torch.randn(n, dtype=torch.float64)
+            magnitude = magnitude.clamp(0.0, self.magnitude_max)
+            negate = torch.rand(n, dtype=torch.float64) > 0.5
+            chosen = choices[:, layer].cpu()
+            for k, name in enumerate(self.names):
+                index = torch.nonzero(applied & (chosen == k)).flatten()
+                if len(index) == 0:
+                    continue
+                op, argument = OPS[name]
+                images = x[index.to(x.device)]
+                args = [] if argument is None else [argument(magnitude[index], negate[index], images)]
+                if op in GEOMETRIC:
+                    args.append(self.fill)
+                x.index_copy_(0, index.to(x.device), op(images, *args))
+        return x

@@ -1,0 +1,215 @@
+"""RandAugment's policy (``--aa``): which ops each image draws, with which arguments, as timm draws them.
+
+The ops themselves are checked against Pillow in ``test_randaugment_ops.py``. Here they are replaced by
+recorders, and the draws are compared with timm's rules written out: ops uniform over timm's 15 (with
+replacement; ``w0``: timm's weights, without), each applied with probability 0.5, magnitude ``N(m, mstd)``
+clipped to ``[0, mmax]``, signed ops negated half the time, and timm's level-to-argument formulas.
+"""
+import math
+
+import pytest
+import torch
+
+from mobileconv.cli import main
+from mobileconv.data import BatchTransform
+from mobileconv.data import randaugment as ra
+
+TIMM_RAND_TRANSFORMS = ["AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
+                        "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
+                        "TranslateYRel"]
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("rand-m9-mstd0.5", dict(magnitude=9, num_layers=2, magnitude_std=0.5, magnitude_max=10, increasing=False,
+                             weighted=False)),
+    ("rand-m7-n3-mstd101-mmax20-inc1", dict(magnitude=7, num_layers=3, magnitude_std=math.inf, magnitude_max=20,
+                                            increasing=True, weighted=False)),
+    ("rand-w0", dict(magnitude=10, num_layers=2, magnitude_std=0, magnitude_max=10, increasing=False, weighted=True)),
+    ("rand", dict(magnitude=10, num_layers=2, magnitude_std=0, magnitude_max=10, increasing=False, weighted=False)),
+])
+def test_policy_strings_parse_as_timm_reads_them(policy, expected):
+    assert ra.parse_policy(policy) == expected
+
+
+@pytest.mark.parametrize("policy, message", [
+    ("v0", "expected timm's RandAugment string"),
+    ("augmix-m5", "not supported"),
+    ("rand-m9-x3", "unknown section 'x3'"),
+    ("rand-m9-m7", "repeated section 'm7'"),
+    ("rand-mfoo", "unknown section 'mfoo'"),
+    ("rand-m9.5.1", "needs a number"),
+    ("rand-n0", "n >= 1"),
+    ("rand-w1", "w0"),
+    ("rand-inc2", "inc0 / inc1"),
+])
+def test_bad_policy_strings_are_refused_naming_the_form(policy, message):
+    with pytest.raises(ValueError, match="--aa") as info:
+        ra.parse_policy(policy)
+    assert message in str(info.value)
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Every op replaced by one that records (name, image ids, argument) and marks the images it touched."""
+    calls = []
+    for name, (op, argument) in list(ra.OPS.items()):
+        def fake(images, *args, name=name, geometric=op in ra.GEOMETRIC):
+            arg = args[0].tolist() if args and not (geometric and len(args) == 1) else None
+            calls.append((name, images[:, 0, 0, 0].long().tolist(), arg))
+            if geometric:
+                assert args[-1] == (10, 20, 30)
+            return images
+        monkeypatch.setitem(ra.OPS, name, (fake, argument))
+    monkeypatch.setattr(ra, "GEOMETRIC", {ra.OPS[n][0] for n in ("Rotate", "ShearX", "ShearY", "TranslateXRel",
+                                                                  "TranslateYRel")})
+    return calls
+
+
+def batch(n, h=4, w=5):
+    """Images whose first pixel is their index, so that a recorder can tell which images an op got."""
+    x = torch.zeros(n, 3, h, w)
+    x[:, 0, 0, 0] = torch.arange(n, dtype=torch.float32)
+    return x
+
+
+def test_each_image_draws_its_ops_uniformly_and_applies_each_with_probability_half(recorded):
+    torch.manual_seed(0)
+    n = 6000
+    ra.RandAugment(magnitude=9, num_layers=2, fill=(10, 20, 30))(batch(n))
+    per_op = {name: sum(len(ids) for op, ids, _ in recorded if op == name) for name in TIMM_RAND_TRANSFORMS}
+    assert set(per_op) == set(TIMM_RAND_TRANSFORMS) and set(op for op, _, _ in recorded) <= set(per_op)
+    expected = n * 2 * 0.5 / 15  # two draws per image, each applied half the time: 400 per op
+    for name, count in per_op.items():
+        assert abs(count - expected) < 5 * math.sqrt(expected), (name, count)
+    applied = sum(per_op.values())
+    assert abs(applied - n) < 5 * math.sqrt(n * 0.5)  # 2 n draws, each applied with probability 1/2
+    # per image, not per batch: one call of the policy gives many different ops to different images
+    touched = [ids for _, ids, _ in recorded]
+    assert all(len(set(ids)) == len(ids) for ids in touched)
+
+
+def test_magnitude_noise_clipping_and_timm_level_to_argument_formulas(recorded):
+    torch.manual_seed(1)
+    ra.RandAugment(magnitude=9, num_layers=2, magnitude_std=0.5, fill=(10, 20, 30))(batch(6000, h=40, w=50))
+    args = {}
+    for name, _, arg in recorded:
+        args.setdefault(name, []).extend(arg or [])
+    # Rotate: (level / 10) * 30 degrees, randomly negated; level ~ N(9, 0.5) clipped to [0, 10]
+    rot = torch.tensor(args["Rotate"], dtype=torch.float64)
+    level = rot.abs() / 30 * 10
+    assert abs(level.mean() - 9) < 0.05 and abs(level.std() - 0.5) < 0.05 and level.max() <= 10
+    assert 0.4 < (rot < 0).double().mean() < 0.6
+    # enhance ops: (level / 10) * 1.8 + 0.1, unsigned
+    color = torch.tensor(args["Color"], dtype=torch.float64)
+    assert torch.allclose(((color - 0.1) / 1.8 * 10).mean(), torch.tensor(9.0, dtype=torch.float64), atol=0.06)
+    assert color.min() >= 0.1 and color.max() <= 1.9 + 1e-9  # level clipped at 10: 1.9
+    # integer ops: int(level / 10 * 4) bits (level near 9 -> 3 bits, 4 when clipped at 10), thresholds
+    bits = torch.tensor(args["Posterize"])
+    assert set(bits.tolist()) <= {2.0, 3.0, 4.0} and (bits == 3).double().mean() > 0.9  # levels 7.5 to 10: rare
+    solarize = torch.tensor(args["Solarize"])
+    assert solarize.min() >= int(7 / 10 * 256) and solarize.max() <= 256 and torch.equal(solarize, solarize.trunc())
+    assert max(args["SolarizeAdd"]) <= 110 and min(args["SolarizeAdd"]) >= int(7 / 10 * 110)
+    # translate: (level / 10) * 0.45 of the side, in pixels: width for x, height for y
+    tx, ty = torch.tensor(args["TranslateXRel"]), torch.tensor(args["TranslateYRel"])
+    assert tx.abs().max() <= 0.45 * 50 + 1e-9 and ty.abs().max() <= 0.45 * 40 + 1e-9
+    assert tx.abs().mean() > 0.45 * 50 * 0.85 and ty.abs().mean() > 0.45 * 40 * 0.85
+    shear = torch.tensor(args["ShearX"])
+    assert shear.abs().max() <= 0.3 and 0.4 < (shear < 0).double().mean() < 0.6
+
+
+def test_uniform_magnitudes_and_increasing_ops(recorded):
+    torch.manual_seed(2)
+    ra.RandAugment.from_policy("rand-m10-mstd101-inc1", fill=(10, 20, 30))(batch(6000))
+    names = {name for name, _, _ in recorded}
+    assert {"PosterizeIncreasing", "SolarizeIncreasing", "ColorIncreasing"} <= names
+    assert not names & {"Posterize", "Solarize", "Color"}
+    rot = torch.tensor([a for name, _, arg in recorded if name == "Rotate" for a in arg]).abs() / 3
+    assert abs(rot.mean() - 5) < 0.3 and rot.max() <= 10  # uniform in [0, 10]
+    color = torch.tensor([a for name, _, arg in recorded if name == "ColorIncreasing" for a in arg])
+    assert color.min() >= 0.1 and color.max() <= 1.9 and (color < 1).any() and (color > 1).any()  # 1 +- 0.9 level
+
+
+def test_weighted_choice_draws_distinct_ops_with_timm_weights(recorded):
+    torch.manual_seed(3)
+    ra.RandAugment.from_policy("rand-m9-w0", fill=(10, 20, 30))(batch(4000))
+    per_image = {}
+    for name, ids, _ in recorded:
+        for i in ids:
+            per_image.setdefault(i, []).append(name)
+    assert all(len(set(ops)) == len(ops) for ops in per_image.values())  # without replacement
+    counts = {name: sum(name in ops for ops in per_image.values()) for name in TIMM_RAND_TRANSFORMS}
+    assert counts["Posterize"] == counts["Invert"] == 0  # weight 0 in timm's w0
+    assert counts["Rotate"] > counts["ShearX"] > counts["TranslateXRel"] > counts["Color"] > counts["Solarize"]
+
+
+def test_same_seed_same_augmentation_and_input_left_alone():
+    x = torch.randint(0, 256, (16, 3, 24, 20)).float()
+    before = x.clone()
+    policy = ra.RandAugment.from_policy("rand-m9-mstd0.5")
+    torch.manual_seed(5)
+    a = policy(x)
+    torch.manual_seed(5)
+    b = policy(x)
+    assert torch.equal(a, b) and torch.equal(x, before)
+    assert torch.equal(a, a.round()) and a.min() >= 0 and a.max() <= 255
+    assert (a != x).flatten(1).any(1).float().mean() > 0.4  # most images changed, not all (prob 0.5 per op)
+
+
+def test_batch_transform_applies_rand_augment_to_the_8_bit_crop_and_fills_with_the_mean_colour():
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    images = torch.full((400, 3, 32, 32), 255, dtype=torch.uint8)
+    torch.manual_seed(0)
+    out = BatchTransform(32, mean, std, train=True, auto_augment="rand-m10-n1")(images)
+    pixels = (out * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)) * 255
+    assert torch.allclose(pixels, pixels.round(), atol=1e-3)  # 8-bit values, as timm's PIL images
+    fill = torch.tensor([124.0, 116.0, 104.0]).view(1, 3, 1, 1)  # timm's img_mean: round(255 * mean)
+    uncovered = (pixels.round() == fill).all(1)  # geometric ops uncover corners / edges at the mean colour
+    assert 20 < uncovered.flatten(1).any(1).sum() < 200  # 5 of 15 ops move pixels, applied half the time
+    inverted = (pixels.round() == 0).all(1).flatten(1).all(1)  # Invert, Solarize (threshold <= 255) of white
+    assert inverted.sum() > 5
+    plain = BatchTransform(32, mean, std, train=True)(images)
+    assert torch.allclose(plain * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1), 
+                          torch.ones_like(plain))
+
+
+def test_pixel_mode_erases_the_same_rectangles_with_standard_normal_noise():
+    mean, std = (0.2, 0.3, 0.4), (0.5, 0.5, 0.5)
+    images = torch.full((200, 3, 40, 40), 200, dtype=torch.uint8)
+    torch.manual_seed(0)
+    const = BatchTransform(40, mean, std, train=True, reprob=0.5)(images)
+    torch.manual_seed(0)
+    pixel = BatchTransform(40, mean, std, train=True, reprob=0.5, remode="pixel")(images)
+    plain = BatchTransform(40, mean, std, train=True)(images)
+    erased = (const != plain).any(1)
+    assert torch.equal(erased, (pixel != plain).all(1))  # the same rectangles, every channel redrawn
+    noise = pixel.permute(0, 2, 3, 1)[erased]
+    assert 60 < erased.flatten(1).any(1).sum() < 140
+    assert abs(noise.mean()) < 0.02 and abs(noise.std() - 1) < 0.02  # N(0, 1) per pixel and channel
+    assert noise.unique().numel() > 0.9 * noise.numel()
+    with pytest.raises(ValueError, match="remode must be one of"):
+        BatchTransform(40, mean, std, train=True, reprob=0.5, remode="rand")
+
+
+def test_train_cli_records_rand_augment_and_turns_colour_jitter_off_by_default(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "synthetic", "--epochs", "1", "--max-train-samples", "64", "--batch-size", "32",
+                 "--aa", "rand-m9-mstd0.5", "--reprob", "0.3", "--remode", "pixel", "--out", str(out),
+                 "--quiet"]) == 0
+    config = (out / "config.yaml").read_text()
+    assert "aa: rand-m9-mstd0.5" in config and "remode: pixel" in config and "color_jitter: 0.0" in config
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--aa", "rand-m9-bad1"], "unknown section 'bad1'"),
+    (["--aa", "rand-m9", "--no-aug"], "leave it out with --no-aug"),
+    (["--remode", "pixel"], "add --reprob"),
+    (["--remode", "noise"], "invalid choice"),
+])
+def test_train_cli_refuses_bad_augmentation_options_before_training(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    try:
+        code = main(["train", "--data", "synthetic", "--epochs", "1", "--out", str(out), *args])
+    except SystemExit as stop:  # argparse's own refusal of a value outside the choices
+        code = stop.code
+    assert code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
