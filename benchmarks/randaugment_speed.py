@@ -25,7 +25,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 import mobileconv
 from mobileconv.cli._args import cpu_threads, positive_int, registered_model
-from mobileconv.data.randaugment import RAND_TRANSFORMS, RandAugment, parse_policy
+from mobileconv.data.auto_augment import RAND_TRANSFORMS, RandAugment, parse_rand_augment
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -60,7 +60,7 @@ def photos(n: int, size: int) -> list[Image.Image]:
 
 def pillow_rand_augment(policy: str, fill: tuple[int, int, int]):
     """timm's RandAugment as timm runs it: Pillow calls per image, ``random`` / ``np.random`` draws."""
-    settings = parse_policy(policy)
+    settings = parse_rand_augment(policy)
     m, mstd, mmax, n = (settings[k] for k in ("magnitude", "magnitude_std", "magnitude_max", "num_layers"))
     kwargs = {"resample": Image.BILINEAR, "fillcolor": fill}
 

@@ -84,7 +84,7 @@ def test_amp_training_step_fast_and_reference_agree():
 def test_rand_augment_on_cuda_draws_as_on_cpu_and_matches_its_values():
     """The draws come from the CPU generator whatever the device, so one seed gives the same ops; the values
     may differ by 1 where the GPU contracts a blend into a fused multiply-add."""
-    from mobileconv.data.randaugment import RandAugment
+    from mobileconv.data.auto_augment import RandAugment
 
     policy = RandAugment.from_policy("rand-m9-mstd0.5", fill=(124, 116, 104))
     x = torch.randint(0, 256, (64, 3, 40, 48), generator=torch.Generator().manual_seed(0)).float()

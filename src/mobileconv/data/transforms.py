@@ -1,7 +1,7 @@
 """Batched augmentation on whole uint8 batches (kornia), and mixup / cutmix with soft targets.
 
 Train: resize to the training size when the stored size differs -> random resized crop ->
-horizontal flip -> colour jitter -> RandAugment -> normalise -> random erasing (timm's order). Eval:
+horizontal flip -> colour jitter -> Rand/AutoAugment -> normalise -> random erasing (timm's order). Eval:
 resize -> normalise. All randomness comes from torch's global generator, which the trainer seeds from
 ``(seed, epoch, rank)`` at the start of every epoch, so a resumed run replays the same augmentations.
 """
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .randaugment import RandAugment
+from .auto_augment import auto_augment_transform
 
 ERASE_MODES = ("const", "pixel")
 
@@ -33,9 +33,10 @@ class BatchTransform(nn.Module):
             rectangle of 2-33% of the area, aspect ratio 0.3-3.3, filled after normalisation as ``remode`` says.
         remode: ``"const"``: the rectangle is set to 0, the mean colour; ``"pixel"``: to values drawn from
             ``N(0, 1)`` per pixel and channel (timm's ``--remode``).
-        auto_augment: timm's RandAugment policy string (``"rand-m9-mstd0.5"``, :mod:`.randaugment`), applied to
-            the crop rounded to 8-bit values, as timm applies it to PIL images; the area that its geometric ops
-            uncover takes the mean colour, ``round(255 * mean)``.
+        auto_augment: timm's RandAugment or AutoAugment policy string (``"rand-m9-mstd0.5"``, ``"v0"``;
+            :func:`.auto_augment.auto_augment_transform`), applied to the crop rounded to 8-bit values, as timm
+            applies it to PIL images; the area that its geometric ops uncover takes the mean colour,
+            ``round(255 * mean)``.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *, train: bool = False,
@@ -56,10 +57,10 @@ class BatchTransform(nn.Module):
         if train and color_jitter > 0:
             ops.append(K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=1.0))
         self.augment = nn.Sequential(*ops)
-        self.rand_augment = None
+        self.auto_augment = None
         if train and auto_augment:
             fill = [min(255, round(255 * m)) for m in mean]  # timm's img_mean
-            self.rand_augment = RandAugment.from_policy(auto_augment, fill=fill)
+            self.auto_augment = auto_augment_transform(auto_augment, fill=fill)
         if remode not in ERASE_MODES:
             raise ValueError(f"remode must be one of {ERASE_MODES}, got {remode!r}")
         self.remode = remode
@@ -73,8 +74,8 @@ class BatchTransform(nn.Module):
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         x = self.augment(x)
-        if self.rand_augment is not None:
-            x = self.rand_augment(x.mul(255).round_().clamp_(0, 255)).div_(255)
+        if self.auto_augment is not None:
+            x = self.auto_augment(x.mul(255).round_().clamp_(0, 255)).div_(255)
         x = (x - self.mean) / self.std
         if self.erase is None:
             return x

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.randaugment import parse_policy
+from ..data.auto_augment import auto_augment_transform
 from ..data.transforms import ERASE_MODES
 
 OPTIMIZERS = ("sgd", "rmsprop", "rmsproptf", "adamw")
@@ -85,8 +85,8 @@ class TrainConfig:
     hflip: float | None = option(None, "horizontal-flip probability (default: 0 for digits, else 0.5)", type=float)
     color_jitter: float | None = option(None, "colour-jitter strength (default: 0 for digits / synthetic or with "
                                               "--aa, else 0.4)", type=float)
-    aa: str | None = option(None, "RandAugment policy in timm's syntax, e.g. rand-m9-mstd0.5 (default: none)",
-                            type=str, metavar="POLICY")
+    aa: str | None = option(None, "RandAugment or AutoAugment policy in timm's syntax, e.g. rand-m9-mstd0.5 or v0 "
+                                  "(default: none)", type=str, metavar="POLICY")
     reprob: float = option(0.0, "random-erasing probability per training image: one rectangle of 2-33%% of the area, "
                                 "filled as --remode says")
     remode: str = option("const", "random-erasing fill: const = the mean colour, pixel = random normal values per "
@@ -181,7 +181,7 @@ class TrainConfig:
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
         check(0 <= self.reprob <= 1, "reprob", "a probability in [0, 1]")
         if self.aa is not None:
-            parse_policy(self.aa)
+            auto_augment_transform(self.aa)  # refuses a string it cannot read
         check(self.drop is None or self.drop < 1, "drop", "in [0, 1)")
         check(0 <= self.drop_path < 1, "drop_path", "in [0, 1)")
         check(0 < self.scale[0] <= self.scale[1] <= 1, "scale", "two numbers 0 < MIN <= MAX <= 1")

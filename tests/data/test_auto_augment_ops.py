@@ -1,4 +1,4 @@
-"""RandAugment's image ops (``mobileconv.data.randaugment``) against the Pillow calls timm makes.
+"""RandAugment's image ops (``mobileconv.data.auto_augment``) against the Pillow calls timm makes.
 
 Oracle: Pillow itself, image by image (``timm/data/auto_augment.py``'s calls), on batches of a real photo
 (scikit-learn's ``china.jpg``, cropped and resized small: 48x40 and 37x53, non-square and odd) and of seeded
@@ -41,7 +41,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from mobileconv.data import randaugment as ra
+from mobileconv.data import auto_augment as ra
 
 FILL = (124, 116, 104)  # timm's fill: round(255 * ImageNet mean)
 FILL2 = (0, 255, 7)  # a different colour per channel, so that a channel mix-up shows

@@ -1,13 +1,14 @@
-"""RandAugment (Cubuk et al. 2020) as timm implements it, on whole batches.
+"""RandAugment (Cubuk et al. 2020) and AutoAugment (Cubuk et al. 2019) as timm implements them, on whole batches.
 
 Each image draws its own ops, magnitudes and signs, as timm's per-image PIL transform does; the ops
 then run batched over the images that drew them. Every op computes what the Pillow call timm makes
 computes (``timm/data/auto_augment.py``), on float tensors that hold uint8 values 0-255, and
-``tests/data/test_randaugment_ops.py`` checks each against Pillow. One difference: the geometric
+``tests/data/test_auto_augment_ops.py`` checks each against Pillow. One difference: the geometric
 ops resample bilinearly, where timm's training default picks bilinear or bicubic at random.
 
-The policy string is timm's ``--aa``: ``rand-m9-mstd0.5`` is magnitude 9 (of 10) with Gaussian
-magnitude noise of standard deviation 0.5, two ops per image, each applied with probability 0.5.
+The policy string is timm's ``--aa`` (:func:`auto_augment_transform`): ``rand-m9-mstd0.5`` is RandAugment at
+magnitude 9 (of 10) with Gaussian magnitude noise of standard deviation 0.5, two ops per image, each applied
+with probability 0.5; ``v0`` is AutoAugment with the ImageNet policy of the TPU EfficientNet code.
 """
 from __future__ import annotations
 
@@ -235,6 +236,7 @@ OPS: dict[str, tuple[Callable, Callable | None]] = {
     "Rotate": (rotate, lambda m, neg, x: _signed(m / LEVEL_DENOM * 30.0, neg)),
     "Posterize": (posterize, lambda m, neg, x: (m / LEVEL_DENOM * 4).trunc()),
     "PosterizeIncreasing": (posterize, lambda m, neg, x: 4 - (m / LEVEL_DENOM * 4).trunc()),
+    "PosterizeOriginal": (posterize, lambda m, neg, x: (m / LEVEL_DENOM * 4).trunc() + 4),
     "Solarize": (solarize, lambda m, neg, x: (m / LEVEL_DENOM * 256).trunc()),
     "SolarizeIncreasing": (solarize, lambda m, neg, x: 256 - (m / LEVEL_DENOM * 256).trunc()),
     "SolarizeAdd": (solarize_add, lambda m, neg, x: (m / LEVEL_DENOM * 110).trunc()),
@@ -252,6 +254,32 @@ OPS: dict[str, tuple[Callable, Callable | None]] = {
     "TranslateYRel": (translate_y, lambda m, neg, x: _signed(m / LEVEL_DENOM * TRANSLATE_PCT, neg) * x.shape[-2]),
 }
 GEOMETRIC = {rotate, shear_x, shear_y, translate_x, translate_y}
+
+
+
+def draw_magnitudes(magnitude, std: float, upper: float, n: int) -> torch.Tensor:
+    """``n`` magnitudes as timm's ``AugmentOp`` draws them: ``magnitude``, or ``N(magnitude, std)`` (uniform in
+    ``[0, magnitude]`` for an infinite ``std``), clipped to ``[0, upper]``."""
+    if math.isinf(std):
+        drawn = torch.rand(n, dtype=torch.float64) * magnitude
+    else:
+        drawn = magnitude + std * torch.randn(n, dtype=torch.float64)
+    return drawn.clamp(0.0, upper)
+
+
+def apply_op(x: torch.Tensor, name: str, index: torch.Tensor, magnitude: torch.Tensor, negate: torch.Tensor,
+             fill: Sequence[int]) -> None:
+    """Op ``name`` applied in place to the images ``x[index]``, at their own ``magnitude`` (0-10) and sign."""
+    if len(index) == 0:
+        return
+    op, argument = OPS[name]
+    on_device = index.to(x.device)
+    images = x[on_device]
+    args = [] if argument is None else [argument(magnitude, negate, images)]
+    if op in GEOMETRIC:
+        args.append(fill)
+    x.index_copy_(0, on_device, op(images, *args))
+
 
 # timm's _RAND_TRANSFORMS, and with "inc1" the variants whose strength grows with the magnitude
 RAND_TRANSFORMS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
@@ -272,14 +300,14 @@ POLICY_HELP = ("timm's RandAugment string: 'rand' followed by any of -m<magnitud
                "e.g. rand-m9-mstd0.5")
 
 
-def parse_policy(policy: str) -> dict:
+def parse_rand_augment(policy: str) -> dict:
     """timm's ``rand-m9-n2-mstd0.5-mmax10-inc1-w0`` as keyword arguments of :class:`RandAugment`.
 
     Raises ``ValueError`` naming the expected form for anything else (timm asserts, or skips a section
     without a number).
     """
     if not isinstance(policy, str) or policy.split("-")[0] != "rand":
-        raise ValueError(f"--aa {policy!r}: expected {POLICY_HELP} (AutoAugment and AugMix are not supported)")
+        raise ValueError(f"--aa {policy!r}: expected {POLICY_HELP}")
     settings = {}
     parsers = {"m": float, "n": int, "mstd": float, "mmax": float, "inc": int, "w": int}
     for section in policy.split("-")[1:]:
@@ -340,8 +368,8 @@ class RandAugment(nn.Module):
 
     @classmethod
     def from_policy(cls, policy: str, fill: Sequence[int] = (128, 128, 128)) -> RandAugment:
-        """From timm's ``--aa`` string (:func:`parse_policy`)."""
-        return cls(**parse_policy(policy), fill=fill)
+        """From timm's ``--aa`` string (:func:`parse_rand_augment`)."""
+        return cls(**parse_rand_augment(policy), fill=fill)
 
     def extra_repr(self) -> str:
         return (f"n={self.num_layers}, m={self.magnitude:g}, mstd={self.magnitude_std:g}, "
@@ -355,21 +383,140 @@ class RandAugment(nn.Module):
         choices = torch.multinomial(weights, self.num_layers, replacement=not self.weighted)  # (N, layers)
         for layer in range(self.num_layers):
             applied = torch.rand(n, dtype=torch.float64) <= self.prob
-            if math.isinf(self.magnitude_std):
-                magnitude = torch.rand(n, dtype=torch.float64) * self.magnitude
-            else:
-                magnitude = self.magnitude + self.magnitude_std * torch.randn(n, dtype=torch.float64)
-            magnitude = magnitude.clamp(0.0, self.magnitude_max)
+            magnitude = draw_magnitudes(self.magnitude, self.magnitude_std, self.magnitude_max, n)
             negate = torch.rand(n, dtype=torch.float64) > 0.5
             chosen = choices[:, layer].cpu()
             for k, name in enumerate(self.names):
                 index = torch.nonzero(applied & (chosen == k)).flatten()
-                if len(index) == 0:
-                    continue
-                op, argument = OPS[name]
-                images = x[index.to(x.device)]
-                args = [] if argument is None else [argument(magnitude[index], negate[index], images)]
-                if op in GEOMETRIC:
-                    args.append(self.fill)
-                x.index_copy_(0, index.to(x.device), op(images, *args))
+                apply_op(x, name, index, magnitude[index], negate[index], self.fill)
         return x
+
+
+# timm's AutoAugment policies: sub-policies of (op, probability, magnitude). "v0": the ImageNet policy of the TPU
+# EfficientNet code's autoaugment.py; "original": the AutoAugment paper's (Cubuk et al. 2019); the "r" forms take
+# Posterize from Google research's code, its strength growing with the magnitude.
+POLICY_V0 = (
+    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)), (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
+    (("Color", 0.4, 1), ("Rotate", 0.6, 8)), (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
+    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)), (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
+    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)), (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
+    (("Color", 0.6, 1), ("Equalize", 1.0, 2)), (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
+    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)), (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
+    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)), (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
+    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)), (("Rotate", 1.0, 7), ("TranslateYRel", 0.8, 9)),
+    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)), (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
+    (("Color", 1.0, 0), ("Rotate", 0.6, 2)), (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
+    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)), (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
+    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)), (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
+    (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
+)
+POLICY_ORIGINAL = (
+    (("PosterizeOriginal", 0.4, 8), ("Rotate", 0.6, 9)), (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
+    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)), (("PosterizeOriginal", 0.6, 7), ("PosterizeOriginal", 0.6, 6)),
+    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)), (("Equalize", 0.4, 4), ("Rotate", 0.8, 8)),
+    (("Solarize", 0.6, 3), ("Equalize", 0.6, 7)), (("PosterizeOriginal", 0.8, 5), ("Equalize", 1.0, 2)),
+    (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)), (("Equalize", 0.6, 8), ("PosterizeOriginal", 0.4, 6)),
+    (("Rotate", 0.8, 8), ("Color", 0.4, 0)), (("Rotate", 0.4, 9), ("Equalize", 0.6, 2)),
+    (("Equalize", 0.0, 7), ("Equalize", 0.8, 8)), (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)), (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
+    (("Color", 0.8, 8), ("Solarize", 0.8, 7)), (("Sharpness", 0.4, 7), ("Invert", 0.6, 8)),
+    (("ShearX", 0.6, 5), ("Equalize", 1.0, 9)), (("Color", 0.4, 0), ("Equalize", 0.6, 3)),
+    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)), (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
+    (("Invert", 0.6, 4), ("Equalize", 1.0, 8)), (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
+)
+
+
+def _research_posterize(policy):
+    return tuple(tuple(("PosterizeIncreasing" if name.startswith("Posterize") else name, p, m) for name, p, m in sub)
+                 for sub in policy)
+
+
+AUTO_AUGMENT_POLICIES = {"v0": POLICY_V0, "v0r": _research_posterize(POLICY_V0), "original": POLICY_ORIGINAL,
+                         "originalr": _research_posterize(POLICY_ORIGINAL)}
+
+
+class AutoAugment(nn.Module):
+    """timm's AutoAugment on a batch: every image draws one sub-policy and applies its ops in turn, each with
+    the sub-policy's probability and magnitude (``N(magnitude, magnitude_std)`` with noise, clipped to
+    [0, 10]).
+
+    Input and output as :class:`RandAugment`'s; randomness from torch's global generator. Build one from timm's
+    policy string (``v0``, ``v0r``, ``original``, ``originalr``, optionally ``-mstd<std>``) with
+    :meth:`from_policy`.
+    """
+
+    def __init__(self, policy: Sequence[Sequence[tuple[str, float, float]]], magnitude_std: float = 0.0,
+                 fill: Sequence[int] = (128, 128, 128)) -> None:
+        super().__init__()
+        unknown = sorted({name for sub in policy for name, _, _ in sub} - set(OPS))
+        if unknown or not policy:
+            raise ValueError(f"a policy needs at least one sub-policy of ops among {sorted(OPS)}; unknown: {unknown}")
+        self.policy = tuple(tuple((name, float(p), float(m)) for name, p, m in sub) for sub in policy)
+        self.magnitude_std = float(magnitude_std)
+        self.fill = tuple(int(v) for v in fill)
+
+    @classmethod
+    def from_policy(cls, policy: str, fill: Sequence[int] = (128, 128, 128)) -> AutoAugment:
+        """From timm's ``--aa`` string (:func:`parse_auto_augment`)."""
+        return cls(**parse_auto_augment(policy), fill=fill)
+
+    def extra_repr(self) -> str:
+        return f"{len(self.policy)} sub-policies, mstd={self.magnitude_std:g}, fill={self.fill}"
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        x = x.clone(memory_format=torch.contiguous_format)
+        chosen = torch.randint(len(self.policy), (n,))
+        for position in range(max(len(sub) for sub in self.policy)):
+            draw = torch.rand(n, dtype=torch.float64)
+            negate = torch.rand(n, dtype=torch.float64) > 0.5
+            for s, sub in enumerate(self.policy):
+                if position >= len(sub):
+                    continue
+                name, prob, level = sub[position]
+                index = torch.nonzero((chosen == s) & (draw <= prob)).flatten()
+                magnitude = draw_magnitudes(level, self.magnitude_std, LEVEL_DENOM, len(index))
+                apply_op(x, name, index, magnitude, negate[index], self.fill)
+        return x
+
+
+def parse_auto_augment(policy: str) -> dict:
+    """timm's AutoAugment string, ``v0`` / ``v0r`` / ``original`` / ``originalr`` with an optional ``-mstd<std>``,
+    as keyword arguments of :class:`AutoAugment`."""
+    name, *sections = policy.split("-")
+    if name not in AUTO_AUGMENT_POLICIES:
+        raise ValueError(f"--aa {policy!r}: expected {AUGMENT_HELP}")
+    std = None
+    for section in sections:
+        match = re.fullmatch(r"mstd(\d.*)", section)
+        value = _number(match[1]) if match else None
+        if value is None or std is not None or value < 0:
+            raise ValueError(f"--aa {policy!r}: section {section!r} is not one -mstd<std >= 0>; expected "
+                             f"{AUGMENT_HELP}")
+        std = value
+    std = std or 0.0
+    return {"policy": AUTO_AUGMENT_POLICIES[name], "magnitude_std": math.inf if std > 100 else std}
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+AUGMENT_HELP = (f"{POLICY_HELP}; or an AutoAugment policy {'/'.join(AUTO_AUGMENT_POLICIES)} (timm's names; v0 is "
+                f"the TPU EfficientNet code's), optionally with -mstd<std>, e.g. v0 or original-mstd0.5")
+
+
+def auto_augment_transform(policy: str, fill: Sequence[int] = (128, 128, 128)) -> nn.Module:
+    """timm's ``--aa`` string as a module: ``rand...`` -> :class:`RandAugment`, ``v0`` / ``original`` / their ``r``
+    forms -> :class:`AutoAugment`. Raises ``ValueError`` naming the accepted forms for anything else."""
+    if not isinstance(policy, str) or not policy:
+        raise ValueError(f"--aa {policy!r}: expected {AUGMENT_HELP}")
+    if policy.split("-")[0] == "rand":
+        return RandAugment.from_policy(policy, fill=fill)
+    return AutoAugment.from_policy(policy, fill=fill)

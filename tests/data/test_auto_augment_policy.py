@@ -1,6 +1,6 @@
 """RandAugment's policy (``--aa``): which ops each image draws, with which arguments, as timm draws them.
 
-The ops themselves are checked against Pillow in ``test_randaugment_ops.py``. Here they are replaced by
+The ops themselves are checked against Pillow in ``test_auto_augment_ops.py``. Here they are replaced by
 recorders, and the draws are compared with timm's rules written out: ops uniform over timm's 15 (with
 replacement; ``w0``: timm's weights, without), each applied with probability 0.5, magnitude ``N(m, mstd)``
 clipped to ``[0, mmax]``, signed ops negated half the time, and timm's level-to-argument formulas.
@@ -12,7 +12,7 @@ import torch
 
 from mobileconv.cli import main
 from mobileconv.data import BatchTransform
-from mobileconv.data import randaugment as ra
+from mobileconv.data import auto_augment as ra
 
 TIMM_RAND_TRANSFORMS = ["AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
                         "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
@@ -28,12 +28,13 @@ TIMM_RAND_TRANSFORMS = ["AutoContrast", "Equalize", "Invert", "Rotate", "Posteri
     ("rand", dict(magnitude=10, num_layers=2, magnitude_std=0, magnitude_max=10, increasing=False, weighted=False)),
 ])
 def test_policy_strings_parse_as_timm_reads_them(policy, expected):
-    assert ra.parse_policy(policy) == expected
+    assert ra.parse_rand_augment(policy) == expected
 
 
 @pytest.mark.parametrize("policy, message", [
-    ("v0", "expected timm's RandAugment string"),
-    ("augmix-m5", "not supported"),
+    ("v1", "expected timm's RandAugment string"),
+    ("augmix-m5", "or an AutoAugment policy v0/v0r/original/originalr"),
+    ("", "expected"),
     ("rand-m9-x3", "unknown section 'x3'"),
     ("rand-m9-m7", "repeated section 'm7'"),
     ("rand-mfoo", "unknown section 'mfoo'"),
@@ -41,11 +42,33 @@ def test_policy_strings_parse_as_timm_reads_them(policy, expected):
     ("rand-n0", "n >= 1"),
     ("rand-w1", "w0"),
     ("rand-inc2", "inc0 / inc1"),
+    ("v0-m9", "section 'm9' is not one -mstd"),
+    ("v0-mstd0.5-mstd1", "section 'mstd1' is not one -mstd"),
+    ("original-mstdx", "section 'mstdx'"),
 ])
 def test_bad_policy_strings_are_refused_naming_the_form(policy, message):
     with pytest.raises(ValueError, match="--aa") as info:
-        ra.parse_policy(policy)
+        ra.auto_augment_transform(policy)
     assert message in str(info.value)
+
+
+def test_auto_augment_policy_strings_and_timm_tables():
+    v0 = ra.auto_augment_transform("v0", fill=(1, 2, 3))
+    assert isinstance(v0, ra.AutoAugment) and v0.magnitude_std == 0 and v0.fill == (1, 2, 3)
+    # spot checks against timm's auto_augment_policy_v0 / _original: 25 sub-policies of two (op, p, m) each
+    assert len(v0.policy) == 25 and all(len(sub) == 2 for sub in v0.policy)
+    assert v0.policy[0] == (("Equalize", 0.8, 1.0), ("ShearY", 0.8, 4.0))
+    assert v0.policy[22] == (("Posterize", 0.8, 2.0), ("Solarize", 0.6, 10.0))
+    original = ra.auto_augment_transform("original-mstd0.5")
+    assert original.magnitude_std == 0.5
+    assert original.policy[0] == (("PosterizeOriginal", 0.4, 8.0), ("Rotate", 0.6, 9.0))
+    assert original.policy[24] == (("Equalize", 0.8, 8.0), ("Equalize", 0.6, 3.0))
+    v0r = ra.auto_augment_transform("v0r").policy
+    assert v0r[12][0] == ("PosterizeIncreasing", 0.4, 6.0) and v0r[0] == v0.policy[0]
+    assert ra.auto_augment_transform("originalr").policy[3] == (("PosterizeIncreasing", 0.6, 7.0),
+                                                                ("PosterizeIncreasing", 0.6, 6.0))
+    assert ra.auto_augment_transform("v0-mstd101").magnitude_std == math.inf
+    assert isinstance(ra.auto_augment_transform("rand-m9"), ra.RandAugment)
 
 
 @pytest.fixture
@@ -213,3 +236,56 @@ def test_train_cli_refuses_bad_augmentation_options_before_training(tmp_path, ca
         code = stop.code
     assert code == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_auto_augment_gives_each_image_one_sub_policy_applied_in_order(recorded):
+    torch.manual_seed(4)
+    n = 5000
+    policy = ra.AutoAugment(ra.POLICY_V0, fill=(10, 20, 30))
+    policy(batch(n))
+    received = {}
+    for name, ids, arg in recorded:
+        for k, i in enumerate(ids):
+            received.setdefault(i, []).append((name, None if arg is None else arg[k]))
+    subs = [tuple(name for name, _, _ in sub) for sub in ra.POLICY_V0]
+    for ops in received.values():  # what an image got is its sub-policy's ops, in order, some left out
+        names = tuple(name for name, _ in ops)
+        assert any(names == sub or (len(names) == 1 and names[0] in sub) for sub in subs), names
+    # no magnitude noise: Rotate gets (magnitude / 10) * 30 degrees for v0's Rotate magnitudes only
+    rotations = {abs(arg) for name, ids, args in recorded if name == "Rotate" for arg in args}
+    assert rotations == {m / 10 * 30 for m in (8, 9, 0, 7, 2, 5)}
+    # each op applied with its probability: images left untouched, (1 - p1) (1 - p2) averaged over the 25
+    untouched = sum((1 - a[1]) * (1 - b[1]) for a, b in ra.POLICY_V0) / 25 * n
+    assert abs((n - len(received)) - untouched) < 5 * math.sqrt(untouched)
+    shear_y = [arg for name, _, args in recorded if name == "ShearY" for arg in args]
+    expected = n / 25 * (0.8 + 0.6 + 0.8 + 0.4)  # ShearY in sub-policies 0 (0.8), 10 (0.6), 17 (0.8), 21 (0.4)
+    assert abs(len(shear_y) - expected) < 5 * math.sqrt(expected)
+    assert {round(abs(a), 9) for a in shear_y} == {round(m / 10 * 0.3, 9) for m in (4, 3, 0, 7)}
+    posterize = [arg for name, _, args in recorded if name == "Posterize" for arg in args]
+    assert set(posterize) == {2.0, 0.0}  # int(6 / 10 * 4), int(2 / 10 * 4): timm's (TPU) posterize levels
+
+
+def test_auto_augment_original_posterize_keeps_4_to_8_bits(recorded):
+    torch.manual_seed(5)
+    ra.AutoAugment.from_policy("original", fill=(10, 20, 30))(batch(3000))
+    bits = {arg for name, _, args in recorded if name == "PosterizeOriginal" for arg in args}
+    assert bits == {int(m / 10 * 4) + 4 for m in (8, 7, 6, 5)}  # 7, 6, 6, 6
+
+
+def test_train_cli_takes_an_auto_augment_policy(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "synthetic", "--epochs", "1", "--max-train-samples", "64", "--batch-size", "32",
+                 "--aa", "v0", "--out", str(out), "--quiet"]) == 0
+    assert "aa: v0" in (out / "config.yaml").read_text()
+
+
+def test_auto_augment_magnitude_noise_and_a_policy_of_ones_own(recorded):
+    torch.manual_seed(6)
+    ra.AutoAugment([[("Rotate", 1.0, 5)], [("Invert", 0.5, 0), ("Rotate", 1.0, 9.9)]], magnitude_std=0.5,
+                   fill=(10, 20, 30))(batch(4000))
+    rotations = torch.tensor([arg for name, _, args in recorded if name == "Rotate" for arg in args]).abs() / 3
+    low, high = rotations[rotations < 7.5], rotations[rotations >= 7.5]
+    assert abs(low.mean() - 5) < 0.05 and abs(low.std() - 0.5) < 0.05  # N(5, 0.5)
+    assert high.max() <= 10 and (high == 10).float().mean() > 0.4  # N(9.9, 0.5) clipped to 10
+    with pytest.raises(ValueError, match="unknown: \\['Blur'\\]"):
+        ra.AutoAugment([[("Blur", 1.0, 5)]])
