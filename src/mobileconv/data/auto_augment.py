@@ -256,7 +256,6 @@ OPS: dict[str, tuple[Callable, Callable | None]] = {
 GEOMETRIC = {rotate, shear_x, shear_y, translate_x, translate_y}
 
 
-
 def draw_magnitudes(magnitude, std: float, upper: float, n: int) -> torch.Tensor:
     """``n`` magnitudes as timm's ``AugmentOp`` draws them: ``magnitude``, or ``N(magnitude, std)`` (uniform in
     ``[0, magnitude]`` for an infinite ``std``), clipped to ``[0, upper]``."""
@@ -385,9 +384,8 @@ class RandAugment(nn.Module):
             applied = torch.rand(n, dtype=torch.float64) <= self.prob
             magnitude = draw_magnitudes(self.magnitude, self.magnitude_std, self.magnitude_max, n)
             negate = torch.rand(n, dtype=torch.float64) > 0.5
-            chosen = choices[:, layer].cpu()
             for k, name in enumerate(self.names):
-                index = torch.nonzero(applied & (chosen == k)).flatten()
+                index = torch.nonzero(applied & (choices[:, layer] == k)).flatten()
                 apply_op(x, name, index, magnitude[index], negate[index], self.fill)
         return x
 
