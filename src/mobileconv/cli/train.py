@@ -62,7 +62,8 @@ def train_config_from_args(args: argparse.Namespace):
     ``--momentum`` / ``--opt-eps`` set on the command line or in --config FILE for an optimizer without such a
     setting, and ``--decay-epochs`` / ``--decay-rate`` for a schedule without, are refused (naming where they were
     set), as is ``--reprob`` with ``--no-aug``; a resumed run's config.yaml records them resolved (older runs
-    recorded ``momentum: 0.9`` for adamw), so its values are dropped where nothing uses them any more.
+    recorded ``momentum: 0.9`` for adamw), so its values are dropped where nothing uses them any more. ``--aa``
+    given without ``--color-jitter`` gets its default colour jitter (0) rather than the one a resumed run recorded.
     """
     from ..engine.config import TrainConfig, check_unused_options, load_yaml, unused_options
 
@@ -81,6 +82,8 @@ def train_config_from_args(args: argparse.Namespace):
         origins = {str(k).replace("-", "_"): f"set in --config {args.config}" for k in values}
     origins.update({k: "set on the command line" for k in given})
     config = TrainConfig.from_mapping(given, "command line", config)
+    if config.aa and "aa" in origins and "color_jitter" not in origins:  # --aa's default, not a resumed run's value
+        config = dataclasses.replace(config, color_jitter=None)
     fields = TrainConfig.fields()
     recorded = {name: fields[name].default for name in unused_options(config) if name not in origins}
     config = dataclasses.replace(config, **recorded)

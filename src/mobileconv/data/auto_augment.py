@@ -334,7 +334,8 @@ class RandAugment(nn.Module):
     """timm's RandAugment on a batch: every image applies ``num_layers`` ops drawn for it, each with
     probability ``prob``.
 
-    Input and output are float batches ``(N, 3, H, W)`` holding uint8 values 0-255. The magnitude of each
+    Input and output are batches ``(N, 3, H, W)`` holding uint8 values 0-255 (any dtype that holds them: the ops
+    compute in float32 and the result has the input's dtype). The magnitude of each
     op application is ``magnitude``, or with ``magnitude_std`` drawn from ``N(magnitude, magnitude_std)``
     (uniform in ``[0, magnitude]`` when it is infinite), clipped to ``[0, magnitude_max]``. Signed ops
     (rotate, shear, translate) are negated with probability 1/2. All randomness comes from torch's global
@@ -355,15 +356,14 @@ class RandAugment(nn.Module):
         self.magnitude_std, self.magnitude_max = float(magnitude_std), float(magnitude_max)
         self.fill = tuple(int(v) for v in fill)
         self.names = RAND_INCREASING_TRANSFORMS if increasing else RAND_TRANSFORMS
-        if weighted and increasing:
-            raise ValueError("timm's op weights (w0) are for the plain op set, not with inc1")
-        weights = [CHOICE_WEIGHTS_0[name] for name in self.names] if weighted else [1.0] * len(self.names)
+        # with inc1 too, timm takes the weights of the plain op set by position
+        weights = [CHOICE_WEIGHTS_0[name] for name in RAND_TRANSFORMS] if weighted else [1.0] * len(self.names)
         # a plain attribute, not a buffer: the draws stay on the CPU generator when the batch is on a GPU
         self.weights = torch.tensor(weights, dtype=torch.float64)
         self.weighted = weighted
         if weighted and self.num_layers > int((self.weights > 0).sum()):
-            raise ValueError(f"n={self.num_layers} ops per image drawn without replacement, but w0 gives only "
-                             f"{int((self.weights > 0).sum())} ops a weight above 0")
+            raise ValueError(f"--aa: n={self.num_layers} ops per image drawn without replacement, but w0 gives only "
+                             f"{int((self.weights > 0).sum())} ops a weight above 0; use a smaller n")
 
     @classmethod
     def from_policy(cls, policy: str, fill: Sequence[int] = (128, 128, 128)) -> RandAugment:
@@ -376,8 +376,8 @@ class RandAugment(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        x = x.clone(memory_format=torch.contiguous_format)  # the ops gather over flattened planes
+        n, dtype = x.shape[0], x.dtype
+        x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # the ops gather over planes
         weights = self.weights.expand(n, -1)
         choices = torch.multinomial(weights, self.num_layers, replacement=not self.weighted)  # (N, layers)
         for layer in range(self.num_layers):
@@ -387,7 +387,7 @@ class RandAugment(nn.Module):
             for k, name in enumerate(self.names):
                 index = torch.nonzero(applied & (choices[:, layer] == k)).flatten()
                 apply_op(x, name, index, magnitude[index], negate[index], self.fill)
-        return x
+        return x.to(dtype)
 
 
 # timm's AutoAugment policies: sub-policies of (op, probability, magnitude). "v0": the ImageNet policy of the TPU
@@ -464,8 +464,8 @@ class AutoAugment(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        x = x.clone(memory_format=torch.contiguous_format)
+        n, dtype = x.shape[0], x.dtype
+        x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
         chosen = torch.randint(len(self.policy), (n,))
         for position in range(max(len(sub) for sub in self.policy)):
             draw = torch.rand(n, dtype=torch.float64)
@@ -477,7 +477,7 @@ class AutoAugment(nn.Module):
                 index = torch.nonzero((chosen == s) & (draw <= prob)).flatten()
                 magnitude = draw_magnitudes(level, self.magnitude_std, LEVEL_DENOM, len(index))
                 apply_op(x, name, index, magnitude, negate[index], self.fill)
-        return x
+        return x.to(dtype)
 
 
 def parse_auto_augment(policy: str) -> dict:
@@ -494,8 +494,7 @@ def parse_auto_augment(policy: str) -> dict:
             raise ValueError(f"--aa {policy!r}: section {section!r} is not one -mstd<std >= 0>; expected "
                              f"{AUGMENT_HELP}")
         std = value
-    std = std or 0.0
-    return {"policy": AUTO_AUGMENT_POLICIES[name], "magnitude_std": math.inf if std > 100 else std}
+    return {"policy": AUTO_AUGMENT_POLICIES[name], "magnitude_std": std or 0.0}  # no "above 100: uniform" here
 
 
 def _number(text: str) -> float | None:

@@ -1,7 +1,7 @@
 """Batched augmentation on whole uint8 batches (kornia), and mixup / cutmix with soft targets.
 
 Train: resize to the training size when the stored size differs -> random resized crop ->
-horizontal flip -> colour jitter -> Rand/AutoAugment -> normalise -> random erasing (timm's order). Eval:
+horizontal flip -> Rand/AutoAugment -> colour jitter -> normalise -> random erasing (timm's order). Eval:
 resize -> normalise. All randomness comes from torch's global generator, which the trainer seeds from
 ``(seed, epoch, rank)`` at the start of every epoch, so a resumed run replays the same augmentations.
 """
@@ -54,13 +54,13 @@ class BatchTransform(nn.Module):
             ops.append(K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(ratio)))
         if train and hflip > 0:
             ops.append(K.RandomHorizontalFlip(p=hflip))
-        if train and color_jitter > 0:
-            ops.append(K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=1.0))
         self.augment = nn.Sequential(*ops)
         self.auto_augment = None
         if train and auto_augment:
             fill = [min(255, round(255 * m)) for m in mean]  # timm's img_mean
             self.auto_augment = auto_augment_transform(auto_augment, fill=fill)
+        self.color_jitter = K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=1.0) \
+            if train and color_jitter > 0 else None
         if remode not in ERASE_MODES:
             raise ValueError(f"remode must be one of {ERASE_MODES}, got {remode!r}")
         self.remode = remode
@@ -76,6 +76,8 @@ class BatchTransform(nn.Module):
         x = self.augment(x)
         if self.auto_augment is not None:
             x = self.auto_augment(x.mul(255).round_().clamp_(0, 255)).div_(255)
+        if self.color_jitter is not None:  # after Rand/AutoAugment, where timm puts a colour jitter it keeps
+            x = self.color_jitter(x)
         x = (x - self.mean) / self.std
         if self.erase is None:
             return x
