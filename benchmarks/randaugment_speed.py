@@ -3,7 +3,7 @@
 Times, alternating in one process: ``RandAugment`` on a batch (each image draws its own ops, which then
 run batched over the images that drew them); the same policy as timm runs it, one Pillow image at a time
 (the Pillow calls of timm's ``auto_augment.py``, on images already in PIL form, so no conversion is
-counted); and, for scale, one training step (SGD, forward + backward + step) of ``--model`` at the same
+counted; both pick bilinear or bicubic at random for each geometric op, timm's training default); and, for scale, one training step (SGD, forward + backward + step) of ``--model`` at the same
 batch size. Images are crops of scikit-learn's sample photos. Pillow runs in this one process; timm spreads
 it over its data-loader workers, mobileconv's ``--workers`` load images but the batched ops run in the
 training process.
@@ -62,7 +62,9 @@ def pillow_rand_augment(policy: str, fill: tuple[int, int, int]):
     """timm's RandAugment as timm runs it: Pillow calls per image, ``random`` / ``np.random`` draws."""
     settings = parse_rand_augment(policy)
     m, mstd, mmax, n = (settings[k] for k in ("magnitude", "magnitude_std", "magnitude_max", "num_layers"))
-    kwargs = {"resample": Image.BILINEAR, "fillcolor": fill}
+
+    def kwargs() -> dict:  # timm's training default picks bilinear or bicubic at random for each op
+        return {"resample": random.choice((Image.BILINEAR, Image.BICUBIC)), "fillcolor": fill}
 
     def signed(v: float) -> float:
         return -v if random.random() > 0.5 else v
@@ -71,7 +73,7 @@ def pillow_rand_augment(policy: str, fill: tuple[int, int, int]):
         "AutoContrast": lambda img, level: ImageOps.autocontrast(img),
         "Equalize": lambda img, level: ImageOps.equalize(img),
         "Invert": lambda img, level: ImageOps.invert(img),
-        "Rotate": lambda img, level: img.rotate(signed(level / 10 * 30), **kwargs),
+        "Rotate": lambda img, level: img.rotate(signed(level / 10 * 30), **kwargs()),
         "Posterize": lambda img, level: ImageOps.posterize(img, int(level / 10 * 4)),
         "Solarize": lambda img, level: ImageOps.solarize(img, int(level / 10 * 256)),
         "SolarizeAdd": lambda img, level: img.point(
@@ -81,13 +83,13 @@ def pillow_rand_augment(policy: str, fill: tuple[int, int, int]):
         "Brightness": lambda img, level: ImageEnhance.Brightness(img).enhance(level / 10 * 1.8 + 0.1),
         "Sharpness": lambda img, level: ImageEnhance.Sharpness(img).enhance(level / 10 * 1.8 + 0.1),
         "ShearX": lambda img, level: img.transform(img.size, Image.AFFINE, (1, signed(level / 10 * 0.3), 0, 0, 1, 0),
-                                                   **kwargs),
+                                                   **kwargs()),
         "ShearY": lambda img, level: img.transform(img.size, Image.AFFINE, (1, 0, 0, signed(level / 10 * 0.3), 1, 0),
-                                                   **kwargs),
+                                                   **kwargs()),
         "TranslateXRel": lambda img, level: img.transform(
-            img.size, Image.AFFINE, (1, 0, signed(level / 10 * 0.45) * img.size[0], 0, 1, 0), **kwargs),
+            img.size, Image.AFFINE, (1, 0, signed(level / 10 * 0.45) * img.size[0], 0, 1, 0), **kwargs()),
         "TranslateYRel": lambda img, level: img.transform(
-            img.size, Image.AFFINE, (1, 0, 0, 0, 1, signed(level / 10 * 0.45) * img.size[1]), **kwargs),
+            img.size, Image.AFFINE, (1, 0, 0, 0, 1, signed(level / 10 * 0.45) * img.size[1]), **kwargs()),
     }
     names = list(RAND_TRANSFORMS)
 

@@ -535,3 +535,41 @@ def test_lut_checks_fail_for_a_mixup_of_parameters():
     want = expected(x, _posterize, bits)
     with pytest.raises(AssertionError):
         assert_exact(expected(x, _posterize, bits.flip(0)), want, x, "flipped", bits)
+
+
+# ---- bicubic: timm's training default picks bilinear or bicubic at random for every geometric op -----------------
+
+def pillow_bicubic(op: str, img: Image.Image, value: float, fill) -> Image.Image:
+    if op == "rotate":
+        return img.rotate(value, resample=Image.BICUBIC, fillcolor=fill)
+    return img.transform(img.size, Image.AFFINE, tuple(GEOMETRIC[op][0](value, *img.size)), resample=Image.BICUBIC,
+                         fillcolor=fill)
+
+
+@pytest.mark.parametrize("op", list(GEOMETRIC))
+@pytest.mark.parametrize("name", SETS)
+def test_geometric_ops_bicubic_equal_pillow(op, name):
+    """Pillow's cubic (a = -1) over the 4 x 4 nearest pixels, clamped to the border, then clipped to 0..255 and
+    truncated: computed in double precision in Pillow's order, so every value must be Pillow's."""
+    x = batch(name)
+    height, width = x.shape[-2:]
+    fill = (124, 116, 104)
+    for params in rounds(GEOMETRIC_VALUES[op](width, height), len(x)):
+        got = run(getattr(ra, op), x, params, fill, True)
+        want = expected(x, lambda img, v: pillow_bicubic(op, img, v, fill), params)
+        assert_exact(got, want, x, f"{op} (bicubic)", params)
+    # the filter flag is honoured: on a photo the two filters give different images
+    if name.startswith("photo"):
+        assert not torch.equal(got, run(getattr(ra, op), x, params, fill))  # bicubic differs from bilinear
+
+
+def test_each_image_gets_its_own_resampling_filter():
+    x = batch("photo-48x40")
+    fill = (0, 255, 7)
+    degrees = torch.linspace(-25, 25, len(x))
+    bicubic = torch.arange(len(x)) % 2 == 0
+    got = run(ra.rotate, x, degrees, fill, bicubic)
+    for i in range(len(x)):
+        call = Image.BICUBIC if bicubic[i] else Image.BILINEAR
+        want = _from_pil(_to_pil(x[i]).rotate(float(degrees[i]), resample=call, fillcolor=fill))
+        assert torch.equal(got[i], want), i

@@ -78,17 +78,28 @@ def test_auto_augment_policy_strings_and_timm_tables():
 def recorded(monkeypatch):
     """Every op replaced by one that records (name, image ids, argument) and marks the images it touched."""
     calls = []
+    argument_taken = {n: a is not None for n, (_, a) in ra.OPS.items()}
     for name, (op, argument) in list(ra.OPS.items()):
         def fake(images, *args, name=name, geometric=op in ra.GEOMETRIC):
-            arg = args[0].tolist() if args and not (geometric and len(args) == 1) else None
+            arg = args[0].tolist() if argument_taken[name] else None
             calls.append((name, images[:, 0, 0, 0].long().tolist(), arg))
-            if geometric:
-                assert args[-1] == (10, 20, 30)
+            if geometric:  # (value, fill, bicubic per image)
+                assert len(args) == 3 and args[1] == (10, 20, 30) and len(args[2]) == len(images)
+                resampled.extend(args[2].tolist())
             return images
+        monkeypatch.setitem(ra.OPS, name, (fake, argument))
         monkeypatch.setitem(ra.OPS, name, (fake, argument))
     monkeypatch.setattr(ra, "GEOMETRIC", {ra.OPS[n][0] for n in ("Rotate", "ShearX", "ShearY", "TranslateXRel",
                                                                   "TranslateYRel")})
     return calls
+
+
+resampled = []  # the recorder's bicubic flags, one per geometric op application
+
+
+@pytest.fixture(autouse=True)
+def _fresh_resampled():
+    resampled.clear()
 
 
 def batch(n, h=4, w=5):
@@ -386,3 +397,15 @@ def test_resume_with_aa_takes_its_colour_jitter_default_not_the_recorded_one(tmp
     assert main(["train", "--resume", str(run), "--epochs", "2", "--aa", "rand-m9", "--quiet"]) == 0
     config = (run / "config.yaml").read_text()
     assert "aa: rand-m9" in config and "color_jitter: 0.0" in config
+
+
+@pytest.mark.parametrize("interpolation, share", [("random", 0.5), ("bilinear", 0.0), ("bicubic", 1.0)])
+@pytest.mark.parametrize("policy", ["rand-m9", "v0"])
+def test_geometric_ops_resample_as_timm_picks(recorded, interpolation, share, policy):
+    """timm's training default ("random") picks bilinear or bicubic with equal odds at each geometric op."""
+    torch.manual_seed(8)
+    ra.auto_augment_transform(policy, fill=(10, 20, 30), interpolation=interpolation)(batch(3000))
+    flags = torch.tensor(resampled, dtype=torch.float64)
+    assert len(flags) > 500 and abs(flags.mean() - share) < 0.05
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        ra.auto_augment_transform(policy, interpolation="nearest")

@@ -3,8 +3,8 @@
 Each image draws its own ops, magnitudes and signs, as timm's per-image PIL transform does; the ops
 then run batched over the images that drew them. Every op computes what the Pillow call timm makes
 computes (``timm/data/auto_augment.py``), on float tensors that hold uint8 values 0-255, and
-``tests/data/test_auto_augment_ops.py`` checks each against Pillow. One difference: the geometric
-ops resample bilinearly, where timm's training default picks bilinear or bicubic at random.
+``tests/data/test_auto_augment_ops.py`` checks each against Pillow, the geometric ops with both of the
+resampling filters that timm's training default picks from at random (bilinear, bicubic).
 
 The policy string is timm's ``--aa`` (:func:`auto_augment_transform`): ``rand-m9-mstd0.5`` is RandAugment at
 magnitude 9 (of 10) with Gaussian magnitude noise of standard deviation 0.5, two ops per image, each applied
@@ -139,14 +139,35 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
 
 # ---- geometric ops: Pillow's affine transform with bilinear resampling ----------------------------------------
 
-def affine(x: torch.Tensor, matrices: torch.Tensor, fill: Sequence[int]) -> torch.Tensor:
-    """``img.transform(img.size, Image.AFFINE, matrix, resample=Image.BILINEAR, fillcolor=fill)`` per image.
+def affine(x: torch.Tensor, matrices: torch.Tensor, fill: Sequence[int], bicubic=False) -> torch.Tensor:
+    """``img.transform(img.size, Image.AFFINE, matrix, resample, fillcolor=fill)`` per image, ``resample``
+    ``Image.BICUBIC`` where ``bicubic`` (a bool, or one per image) is true, else ``Image.BILINEAR``.
 
     ``matrices`` is ``(N, 6)``: the output pixel ``(x, y)`` samples the input at ``(a x' + b y' + c,
     d x' + e y' + f)``, with ``x' = x + 0.5`` and ``y' = y + 0.5`` (pixel centres), all in double precision as
-    in Pillow. A point outside the image takes ``fill``; inside, the four nearest pixels (clamped to the
-    border) are interpolated in Pillow's order and the result is truncated.
+    in Pillow. A point outside the image takes ``fill``; inside, the 2 x 2 (bilinear) or 4 x 4 (bicubic, Pillow's
+    cubic with a = -1) nearest pixels, clamped to the border, are interpolated in Pillow's order and the result
+    is clipped to 0-255 and truncated.
     """
+    bicubic = torch.as_tensor(bicubic, dtype=torch.bool).expand(x.shape[0])
+    if not bicubic.any() or bicubic.all():
+        return _affine(x, matrices, fill, bool(bicubic.all()) and len(bicubic) > 0)
+    out = torch.empty_like(x)
+    for mode in (False, True):
+        index = torch.nonzero(bicubic == mode).flatten().to(x.device)
+        out[index] = _affine(x[index], matrices[index], fill, mode)
+    return out
+
+
+def _cubic(v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor, v4: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Pillow's ``BICUBIC`` macro, operation for operation."""
+    p2 = -v1 + v3
+    p3 = 2 * (v1 - v2) + v3 - v4
+    p4 = -v1 + v2 - v3 + v4
+    return v2 + d * (p2 + d * (p3 + d * p4))
+
+
+def _affine(x: torch.Tensor, matrices: torch.Tensor, fill: Sequence[int], bicubic: bool) -> torch.Tensor:
     n, c, h, w = x.shape
     m = matrices.to(torch.float64).reshape(n, 6, 1, 1)
     cols = (torch.arange(w, dtype=torch.float64, device=x.device) + 0.5).reshape(1, 1, w)
@@ -157,19 +178,22 @@ def affine(x: torch.Tensor, matrices: torch.Tensor, fill: Sequence[int]) -> torc
     xin, yin = xin - 0.5, yin - 0.5
     x0, y0 = xin.floor(), yin.floor()
     dx, dy = (xin - x0).unsqueeze(1), (yin - y0).unsqueeze(1)
-    x0, y0 = x0.long(), y0.long()
-    xs = (x0.clamp(0, w - 1), (x0 + 1).clamp(0, w - 1))
-    ys = (y0.clamp(0, h - 1) * w, (y0 + 1).clamp(0, h - 1) * w)
+    taps = range(-1, 3) if bicubic else range(2)
+    xs = [(x0.long() + i).clamp(0, w - 1) for i in taps]
+    ys = [(y0.long() + i).clamp(0, h - 1) * w for i in taps]
     flat = x.to(torch.float64).reshape(n, c, h * w)
 
     def pixel(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
         return flat.gather(2, (row + col).reshape(n, 1, h * w).expand(n, c, h * w)).reshape(n, c, h, w)
 
-    top_left, top_right = pixel(ys[0], xs[0]), pixel(ys[0], xs[1])
-    bottom_left, bottom_right = pixel(ys[1], xs[0]), pixel(ys[1], xs[1])
-    top = top_left + (top_right - top_left) * dx
-    bottom = bottom_left + (bottom_right - bottom_left) * dx
-    out = (top + (bottom - top) * dy).trunc_()
+    if bicubic:
+        out = _cubic(*[_cubic(*[pixel(row, col) for col in xs], dx) for row in ys], dy)
+    else:
+        top, bottom = ([pixel(row, col) for col in xs] for row in ys)
+        top = top[0] + (top[1] - top[0]) * dx
+        bottom = bottom[0] + (bottom[1] - bottom[0]) * dx
+        out = top + (bottom - top) * dy
+    out = out.clamp_(0, 255).trunc_()
     fill = torch.tensor(fill, dtype=torch.float64, device=x.device).reshape(1, c, 1, 1)
     return torch.where(inside.unsqueeze(1), out, fill).to(x.dtype)
 
@@ -182,9 +206,9 @@ def _values(value, x: torch.Tensor) -> list[float]:
     return torch.as_tensor(value, dtype=torch.float64).expand(x.shape[0]).tolist()
 
 
-def rotate(x: torch.Tensor, degrees, fill: Sequence[int]) -> torch.Tensor:
-    """``img.rotate(degrees, resample=Image.BILINEAR, fillcolor=fill)``: counter-clockwise about the centre,
-    with Pillow's matrix (the angle taken modulo 360, sines and cosines rounded to 15 decimals)."""
+def rotate(x: torch.Tensor, degrees, fill: Sequence[int], bicubic=False) -> torch.Tensor:
+    """``img.rotate(degrees, resample, fillcolor=fill)``: counter-clockwise about the centre, with Pillow's matrix
+    (the angle taken modulo 360, sines and cosines rounded to 15 decimals); ``resample`` as :func:`affine`."""
     h, w = x.shape[-2:]
     cx, cy = w / 2, h / 2
     rows = []
@@ -193,29 +217,29 @@ def rotate(x: torch.Tensor, degrees, fill: Sequence[int]) -> torch.Tensor:
         a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
         d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
         rows.append([a, b, a * -cx + b * -cy + 0.0 + cx, d, e, d * -cx + e * -cy + 0.0 + cy])
-    out = affine(x, _matrices(rows, x), fill)
+    out = affine(x, _matrices(rows, x), fill, bicubic)
     unrotated = torch.tensor([angle % 360.0 == 0 for angle in _values(degrees, x)], device=x.device)
     return torch.where(unrotated.reshape(-1, 1, 1, 1), x, out)  # Pillow returns a copy for 0 degrees
 
 
-def shear_x(x: torch.Tensor, factor, fill: Sequence[int]) -> torch.Tensor:
-    """``img.transform(size, AFFINE, (1, factor, 0, 0, 1, 0), BILINEAR, fillcolor=fill)``."""
-    return affine(x, _matrices([[1, f, 0, 0, 1, 0] for f in _values(factor, x)], x), fill)
+def shear_x(x: torch.Tensor, factor, fill: Sequence[int], bicubic=False) -> torch.Tensor:
+    """``img.transform(size, AFFINE, (1, factor, 0, 0, 1, 0), resample, fillcolor=fill)``."""
+    return affine(x, _matrices([[1, f, 0, 0, 1, 0] for f in _values(factor, x)], x), fill, bicubic)
 
 
-def shear_y(x: torch.Tensor, factor, fill: Sequence[int]) -> torch.Tensor:
-    """``img.transform(size, AFFINE, (1, 0, 0, factor, 1, 0), BILINEAR, fillcolor=fill)``."""
-    return affine(x, _matrices([[1, 0, 0, f, 1, 0] for f in _values(factor, x)], x), fill)
+def shear_y(x: torch.Tensor, factor, fill: Sequence[int], bicubic=False) -> torch.Tensor:
+    """``img.transform(size, AFFINE, (1, 0, 0, factor, 1, 0), resample, fillcolor=fill)``."""
+    return affine(x, _matrices([[1, 0, 0, f, 1, 0] for f in _values(factor, x)], x), fill, bicubic)
 
 
-def translate_x(x: torch.Tensor, pixels, fill: Sequence[int]) -> torch.Tensor:
-    """``img.transform(size, AFFINE, (1, 0, pixels, 0, 1, 0), BILINEAR, fillcolor=fill)``."""
-    return affine(x, _matrices([[1, 0, p, 0, 1, 0] for p in _values(pixels, x)], x), fill)
+def translate_x(x: torch.Tensor, pixels, fill: Sequence[int], bicubic=False) -> torch.Tensor:
+    """``img.transform(size, AFFINE, (1, 0, pixels, 0, 1, 0), resample, fillcolor=fill)``."""
+    return affine(x, _matrices([[1, 0, p, 0, 1, 0] for p in _values(pixels, x)], x), fill, bicubic)
 
 
-def translate_y(x: torch.Tensor, pixels, fill: Sequence[int]) -> torch.Tensor:
-    """``img.transform(size, AFFINE, (1, 0, 0, 0, 1, pixels), BILINEAR, fillcolor=fill)``."""
-    return affine(x, _matrices([[1, 0, 0, 0, 1, p] for p in _values(pixels, x)], x), fill)
+def translate_y(x: torch.Tensor, pixels, fill: Sequence[int], bicubic=False) -> torch.Tensor:
+    """``img.transform(size, AFFINE, (1, 0, 0, 0, 1, pixels), resample, fillcolor=fill)``."""
+    return affine(x, _matrices([[1, 0, 0, 0, 1, p] for p in _values(pixels, x)], x), fill, bicubic)
 
 
 # ---- the policy --------------------------------------------------------------------------------------------
@@ -267,8 +291,9 @@ def draw_magnitudes(magnitude, std: float, upper: float, n: int) -> torch.Tensor
 
 
 def apply_op(x: torch.Tensor, name: str, index: torch.Tensor, magnitude: torch.Tensor, negate: torch.Tensor,
-             fill: Sequence[int]) -> None:
-    """Op ``name`` applied in place to the images ``x[index]``, at their own ``magnitude`` (0-10) and sign."""
+             bicubic: torch.Tensor, fill: Sequence[int]) -> None:
+    """Op ``name`` applied in place to the images ``x[index]``, at their own ``magnitude`` (0-10) and sign; the
+    geometric ops resample bicubically where ``bicubic`` is true, else bilinearly."""
     if len(index) == 0:
         return
     op, argument = OPS[name]
@@ -276,8 +301,24 @@ def apply_op(x: torch.Tensor, name: str, index: torch.Tensor, magnitude: torch.T
     images = x[on_device]
     args = [] if argument is None else [argument(magnitude, negate, images)]
     if op in GEOMETRIC:
-        args.append(fill)
+        args += [fill, bicubic]
     x.index_copy_(0, on_device, op(images, *args))
+
+
+INTERPOLATIONS = ("random", "bilinear", "bicubic")
+
+
+def draw_bicubic(interpolation: str, n: int) -> torch.Tensor:
+    """Per image, whether a geometric op resamples bicubically: timm's ``"random"`` picks bilinear or bicubic with
+    equal odds at each op call (its training default); ``"bilinear"`` / ``"bicubic"`` fix the choice."""
+    drawn = torch.rand(n, dtype=torch.float64) < 0.5  # drawn in every mode, so the other draws stay the same
+    return drawn if interpolation == "random" else torch.full((n,), interpolation == "bicubic")
+
+
+def check_interpolation(interpolation: str) -> str:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    return interpolation
 
 
 # timm's _RAND_TRANSFORMS, and with "inc1" the variants whose strength grows with the magnitude
@@ -344,14 +385,17 @@ class RandAugment(nn.Module):
     Args:
         fill: RGB colour of the area that the geometric ops uncover (timm: the dataset mean, ``round(255 *
             mean)``).
+        interpolation: the geometric ops' resampling, ``"random"`` (timm's training default: bilinear or bicubic
+            with equal odds at each op), ``"bilinear"`` or ``"bicubic"``.
         increasing: timm's ``inc1`` op set.
         weighted: timm's ``w0`` op weights, ops then drawn without replacement.
     """
 
     def __init__(self, magnitude: float = LEVEL_DENOM, num_layers: int = 2, magnitude_std: float = 0.0,
                  magnitude_max: float = LEVEL_DENOM, increasing: bool = False, weighted: bool = False,
-                 fill: Sequence[int] = (128, 128, 128), prob: float = 0.5) -> None:
+                 fill: Sequence[int] = (128, 128, 128), prob: float = 0.5, interpolation: str = "random") -> None:
         super().__init__()
+        self.interpolation = check_interpolation(interpolation)
         self.magnitude, self.num_layers, self.prob = float(magnitude), int(num_layers), float(prob)
         self.magnitude_std, self.magnitude_max = float(magnitude_std), float(magnitude_max)
         self.fill = tuple(int(v) for v in fill)
@@ -366,13 +410,14 @@ class RandAugment(nn.Module):
                              f"{int((self.weights > 0).sum())} ops a weight above 0; use a smaller n")
 
     @classmethod
-    def from_policy(cls, policy: str, fill: Sequence[int] = (128, 128, 128)) -> RandAugment:
+    def from_policy(cls, policy: str, fill: Sequence[int] = (128, 128, 128),
+                    interpolation: str = "random") -> RandAugment:
         """From timm's ``--aa`` string (:func:`parse_rand_augment`)."""
-        return cls(**parse_rand_augment(policy), fill=fill)
+        return cls(**parse_rand_augment(policy), fill=fill, interpolation=interpolation)
 
     def extra_repr(self) -> str:
         return (f"n={self.num_layers}, m={self.magnitude:g}, mstd={self.magnitude_std:g}, "
-                f"mmax={self.magnitude_max:g}, p={self.prob:g}, fill={self.fill}")
+                f"mmax={self.magnitude_max:g}, p={self.prob:g}, fill={self.fill}, {self.interpolation}")
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -384,9 +429,10 @@ class RandAugment(nn.Module):
             applied = torch.rand(n, dtype=torch.float64) <= self.prob
             magnitude = draw_magnitudes(self.magnitude, self.magnitude_std, self.magnitude_max, n)
             negate = torch.rand(n, dtype=torch.float64) > 0.5
+            bicubic = draw_bicubic(self.interpolation, n)
             for k, name in enumerate(self.names):
                 index = torch.nonzero(applied & (choices[:, layer] == k)).flatten()
-                apply_op(x, name, index, magnitude[index], negate[index], self.fill)
+                apply_op(x, name, index, magnitude[index], negate[index], bicubic[index], self.fill)
         return x.to(dtype)
 
 
@@ -439,14 +485,15 @@ class AutoAugment(nn.Module):
     the sub-policy's probability and magnitude (``N(magnitude, magnitude_std)`` with noise, clipped to
     [0, 10]).
 
-    Input and output as :class:`RandAugment`'s; randomness from torch's global generator. Build one from timm's
-    policy string (``v0``, ``v0r``, ``original``, ``originalr``, optionally ``-mstd<std>``) with
-    :meth:`from_policy`.
+    Input, output and ``interpolation`` as :class:`RandAugment`'s; randomness from torch's global generator.
+    Build one from timm's policy string (``v0``, ``v0r``, ``original``, ``originalr``, optionally
+    ``-mstd<std>``) with :meth:`from_policy`.
     """
 
     def __init__(self, policy: Sequence[Sequence[tuple[str, float, float]]], magnitude_std: float = 0.0,
-                 fill: Sequence[int] = (128, 128, 128)) -> None:
+                 fill: Sequence[int] = (128, 128, 128), interpolation: str = "random") -> None:
         super().__init__()
+        self.interpolation = check_interpolation(interpolation)
         unknown = sorted({name for sub in policy for name, _, _ in sub} - set(OPS))
         if unknown or not policy:
             raise ValueError(f"a policy needs at least one sub-policy of ops among {sorted(OPS)}; unknown: {unknown}")
@@ -455,12 +502,13 @@ class AutoAugment(nn.Module):
         self.fill = tuple(int(v) for v in fill)
 
     @classmethod
-    def from_policy(cls, policy: str, fill: Sequence[int] = (128, 128, 128)) -> AutoAugment:
+    def from_policy(cls, policy: str, fill: Sequence[int] = (128, 128, 128),
+                    interpolation: str = "random") -> AutoAugment:
         """From timm's ``--aa`` string (:func:`parse_auto_augment`)."""
-        return cls(**parse_auto_augment(policy), fill=fill)
+        return cls(**parse_auto_augment(policy), fill=fill, interpolation=interpolation)
 
     def extra_repr(self) -> str:
-        return f"{len(self.policy)} sub-policies, mstd={self.magnitude_std:g}, fill={self.fill}"
+        return f"{len(self.policy)} sub-policies, mstd={self.magnitude_std:g}, fill={self.fill}, {self.interpolation}"
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -470,13 +518,14 @@ class AutoAugment(nn.Module):
         for position in range(max(len(sub) for sub in self.policy)):
             draw = torch.rand(n, dtype=torch.float64)
             negate = torch.rand(n, dtype=torch.float64) > 0.5
+            bicubic = draw_bicubic(self.interpolation, n)
             for s, sub in enumerate(self.policy):
                 if position >= len(sub):
                     continue
                 name, prob, level = sub[position]
                 index = torch.nonzero((chosen == s) & (draw <= prob)).flatten()
                 magnitude = draw_magnitudes(level, self.magnitude_std, LEVEL_DENOM, len(index))
-                apply_op(x, name, index, magnitude, negate[index], self.fill)
+                apply_op(x, name, index, magnitude, negate[index], bicubic[index], self.fill)
         return x.to(dtype)
 
 
@@ -509,11 +558,12 @@ AUGMENT_HELP = (f"{POLICY_HELP}; or an AutoAugment policy {'/'.join(AUTO_AUGMENT
                 f"the TPU EfficientNet code's), optionally with -mstd<std>, e.g. v0 or original-mstd0.5")
 
 
-def auto_augment_transform(policy: str, fill: Sequence[int] = (128, 128, 128)) -> nn.Module:
+def auto_augment_transform(policy: str, fill: Sequence[int] = (128, 128, 128),
+                           interpolation: str = "random") -> nn.Module:
     """timm's ``--aa`` string as a module: ``rand...`` -> :class:`RandAugment`, ``v0`` / ``original`` / their ``r``
     forms -> :class:`AutoAugment`. Raises ``ValueError`` naming the accepted forms for anything else."""
     if not isinstance(policy, str) or not policy:
         raise ValueError(f"--aa {policy!r}: expected {AUGMENT_HELP}")
     if policy.split("-")[0] == "rand":
-        return RandAugment.from_policy(policy, fill=fill)
-    return AutoAugment.from_policy(policy, fill=fill)
+        return RandAugment.from_policy(policy, fill=fill, interpolation=interpolation)
+    return AutoAugment.from_policy(policy, fill=fill, interpolation=interpolation)
