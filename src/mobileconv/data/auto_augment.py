@@ -137,7 +137,7 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     return _apply_lut(x, torch.where(keep.unsqueeze(-1), levels, lut.clamp(max=255)))
 
 
-# ---- geometric ops: Pillow's affine transform with bilinear resampling ----------------------------------------
+# ---- geometric ops: Pillow's affine transform, bilinear or bicubic ---------------------------------------------
 
 def affine(x: torch.Tensor, matrices: torch.Tensor, fill: Sequence[int], bicubic=False) -> torch.Tensor:
     """``img.transform(img.size, Image.AFFINE, matrix, resample, fillcolor=fill)`` per image, ``resample``
@@ -150,8 +150,8 @@ def affine(x: torch.Tensor, matrices: torch.Tensor, fill: Sequence[int], bicubic
     is clipped to 0-255 and truncated.
     """
     bicubic = torch.as_tensor(bicubic, dtype=torch.bool).expand(x.shape[0])
-    if not bicubic.any() or bicubic.all():
-        return _affine(x, matrices, fill, bool(bicubic.all()) and len(bicubic) > 0)
+    if not bicubic.any() or bicubic.all():  # one filter for the whole batch
+        return _affine(x, matrices, fill, bool(bicubic.any()))
     out = torch.empty_like(x)
     for mode in (False, True):
         index = torch.nonzero(bicubic == mode).flatten().to(x.device)
@@ -211,14 +211,15 @@ def rotate(x: torch.Tensor, degrees, fill: Sequence[int], bicubic=False) -> torc
     (the angle taken modulo 360, sines and cosines rounded to 15 decimals); ``resample`` as :func:`affine`."""
     h, w = x.shape[-2:]
     cx, cy = w / 2, h / 2
+    angles = [angle % 360.0 for angle in _values(degrees, x)]
     rows = []
-    for angle in _values(degrees, x):
-        angle = -math.radians(angle % 360.0)
+    for angle in angles:
+        angle = -math.radians(angle)
         a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
         d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
         rows.append([a, b, a * -cx + b * -cy + 0.0 + cx, d, e, d * -cx + e * -cy + 0.0 + cy])
     out = affine(x, _matrices(rows, x), fill, bicubic)
-    unrotated = torch.tensor([angle % 360.0 == 0 for angle in _values(degrees, x)], device=x.device)
+    unrotated = torch.tensor([angle == 0 for angle in angles], device=x.device)
     return torch.where(unrotated.reshape(-1, 1, 1, 1), x, out)  # Pillow returns a copy for 0 degrees
 
 
@@ -248,8 +249,12 @@ def _signed(level: torch.Tensor, negate: torch.Tensor) -> torch.Tensor:
     return torch.where(negate, -level, level)
 
 
-def _enhance_increasing(m: torch.Tensor, negate: torch.Tensor) -> torch.Tensor:
-    return (1.0 + _signed(m / LEVEL_DENOM * 0.9, negate)).clamp(min=0.1)
+def _enhance(m: torch.Tensor, negate: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return m / LEVEL_DENOM * 1.8 + 0.1  # 0.1 to 1.9, unsigned
+
+
+def _enhance_increasing(m: torch.Tensor, negate: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return (1.0 + _signed(m / LEVEL_DENOM * 0.9, negate)).clamp(min=0.1)  # 1 +- 0.9, at least 0.1
 
 
 # name -> (op, argument from (magnitude, random sign, image)); timm's LEVEL_TO_ARG, with the sign drawn per image
@@ -264,14 +269,14 @@ OPS: dict[str, tuple[Callable, Callable | None]] = {
     "Solarize": (solarize, lambda m, neg, x: (m / LEVEL_DENOM * 256).trunc()),
     "SolarizeIncreasing": (solarize, lambda m, neg, x: 256 - (m / LEVEL_DENOM * 256).trunc()),
     "SolarizeAdd": (solarize_add, lambda m, neg, x: (m / LEVEL_DENOM * 110).trunc()),
-    "Color": (color, lambda m, neg, x: m / LEVEL_DENOM * 1.8 + 0.1),
-    "ColorIncreasing": (color, lambda m, neg, x: _enhance_increasing(m, neg)),
-    "Contrast": (contrast, lambda m, neg, x: m / LEVEL_DENOM * 1.8 + 0.1),
-    "ContrastIncreasing": (contrast, lambda m, neg, x: _enhance_increasing(m, neg)),
-    "Brightness": (brightness, lambda m, neg, x: m / LEVEL_DENOM * 1.8 + 0.1),
-    "BrightnessIncreasing": (brightness, lambda m, neg, x: _enhance_increasing(m, neg)),
-    "Sharpness": (sharpness, lambda m, neg, x: m / LEVEL_DENOM * 1.8 + 0.1),
-    "SharpnessIncreasing": (sharpness, lambda m, neg, x: _enhance_increasing(m, neg)),
+    "Color": (color, _enhance),
+    "ColorIncreasing": (color, _enhance_increasing),
+    "Contrast": (contrast, _enhance),
+    "ContrastIncreasing": (contrast, _enhance_increasing),
+    "Brightness": (brightness, _enhance),
+    "BrightnessIncreasing": (brightness, _enhance_increasing),
+    "Sharpness": (sharpness, _enhance),
+    "SharpnessIncreasing": (sharpness, _enhance_increasing),
     "ShearX": (shear_x, lambda m, neg, x: _signed(m / LEVEL_DENOM * 0.3, neg)),
     "ShearY": (shear_y, lambda m, neg, x: _signed(m / LEVEL_DENOM * 0.3, neg)),
     "TranslateXRel": (translate_x, lambda m, neg, x: _signed(m / LEVEL_DENOM * TRANSLATE_PCT, neg) * x.shape[-1]),
