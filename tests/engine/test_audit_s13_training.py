@@ -62,7 +62,7 @@ def test_an_option_the_optimizer_lacks_is_refused_from_a_config_file(tmp_path, c
 
 def test_defaults_are_per_optimizer_and_match_torch():
     assert (parsed(["--opt", "adamw"]).momentum, parsed(["--opt", "sgd"]).opt_eps) == (None, None)
-    info = SimpleNamespace(name="synthetic", hflip=0.0, color_jitter=0.0)
+    info = SimpleNamespace(name="synthetic", hflip=0.0, color_jitter=0.0, scale=(0.5, 1.0))
     adamw = trainer.resolve_config(TrainConfig(opt="adamw"), info, 16)
     sgd = trainer.resolve_config(TrainConfig(opt="sgd"), info, 16)
     assert (adamw.momentum, adamw.opt_eps, sgd.momentum, sgd.opt_eps) == (None, 1e-8, 0.9, None)

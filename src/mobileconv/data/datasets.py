@@ -7,6 +7,7 @@ the train split, the test split and a :class:`DataInfo` describing them.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import unicodedata
@@ -36,6 +37,8 @@ class DataInfo:
         mean, std: per-channel normalisation of images scaled to [0, 1].
         hflip: default horizontal-flip probability (0 where flipping changes the meaning, as for digits).
         color_jitter: default colour-jitter strength (0 for grey images).
+        scale: default area range of the random resized crop: (0.08, 1), torchvision's and timm's, for image
+            folders, whose crops are cut from the whole decoded image; (0.5, 1) for the small in-memory images.
         test_split: name of the held-out split the accuracy is measured on.
     """
 
@@ -47,6 +50,7 @@ class DataInfo:
     hflip: float = 0.5
     color_jitter: float = 0.4
     test_split: str = "test"
+    scale: tuple[float, float] = (0.5, 1.0)
 
     @property
     def num_classes(self) -> int:
@@ -93,6 +97,8 @@ class ImageFolderDataset(Dataset):
         crop_pct: the crop's share of the resized shorter side (1: the whole shorter side; timm's
             evaluation uses 0.875: 256 px resized, 224 px cropped).
         interpolation: ``"bilinear"`` or ``"bicubic"`` (:data:`INTERPOLATIONS`).
+
+    :meth:`with_random_crop` gives the training copy: a :class:`RandomResizedCrop` of each whole image instead.
     """
 
     def __init__(self, root: Path, classes: list[str], size: int, folders: list[str] | None = None,
@@ -106,20 +112,30 @@ class ImageFolderDataset(Dataset):
         self.samples = [(path, label) for label, folder in enumerate(folders)
                         for path in image_files(self.root / folder)]
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.long)
+        self.random_crop: RandomResizedCrop | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``dataset[index]``, or ``dataset[epoch, index]`` (a keyed :class:`.sampler.ShardedBatchSampler`): the
+        epoch picks the random crop when there is one (:meth:`with_random_crop`; ``dataset[index]`` is epoch 0's)."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         path, label = self.samples[index]
+        if self.random_crop is not None:
+            return load_random_crop(path, self.random_crop, epoch, index), self.labels[index]
         return load_image(path, self.size, self.crop_pct, self.interpolation), self.labels[index]
 
     def subset(self, indices) -> "ImageFolderDataset":
-        new = ImageFolderDataset.__new__(ImageFolderDataset)
-        new.root, new.classes, new.size = self.root, self.classes, self.size
-        new.crop_pct, new.interpolation = self.crop_pct, self.interpolation
+        new = copy.copy(self)
         new.samples = [self.samples[i] for i in indices]
         new.labels = self.labels[torch.as_tensor(indices, dtype=torch.long)]
+        return new
+
+    def with_random_crop(self, crop: "RandomResizedCrop") -> "ImageFolderDataset":
+        """A copy whose images are random resized crops of the whole decoded image (training), not centre crops."""
+        new = copy.copy(self)
+        new.random_crop = crop
         return new
 
 
@@ -202,11 +218,47 @@ def load_image(path: Path, size: int, crop_pct: float = 1.0, interpolation: str 
     does, and as image viewers show it: photos from phones and cameras are often stored sideways).
     Grey images are repeated over the three channels, alpha is dropped, 16-bit grey images are scaled to 8 bits.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     check_crop(crop_pct, interpolation)
     resample = getattr(Image.Resampling, interpolation.upper())
     scale = scale_size(size, crop_pct)
+
+    def centre_crop(img):
+        w, h = resized_size(img.width, img.height, scale)
+        # torchvision's CenterCrop offset, int(round((w - size) / 2)), so its models see the same pixels
+        left, top = int(round((w - size) / 2)), int(round((h - size) / 2))
+        if w * h <= MAX_RESIZED_AREA * size * size:
+            return img.resize((w, h), resample).crop((left, top, left + size, top + size))
+        # a very wide or tall image, or a small crop_pct: resize only the crop's region (the same geometry, up to
+        # rounding) instead of the whole image to (w, h), which takes gigabytes for a 1 x 10,000 px strip, or for
+        # crop_pct 0.01
+        sx, sy = img.width / w, img.height / h
+        return img.resize((size, size), resample, box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+
+    return decode_image(path, centre_crop)
+
+
+def load_random_crop(path: Path, crop: "RandomResizedCrop", epoch: int, index: int) -> torch.Tensor:
+    """Decode an image file to a uint8 ``(3, crop.size, crop.size)`` tensor: the random resized crop that
+    ``crop`` draws for this image in this epoch (:meth:`RandomResizedCrop.draw`), cut from the whole upright
+    image at its own resolution and then resized, as torchvision's ``RandomResizedCrop`` does it with PIL."""
+    from PIL import Image
+
+    def random_crop(img):
+        (left, top, width, height), interpolation = crop.draw(img.width, img.height, epoch, index)
+        resample = getattr(Image.Resampling, interpolation.upper())
+        return img.crop((left, top, left + width, top + height)).resize((crop.size, crop.size), resample)
+
+    return decode_image(path, random_crop)
+
+
+def decode_image(path: Path, crop) -> torch.Tensor:
+    """``crop(image)`` of the file's upright RGB image (EXIF orientation applied, grey repeated, alpha dropped,
+    16-bit grey scaled to 8 bits) as a uint8 ``(3, H, W)`` tensor; ``ValueError`` naming the file when it
+    cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(path) as img:
             img.load()  # a PNG's EXIF may follow its pixel data
@@ -214,21 +266,75 @@ def load_image(path: Path, size: int, crop_pct: float = 1.0, interpolation: str 
             img = to_8bit(img).convert("RGB")
             if method is not None:
                 img = img.transpose(method)
-            w, h = resized_size(img.width, img.height, scale)
-            # torchvision's CenterCrop offset, int(round((w - size) / 2)), so its models see the same pixels
-            left, top = int(round((w - size) / 2)), int(round((h - size) / 2))
-            if w * h <= MAX_RESIZED_AREA * size * size:
-                img = img.resize((w, h), resample).crop((left, top, left + size, top + size))
-            else:  # a very wide or tall image, or a small crop_pct: resize only the crop's region (the same geometry,
-                # up to rounding) instead of the whole image to (w, h), which takes gigabytes for a 1 x 10,000 px
-                # strip, or for crop_pct 0.01
-                sx, sy = img.width / w, img.height / h
-                img = img.resize((size, size), resample,
-                                 box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
-            array = np.asarray(img, dtype=np.uint8).copy()
+            array = np.asarray(crop(img), dtype=np.uint8).copy()
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot decode image {path}: {e}") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+# ``--train-interpolation``: timm's choices; "random" picks bilinear or bicubic per image, timm's default
+TRAIN_INTERPOLATIONS = ("random",) + INTERPOLATIONS
+
+
+@dataclass(frozen=True)
+class RandomResizedCrop:
+    """torchvision's ``RandomResizedCrop`` (timm's ``RandomResizedCropAndInterpolation``), drawn per image from
+    ``(seed, epoch, index)`` alone: the same crops with any number of data-loading workers or processes, and
+    again when a run is resumed.
+
+    Args:
+        size: output side length.
+        scale: range of the crop's area, as a share of the image's.
+        ratio: range of the crop's aspect ratio (width / height), drawn log-uniformly.
+        interpolation: ``"bilinear"``, ``"bicubic"`` or ``"random"`` (either, with equal odds, per image).
+        seed: the run's seed.
+    """
+
+    size: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    interpolation: str = "random"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in TRAIN_INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(TRAIN_INTERPOLATIONS)}, "
+                             f"got {self.interpolation!r}")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"scale must be two numbers 0 < MIN <= MAX <= 1, got {self.scale!r}")
+        if not 0 < self.ratio[0] <= self.ratio[1] < math.inf:
+            raise ValueError(f"ratio must be two finite numbers 0 < MIN <= MAX, got {self.ratio!r}")
+
+    def draw(self, width: int, height: int, epoch: int, index: int) -> tuple[tuple[int, int, int, int], str]:
+        """``((left, top, crop_width, crop_height), interpolation)`` for image ``index`` of ``width x height``.
+
+        torchvision's ``RandomResizedCrop.get_params``: up to 10 tries of an area drawn uniformly from ``scale``
+        and an aspect ratio drawn log-uniformly from ``ratio``, kept when the crop fits; otherwise the centre
+        crop of the whole image, its aspect ratio clamped to ``ratio``.
+        """
+        rng = np.random.default_rng([self.seed, epoch, index])
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        box = None
+        for _ in range(10):
+            target_area = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                box = (int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h)
+                break
+        if box is None:
+            w, h = width, height
+            if width / height < self.ratio[0]:
+                h = int(round(width / self.ratio[0]))
+            elif width / height > self.ratio[1]:
+                w = int(round(height * self.ratio[1]))
+            box = ((width - w) // 2, (height - h) // 2, w, h)
+        interpolation = self.interpolation
+        if interpolation == "random":
+            interpolation = INTERPOLATIONS[int(rng.integers(0, 2))]
+        return box, interpolation
 
 
 # load_image resizes a whole image when the result is at most this many crops in area (aspect ratio <= 4:1 at crop_pct 1)
@@ -300,7 +406,8 @@ def preferred_img_size(data: str) -> int | None:
 def build_datasets(data: str, img_size: int) -> tuple[Dataset, Dataset, DataInfo]:
     """Train split, test split and their :class:`DataInfo` for a ``--data`` value.
 
-    An ImageFolder tree's images keep the whole shorter side (the random resized crop follows in training);
+    An ImageFolder tree's images keep the whole shorter side (the trainer's training copy,
+    :meth:`ImageFolderDataset.with_random_crop`, cuts random resized crops from the whole images instead);
     :func:`build_test_dataset` crops test images otherwise.
 
     Raises ``ValueError`` with a one-line reason for a missing, empty or inconsistent dataset.
@@ -500,7 +607,7 @@ def image_folder_info(root: Path, classes: list[str], test_split: str) -> DataIn
     """An ImageFolder dataset's :class:`DataInfo`: photos, normalised with ImageNet's statistics, flipped and
     colour-jittered in training."""
     return DataInfo(str(root.resolve()), "imagefolder", classes, mean=IMAGENET_MEAN, std=IMAGENET_STD, hflip=0.5,
-                    color_jitter=0.4, test_split=test_split)
+                    color_jitter=0.4, test_split=test_split, scale=(0.08, 1.0))
 
 
 def limit_samples(dataset, max_samples: int | None, seed: int = 0):

@@ -22,16 +22,19 @@ class ShardedBatchSampler:
         rank, world_size: this process and the number of processes.
         drop_last: drop the last incomplete global batch (training), else keep it and shard it
             as evenly as possible (evaluation; shards may then differ in size by one).
+        keyed: yield ``(epoch, index)`` pairs instead of indices, for a dataset whose random crops
+            are drawn per epoch and image (:meth:`.datasets.ImageFolderDataset.with_random_crop`).
     """
 
     def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = True) -> None:
+                 world_size: int = 1, drop_last: bool = True, keyed: bool = False) -> None:
         if batch_size < 1 or batch_size % world_size:
             raise ValueError(f"--batch-size {batch_size} must be a positive multiple of the {world_size} processes")
         if drop_last and num_samples < batch_size:
             raise ValueError(f"--batch-size {batch_size} is larger than the {num_samples} training samples")
         self.num_samples, self.batch_size, self.shuffle, self.seed = num_samples, batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.keyed = keyed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -48,10 +51,10 @@ class ShardedBatchSampler:
         full, rest = divmod(self.num_samples, self.batch_size)
         return full + (1 if rest and not self.drop_last and self.rank < rest else 0)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int] | list[tuple[int, int]]]:
         order = self.order()
         stop = self.num_samples - self.num_samples % self.batch_size if self.drop_last else self.num_samples
         for start in range(0, stop, self.batch_size):
             shard = np.array_split(order[start:start + self.batch_size], self.world_size)[self.rank]
             if len(shard):  # empty exactly when rank >= the samples left in the last batch
-                yield shard.tolist()
+                yield [(self.epoch, i) for i in shard.tolist()] if self.keyed else shard.tolist()

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .auto_augment import auto_augment_transform
+from .datasets import INTERPOLATIONS, TRAIN_INTERPOLATIONS
 
 ERASE_MODES = ("const", "pixel")
 
@@ -27,6 +28,8 @@ class BatchTransform(nn.Module):
         train: apply the random augmentations below.
         scale: area range of the random resized crop; ``(1, 1)`` keeps the whole image.
         ratio: aspect-ratio range (width / height) of the crop.
+        interpolation: the crop's resampling, ``"bilinear"``, ``"bicubic"`` or ``"random"`` (either, per image,
+            with equal odds: timm's ``--train-interpolation`` default).
         hflip: probability of a horizontal flip.
         color_jitter: brightness / contrast / saturation strength (0 disables it).
         reprob: probability per image of random erasing (Zhong et al. 2020; timm's ``--reprob``): one
@@ -40,7 +43,8 @@ class BatchTransform(nn.Module):
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *, train: bool = False,
-                 scale: Sequence[float] = (1.0, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: float = 0.0,
+                 scale: Sequence[float] = (1.0, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                 interpolation: str = "bilinear", hflip: float = 0.0,
                  color_jitter: float = 0.0, reprob: float = 0.0, remode: str = "const",
                  auto_augment: str | None = None) -> None:
         super().__init__()
@@ -49,12 +53,15 @@ class BatchTransform(nn.Module):
         self.size = size
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        ops = []
+        if interpolation not in TRAIN_INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(TRAIN_INTERPOLATIONS)}, got {interpolation!r}")
+        self.interpolation = interpolation
+        self.crops = nn.ModuleDict()
         if train and tuple(scale) != (1.0, 1.0):
-            ops.append(K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(ratio)))
-        if train and hflip > 0:
-            ops.append(K.RandomHorizontalFlip(p=hflip))
-        self.augment = nn.Sequential(*ops)
+            for mode in INTERPOLATIONS if interpolation == "random" else (interpolation,):
+                self.crops[mode] = K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(ratio),
+                                                       resample=mode.upper())
+        self.flip = K.RandomHorizontalFlip(p=hflip) if train and hflip > 0 else None
         self.auto_augment = None
         if train and auto_augment:
             fill = [min(255, round(255 * m)) for m in mean]  # timm's img_mean
@@ -73,7 +80,9 @@ class BatchTransform(nn.Module):
         x = images.float().div_(255)
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        x = self.augment(x)
+        x = self.random_resized_crop(x)
+        if self.flip is not None:
+            x = self.flip(x)
         if self.auto_augment is not None:
             x = self.auto_augment(x.mul(255).round_().clamp_(0, 255)).div_(255)
         if self.color_jitter is not None:  # after Rand/AutoAugment, where timm puts a colour jitter it keeps
@@ -84,6 +93,18 @@ class BatchTransform(nn.Module):
         if self.remode == "const":
             return self.erase(x)
         return erase_with_noise(x, self.erase.forward_parameters(x.shape))
+
+
+    def random_resized_crop(self, x: torch.Tensor) -> torch.Tensor:
+        """kornia's random resized crop of each image, resampled as ``interpolation`` says."""
+        if len(self.crops) < 2:
+            return x if not self.crops else next(iter(self.crops.values()))(x)
+        bicubic = torch.rand(len(x)) < 0.5
+        out = torch.empty(x.shape[:2] + (self.size, self.size), dtype=x.dtype, device=x.device)
+        for mode, chosen in (("bilinear", ~bicubic), ("bicubic", bicubic)):
+            if chosen.any():
+                out[chosen.to(x.device)] = self.crops[mode](x[chosen.to(x.device)])
+        return out
 
 
 def erase_with_noise(x: torch.Tensor, params: dict) -> torch.Tensor:

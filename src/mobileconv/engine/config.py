@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.auto_augment import auto_augment_transform
+from ..data.datasets import TRAIN_INTERPOLATIONS
 from ..data.transforms import ERASE_MODES
 
 OPTIMIZERS = ("sgd", "rmsprop", "rmsproptf", "adamw")
@@ -78,10 +79,14 @@ class TrainConfig:
     mixup: float = option(0.0, "mixup alpha (0 = off)")
     cutmix: float = option(0.0, "cutmix alpha (0 = off)")
     aug: bool = option(True, "random augmentation of training batches (--no-aug: none)")
-    scale: tuple[float, float] = option((0.5, 1.0), "area range of the random resized crop", nargs=2,
-                                        metavar=("MIN", "MAX"))
+    scale: tuple[float, float] | None = option(None, "area range of the random resized crop (default: 0.08 1 for "
+                                                     "image folders, as timm and torchvision, else 0.5 1)", type=float,
+                                               nargs=2, metavar=("MIN", "MAX"))
     ratio: tuple[float, float] = option((3 / 4, 4 / 3), "aspect-ratio range (width / height) of the random resized "
                                                         "crop", nargs=2, metavar=("MIN", "MAX"))
+    train_interpolation: str | None = option(None, "resampling of the random resized crop: bilinear, bicubic, or "
+                                                   "random (either per image; the default, as timm's)", type=str,
+                                             choices=TRAIN_INTERPOLATIONS)
     hflip: float | None = option(None, "horizontal-flip probability (default: 0 for digits, else 0.5)", type=float)
     color_jitter: float | None = option(None, "colour-jitter strength (default: 0 for digits / synthetic or with "
                                               "--aa, else 0.4)", type=float)
@@ -184,7 +189,7 @@ class TrainConfig:
             auto_augment_transform(self.aa)  # refuses a string it cannot read
         check(self.drop is None or self.drop < 1, "drop", "in [0, 1)")
         check(0 <= self.drop_path < 1, "drop_path", "in [0, 1)")
-        check(0 < self.scale[0] <= self.scale[1] <= 1, "scale", "two numbers 0 < MIN <= MAX <= 1")
+        check(self.scale is None or 0 < self.scale[0] <= self.scale[1] <= 1, "scale", "two numbers 0 < MIN <= MAX <= 1")
         check(0 < self.ratio[0] <= self.ratio[1] < math.inf, "ratio", "two finite numbers 0 < MIN <= MAX")
         return self
 
@@ -195,13 +200,13 @@ SCHEDULE_OPTIONS = {"cosine": (), "step": ("decay_epochs", "decay_rate")}
 
 def unused_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
-    ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``
-    and ``--aa`` with ``--no-aug``, ``--remode pixel`` without random erasing."""
+    ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
+    ``--aa`` and ``--train-interpolation`` with ``--no-aug``, ``--remode pixel`` without random erasing."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
               if getattr(config, name) is not None and name not in uses]
     if not config.aug:
-        unused += [name for name in ("reprob", "aa") if getattr(config, name)]
+        unused += [name for name in ("reprob", "aa", "train_interpolation") if getattr(config, name)]
     if config.remode != "const" and not (config.reprob and config.aug):
         unused.append("remode")
     return unused
@@ -218,6 +223,9 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
                              f"{where}")
         if name == "aa":
             raise ValueError(f"--aa {value!r}{where} is an augmentation: leave it out with --no-aug")
+        if name == "train_interpolation":
+            raise ValueError(f"--train-interpolation {value}{where} resamples the random resized crop, which --no-aug "
+                             f"turns off: leave it out with --no-aug")
         if name == "remode":
             raise ValueError(f"--remode {value}{where} fills random-erasing rectangles, which only --reprob > 0 "
                              f"makes (and not with --no-aug): add --reprob, or leave --remode out")

@@ -34,8 +34,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data import (BatchTransform, DataInfo, MixupCutmix, ShardedBatchSampler, build_datasets, limit_samples,
-                    preferred_img_size)
+from ..data import (BatchTransform, DataInfo, ImageFolderDataset, MixupCutmix, RandomResizedCrop,
+                    ShardedBatchSampler, build_datasets, limit_samples, preferred_img_size)
 from ..data.datasets import show_names
 from ..deploy.export import memory_errors_as_value_errors
 from ..deploy.weights import FORMAT, bn_eps_of, checkpoint_num_classes, load_state_dict, read_checkpoint
@@ -136,7 +136,8 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
         opt_eps=pick(config.opt_eps, DEFAULT_EPS[config.opt]),
         decay_epochs=pick(config.decay_epochs, DEFAULT_DECAY_EPOCHS[config.sched]),
         decay_rate=pick(config.decay_rate, DEFAULT_DECAY_RATE[config.sched]),
-        hflip=pick(config.hflip, info.hflip),
+        hflip=pick(config.hflip, info.hflip), scale=pick(config.scale, info.scale),
+        train_interpolation=pick(config.train_interpolation, "random") if config.aug else None,
         # timm turns colour jitter off under RandAugment, which has colour ops of its own; an explicit value still applies
         color_jitter=pick(config.color_jitter, 0.0 if config.aa else info.color_jitter))
 
@@ -309,6 +310,9 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     previous = on_main(env, lambda: check_out_dir(out, resuming_here=resuming_here, overwrite=config.overwrite), [])
     train_set = limit_samples(train_set, config.max_train_samples)
     test_set = limit_samples(test_set, config.max_val_samples)
+    if crops_whole_images(config, train_set):  # cut from the whole decoded image, not from the batch
+        train_set = train_set.with_random_crop(RandomResizedCrop(img_size, tuple(config.scale), tuple(config.ratio),
+                                                                 config.train_interpolation, config.seed))
 
     seed_everything(config.seed, config.deterministic)
     if config.heap_malloc:
@@ -330,7 +334,8 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         ema=ModelEma(model, config.ema_decay) if config.ema else None, optimizer=optimizer, scheduler=scheduler,
         scaler=torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None,
         train_loader=train_loader, test_loader=test_loader,
-        train_transform=make_transform(config, info, train=True).to(env.device),
+        train_transform=make_transform(config, info, train=True,
+                                       cropped=getattr(train_set, "random_crop", None) is not None).to(env.device),
         test_transform=make_transform(config, info, train=False).to(env.device),
         mixer=mixer, criterion=nn.CrossEntropyLoss(label_smoothing=0.0 if mixer.enabled else config.smoothing),
         settings=StepSettings(dtype, config.clip_grad, config.channels_last), replaces=previous,
@@ -399,7 +404,8 @@ def load_initial_weights(model: nn.Module, path: str, num_classes: int) -> None:
 def make_loaders(config: TrainConfig, train_set, test_set, env: DistEnv) -> tuple[DataLoader, DataLoader]:
     """Loaders over this process's shard: shuffled full global batches for training, every test image once."""
     train_sampler = ShardedBatchSampler(len(train_set), config.batch_size, shuffle=True, seed=config.seed,
-                                        rank=env.rank, world_size=env.world_size, drop_last=True)
+                                        rank=env.rank, world_size=env.world_size, drop_last=True,
+                                        keyed=getattr(train_set, "random_crop", None) is not None)
     test_sampler = ShardedBatchSampler(len(test_set), config.batch_size, shuffle=False, rank=env.rank,
                                        world_size=env.world_size, drop_last=False)
     args = {"num_workers": config.workers, "pin_memory": env.device.type == "cuda",
@@ -410,11 +416,20 @@ def make_loaders(config: TrainConfig, train_set, test_set, env: DistEnv) -> tupl
                  for data, sampler in ((train_set, train_sampler), (test_set, test_sampler)))
 
 
-def make_transform(config: TrainConfig, info: DataInfo, train: bool) -> BatchTransform:
+def crops_whole_images(config: TrainConfig, train_set) -> bool:
+    """Whether the training images are random resized crops of the whole decoded image files (an image
+    folder, with augmentation), made by the dataset; in-memory images are cropped on the batch instead."""
+    return config.aug and tuple(config.scale) != (1.0, 1.0) and isinstance(train_set, ImageFolderDataset)
+
+
+def make_transform(config: TrainConfig, info: DataInfo, train: bool, cropped: bool = False) -> BatchTransform:
+    """The batch transform; ``cropped``: the dataset already made the random resized crops."""
     if not (train and config.aug):
         return BatchTransform(config.img_size, info.mean, info.std)
-    return BatchTransform(config.img_size, info.mean, info.std, train=True, scale=config.scale, ratio=config.ratio,
-                          hflip=config.hflip, color_jitter=config.color_jitter, reprob=config.reprob,
+    return BatchTransform(config.img_size, info.mean, info.std, train=True,
+                          scale=(1.0, 1.0) if cropped else config.scale, ratio=config.ratio,
+                          interpolation=config.train_interpolation or "random", hflip=config.hflip,
+                          color_jitter=config.color_jitter, reprob=config.reprob,
                           remode=config.remode, auto_augment=config.aa)
 
 

@@ -154,7 +154,10 @@ class GroupedConv2d(FixedConvList):
                             and (padding != "tf" or kernel_sizes[0] == 1))
 
     def extra_repr(self) -> str:
-        return f"k={','.join(map(str, self.kernel_sizes))} splits={','.join(map(str, self.out_splits))}"
+        splits = ",".join(map(str, self.out_splits))
+        if self.in_splits != self.out_splits:
+            splits = f"{','.join(map(str, self.in_splits))}->{splits}"
+        return f"k={','.join(map(str, self.kernel_sizes))} splits={splits} stride={self.stride}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_channels(x, self.in_channels, "GroupedConv2d")

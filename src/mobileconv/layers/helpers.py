@@ -62,12 +62,15 @@ def check_kernel_size(kernel_size: int, name: str = "kernel_size") -> int:
 
 
 def check_kernel_sizes(kernel_sizes: int | Sequence[int], name: str = "kernel_sizes", odd: bool = True) -> list[int]:
-    """Normalise an int or a list of ints into a non-empty list of positive (odd) kernel sizes (Python ints)."""
+    """Normalise an int or a list of ints (or a 1-d NumPy array / tensor) into a non-empty list of positive (odd)
+    kernel sizes (Python ints)."""
     what = "positive odd integer (1, 3, 5, 7, ...)" if odd else "positive integer"
     if as_int(kernel_sizes) is not None:
         ks = [kernel_sizes]
     elif isinstance(kernel_sizes, Sequence) and not isinstance(kernel_sizes, str) and len(kernel_sizes) > 0:
         ks = list(kernel_sizes)
+    elif getattr(kernel_sizes, "ndim", None) == 1 and len(kernel_sizes) > 0:  # a NumPy array / tensor of sizes
+        ks = kernel_sizes.tolist()
     else:
         raise ValueError(f"{name} must be a {what} or a non-empty list of them, got {kernel_sizes!r}")
     for i, k in enumerate(ks):

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..layers import SqueezeExcite, create_act, create_conv2d, make_divisible, xsep_padding_schedule
-from ..layers.helpers import check_kernel_sizes, check_positive, check_stride
+from ..layers.helpers import as_int, check_kernel_sizes, check_positive, check_stride
 from ._blocks import ConvBnActBlock, DepthwiseSeparableBlock, InvertedResidual
 
 BLOCK_KINDS = ("ds", "ir", "cn")
@@ -313,11 +313,14 @@ class MobileNet(nn.Module):
         name: registry name, used in error messages.
     """
 
+    __jit_unused_properties__ = ["default_cfg"]  # a dict of mixed values: not scripted
+
     def __init__(self, arch: ArchSpec, num_classes: int = 1000, in_chans: int = 3, *, drop_rate: float | None = None,
                  drop_path_rate: float = 0.0, name: str = "model") -> None:
         super().__init__()
-        if not isinstance(in_chans, int) or isinstance(in_chans, bool) or in_chans < 1:
+        if as_int(in_chans) is None or as_int(in_chans) < 1:
             raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
+        in_chans = as_int(in_chans)
         self.arch, self.name, self.in_chans = arch, name, in_chans
         self.head_kind = arch.head.kind
         self.min_input_size = arch.min_input_size
@@ -357,15 +360,31 @@ class MobileNet(nn.Module):
         self.flatten = nn.Flatten(1)
         self.num_features = width if head.kind != "pool" else in_channels
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a fresh ``Linear(num_features, num_classes)`` (identity for 0)."""
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier by a fresh ``Linear(num_features, num_classes)`` (identity for 0).
+
+        ``global_pool`` is timm's argument; average pooling, ``"avg"``, is the only one these models have.
+        """
+        if as_int(num_classes) is None or as_int(num_classes) < 0:
             raise ValueError(f"num_classes must be a non-negative integer (0 = no classifier), got {num_classes!r}")
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool must be 'avg' (average pooling, the only one these models have), "
+                             f"got {global_pool!r}")
+        num_classes = as_int(num_classes)
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         if num_classes:
             nn.init.normal_(self.classifier.weight, 0, 0.01)
             nn.init.zeros_(self.classifier.bias)
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier: ``Linear(num_features, num_classes)``, or an identity with no classes (timm's method)."""
+        return self.classifier
+
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name of ``pretrained_cfg`` (the same dict)."""
+        return self.pretrained_cfg
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         check_image_input(x, self.in_chans, self.min_input_size, self.name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from os import PathLike
 
 from torch import nn
@@ -37,9 +37,13 @@ def register_model(fn: ModelFn | None = None, *, name: str | None = None):
     return decorator(fn) if fn is not None else decorator
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Sorted registered names matching the ``fnmatch`` pattern (``"mixnet_*"``, ``"*cifar"``)."""
-    return sorted(fnmatch.filter(_MODELS, pattern))
+def list_models(pattern: str | Sequence[str] = "*") -> list[str]:
+    """Sorted registered names matching the ``fnmatch`` pattern (``"mixnet_*"``, ``"*cifar"``), or any of a list of
+    patterns (``["mixnet_*", "mobilenetv1_*"]``, as timm's ``list_models`` takes)."""
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    if not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"pattern must be a string or a list of strings, got {pattern!r}")
+    return sorted({name for p in patterns for name in fnmatch.filter(_MODELS, p)})
 
 
 def close_model_names(name: str, n: int = 5) -> list[str]:
@@ -68,7 +72,8 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3
             forms, 10 for the ``_cifar`` forms).
         in_chans: input channels.
         pretrained: path to a checkpoint (mobileconv safetensors, or a timm / torchvision
-            state_dict file), loaded by :func:`mobileconv.deploy.weights.load_pretrained`.
+            state_dict file), loaded by :func:`mobileconv.deploy.weights.load_pretrained`; ``None`` or
+            ``False`` (timm's default) for fresh weights. ``True`` is refused: nothing is downloaded.
         use_ema: take a training checkpoint's EMA weights (``state_dict_ema``, else ``model_ema``,
             or those of ``mobileconv train --ema``); an error if it has none.
         features_only: return a :class:`~mobileconv.models._builder.FeatureListNet` giving the
@@ -84,6 +89,8 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3
     for flag, value in (("features_only", features_only), ("use_ema", use_ema)):
         if not isinstance(value, bool):  # a truthy string such as "no" would silently give a backbone
             raise ValueError(f"{flag} must be True or False, got {value!r}")
+    if pretrained is False:  # timm's create_model(name, pretrained=False)
+        pretrained = None
     if use_ema and pretrained is None:
         raise ValueError("use_ema=True needs a checkpoint: pass pretrained=PATH")
     if num_classes is not None:

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..layers import Conv2dSame, GroupedConv2d, MixConv2d, XSepConv2d, xsep_padding_schedule
 from ..layers.activations import get_act
-from ..layers.helpers import check_kernel_sizes
+from ..layers.helpers import as_int, check_kernel_sizes
 from ..layers.mixconv import SPLITS
 from ._builder import init_weights
 
@@ -114,7 +114,7 @@ def _like(new: nn.Module, old: nn.Conv2d) -> nn.Module:
 def _attach_bias(new: nn.Module, old: nn.Conv2d) -> nn.Module:
     new.train(old.training)
     new.requires_grad_(old.weight.requires_grad)
-    return ConvWithBias(new, old.bias) if old.bias is not None else new
+    return ConvWithBias(new, old.bias).train(old.training) if old.bias is not None else new
 
 
 def _fit_kernel(weight: torch.Tensor, k: int) -> torch.Tensor:
@@ -144,7 +144,7 @@ def mixify(model: nn.Module, kernel_sizes: Sequence[int] = (3, 5, 7), *, split: 
     Returns:
         The model (a new module if ``model`` itself was a depthwise conv).
     """
-    kernel_sizes = check_kernel_sizes(list(kernel_sizes) if not isinstance(kernel_sizes, int) else kernel_sizes)
+    kernel_sizes = check_kernel_sizes(kernel_sizes)
     if split not in SPLITS:  # an error even where no conv qualifies
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     # fewest channels the split can give every group one: g (equal) or 2^(g-1) (exponential)
@@ -186,8 +186,9 @@ def xsepify(model: nn.Module, min_kernel: int = 5, *, act_layer: str = "relu",
             BatchNorm, as in MobileNet blocks and ``nn.Sequential(conv, BN, ...)``), since two BNs
             in a row leave the first without gradient; otherwise yes.
     """
-    if isinstance(min_kernel, bool) or not isinstance(min_kernel, int) or min_kernel < 2:
+    if as_int(min_kernel) is None or as_int(min_kernel) < 2:
         raise ValueError(f"min_kernel must be an integer >= 2, got {min_kernel!r}")
+    min_kernel = as_int(min_kernel)
     get_act(act_layer, arg_name="act_layer")  # a bad name is an error even where no conv qualifies
     if last_norm is not None and not isinstance(last_norm, bool):
         raise ValueError(f"last_norm must be True, False or None (decided per conv), got {last_norm!r}")
