@@ -71,6 +71,8 @@ def test_static_batch_onnx_refuses_other_batch_sizes(tmp_path):
     assert [c.batch_size for c in result.checks] == [4]
     runner = OrtModel(path)
     assert runner.input_shape == [4, 3, 32, 32]
+    # no busy-waiting threads left behind to slow what runs next (bench alternates them with PyTorch)
+    assert runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     x = _randn(4, 3, 32, 32)
     assert rel_err(eager(model, x), runner(x)) <= TOL
     with pytest.raises(Exception, match="(?i)dimension|shape"):

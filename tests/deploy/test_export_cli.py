@@ -198,4 +198,9 @@ def test_head_less_convert_and_export_give_the_pre_logits(checkpoint, tmp_path, 
         got = ort_run(out, x)
         assert got.shape == expected.shape == (3, model.num_features)
         assert rel_err(got, expected) <= TOL
+    again = tmp_path / "again.safetensors"  # converted again without the flag: still head-less, the same tensors
+    assert main(["convert", str(headless), str(again), "--model", CKPT_MODEL]) == 0
+    with safe_open(str(headless), "pt") as a, safe_open(str(again), "pt") as b:
+        assert set(a.keys()) == set(b.keys()) and b.metadata()["num_classes"] == "0"
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
     capsys.readouterr()

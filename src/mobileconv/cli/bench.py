@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from ._args import check_image_size, non_negative_int, positive_int
+from ._args import check_image_size, cpu_threads, non_negative_int, positive_int
 
 
 BACKENDS = ("torch", "onnxruntime")
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per call (default 32)")
     p.add_argument("--image-size", type=positive_int, default=None, metavar="N",
                    help="square input size (default: the model's own, e.g. 224)")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=cpu_threads, default=None, metavar="N",
                    help="torch.set_num_threads for the run (default: torch's current setting)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     p.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")

@@ -39,6 +39,9 @@ def create_session(model: str | os.PathLike | bytes, *, threads: int | None = No
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
+    # no busy-waiting after a call: on a small machine the spinning threads take the cores from whatever runs next
+    # (the PyTorch rounds that `mobileconv bench --backend torch,onnxruntime` alternates with)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else os.fspath(model)
     if not isinstance(model, bytes) and not os.path.isfile(source):
         raise FileNotFoundError(f"no ONNX file at {source}")

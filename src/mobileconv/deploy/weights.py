@@ -433,6 +433,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, model_nam
     state_dict, metadata = read_checkpoint(src, use_ema=use_ema)
     if num_classes is None:
         num_classes = checkpoint_num_classes(state_dict, str(src))
+        if num_classes is None and str(metadata.get("num_classes")) == "0":  # a head-less file `convert` wrote
+            num_classes = 0
         if num_classes is None:
             raise ValueError(f"{src} has no classifier to infer the number of classes from; pass --num-classes")
     model = create_model(model_name, num_classes=num_classes)
