@@ -135,7 +135,8 @@ def test_image_folder_training_defaults_to_timms_crop():
     info = type("Info", (), {"name": "x", "hflip": 0.5, "color_jitter": 0.4, "scale": (0.08, 1.0)})()
     resolved = trainer.resolve_config(TrainConfig(data="synthetic"), info, 32)
     assert resolved.scale == (0.08, 1.0) and resolved.train_interpolation == "random"
-    assert trainer.resolve_config(TrainConfig(aug=False), info, 32).train_interpolation is None
+    # recorded either way, so that a run's config.yaml serves as --config with --no-aug too
+    assert trainer.resolve_config(TrainConfig(aug=False), info, 32).validate().train_interpolation == "random"
     assert build_datasets("digits", 16)[2].scale == (0.5, 1.0)
 
 
@@ -162,3 +163,16 @@ def test_batch_transform_resamples_as_asked():
     assert not torch.equal(outputs["bilinear"], outputs["bicubic"])
     with pytest.raises(ValueError, match="interpolation must be one of random, bilinear, bicubic"):
         BatchTransform(8, (0, 0, 0), (1, 1, 1), train=True, scale=(0.5, 1.0), interpolation="area")
+
+
+def test_a_recorded_config_serves_as_config_with_no_aug(tmp_path):
+    from mobileconv.cli import build_parser
+    from mobileconv.cli.train import train_config_from_args
+    from mobileconv.engine.config import dump_yaml
+
+    info = type("Info", (), {"name": "digits", "hflip": 0.0, "color_jitter": 0.0, "scale": (0.5, 1.0)})()
+    recorded = trainer.resolve_config(TrainConfig(), info, 16)
+    (tmp_path / "config.yaml").write_text(dump_yaml(recorded))
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "config.yaml"), "--no-aug"])
+    config = train_config_from_args(args)
+    assert not config.aug and config.train_interpolation == "random"

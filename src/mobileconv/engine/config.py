@@ -200,13 +200,13 @@ SCHEDULE_OPTIONS = {"cosine": (), "step": ("decay_epochs", "decay_rate")}
 
 def unused_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
-    ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
-    ``--aa`` and ``--train-interpolation`` with ``--no-aug``, ``--remode pixel`` without random erasing."""
+    ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``
+    and ``--aa`` with ``--no-aug``, ``--remode pixel`` without random erasing."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
               if getattr(config, name) is not None and name not in uses]
     if not config.aug:
-        unused += [name for name in ("reprob", "aa", "train_interpolation") if getattr(config, name)]
+        unused += [name for name in ("reprob", "aa") if getattr(config, name)]
     if config.remode != "const" and not (config.reprob and config.aug):
         unused.append("remode")
     return unused
@@ -223,9 +223,6 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
                              f"{where}")
         if name == "aa":
             raise ValueError(f"--aa {value!r}{where} is an augmentation: leave it out with --no-aug")
-        if name == "train_interpolation":
-            raise ValueError(f"--train-interpolation {value}{where} resamples the random resized crop, which --no-aug "
-                             f"turns off: leave it out with --no-aug")
         if name == "remode":
             raise ValueError(f"--remode {value}{where} fills random-erasing rectangles, which only --reprob > 0 "
                              f"makes (and not with --no-aug): add --reprob, or leave --remode out")

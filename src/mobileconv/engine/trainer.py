@@ -137,7 +137,7 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
         decay_epochs=pick(config.decay_epochs, DEFAULT_DECAY_EPOCHS[config.sched]),
         decay_rate=pick(config.decay_rate, DEFAULT_DECAY_RATE[config.sched]),
         hflip=pick(config.hflip, info.hflip), scale=pick(config.scale, info.scale),
-        train_interpolation=pick(config.train_interpolation, "random") if config.aug else None,
+        train_interpolation=pick(config.train_interpolation, "random"),
         # timm turns colour jitter off under RandAugment, which has colour ops of its own; an explicit value still applies
         color_jitter=pick(config.color_jitter, 0.0 if config.aa else info.color_jitter))
 
