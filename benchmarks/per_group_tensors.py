@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import sys
 from pathlib import Path
 
@@ -45,6 +46,22 @@ def _ranges(sizes: list[int]) -> list[tuple[int, int]]:
     return [(s, s + n) for s, n in zip(starts, sizes)]
 
 
+def merge_groups(splits: list[int], kernel_sizes: list[int], tensors: int | None) -> tuple[list[int], list[int]]:
+    """Adjacent depthwise groups merged into ``tensors`` tiers (all groups apart for ``None``), each at its largest
+    kernel, split where the tiers' depthwise multiply-adds (channels x k^2) are fewest."""
+    g = len(splits)
+    if tensors is None or tensors >= g:
+        return list(splits), list(kernel_sizes)
+    best = None
+    for cuts in itertools.combinations(range(1, g), tensors - 1):
+        bounds = (0, *cuts, g)
+        tiers = [(sum(splits[a:b]), max(kernel_sizes[a:b])) for a, b in zip(bounds, bounds[1:])]
+        cost = sum(c * k * k for c, k in tiers)
+        if best is None or cost < best[0]:
+            best = (cost, tiers)
+    return [c for c, _ in best[1]], [k for _, k in best[1]]
+
+
 def _conv(weight: torch.Tensor, bias: torch.Tensor | None, *, stride: int = 1, groups: int = 1,
           act: nn.Module | None = None) -> OneDNNConv2d:
     """A channels_last ``OneDNNConv2d`` with this weight (symmetric padding) and bias."""
@@ -68,17 +85,18 @@ class PerGroupInvertedResidual(nn.Module):
     for the channels outside each one.
     """
 
-    def __init__(self, block: InvertedResidual, mixconv: MixConv2d) -> None:
+    def __init__(self, block: InvertedResidual, mixconv: MixConv2d, tensors: int | None = None) -> None:
         super().__init__()
         pw, dw, pwl = block.conv_pw, block.conv_dw, block.conv_pwl
         cin, cmid, cout = pw.in_channels, pw.out_channels, pwl.out_channels
-        groups = _ranges(mixconv.splits)
-        self.splits, self.use_skip, self.se = mixconv.splits, block.use_skip, block.se
+        splits, kernel_sizes = merge_groups(mixconv.splits, mixconv.kernel_sizes, tensors)
+        groups = _ranges(splits)
+        self.splits, self.use_skip, self.se = splits, block.use_skip, block.se
         self.input_groups = pw.groups
         in_parts, mid_parts = _ranges([cin // pw.groups] * pw.groups), _ranges([cmid // pw.groups] * pw.groups)
         self.expand, self.depthwise, self.expand_source = nn.ModuleList(), nn.ModuleList(), []
         big = dw.kernel_size[0]
-        for (a, b), k in zip(groups, mixconv.kernel_sizes):
+        for (a, b), k in zip(groups, kernel_sizes):
             owners = [e for e, (ma, mb) in enumerate(mid_parts) if ma < b and a < mb]
             if len(owners) == 1:  # the group's channels come from one part of the input (all of it without groups)
                 weight, source = pw.weight[a:b], owners[0] if pw.groups > 1 else -1
@@ -149,11 +167,11 @@ def mixed_blocks(model: nn.Module) -> dict[str, MixConv2d]:
             and not block.conv_dw.dilated}
 
 
-def swap_blocks(optimized: nn.Module, blocks: dict[str, MixConv2d]) -> nn.Module:
+def swap_blocks(optimized: nn.Module, blocks: dict[str, MixConv2d], tensors: int | None = None) -> nn.Module:
     """``optimized`` with each of ``blocks`` a :class:`PerGroupInvertedResidual`, in place."""
     with torch.no_grad():
         for name, mixconv in blocks.items():
-            optimized.set_submodule(name, PerGroupInvertedResidual(optimized.get_submodule(name), mixconv))
+            optimized.set_submodule(name, PerGroupInvertedResidual(optimized.get_submodule(name), mixconv, tensors))
     return optimized
 
 
@@ -181,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=positive_int, default=224)
     p.add_argument("--threads", type=cpu_threads, default=2)
     p.add_argument("--rounds", type=positive_int, default=7)
+    p.add_argument("--tensors", type=positive_int, default=None, metavar="N",
+                   help="at most N tensors per block: adjacent groups merged into tiers at their largest kernel, "
+                        "split where the depthwise multiply-adds are fewest (default: one per group)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     try:
@@ -196,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     with num_threads(args.threads):
         example = torch.randn(1, 3, args.image_size, args.image_size)
         optimized = optimize_for_inference(model, example_input=example)
-        swapped = swap_blocks(copy.deepcopy(optimized), blocks)
+        swapped = swap_blocks(copy.deepcopy(optimized), blocks, args.tensors)
         big = max(args.batch_sizes)
         batch = torch.randn(big, 3, args.image_size, args.image_size)
         with torch.inference_mode():
@@ -214,10 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         whole = compare_models({"fused": optimized, "per_group": swapped}, args.batch_sizes, args.image_size,
                                args.rounds)
     env = script_environment("per_group_tensors.py", sys.argv[1:], threads=args.threads, model=args.model,
+                             tensors=args.tensors or "one per group",
                              image_size=args.image_size, rounds=args.rounds, block_batch_size=big, max_rel_diff=max_diff)
     report = markdown(env, rows, whole)
-    write_report(args.out, "per_group_tensors", report, {"environment": env, "blocks": rows, "whole_model": whole})
-    plot(rows, whole, env, args.out / "per_group_tensors.png")
+    name = "per_group_tensors" if args.tensors is None else f"per_group_tensors_{args.tensors}_tensors"
+    write_report(args.out, name, report, {"environment": env, "blocks": rows, "whole_model": whole})
+    plot(rows, whole, env, args.out / f"{name}.png")
     print(report)
     return 0
 
@@ -226,7 +249,8 @@ def markdown(env: dict, rows: list[dict], whole: list[dict]) -> str:
     out = ["# Per-group tensors vs one fused depthwise conv in MixNet's blocks (issue #6)", "",
            f"`{env['command']}`, {env['date']}, torch {env['torch']}, {env['threads']} threads, {env['model']} at "
            f"{env['image_size']}x{env['image_size']}, {env['rounds']} alternating rounds. fused = the block of "
-           "`optimize_for_inference`; per group = `PerGroupInvertedResidual` (one tensor per depthwise group). "
+           "`optimize_for_inference`; per group = `PerGroupInvertedResidual` (tensors per block: "
+           f"{env['tensors']}; merged groups run at their largest kernel). "
            "speed-up = fused time / per-group time, median of the per-round ratios. Whole-model output of the two "
            f"at batch {env['block_batch_size']}: max difference {env['max_rel_diff']:.1e} of the output scale.", "",
            "Whole optimised model:", "", "| batch | fused ms | per group ms | speed-up |", "| --- | --- | --- | --- |",

@@ -54,6 +54,7 @@ def refuse(name: str, argv: list[str], capsys) -> str:
     ("depthwise_kernel", ["--image-size", "8"], "--image-size 8 is too small for mixnet_s"),
     ("per_group_tensors", ["--model", "mobilenetv3_small_100"], "has no inverted residual with mixed kernel sizes"),
     ("per_group_tensors", ["--rounds", "0"], "--rounds: expected a positive integer"),
+    ("per_group_tensors", ["--tensors", "0"], "--tensors: expected a positive integer"),
 ])
 def test_bad_option_is_one_line_before_anything_runs(name, argv, expected, capsys, tmp_path):
     line = refuse(name, [*argv, "--out", str(tmp_path / "out")], capsys)
@@ -140,3 +141,12 @@ def test_gpu_table_script_commands_parse_and_fit_one_device_call(monkeypatch, tm
         monkeypatch.setattr(module, "check_device", lambda device: torch.device(device))
         args = module.parse_args(shlex.split(argv.replace('"$out"', str(tmp_path))))
         assert (args.device, args.amp) == ("cuda", True)
+
+
+def test_per_group_tiers_split_where_the_depthwise_multiply_adds_are_fewest():
+    merge = load("per_group_tensors").merge_groups
+    # 2 tiers of (3,5,7,9) x 30 channels: cuts after group 1, 2, 3 cost 30*9 + 90*81 = 7560, 60*25 + 60*81 = 6360,
+    # 90*49 + 30*81 = 6840 multiply-adds per pixel: the cut after group 2
+    assert merge([30, 30, 30, 30], [3, 5, 7, 9], 2) == ([60, 60], [5, 9])
+    assert merge([30, 30, 30, 30], [3, 5, 7, 9], 1) == ([120], [9])
+    assert merge([30, 30], [3, 5], None) == merge([30, 30], [3, 5], 4) == ([30, 30], [3, 5])
