@@ -99,11 +99,11 @@ class TrainConfig:
     drop: float | None = option(None, "dropout rate before the classifier (default: the model's)", type=float)
     drop_path: float = option(0.0, "stochastic-depth rate of the residual blocks")
     ema: bool = option(False, "keep an exponential moving average of the weights and evaluate / save it")
-    ema_decay: float = option(0.999, "EMA decay per step")
+    ema_decay: float | None = option(None, "EMA decay per step (default 0.999; used by --ema only)", type=float)
     clip_grad: float | None = option(None, "clip the global gradient norm to this value, > 0 (default: off)",
                                      type=float, metavar="NORM")
     amp: bool = option(False, "mixed precision: bfloat16 on CPU, float16 on GPU (see --amp-dtype)")
-    amp_dtype: str = option("auto", "mixed-precision dtype", choices=AMP_DTYPES)
+    amp_dtype: str = option("auto", "mixed-precision dtype (used by --amp only)", choices=AMP_DTYPES)
     channels_last: bool = option(False, "channels-last memory format")
     compile: bool = option(False, "torch.compile the model")
     device: str = option("auto", "device (auto: cuda if available)", choices=DEVICES)
@@ -182,7 +182,7 @@ class TrainConfig:
               "decay_epochs", "a finite number > 0")
         check(self.decay_rate is None or 0 < self.decay_rate <= 1, "decay_rate", "in (0, 1]")
         check(0 <= self.smoothing < 1, "smoothing", "in [0, 1)")
-        check(0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
+        check(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
         check(0 <= self.reprob <= 1, "reprob", "a probability in [0, 1]")
         if self.aa is not None:
@@ -201,7 +201,8 @@ SCHEDULE_OPTIONS = {"cosine": (), "step": ("decay_epochs", "decay_rate")}
 def unused_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``
-    and ``--aa`` with ``--no-aug``, ``--remode pixel`` without random erasing."""
+    and ``--aa`` with ``--no-aug``, ``--remode pixel`` without random erasing, ``--ema-decay`` without ``--ema``,
+    ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with ``--warmup-epochs 0``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
               if getattr(config, name) is not None and name not in uses]
@@ -209,6 +210,12 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused += [name for name in ("reprob", "aa") if getattr(config, name)]
     if config.remode != "const" and not (config.reprob and config.aug):
         unused.append("remode")
+    if config.ema_decay is not None and not config.ema:
+        unused.append("ema_decay")
+    if config.amp_dtype != "auto" and not config.amp:
+        unused.append("amp_dtype")
+    if config.warmup_lr is not None and config.warmup_epochs == 0:
+        unused.append("warmup_lr")
     return unused
 
 
@@ -226,6 +233,12 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
         if name == "remode":
             raise ValueError(f"--remode {value}{where} fills random-erasing rectangles, which only --reprob > 0 "
                              f"makes (and not with --no-aug): add --reprob, or leave --remode out")
+        if name in ("ema_decay", "amp_dtype"):
+            needs = "--ema" if name == "ema_decay" else "--amp"
+            raise ValueError(f"{flag} {value}{where} is used by {needs} only: add {needs}, or leave {flag} out")
+        if name == "warmup_lr":
+            raise ValueError(f"--warmup-lr {value!r}{where} is the rate a warm-up starts from, and --warmup-epochs 0 "
+                             f"makes none: leave --warmup-lr out, or give --warmup-epochs")
         if name.startswith("decay_"):
             raise ValueError(f"{flag} {value!r}{where} is used by --sched step only, not by --sched "
                              f"{config.sched}: leave {flag} out, or add --sched step")

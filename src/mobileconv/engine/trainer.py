@@ -116,6 +116,7 @@ def images_fit(batch_size: int, img_size: int, device: torch.device | str) -> It
 
 # ---- configuration ------------------------------------------------------------------------------
 
+DEFAULT_EMA_DECAY = 0.999
 SMALL_INPUT_PX = 64  # up to this size one CPU thread per process beats several (tiny tensors per op)
 
 
@@ -137,6 +138,7 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
         decay_epochs=pick(config.decay_epochs, DEFAULT_DECAY_EPOCHS[config.sched]),
         decay_rate=pick(config.decay_rate, DEFAULT_DECAY_RATE[config.sched]),
         hflip=pick(config.hflip, info.hflip), scale=pick(config.scale, info.scale),
+        ema_decay=pick(config.ema_decay, DEFAULT_EMA_DECAY) if config.ema else None,
         train_interpolation=pick(config.train_interpolation, "random"),
         # timm turns colour jitter off under RandAugment, which has colour ops of its own; an explicit value still applies
         color_jitter=pick(config.color_jitter, 0.0 if config.aa else info.color_jitter))
