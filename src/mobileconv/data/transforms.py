@@ -94,7 +94,6 @@ class BatchTransform(nn.Module):
             return self.erase(x)
         return erase_with_noise(x, self.erase.forward_parameters(x.shape))
 
-
     def random_resized_crop(self, x: torch.Tensor) -> torch.Tensor:
         """kornia's random resized crop of each image, resampled as ``interpolation`` says."""
         if len(self.crops) < 2:

@@ -312,7 +312,8 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     previous = on_main(env, lambda: check_out_dir(out, resuming_here=resuming_here, overwrite=config.overwrite), [])
     train_set = limit_samples(train_set, config.max_train_samples)
     test_set = limit_samples(test_set, config.max_val_samples)
-    if crops_whole_images(config, train_set):  # cut from the whole decoded image, not from the batch
+    cropped = crops_whole_images(config, train_set)
+    if cropped:  # cut from the whole decoded image, not from the batch
         train_set = train_set.with_random_crop(RandomResizedCrop(img_size, tuple(config.scale), tuple(config.ratio),
                                                                  config.train_interpolation, config.seed))
 
@@ -336,8 +337,7 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         ema=ModelEma(model, config.ema_decay) if config.ema else None, optimizer=optimizer, scheduler=scheduler,
         scaler=torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None,
         train_loader=train_loader, test_loader=test_loader,
-        train_transform=make_transform(config, info, train=True,
-                                       cropped=getattr(train_set, "random_crop", None) is not None).to(env.device),
+        train_transform=make_transform(config, info, train=True, cropped=cropped).to(env.device),
         test_transform=make_transform(config, info, train=False).to(env.device),
         mixer=mixer, criterion=nn.CrossEntropyLoss(label_smoothing=0.0 if mixer.enabled else config.smoothing),
         settings=StepSettings(dtype, config.clip_grad, config.channels_last), replaces=previous,
