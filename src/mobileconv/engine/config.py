@@ -100,6 +100,9 @@ class TrainConfig:
     drop_path: float = option(0.0, "stochastic-depth rate of the residual blocks")
     ema: bool = option(False, "keep an exponential moving average of the weights and evaluate / save it")
     ema_decay: float | None = option(None, "EMA decay per step (default 0.999; used by --ema only)", type=float)
+    grad_accum_steps: int = option(1, "run each step's batch as this many micro-batches, one after another, "
+                                      "gradients summed: the same step in 1/N of the activation memory (batch norm "
+                                      "normalises each micro-batch on its own)", metavar="N")
     clip_grad: float | None = option(None, "clip the global gradient norm to this value, > 0 (default: off)",
                                      type=float, metavar="NORM")
     amp: bool = option(False, "mixed precision: bfloat16 on CPU, float16 on GPU (see --amp-dtype)")
@@ -152,7 +155,7 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(self, name)!r}")
 
         check(0 <= self.seed < SEED_LIMIT, "seed", "in [0, 2**64), the range torch.manual_seed accepts")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "grad_accum_steps"):
             check(getattr(self, name) >= 1, name, ">= 1")
         for name in ("img_size", "max_train_samples", "max_val_samples", "threads"):
             check(getattr(self, name) is None or getattr(self, name) >= 1, name, ">= 1")

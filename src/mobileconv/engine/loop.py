@@ -20,15 +20,19 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class StepSettings:
-    """How each step runs: autocast dtype, gradient clipping, memory format."""
+    """How each step runs: autocast dtype, gradient clipping, memory format, micro-batches per step."""
 
     amp_dtype: torch.dtype | None = None  # autocast dtype, None = full precision
     clip_grad: float | None = None  # max global gradient norm, None = no clipping
     channels_last: bool = False
+    grad_accum_steps: int = 1  # each step's batch runs as this many micro-batches, their gradients summed
 
     def __post_init__(self) -> None:
         if self.clip_grad is not None and not self.clip_grad > 0:  # a norm of 0 would zero every gradient
             raise ValueError(f"clip_grad must be > 0 (None: no clipping), got {self.clip_grad!r}")
+        if isinstance(self.grad_accum_steps, bool) or not isinstance(self.grad_accum_steps, int) \
+                or self.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be an integer >= 1, got {self.grad_accum_steps!r}")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -63,6 +67,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
     The loss of every step is averaged over processes before it is checked: a non-finite loss
     raises :class:`NonFiniteLossError` on every process before the weights change.
+
+    With ``settings.grad_accum_steps = n``, each batch runs forward and backward as ``n`` micro-batches, one after
+    another, each loss weighted by its share of the batch: the gradient of the whole batch's mean loss in a
+    ``1/n`` of the activation memory (batch norm normalises each micro-batch with its own statistics). Processes
+    exchange gradients once per step, at the last micro-batch.
     """
     model.train()
     loss_total, steps, images_seen = 0.0, 0, 0
@@ -76,12 +85,24 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         loss_targets = targets
         if mixer is not None and mixer.enabled:
             images, loss_targets = mixer(images, targets)
-        with autocast(env.device, settings.amp_dtype):
-            loss = criterion(model(images), loss_targets)
-        step_loss = float(all_reduce_sum(loss.detach().float().clone()) / env.world_size)
+        optimizer.zero_grad(set_to_none=True)
+        parts = list(zip(images.tensor_split(settings.grad_accum_steps), loss_targets.tensor_split(
+            settings.grad_accum_steps)))
+        parts = [(x, t) for x, t in parts if len(x)]  # fewer images than micro-batches: one image each
+        total = torch.zeros((), device=env.device)
+        for i, (x, t) in enumerate(parts):
+            last = i == len(parts) - 1
+            with contextlib.nullcontext() if last else no_sync(model):  # gradients exchanged once, at the last
+                with autocast(env.device, settings.amp_dtype):
+                    loss = criterion(model(x), t)
+                if len(parts) > 1:
+                    loss = loss * (len(x) / len(images))
+                total += loss.detach().float()
+                if not last:
+                    backward(loss, scaler)
+        step_loss = float(all_reduce_sum(total) / env.world_size)
         if not math.isfinite(step_loss):
             raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch}, step {steps + 1}")
-        optimizer.zero_grad(set_to_none=True)
         backward_and_step(loss, model, optimizer, scaler, settings.clip_grad)
         scheduler.step()
         if ema is not None:
@@ -95,6 +116,21 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     seconds = time.perf_counter() - start
     return {"loss": loss_total / max(steps, 1), "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
             "img/s": images_seen / max(seconds, 1e-9), "steps": steps}
+
+
+def no_sync(model: nn.Module):
+    """DistributedDataParallel's ``no_sync()`` for a model that is (or wraps) one: backward passes inside it
+    accumulate gradients without exchanging them; a no-op context otherwise."""
+    while not isinstance(model, nn.parallel.DistributedDataParallel):
+        if not hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            return contextlib.nullcontext()
+        model = model._orig_mod
+    return model.no_sync()
+
+
+def backward(loss: torch.Tensor, scaler) -> None:
+    """``loss.backward()``, through the fp16 grad scaler if any."""
+    (loss if scaler is None else scaler.scale(loss)).backward()
 
 
 def backward_and_step(loss: torch.Tensor, model: nn.Module, optimizer, scaler, clip_grad: float | None) -> None:

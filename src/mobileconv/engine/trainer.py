@@ -301,6 +301,10 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     Checks of the folder run on the main process; their errors are raised on every process.
     """
     check_model_name(config.model)
+    if config.grad_accum_steps > process_batch_size(config, env):
+        raise ValueError(f"--grad-accum-steps {config.grad_accum_steps} is more micro-batches than the "
+                         f"{process_batch_size(config, env)} images of each step{' per process' * env.distributed} "
+                         f"(--batch-size {config.batch_size}): at most one micro-batch per image")
     out = Path(config.out or resume or default_out_dir(env))
     state_path = resume / ckpt.STATE_FILE if resume else None
     state = read_state(state_path) if state_path else None
@@ -340,7 +344,8 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         train_transform=make_transform(config, info, train=True, cropped=cropped).to(env.device),
         test_transform=make_transform(config, info, train=False).to(env.device),
         mixer=mixer, criterion=nn.CrossEntropyLoss(label_smoothing=0.0 if mixer.enabled else config.smoothing),
-        settings=StepSettings(dtype, config.clip_grad, config.channels_last), replaces=previous,
+        settings=StepSettings(dtype, config.clip_grad, config.channels_last, config.grad_accum_steps),
+        replaces=previous,
         resumed_from=resume if resume is not None and not resuming_here else None)
     if state is not None:
         load_run_state(run, state, state_path)
