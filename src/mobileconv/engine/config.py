@@ -66,6 +66,11 @@ class TrainConfig:
                                               "recipe of MnasNet / MixNet uses 2.4)", type=float)
     decay_rate: float | None = option(None, "--sched step: factor per decay, in (0, 1] (default 0.1, timm's; the "
                                             "TF recipe uses 0.97)", type=float)
+    lr_noise: tuple[float, float] | None = option(None, "timm's learning-rate noise from START to END, fractions of "
+                                                        "the run: each epoch's rate times 1 + a N(0, 1) draw below "
+                                                        "--lr-noise-pct (default: off)", type=float, nargs=2,
+                                                  metavar=("START", "END"))
+    lr_noise_pct: float | None = option(None, "--lr-noise: largest noise magnitude (default 0.67, timm's)", type=float)
     opt: str = option("sgd", "optimizer", choices=OPTIMIZERS)
     momentum: float | None = option(None, "momentum, in [0, 1) (default: 0.9 for sgd (Nesterov), rmsprop and "
                                           "rmsproptf; adamw has none and refuses it)", type=float)
@@ -184,6 +189,10 @@ class TrainConfig:
         check(self.decay_epochs is None or (math.isfinite(self.decay_epochs) and self.decay_epochs > 0),
               "decay_epochs", "a finite number > 0")
         check(self.decay_rate is None or 0 < self.decay_rate <= 1, "decay_rate", "in (0, 1]")
+        check(self.lr_noise is None or 0 <= self.lr_noise[0] < self.lr_noise[1] < math.inf, "lr_noise",
+              "two finite fractions of the run, 0 <= START < END")
+        check(self.lr_noise_pct is None or (math.isfinite(self.lr_noise_pct) and self.lr_noise_pct > 0),
+              "lr_noise_pct", "a finite number > 0")
         check(0 <= self.smoothing < 1, "smoothing", "in [0, 1)")
         check(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
@@ -205,7 +214,8 @@ def unused_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``
     and ``--aa`` with ``--no-aug``, ``--remode pixel`` without random erasing, ``--ema-decay`` without ``--ema``,
-    ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with ``--warmup-epochs 0``."""
+    ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with ``--warmup-epochs 0``, ``--lr-noise-pct`` without
+    ``--lr-noise``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
               if getattr(config, name) is not None and name not in uses]
@@ -219,6 +229,8 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused.append("amp_dtype")
     if config.warmup_lr is not None and config.warmup_epochs == 0:
         unused.append("warmup_lr")
+    if config.lr_noise_pct is not None and config.lr_noise is None:
+        unused.append("lr_noise_pct")
     return unused
 
 
@@ -239,6 +251,9 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
         if name in ("ema_decay", "amp_dtype"):
             needs = "--ema" if name == "ema_decay" else "--amp"
             raise ValueError(f"{flag} {value}{where} is used by {needs} only: add {needs}, or leave {flag} out")
+        if name == "lr_noise_pct":
+            raise ValueError(f"--lr-noise-pct {value!r}{where} bounds the noise of --lr-noise, which is off: add "
+                             f"--lr-noise START END, or leave --lr-noise-pct out")
         if name == "warmup_lr":
             raise ValueError(f"--warmup-lr {value!r}{where} is the rate a warm-up starts from, and --warmup-epochs 0 "
                              f"makes none: leave --warmup-lr out, or give --warmup-epochs")

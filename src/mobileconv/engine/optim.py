@@ -137,7 +137,34 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
     return torch.optim.AdamW(groups, lr=lr, eps=eps)
 
 
-class WarmupCosine:
+def lr_noise(epoch: int, pct: float, seed: int) -> float:
+    """timm's learning-rate noise of an epoch: the first draw of ``N(0, 1)`` below ``pct`` in magnitude, from a
+    generator seeded with ``seed + epoch`` (the rate is then multiplied by ``1 + noise``)."""
+    g = torch.Generator().manual_seed((seed + epoch) % 2 ** 64)
+    while True:
+        noise = torch.randn(1, generator=g).item()
+        if abs(noise) < pct:
+            return noise
+
+
+class _NoisySchedule:
+    """The optional noise of timm's ``--lr-noise``: in epochs ``noise_start <= e < noise_stop`` (0-based; fractions
+    of the run times its epochs) the factor is multiplied by ``1 + lr_noise(e, noise_pct, noise_seed)``. Plain
+    fields, so that ``LambdaLR.state_dict()`` saves them."""
+
+    def set_noise(self, steps_per_epoch: int, noise: tuple[float, float] | None, pct: float, seed: int) -> None:
+        self.noise_steps_per_epoch = max(1, steps_per_epoch)
+        self.noise_start, self.noise_stop = noise if noise is not None else (math.inf, math.inf)
+        self.noise_pct, self.noise_seed = pct, seed
+
+    def with_noise(self, step: int, factor: float) -> float:
+        epoch = step // self.noise_steps_per_epoch
+        if self.noise_start <= epoch < self.noise_stop:
+            return factor * (1 + lr_noise(epoch, self.noise_pct, self.noise_seed))
+        return factor
+
+
+class WarmupCosine(_NoisySchedule):
     """Learning-rate factor per step: linear warm-up from ``start_factor``, then cosine decay to ``min_factor``.
 
     ``f(t) = start + (1 - start) * t / W`` for ``t < W``, else
@@ -148,15 +175,16 @@ class WarmupCosine:
     def __init__(self, total_steps: int, warmup_steps: int, min_factor: float = 0.0, start_factor: float = 0.01):
         self.total_steps, self.warmup_steps = max(1, total_steps), min(warmup_steps, max(0, total_steps - 1))
         self.min_factor, self.start_factor = min_factor, start_factor
+        self.set_noise(1, None, 0.0, 0)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return self.start_factor + (1 - self.start_factor) * step / self.warmup_steps
+            return self.with_noise(step, self.start_factor + (1 - self.start_factor) * step / self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.with_noise(step, self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-class WarmupStepDecay:
+class WarmupStepDecay(_NoisySchedule):
     """Learning-rate factor per step: linear warm-up from ``start_factor``, then step decay, never below ``min_factor``.
 
     ``f(t) = start + (1 - start) * t / W`` for ``t < W``, else ``max(min, rate ** (e // D))`` with ``e`` the
@@ -172,12 +200,13 @@ class WarmupStepDecay:
         self.warmup_steps = min(warmup_steps, max(0, total_steps - 1))
         self.decay_epochs, self.decay_rate = decay_epochs, decay_rate
         self.min_factor, self.start_factor = min_factor, start_factor
+        self.set_noise(steps_per_epoch, None, 0.0, 0)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return self.start_factor + (1 - self.start_factor) * step / self.warmup_steps
+            return self.with_noise(step, self.start_factor + (1 - self.start_factor) * step / self.warmup_steps)
         decays = (step // self.steps_per_epoch) // self.decay_epochs  # float floor division, as timm's t // decay_t
-        return max(self.min_factor, self.decay_rate ** decays)
+        return self.with_noise(step, max(self.min_factor, self.decay_rate ** decays))
 
 
 # per-schedule defaults of --decay-epochs / --decay-rate (timm's); the cosine has neither
@@ -187,11 +216,15 @@ DEFAULT_DECAY_RATE = {"cosine": None, "step": 0.1}
 
 def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float,
                      lr: float, min_lr: float, sched: str = "cosine", decay_epochs: float | None = None,
-                     decay_rate: float | None = None, warmup_lr: float | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+                     decay_rate: float | None = None, warmup_lr: float | None = None,
+                     noise: tuple[float, float] | None = None, noise_pct: float = 0.67,
+                     seed: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step linear warm-up from ``warmup_lr`` (``None``: ``lr / 100``) to ``lr``, then ``sched``: cosine decay
     to ``min_lr`` (:class:`WarmupCosine`) or ``step``, ``decay_rate`` every ``decay_epochs`` floored at ``min_lr``
     (:class:`WarmupStepDecay`; ``None``: timm's defaults, :data:`DEFAULT_DECAY_EPOCHS` /
-    :data:`DEFAULT_DECAY_RATE`). Call ``step()`` after every optimizer step."""
+    :data:`DEFAULT_DECAY_RATE`). ``noise = (start, end)``: timm's ``--lr-noise``, the rate of each epoch from
+    ``start * epochs`` to before ``end * epochs`` times ``1 + lr_noise(epoch, noise_pct, seed)``.
+    Call ``step()`` after every optimizer step."""
     if sched not in SCHEDULES:
         raise ValueError(f"--sched must be one of {', '.join(SCHEDULES)}, got {sched!r}")
     total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
@@ -202,4 +235,6 @@ def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_ep
         decay_epochs = DEFAULT_DECAY_EPOCHS[sched] if decay_epochs is None else decay_epochs
         decay_rate = DEFAULT_DECAY_RATE[sched] if decay_rate is None else decay_rate
         schedule = WarmupStepDecay(total, steps_per_epoch, warmup, decay_epochs, decay_rate, min_lr / lr, start)
+    if noise is not None:
+        schedule.set_noise(steps_per_epoch, (noise[0] * epochs, noise[1] * epochs), noise_pct, seed)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -117,6 +117,7 @@ def images_fit(batch_size: int, img_size: int, device: torch.device | str) -> It
 # ---- configuration ------------------------------------------------------------------------------
 
 DEFAULT_EMA_DECAY = 0.999
+DEFAULT_LR_NOISE_PCT = 0.67  # timm's --lr-noise-pct
 SMALL_INPUT_PX = 64  # up to this size one CPU thread per process beats several (tiny tensors per op)
 
 
@@ -139,6 +140,7 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
         decay_rate=pick(config.decay_rate, DEFAULT_DECAY_RATE[config.sched]),
         hflip=pick(config.hflip, info.hflip), scale=pick(config.scale, info.scale),
         ema_decay=pick(config.ema_decay, DEFAULT_EMA_DECAY) if config.ema else None,
+        lr_noise_pct=pick(config.lr_noise_pct, DEFAULT_LR_NOISE_PCT) if config.lr_noise else None,
         train_interpolation=pick(config.train_interpolation, "random"),
         # timm turns colour jitter off under RandAugment, which has colour ops of its own; an explicit value still applies
         color_jitter=pick(config.color_jitter, 0.0 if config.aa else info.color_jitter))
@@ -333,7 +335,8 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     optimizer = create_optimizer(model, config.opt, config.lr, config.weight_decay, config.momentum, config.opt_eps)
     scheduler = create_scheduler(optimizer, config.epochs, len(train_loader), config.warmup_epochs, config.lr,
                                  config.min_lr, config.sched, config.decay_epochs, config.decay_rate,
-                                 config.warmup_lr)
+                                 config.warmup_lr, config.lr_noise, config.lr_noise_pct or DEFAULT_LR_NOISE_PCT,
+                                 config.seed)
     dtype = amp_dtype(config, env.device)
     mixer = MixupCutmix(info.num_classes, config.mixup, config.cutmix, config.smoothing)
     run = Run(
