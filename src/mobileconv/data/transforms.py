@@ -131,13 +131,16 @@ class MixupCutmix:
     ``lam ~ Beta(alpha, alpha)``. Mixup: ``x = lam*x + (1-lam)*x.flip(0)``. CutMix pastes a box
     of area ``(1-lam)*H*W`` from the reversed batch and sets ``lam`` to the area actually kept.
     Targets mix with the same ``lam``. When both alphas are positive each batch picks one with
-    probability ``switch_prob`` for CutMix.
+    probability ``switch_prob`` for CutMix. A batch is mixed with probability ``prob`` (timm's ``mixup_prob``),
+    and not at all while ``mixing`` is False (timm's ``mixup_off_epoch``); an unmixed batch keeps its images and
+    gets the smoothed one-hot targets.
     """
 
     def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
-                 smoothing: float = 0.0, switch_prob: float = 0.5) -> None:
+                 smoothing: float = 0.0, switch_prob: float = 0.5, prob: float = 1.0) -> None:
         self.num_classes, self.smoothing, self.switch_prob = num_classes, smoothing, switch_prob
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.prob, self.mixing = prob, True
 
     @property
     def enabled(self) -> bool:
@@ -145,6 +148,8 @@ class MixupCutmix:
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         soft = one_hot_smooth(targets, self.num_classes, self.smoothing)
+        if not self.mixing or (self.prob < 1 and torch.rand(()).item() >= self.prob):
+            return images, soft
         use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or torch.rand(()).item() < self.switch_prob)
         alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
         lam = float(torch.distributions.Beta(alpha, alpha).sample())

@@ -83,6 +83,11 @@ class TrainConfig:
     smoothing: float = option(0.1, "label smoothing")
     mixup: float = option(0.0, "mixup alpha (0 = off)")
     cutmix: float = option(0.0, "cutmix alpha (0 = off)")
+    mixup_prob: float = option(1.0, "probability that a batch is mixed by --mixup / --cutmix (timm's)")
+    mixup_switch_prob: float = option(0.5, "with both --mixup and --cutmix: probability that a mixed batch uses "
+                                           "cutmix (timm's)")
+    mixup_off_epoch: int = option(0, "mix only the first N epochs (timm's --mixup-off-epoch; 0 = every epoch)",
+                                  metavar="N")
     aug: bool = option(True, "random augmentation of training batches (--no-aug: none)")
     scale: tuple[float, float] | None = option(None, "area range of the random resized crop (default: 0.08 1 for "
                                                      "image folders, as timm and torchvision, else 0.5 1)", type=float,
@@ -197,6 +202,9 @@ class TrainConfig:
         check(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
         check(0 <= self.reprob <= 1, "reprob", "a probability in [0, 1]")
+        check(0 <= self.mixup_prob <= 1, "mixup_prob", "a probability in [0, 1]")
+        check(0 <= self.mixup_switch_prob <= 1, "mixup_switch_prob", "a probability in [0, 1]")
+        check(self.mixup_off_epoch >= 0, "mixup_off_epoch", ">= 0 (0: mix every epoch)")
         if self.aa is not None:
             auto_augment_transform(self.aa)  # refuses a string it cannot read
         check(self.drop is None or self.drop < 1, "drop", "in [0, 1)")
@@ -215,7 +223,8 @@ def unused_options(config: TrainConfig) -> list[str]:
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``
     and ``--aa`` with ``--no-aug``, ``--remode pixel`` without random erasing, ``--ema-decay`` without ``--ema``,
     ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with ``--warmup-epochs 0``, ``--lr-noise-pct`` without
-    ``--lr-noise``."""
+    ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing, ``--mixup-switch-prob`` without both
+    ``--mixup`` and ``--cutmix``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
               if getattr(config, name) is not None and name not in uses]
@@ -231,6 +240,11 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused.append("warmup_lr")
     if config.lr_noise_pct is not None and config.lr_noise is None:
         unused.append("lr_noise_pct")
+    mixing = config.mixup > 0 or config.cutmix > 0
+    unused += [name for name, default in (("mixup_prob", 1.0), ("mixup_off_epoch", 0)) if not mixing
+               and getattr(config, name) != default]
+    if config.mixup_switch_prob != 0.5 and not (config.mixup > 0 and config.cutmix > 0):
+        unused.append("mixup_switch_prob")
     return unused
 
 
@@ -251,6 +265,9 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
         if name in ("ema_decay", "amp_dtype"):
             needs = "--ema" if name == "ema_decay" else "--amp"
             raise ValueError(f"{flag} {value}{where} is used by {needs} only: add {needs}, or leave {flag} out")
+        if name.startswith("mixup_"):
+            needs = "--mixup and --cutmix both" if name == "mixup_switch_prob" else "--mixup or --cutmix"
+            raise ValueError(f"{flag} {value!r}{where} is used by {needs} only: add them, or leave {flag} out")
         if name == "lr_noise_pct":
             raise ValueError(f"--lr-noise-pct {value!r}{where} bounds the noise of --lr-noise, which is off: add "
                              f"--lr-noise START END, or leave --lr-noise-pct out")

@@ -338,7 +338,8 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
                                  config.warmup_lr, config.lr_noise, config.lr_noise_pct or DEFAULT_LR_NOISE_PCT,
                                  config.seed)
     dtype = amp_dtype(config, env.device)
-    mixer = MixupCutmix(info.num_classes, config.mixup, config.cutmix, config.smoothing)
+    mixer = MixupCutmix(info.num_classes, config.mixup, config.cutmix, config.smoothing, config.mixup_switch_prob,
+                        config.mixup_prob)
     run = Run(
         config=config, env=env, info=info, out=out, model=model, train_model=train_model,
         ema=ModelEma(model, config.ema_decay) if config.ema else None, optimizer=optimizer, scheduler=scheduler,
@@ -664,6 +665,7 @@ def train_epochs(run: Run) -> dict:
     for epoch in range(run.start_epoch, c.epochs):
         run.train_loader.batch_sampler.set_epoch(epoch)
         torch.manual_seed(epoch_seed(c.seed, epoch, env.rank))
+        run.mixer.mixing = not c.mixup_off_epoch or epoch < c.mixup_off_epoch  # epoch counts from 0, as in timm
         epoch_start = time.perf_counter()
         try:
             stats = train_one_epoch(run.train_model, run.train_loader, run.optimizer, run.scheduler, run.criterion,
