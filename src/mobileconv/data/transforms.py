@@ -1,7 +1,7 @@
 """Batched augmentation on whole uint8 batches (kornia), and mixup / cutmix with soft targets.
 
 Train: resize to the training size when the stored size differs -> random resized crop ->
-horizontal flip -> Rand/AutoAugment -> colour jitter -> normalise -> random erasing (timm's order). Eval:
+horizontal, vertical flip -> Rand/AutoAugment -> colour jitter -> normalise -> random erasing (timm's order). Eval:
 resize -> normalise. All randomness comes from torch's global generator, which the trainer seeds from
 ``(seed, epoch, rank)`` at the start of every epoch, so a resumed run replays the same augmentations.
 """
@@ -31,6 +31,7 @@ class BatchTransform(nn.Module):
         interpolation: the crop's resampling, ``"bilinear"``, ``"bicubic"`` or ``"random"`` (either, per image,
             with equal odds: timm's ``--train-interpolation`` default).
         hflip: probability of a horizontal flip.
+        vflip: probability of a vertical flip (after the horizontal one, as timm flips).
         color_jitter: brightness / contrast / saturation strength (0 disables it).
         reprob: probability per image of random erasing (Zhong et al. 2020; timm's ``--reprob``): one
             rectangle of 2-33% of the area, aspect ratio 0.3-3.3, filled after normalisation as ``remode`` says.
@@ -44,7 +45,7 @@ class BatchTransform(nn.Module):
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *, train: bool = False,
                  scale: Sequence[float] = (1.0, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                 interpolation: str = "bilinear", hflip: float = 0.0,
+                 interpolation: str = "bilinear", hflip: float = 0.0, vflip: float = 0.0,
                  color_jitter: float = 0.0, reprob: float = 0.0, remode: str = "const",
                  auto_augment: str | None = None) -> None:
         super().__init__()
@@ -61,7 +62,9 @@ class BatchTransform(nn.Module):
             for mode in INTERPOLATIONS if interpolation == "random" else (interpolation,):
                 self.crops[mode] = K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(ratio),
                                                        resample=mode.upper())
-        self.flip = K.RandomHorizontalFlip(p=hflip) if train and hflip > 0 else None
+        flips = [K.RandomHorizontalFlip(p=hflip)] if train and hflip > 0 else []
+        flips += [K.RandomVerticalFlip(p=vflip)] if train and vflip > 0 else []
+        self.flip = nn.Sequential(*flips) if flips else None
         self.auto_augment = None
         if train and auto_augment:
             fill = [min(255, round(255 * m)) for m in mean]  # timm's img_mean

@@ -97,6 +97,7 @@ class TrainConfig:
     train_interpolation: str | None = option(None, "resampling of the random resized crop: bilinear, bicubic, or "
                                                    "random (either per image; the default, as timm's)", type=str,
                                              choices=TRAIN_INTERPOLATIONS)
+    vflip: float = option(0.0, "vertical-flip probability (timm's --vflip)")
     hflip: float | None = option(None, "horizontal-flip probability (default: 0 for digits, else 0.5)", type=float)
     color_jitter: float | None = option(None, "colour-jitter strength (default: 0 for digits / synthetic or with "
                                               "--aa, else 0.4)", type=float)
@@ -106,6 +107,10 @@ class TrainConfig:
                                 "filled as --remode says")
     remode: str = option("const", "random-erasing fill: const = the mean colour, pixel = random normal values per "
                                   "pixel (timm's --remode)", choices=ERASE_MODES)
+    bn_momentum: float | None = option(None, "batch-norm momentum, PyTorch's convention: the weight of each new batch "
+                                             "in the running statistics (timm's --bn-momentum; TensorFlow's decay "
+                                             "0.99 is 0.01 here; default: the model's, 0.1)", type=float)
+    bn_eps: float | None = option(None, "batch-norm epsilon (timm's --bn-eps; default: the model's)", type=float)
     drop: float | None = option(None, "dropout rate before the classifier (default: the model's)", type=float)
     drop_path: float = option(0.0, "stochastic-depth rate of the residual blocks")
     ema: bool = option(False, "keep an exponential moving average of the weights and evaluate / save it")
@@ -203,6 +208,10 @@ class TrainConfig:
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
         check(0 <= self.reprob <= 1, "reprob", "a probability in [0, 1]")
         check(0 <= self.mixup_prob <= 1, "mixup_prob", "a probability in [0, 1]")
+        check(self.bn_momentum is None or 0 < self.bn_momentum <= 1, "bn_momentum",
+              "in (0, 1] (the weight of a new batch; TensorFlow's 0.99 is 0.01 here)")
+        check(self.bn_eps is None or (math.isfinite(self.bn_eps) and self.bn_eps > 0), "bn_eps", "a finite number > 0")
+        check(0 <= self.vflip <= 1, "vflip", "a probability in [0, 1]")
         check(0 <= self.mixup_switch_prob <= 1, "mixup_switch_prob", "a probability in [0, 1]")
         check(self.mixup_off_epoch >= 0, "mixup_off_epoch", ">= 0 (0: mix every epoch)")
         if self.aa is not None:
@@ -220,8 +229,8 @@ SCHEDULE_OPTIONS = {"cosine": (), "step": ("decay_epochs", "decay_rate")}
 
 def unused_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
-    ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``
-    and ``--aa`` with ``--no-aug``, ``--remode pixel`` without random erasing, ``--ema-decay`` without ``--ema``,
+    ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
+    ``--aa`` and ``--vflip`` with ``--no-aug``, ``--remode pixel`` without random erasing, ``--ema-decay`` without ``--ema``,
     ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with ``--warmup-epochs 0``, ``--lr-noise-pct`` without
     ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing, ``--mixup-switch-prob`` without both
     ``--mixup`` and ``--cutmix``."""
@@ -229,7 +238,7 @@ def unused_options(config: TrainConfig) -> list[str]:
     unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
               if getattr(config, name) is not None and name not in uses]
     if not config.aug:
-        unused += [name for name in ("reprob", "aa") if getattr(config, name)]
+        unused += [name for name in ("reprob", "aa", "vflip") if getattr(config, name)]
     if config.remode != "const" and not (config.reprob and config.aug):
         unused.append("remode")
     if config.ema_decay is not None and not config.ema:
@@ -257,8 +266,8 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
         if name == "reprob":
             raise ValueError(f"--reprob must be 0 with --no-aug (random erasing is an augmentation), got {value!r}"
                              f"{where}")
-        if name == "aa":
-            raise ValueError(f"--aa {value!r}{where} is an augmentation: leave it out with --no-aug")
+        if name in ("aa", "vflip"):
+            raise ValueError(f"{flag} {value!r}{where} is an augmentation: leave it out with --no-aug")
         if name == "remode":
             raise ValueError(f"--remode {value}{where} fills random-erasing rectangles, which only --reprob > 0 "
                              f"makes (and not with --no-aug): add --reprob, or leave --remode out")

@@ -380,6 +380,7 @@ def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict
         load_checked(model, state["model"], f"--resume: {state_path}: its model weights")
     elif config.pretrained:
         load_initial_weights(model, config.pretrained, info.num_classes)
+    set_batchnorm(model, config.bn_momentum, config.bn_eps)  # after loading: over a checkpoint's recorded eps too
     model.to(env.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -396,6 +397,16 @@ def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict
         check_compiler(env.device, "--compile", ValueError)
         train_model = torch.compile(train_model)
     return model, train_model
+
+
+def set_batchnorm(model: nn.Module, momentum: float | None, eps: float | None) -> None:
+    """``--bn-momentum`` / ``--bn-eps`` on every batch norm of ``model`` (``None`` keeps the model's own)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if momentum is not None:
+                module.momentum = momentum
+            if eps is not None:
+                module.eps = eps
 
 
 def load_initial_weights(model: nn.Module, path: str, num_classes: int) -> None:
@@ -440,6 +451,7 @@ def make_transform(config: TrainConfig, info: DataInfo, train: bool, cropped: bo
     return BatchTransform(config.img_size, info.mean, info.std, train=True,
                           scale=(1.0, 1.0) if cropped else config.scale, ratio=config.ratio,
                           interpolation=config.train_interpolation or "random", hflip=config.hflip,
+                          vflip=config.vflip,
                           color_jitter=config.color_jitter, reprob=config.reprob,
                           remode=config.remode, auto_augment=config.aa)
 
