@@ -110,7 +110,8 @@ def test_crops_are_the_same_with_any_number_of_workers(tmp_path):
         for i in range(6):
             (tmp_path / split / "a").mkdir(parents=True, exist_ok=True)
             rng = np.random.default_rng(i)
-            Image.fromarray(rng.integers(0, 256, (30 + i, 50, 3), dtype=np.uint8)).save(tmp_path / split / "a" / f"{i}.png")
+            array = rng.integers(0, 256, (30 + i, 50, 3), dtype=np.uint8)
+            Image.fromarray(array).save(tmp_path / split / "a" / f"{i}.png")
     train, _, _ = build_datasets(str(tmp_path), 12)
     train = train.with_random_crop(RandomResizedCrop(12, seed=5))
 

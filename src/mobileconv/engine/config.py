@@ -230,10 +230,10 @@ SCHEDULE_OPTIONS = {"cosine": (), "step": ("decay_epochs", "decay_rate")}
 def unused_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
-    ``--aa`` and ``--vflip`` with ``--no-aug``, ``--remode pixel`` without random erasing, ``--ema-decay`` without ``--ema``,
-    ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with ``--warmup-epochs 0``, ``--lr-noise-pct`` without
-    ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing, ``--mixup-switch-prob`` without both
-    ``--mixup`` and ``--cutmix``."""
+    ``--aa`` and ``--vflip`` with ``--no-aug``, ``--remode pixel`` without random erasing, ``--ema-decay``
+    without ``--ema``, ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with ``--warmup-epochs 0``,
+    ``--lr-noise-pct`` without ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing,
+    ``--mixup-switch-prob`` without both ``--mixup`` and ``--cutmix``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
               if getattr(config, name) is not None and name not in uses]
