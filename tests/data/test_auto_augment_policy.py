@@ -222,8 +222,15 @@ def test_pixel_mode_erases_the_same_rectangles_with_standard_normal_noise():
     assert 60 < erased.flatten(1).any(1).sum() < 140
     assert abs(noise.mean()) < 0.02 and abs(noise.std() - 1) < 0.02  # N(0, 1) per pixel and channel
     assert noise.unique().numel() > 0.9 * noise.numel()
+    torch.manual_seed(0)  # rand: the same rectangles, one N(0, 1) value per channel of each
+    rand = BatchTransform(40, mean, std, train=True, reprob=0.5, remode="rand")(images)
+    assert torch.equal(erased, (rand != plain).all(1))
+    fills = [rand[i][:, erased[i]] for i in range(200) if erased[i].any()]  # (3, pixels) per erased image
+    assert all(torch.equal(f, f[:, :1].expand_as(f)) for f in fills)  # one value per channel across the rectangle
+    per_channel = torch.cat([f[:, 0] for f in fills])
+    assert abs(per_channel.mean()) < 0.15 and abs(per_channel.std() - 1) < 0.15
     with pytest.raises(ValueError, match="remode must be one of"):
-        BatchTransform(40, mean, std, train=True, reprob=0.5, remode="rand")
+        BatchTransform(40, mean, std, train=True, reprob=0.5, remode="noise")
 
 
 def test_train_cli_records_rand_augment_and_turns_colour_jitter_off_by_default(tmp_path):

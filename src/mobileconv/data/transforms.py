@@ -16,7 +16,7 @@ from torch import nn
 from .auto_augment import auto_augment_transform
 from .datasets import INTERPOLATIONS, TRAIN_INTERPOLATIONS
 
-ERASE_MODES = ("const", "pixel")
+ERASE_MODES = ("const", "rand", "pixel")
 
 
 class BatchTransform(nn.Module):
@@ -35,8 +35,8 @@ class BatchTransform(nn.Module):
         color_jitter: brightness / contrast / saturation strength (0 disables it).
         reprob: probability per image of random erasing (Zhong et al. 2020; timm's ``--reprob``): one
             rectangle of 2-33% of the area, aspect ratio 0.3-3.3, filled after normalisation as ``remode`` says.
-        remode: ``"const"``: the rectangle is set to 0, the mean colour; ``"pixel"``: to values drawn from
-            ``N(0, 1)`` per pixel and channel (timm's ``--remode``).
+        remode: ``"const"``: the rectangle is set to 0, the mean colour; ``"rand"``: to one value per channel drawn
+            from ``N(0, 1)``; ``"pixel"``: to values drawn from ``N(0, 1)`` per pixel and channel (timm's ``--remode``).
         auto_augment: timm's RandAugment or AutoAugment policy string (``"rand-m9-mstd0.5"``, ``"v0"``;
             :func:`.auto_augment.auto_augment_transform`), applied to the crop rounded to 8-bit values, as timm
             applies it to PIL images; the area that its geometric ops uncover takes the mean colour,
@@ -95,7 +95,7 @@ class BatchTransform(nn.Module):
             return x
         if self.remode == "const":
             return self.erase(x)
-        return erase_with_noise(x, self.erase.forward_parameters(x.shape))
+        return erase_with_noise(x, self.erase.forward_parameters(x.shape), per_pixel=self.remode == "pixel")
 
     def random_resized_crop(self, x: torch.Tensor) -> torch.Tensor:
         """kornia's random resized crop of each image, resampled as ``interpolation`` says."""
@@ -109,16 +109,17 @@ class BatchTransform(nn.Module):
         return out
 
 
-def erase_with_noise(x: torch.Tensor, params: dict) -> torch.Tensor:
-    """timm's ``--remode pixel``: the rectangles that kornia's ``RandomErasing`` drew (``params``) filled with
-    ``N(0, 1)`` values, one per pixel and channel."""
+def erase_with_noise(x: torch.Tensor, params: dict, per_pixel: bool = True) -> torch.Tensor:
+    """timm's ``--remode pixel`` / ``rand``: the rectangles that kornia's ``RandomErasing`` drew (``params``) filled
+    with ``N(0, 1)`` values, one per pixel and channel (``per_pixel``), or one per channel of each image."""
     n, _, h, w = x.shape
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     ys, xs, hs, ws = (params[k].to(x.device).view(n, 1, 1) for k in ("ys", "xs", "heights", "widths"))
     inside = (rows >= ys) & (rows < ys + hs) & (cols >= xs) & (cols < xs + ws)
     inside &= params["batch_prob"].to(x.device).view(n, 1, 1) > 0.5
-    return torch.where(inside.unsqueeze(1), torch.randn_like(x), x)
+    noise = torch.randn_like(x) if per_pixel else torch.randn(n, x.shape[1], 1, 1, dtype=x.dtype, device=x.device)
+    return torch.where(inside.unsqueeze(1), noise, x)
 
 
 def one_hot_smooth(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:

@@ -105,8 +105,9 @@ class TrainConfig:
                                   "(default: none)", type=str, metavar="POLICY")
     reprob: float = option(0.0, "random-erasing probability per training image: one rectangle of 2-33%% of the area, "
                                 "filled as --remode says")
-    remode: str = option("const", "random-erasing fill: const = the mean colour, pixel = random normal values per "
-                                  "pixel (timm's --remode)", choices=ERASE_MODES)
+    remode: str = option("const", "random-erasing fill: const = the mean colour, rand = a random normal value per "
+                                  "channel, pixel = random normal values per pixel (timm's --remode)",
+                         choices=ERASE_MODES)
     bn_momentum: float | None = option(None, "batch-norm momentum, PyTorch's convention: the weight of each new batch "
                                              "in the running statistics (timm's --bn-momentum; TensorFlow's decay "
                                              "0.99 is 0.01 here; default: the model's, 0.1)", type=float)
@@ -230,7 +231,7 @@ SCHEDULE_OPTIONS = {"cosine": (), "step": ("decay_epochs", "decay_rate")}
 def unused_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
-    ``--aa`` and ``--vflip`` with ``--no-aug``, ``--remode pixel`` without random erasing, ``--ema-decay``
+    ``--aa`` and ``--vflip`` with ``--no-aug``, ``--remode rand`` / ``pixel`` without random erasing, ``--ema-decay``
     without ``--ema``, ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with ``--warmup-epochs 0``,
     ``--lr-noise-pct`` without ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing,
     ``--mixup-switch-prob`` without both ``--mixup`` and ``--cutmix``."""
