@@ -59,6 +59,9 @@ class TrainConfig:
                                     "0.002 adamw)", type=float)
     min_lr: float = option(0.0, "final learning rate of the cosine schedule (with --sched step: the lowest rate)")
     warmup_epochs: float = option(1.0, "linear warm-up from --warmup-lr to lr over this many epochs")
+    cooldown_epochs: int = option(0, "--sched cosine: the cosine ends this many epochs before the run does, which "
+                                     "trains on at --min-lr (timm's --cooldown-epochs, counted within --epochs)",
+                                  metavar="N")
     warmup_lr: float | None = option(None, "learning rate the warm-up starts from (default: lr / 100)", type=float)
     sched: str = option("cosine", "schedule after the warm-up: cosine decay to --min-lr, or step: the rate times "
                                   "--decay-rate every --decay-epochs (timm's step schedule)", choices=SCHEDULES)
@@ -215,6 +218,8 @@ class TrainConfig:
         check(0 <= self.vflip <= 1, "vflip", "a probability in [0, 1]")
         check(0 <= self.mixup_switch_prob <= 1, "mixup_switch_prob", "a probability in [0, 1]")
         check(self.mixup_off_epoch >= 0, "mixup_off_epoch", ">= 0 (0: mix every epoch)")
+        check(0 <= self.cooldown_epochs < self.epochs, "cooldown_epochs",
+              f"from 0 to --epochs - 1 = {self.epochs - 1} (the cosine needs an epoch)")
         if self.aa is not None:
             auto_augment_transform(self.aa)  # refuses a string it cannot read
         check(self.drop is None or self.drop < 1, "drop", "in [0, 1)")
@@ -233,7 +238,7 @@ def unused_options(config: TrainConfig) -> list[str]:
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
     ``--aa`` and ``--vflip`` with ``--no-aug``, ``--remode rand`` / ``pixel`` without random erasing, ``--ema-decay``
     without ``--ema``, ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with ``--warmup-epochs 0``,
-    ``--lr-noise-pct`` without ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing,
+    ``--cooldown-epochs`` with ``--sched step``, ``--lr-noise-pct`` without ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing,
     ``--mixup-switch-prob`` without both ``--mixup`` and ``--cutmix``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
@@ -248,6 +253,8 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused.append("amp_dtype")
     if config.warmup_lr is not None and config.warmup_epochs == 0:
         unused.append("warmup_lr")
+    if config.cooldown_epochs and config.sched != "cosine":
+        unused.append("cooldown_epochs")
     if config.lr_noise_pct is not None and config.lr_noise is None:
         unused.append("lr_noise_pct")
     mixing = config.mixup > 0 or config.cutmix > 0
@@ -278,6 +285,9 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
         if name.startswith("mixup_"):
             needs = "--mixup and --cutmix both" if name == "mixup_switch_prob" else "--mixup or --cutmix"
             raise ValueError(f"{flag} {value!r}{where} is used by {needs} only: add them, or leave {flag} out")
+        if name == "cooldown_epochs":
+            raise ValueError(f"--cooldown-epochs {value}{where} ends the cosine early, and --sched {config.sched} has "
+                             f"no end: leave --cooldown-epochs out, or use --sched cosine")
         if name == "lr_noise_pct":
             raise ValueError(f"--lr-noise-pct {value!r}{where} bounds the noise of --lr-noise, which is off: add "
                              f"--lr-noise START END, or leave --lr-noise-pct out")

@@ -333,7 +333,8 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     model, train_model = prepare_model(config, info, env, state, state_path)
     train_loader, test_loader = make_loaders(config, train_set, test_set, env)
     optimizer = create_optimizer(model, config.opt, config.lr, config.weight_decay, config.momentum, config.opt_eps)
-    scheduler = create_scheduler(optimizer, config.epochs, len(train_loader), config.warmup_epochs, config.lr,
+    schedule_epochs = config.epochs - config.cooldown_epochs  # timm's cycle: the cooldown trains on at --min-lr
+    scheduler = create_scheduler(optimizer, schedule_epochs, len(train_loader), config.warmup_epochs, config.lr,
                                  config.min_lr, config.sched, config.decay_epochs, config.decay_rate,
                                  config.warmup_lr, config.lr_noise, config.lr_noise_pct or DEFAULT_LR_NOISE_PCT,
                                  config.seed)
