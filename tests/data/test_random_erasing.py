@@ -1,4 +1,5 @@
-"""``--reprob``: random erasing on the normalised batch (one rectangle per image, set to 0 = the mean colour).
+"""``--reprob``: random erasing on the normalised batch (one rectangle per image, set to 0 = the mean colour;
+``--recount``: up to N), with timm's sampler.
 
 Oracle: the erased pixels found by comparing against the same batch transformed without erasing, and
 the rectangle / area bounds of Zhong et al. (2-33% of the area, aspect ratio 0.3-3.3), up to pixel rounding.
@@ -86,3 +87,38 @@ def test_train_records_the_ratio(tmp_path, capsys):
     assert "ratio:\n- 0.5\n- 2.0" in (tmp_path / "run" / "config.yaml").read_text()
     assert main(["train", *QUICK, "--ratio", "2", "0.5", "--out", str(tmp_path / "bad")]) == 2
     assert "--ratio must be two finite numbers 0 < MIN <= MAX, got (2.0, 0.5)" in capsys.readouterr().err
+
+
+# ---- timm's sampler, and --recount --------------------------------------------------------------------------
+
+def test_rectangles_follow_timms_area_and_aspect_rule():
+    from mobileconv.data.transforms import RandomErasing
+
+    torch.manual_seed(3)
+    boxes = RandomErasing(1.0).boxes(3000, 60, 80)
+    assert len({b[0] for b in boxes}) == len(boxes) > 2950  # one per image (a few find no fit in 10 tries)
+    area = torch.tensor([h * w / (60 * 80) for _, _, _, h, w in boxes])
+    aspect = torch.tensor([h / w for _, _, _, h, w in boxes])
+    assert area.min() >= 0.015 and area.max() <= 0.35  # 2-33%, up to rounding to whole pixels
+    assert aspect.min() >= 0.25 and aspect.max() <= 4.0  # 0.3-3.3, likewise
+    assert abs(aspect.log().mean()) < 0.05  # log-uniform around 1
+    assert all(h < 60 and w < 80 and 0 <= t <= 60 - h and 0 <= left <= 80 - w for _, t, left, h, w in boxes)
+
+
+def test_recount_draws_one_to_n_rectangles_each_of_a_share_of_the_area():
+    from mobileconv.data.transforms import RandomErasing
+
+    torch.manual_seed(4)
+    boxes = RandomErasing(1.0, max_count=3).boxes(3000, 64, 64)
+    per_image = torch.bincount(torch.tensor([b[0] for b in boxes]), minlength=3000)
+    counts = torch.bincount(per_image, minlength=4)[1:4].float() / 3000
+    assert torch.all((counts - 1 / 3).abs() < 0.04), counts  # 1, 2 or 3, uniformly
+    for n in (2, 3):  # an image with n rectangles: each at most a third of the area over n, up to rounding
+        images = (per_image == n).nonzero().flatten()[:200].tolist()
+        areas = [h * w / 64 ** 2 for i, _, _, h, w in boxes if i in set(images)]
+        assert max(areas) <= 1 / 3 / n + 0.02
+
+
+def test_recount_without_erasing_is_refused(capsys):
+    assert main(["train", *QUICK, "--recount", "2"]) == 2
+    assert "--recount 2 (set on the command line) counts random-erasing rectangles" in capsys.readouterr().err

@@ -7,6 +7,7 @@ resize -> normalise. All randomness comes from torch's global generator, which t
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -33,10 +34,13 @@ class BatchTransform(nn.Module):
         hflip: probability of a horizontal flip.
         vflip: probability of a vertical flip (after the horizontal one, as timm flips).
         color_jitter: brightness / contrast / saturation strength (0 disables it).
-        reprob: probability per image of random erasing (Zhong et al. 2020; timm's ``--reprob``): one
-            rectangle of 2-33% of the area, aspect ratio 0.3-3.3, filled after normalisation as ``remode`` says.
+        reprob: probability per image of random erasing (Zhong et al. 2020; timm's ``--reprob``,
+            :class:`RandomErasing`): a rectangle of 2-33% of the area, aspect ratio 0.3-3.3, filled after
+            normalisation as ``remode`` says.
         remode: ``"const"``: the rectangle is set to 0, the mean colour; ``"rand"``: to one value per channel drawn
             from ``N(0, 1)``; ``"pixel"``: to values drawn from ``N(0, 1)`` per pixel and channel (timm's ``--remode``).
+        recount: most rectangles per erased image (timm's ``--recount``): 1 to ``recount``, uniformly, each
+            of ``1 / count`` of the area.
         auto_augment: timm's RandAugment or AutoAugment policy string (``"rand-m9-mstd0.5"``, ``"v0"``;
             :func:`.auto_augment.auto_augment_transform`), applied to the crop rounded to 8-bit values, as timm
             applies it to PIL images; the area that its geometric ops uncover takes the mean colour,
@@ -46,7 +50,7 @@ class BatchTransform(nn.Module):
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *, train: bool = False,
                  scale: Sequence[float] = (1.0, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
                  interpolation: str = "bilinear", hflip: float = 0.0, vflip: float = 0.0,
-                 color_jitter: float = 0.0, reprob: float = 0.0, remode: str = "const",
+                 color_jitter: float = 0.0, reprob: float = 0.0, remode: str = "const", recount: int = 1,
                  auto_augment: str | None = None) -> None:
         super().__init__()
         import kornia.augmentation as K
@@ -75,8 +79,7 @@ class BatchTransform(nn.Module):
             raise ValueError(f"remode must be one of {ERASE_MODES}, got {remode!r}")
         self.remode = remode
         # on the normalised batch, as timm erases: 0 there is the mean colour
-        self.erase = K.RandomErasing(scale=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3), value=0.0, p=reprob) \
-            if train and reprob > 0 else None
+        self.erase = RandomErasing(reprob, remode, recount) if train and reprob > 0 else None
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -91,11 +94,7 @@ class BatchTransform(nn.Module):
         if self.color_jitter is not None:  # after Rand/AutoAugment, where timm puts a colour jitter it keeps
             x = self.color_jitter(x)
         x = (x - self.mean) / self.std
-        if self.erase is None:
-            return x
-        if self.remode == "const":
-            return self.erase(x)
-        return erase_with_noise(x, self.erase.forward_parameters(x.shape), per_pixel=self.remode == "pixel")
+        return x if self.erase is None else self.erase(x)
 
     def random_resized_crop(self, x: torch.Tensor) -> torch.Tensor:
         """kornia's random resized crop of each image, resampled as ``interpolation`` says."""
@@ -109,17 +108,54 @@ class BatchTransform(nn.Module):
         return out
 
 
-def erase_with_noise(x: torch.Tensor, params: dict, per_pixel: bool = True) -> torch.Tensor:
-    """timm's ``--remode pixel`` / ``rand``: the rectangles that kornia's ``RandomErasing`` drew (``params``) filled
-    with ``N(0, 1)`` values, one per pixel and channel (``per_pixel``), or one per channel of each image."""
-    n, _, h, w = x.shape
-    rows = torch.arange(h, device=x.device).view(1, h, 1)
-    cols = torch.arange(w, device=x.device).view(1, 1, w)
-    ys, xs, hs, ws = (params[k].to(x.device).view(n, 1, 1) for k in ("ys", "xs", "heights", "widths"))
-    inside = (rows >= ys) & (rows < ys + hs) & (cols >= xs) & (cols < xs + ws)
-    inside &= params["batch_prob"].to(x.device).view(n, 1, 1) > 0.5
-    noise = torch.randn_like(x) if per_pixel else torch.randn(n, x.shape[1], 1, 1, dtype=x.dtype, device=x.device)
-    return torch.where(inside.unsqueeze(1), noise, x)
+class RandomErasing:
+    """timm's ``RandomErasing`` (Zhong et al. 2020) on a normalised batch, in place, its sampler written out.
+
+    Each image, with probability ``prob``, gets ``count`` rectangles (``count`` uniform in 1..``max_count``;
+    1 by default). For each, up to 10 tries draw an area uniformly from 2-33% of the image divided by ``count``
+    and an aspect ratio log-uniformly from 0.3-3.3; the first rectangle that fits strictly inside the image is
+    placed uniformly and filled as ``mode`` says: ``"const"`` 0 (the mean colour), ``"rand"`` one ``N(0, 1)``
+    value per channel, ``"pixel"`` ``N(0, 1)`` per pixel and channel. All rectangles of a batch are drawn before
+    any is filled, so the fill mode does not change where they fall. Draws come from torch's global generator.
+    """
+
+    MIN_AREA, MAX_AREA, MIN_ASPECT, TRIES = 0.02, 1 / 3, 0.3, 10
+
+    def __init__(self, prob: float, mode: str = "const", max_count: int = 1) -> None:
+        if mode not in ERASE_MODES:
+            raise ValueError(f"remode must be one of {ERASE_MODES}, got {mode!r}")
+        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
+            raise ValueError(f"recount must be an integer >= 1, got {max_count!r}")
+        self.prob, self.mode, self.max_count = prob, mode, max_count
+
+    def boxes(self, n: int, height: int, width: int) -> list[tuple[int, int, int, int, int]]:
+        """``(image, top, left, box_height, box_width)`` of every rectangle of a batch of ``n`` images."""
+        log_ratio = (math.log(self.MIN_ASPECT), -math.log(self.MIN_ASPECT))
+        found = []
+        for image in range(n):
+            if torch.rand(()).item() >= self.prob:
+                continue
+            count = 1 if self.max_count == 1 else int(torch.randint(1, self.max_count + 1, ()))
+            for _ in range(count):
+                for _ in range(self.TRIES):
+                    area = torch.empty(()).uniform_(self.MIN_AREA, self.MAX_AREA).item() * height * width / count
+                    aspect = math.exp(torch.empty(()).uniform_(*log_ratio).item())
+                    h, w = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+                    if w < width and h < height:
+                        top, left = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
+                        found.append((image, top, left, h, w))
+                        break
+        return found
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for image, top, left, h, w in self.boxes(len(x), x.shape[-2], x.shape[-1]):
+            region = x[image, :, top:top + h, left:left + w]
+            if self.mode == "const":
+                region.zero_()
+            else:
+                shape = region.shape if self.mode == "pixel" else (x.shape[1], 1, 1)
+                region.copy_(torch.randn(shape, dtype=x.dtype, device=x.device).expand_as(region))
+        return x
 
 
 def one_hot_smooth(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:

@@ -108,6 +108,8 @@ class TrainConfig:
                                   "(default: none)", type=str, metavar="POLICY")
     reprob: float = option(0.0, "random-erasing probability per training image: one rectangle of 2-33%% of the area, "
                                 "filled as --remode says")
+    recount: int = option(1, "random erasing: 1 to N rectangles per erased image, each of 1/count of the area "
+                              "(timm's --recount)", metavar="N")
     remode: str = option("const", "random-erasing fill: const = the mean colour, rand = a random normal value per "
                                   "channel, pixel = random normal values per pixel (timm's --remode)",
                          choices=ERASE_MODES)
@@ -211,6 +213,7 @@ class TrainConfig:
         check(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
         check(0 <= self.reprob <= 1, "reprob", "a probability in [0, 1]")
+        check(self.recount >= 1, "recount", ">= 1")
         check(0 <= self.mixup_prob <= 1, "mixup_prob", "a probability in [0, 1]")
         check(self.bn_momentum is None or 0 < self.bn_momentum <= 1, "bn_momentum",
               "in (0, 1] (the weight of a new batch; TensorFlow's 0.99 is 0.01 here)")
@@ -236,10 +239,11 @@ SCHEDULE_OPTIONS = {"cosine": (), "step": ("decay_epochs", "decay_rate")}
 def unused_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
-    ``--aa`` and ``--vflip`` with ``--no-aug``, ``--remode rand`` / ``pixel`` without random erasing, ``--ema-decay``
-    without ``--ema``, ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with ``--warmup-epochs 0``,
-    ``--cooldown-epochs`` with ``--sched step``, ``--lr-noise-pct`` without ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing,
-    ``--mixup-switch-prob`` without both ``--mixup`` and ``--cutmix``."""
+    ``--aa`` and ``--vflip`` with ``--no-aug``, ``--remode rand`` / ``pixel`` and ``--recount`` without random
+    erasing, ``--ema-decay`` without ``--ema``, ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with
+    ``--warmup-epochs 0``, ``--cooldown-epochs`` with ``--sched step``, ``--lr-noise-pct`` without
+    ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing, ``--mixup-switch-prob`` without
+    both ``--mixup`` and ``--cutmix``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
               if getattr(config, name) is not None and name not in uses]
@@ -247,6 +251,8 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused += [name for name in ("reprob", "aa", "vflip") if getattr(config, name)]
     if config.remode != "const" and not (config.reprob and config.aug):
         unused.append("remode")
+    if config.recount != 1 and not (config.reprob and config.aug):
+        unused.append("recount")
     if config.ema_decay is not None and not config.ema:
         unused.append("ema_decay")
     if config.amp_dtype != "auto" and not config.amp:
@@ -276,6 +282,9 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
                              f"{where}")
         if name in ("aa", "vflip"):
             raise ValueError(f"{flag} {value!r}{where} is an augmentation: leave it out with --no-aug")
+        if name == "recount":
+            raise ValueError(f"--recount {value}{where} counts random-erasing rectangles, which only --reprob > 0 "
+                             f"makes (and not with --no-aug): add --reprob, or leave --recount out")
         if name == "remode":
             raise ValueError(f"--remode {value}{where} fills random-erasing rectangles, which only --reprob > 0 "
                              f"makes (and not with --no-aug): add --reprob, or leave --remode out")

@@ -454,7 +454,7 @@ def make_transform(config: TrainConfig, info: DataInfo, train: bool, cropped: bo
                           interpolation=config.train_interpolation or "random", hflip=config.hflip,
                           vflip=config.vflip,
                           color_jitter=config.color_jitter, reprob=config.reprob,
-                          remode=config.remode, auto_augment=config.aa)
+                          remode=config.remode, recount=config.recount, auto_augment=config.aa)
 
 
 def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Path) -> None:
