@@ -271,6 +271,21 @@ def unused_options(config: TrainConfig) -> list[str]:
     return unused
 
 
+# why an option is of no use, and what would use it: "<flag> <value> (<where>) <this>, or leave <flag> out"
+UNUSED_BECAUSE = {
+    "recount": "counts random-erasing rectangles, which only --reprob > 0 makes (and not with --no-aug): add --reprob",
+    "remode": "fills random-erasing rectangles, which only --reprob > 0 makes (and not with --no-aug): add --reprob",
+    "ema_decay": "is used by --ema only: add --ema",
+    "amp_dtype": "is used by --amp only: add --amp",
+    "mixup_prob": "is used by --mixup or --cutmix only: add them",
+    "mixup_off_epoch": "is used by --mixup or --cutmix only: add them",
+    "mixup_switch_prob": "is used by --mixup and --cutmix both only: add them",
+    "cooldown_epochs": "ends the cosine early, and --sched {sched} has no end: use --sched cosine",
+    "lr_noise_pct": "bounds the noise of --lr-noise, which is off: add --lr-noise START END",
+    "warmup_lr": "is the rate a warm-up starts from, and --warmup-epochs 0 makes none: give --warmup-epochs",
+}
+
+
 def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = None) -> None:
     """Refuse an option that would be silently ignored (:func:`unused_options`); ``origins`` names where an option
     was set."""
@@ -282,27 +297,9 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
                              f"{where}")
         if name in ("aa", "vflip"):
             raise ValueError(f"{flag} {value!r}{where} is an augmentation: leave it out with --no-aug")
-        if name == "recount":
-            raise ValueError(f"--recount {value}{where} counts random-erasing rectangles, which only --reprob > 0 "
-                             f"makes (and not with --no-aug): add --reprob, or leave --recount out")
-        if name == "remode":
-            raise ValueError(f"--remode {value}{where} fills random-erasing rectangles, which only --reprob > 0 "
-                             f"makes (and not with --no-aug): add --reprob, or leave --remode out")
-        if name in ("ema_decay", "amp_dtype"):
-            needs = "--ema" if name == "ema_decay" else "--amp"
-            raise ValueError(f"{flag} {value}{where} is used by {needs} only: add {needs}, or leave {flag} out")
-        if name.startswith("mixup_"):
-            needs = "--mixup and --cutmix both" if name == "mixup_switch_prob" else "--mixup or --cutmix"
-            raise ValueError(f"{flag} {value!r}{where} is used by {needs} only: add them, or leave {flag} out")
-        if name == "cooldown_epochs":
-            raise ValueError(f"--cooldown-epochs {value}{where} ends the cosine early, and --sched {config.sched} has "
-                             f"no end: leave --cooldown-epochs out, or use --sched cosine")
-        if name == "lr_noise_pct":
-            raise ValueError(f"--lr-noise-pct {value!r}{where} bounds the noise of --lr-noise, which is off: add "
-                             f"--lr-noise START END, or leave --lr-noise-pct out")
-        if name == "warmup_lr":
-            raise ValueError(f"--warmup-lr {value!r}{where} is the rate a warm-up starts from, and --warmup-epochs 0 "
-                             f"makes none: leave --warmup-lr out, or give --warmup-epochs")
+        if name in UNUSED_BECAUSE:
+            raise ValueError(f"{flag} {value}{where} {UNUSED_BECAUSE[name].format(sched=config.sched)}, or leave "
+                             f"{flag} out")
         if name.startswith("decay_"):
             raise ValueError(f"{flag} {value!r}{where} is used by --sched step only, not by --sched "
                              f"{config.sched}: leave {flag} out, or add --sched step")
