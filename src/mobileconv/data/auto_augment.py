@@ -322,7 +322,7 @@ def draw_bicubic(interpolation: str, n: int) -> torch.Tensor:
 
 def check_interpolation(interpolation: str) -> str:
     if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     return interpolation
 
 

@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from . import cifar
+# ``--train-interpolation``: timm's choices, as RandAugment's; "random" picks bilinear or bicubic per image
+from .auto_augment import INTERPOLATIONS as TRAIN_INTERPOLATIONS  # noqa: F401
+from .auto_augment import check_interpolation
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -272,9 +275,6 @@ def decode_image(path: Path, crop) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-# ``--train-interpolation``: timm's choices; "random" picks bilinear or bicubic per image, timm's default
-TRAIN_INTERPOLATIONS = ("random",) + INTERPOLATIONS
-
 
 @dataclass(frozen=True)
 class RandomResizedCrop:
@@ -297,9 +297,7 @@ class RandomResizedCrop:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.interpolation not in TRAIN_INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {', '.join(TRAIN_INTERPOLATIONS)}, "
-                             f"got {self.interpolation!r}")
+        check_interpolation(self.interpolation)
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ValueError(f"scale must be two numbers 0 < MIN <= MAX <= 1, got {self.scale!r}")
         if not 0 < self.ratio[0] <= self.ratio[1] < math.inf:

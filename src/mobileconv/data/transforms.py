@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .auto_augment import auto_augment_transform
-from .datasets import INTERPOLATIONS, TRAIN_INTERPOLATIONS
+from .auto_augment import auto_augment_transform, check_interpolation, draw_bicubic
+from .datasets import INTERPOLATIONS
 
 ERASE_MODES = ("const", "rand", "pixel")
 
@@ -58,9 +58,7 @@ class BatchTransform(nn.Module):
         self.size = size
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        if interpolation not in TRAIN_INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {', '.join(TRAIN_INTERPOLATIONS)}, got {interpolation!r}")
-        self.interpolation = interpolation
+        self.interpolation = check_interpolation(interpolation)
         self.crops = nn.ModuleDict()
         if train and tuple(scale) != (1.0, 1.0):
             for mode in INTERPOLATIONS if interpolation == "random" else (interpolation,):
@@ -100,7 +98,7 @@ class BatchTransform(nn.Module):
         """kornia's random resized crop of each image, resampled as ``interpolation`` says."""
         if len(self.crops) < 2:
             return x if not self.crops else next(iter(self.crops.values()))(x)
-        bicubic = torch.rand(len(x)) < 0.5
+        bicubic = draw_bicubic(self.interpolation, len(x))
         out = torch.empty(x.shape[:2] + (self.size, self.size), dtype=x.dtype, device=x.device)
         for mode, chosen in (("bilinear", ~bicubic), ("bicubic", bicubic)):
             if chosen.any():
