@@ -2,6 +2,7 @@
 warm-up + cosine or step schedules."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -137,6 +138,7 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
     return torch.optim.AdamW(groups, lr=lr, eps=eps)
 
 
+@functools.lru_cache(maxsize=64)  # asked at every step; drawn once per epoch
 def lr_noise(epoch: int, pct: float, seed: int) -> float:
     """timm's learning-rate noise of an epoch: the first draw of ``N(0, 1)`` below ``pct`` in magnitude, from a
     generator seeded with ``seed + epoch`` (the rate is then multiplied by ``1 + noise``)."""
