@@ -23,8 +23,9 @@ def test_the_cosine_ends_early_and_the_rest_runs_at_min_lr(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "3", "--cooldown-epochs", "3"], "--cooldown-epochs must be from 0 to --epochs - 1 = 2"),
-    (["--sched", "step", "--cooldown-epochs", "1"], "--cooldown-epochs 1 (set on the command line) ends the cosine "
-                                                   "early, and --sched step has no end"),
+    (["--sched", "step", "--cooldown-epochs", "1"], "--cooldown-epochs 1 (set on the command line) ends the decay "
+                                                   "early, and --sched step has no end: use --sched cosine, poly or "
+                                                   "tanh"),
 ])
 def test_bad_cooldowns_are_refused(argv, message, capsys):
     assert message in failed_train([*TINY, *argv], capsys)

@@ -40,6 +40,9 @@ def sample_values(action: argparse.Action, documented: list[str]) -> list[list[s
         return [[]]
     if len(documented) == 1 and "|" in documented[0]:
         return [[choice] for choice in documented[0].split("|")]
+    if action.nargs == "+":  # documented as "E [E ...]"
+        assert documented[1:] == [f"[{documented[0]}", "...]"], f"{action.option_strings}: documented {documented}"
+        documented = documented[:1]
     count = action.nargs if isinstance(action.nargs, int) else 1
     assert len(documented) == count, f"{action.option_strings}: documented {documented}, parser takes {count}"
     value = {int: "3", positive_int: "3", non_negative_int: "3", float: "0.5", crop_fraction: "0.875",

@@ -34,7 +34,7 @@ def test_step_schedule_never_goes_below_min_lr():
 
 
 def test_unknown_schedule_is_refused():
-    with pytest.raises(ValueError, match="--sched must be one of cosine, step, got 'linear'"):
+    with pytest.raises(ValueError, match="--sched must be one of cosine, poly, tanh, step, multistep, got 'linear'"):
         scheduled_lrs(1, 1, 0, 0.1, 0.0, "linear", 1, 0.5)
 
 
@@ -56,12 +56,16 @@ def test_step_defaults_are_timms_and_recorded(tmp_path, capsys):
     assert "decay_epochs: 90.0" in config and "decay_rate: 0.1" in config
 
 
-@pytest.mark.parametrize("option", [["--decay-epochs", "2.4"], ["--decay-rate", "0.97"]])
-def test_decay_options_without_step_are_refused(tmp_path, capsys, option):
+@pytest.mark.parametrize("option, shown, users", [
+    (["--decay-epochs", "2.4"], "2.4", "step"),
+    (["--decay-rate", "0.97"], "0.97", "poly, step or multistep"),
+    (["--decay-milestones", "30", "60"], "30 60", "multistep"),
+])
+def test_decay_options_without_step_are_refused(tmp_path, capsys, option, shown, users):
     assert main(["train", *QUICK, *option, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert f"{option[0]} {float(option[1])!r} (set on the command line) is used by --sched step only, not by " \
-           f"--sched cosine: leave {option[0]} out, or add --sched step" in err
+    assert f"{option[0]} {shown} (set on the command line) is used by --sched {users} only, not by " \
+           f"--sched cosine: leave {option[0]} out, or add --sched {users}" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -22,7 +22,8 @@ OPTIMIZERS = ("sgd", "rmsprop", "rmsproptf", "adamw")
 OPTIMIZER_OPTIONS = {"sgd": ("momentum",), "rmsprop": ("momentum", "opt_eps"), "rmsproptf": ("momentum", "opt_eps"),
                      "adamw": ("opt_eps",)}
 DEVICES = ("auto", "cpu", "cuda")
-SCHEDULES = ("cosine", "step")  # learning-rate schedules after the warm-up (optim.create_scheduler)
+# learning-rate schedules after the warm-up (optim.create_scheduler): the first three end at --min-lr
+SCHEDULES = ("cosine", "poly", "tanh", "step", "multistep")
 AMP_DTYPES = ("auto", "bfloat16", "float16")
 DEFAULT_MODEL = "mobilenetv3_small_100_cifar"
 SEED_LIMIT = 2 ** 64  # torch.manual_seed takes seeds up to 0xffff_ffff_ffff_ffff
@@ -57,18 +58,25 @@ class TrainConfig:
     batch_size: int = option(64, "global batch size, split evenly over the processes")
     lr: float | None = option(None, "peak learning rate (default: 0.1 sgd, 0.01 rmsprop / rmsproptf, "
                                     "0.002 adamw)", type=float)
-    min_lr: float = option(0.0, "final learning rate of the cosine schedule (with --sched step: the lowest rate)")
+    min_lr: float = option(0.0, "final learning rate of the cosine, poly or tanh schedule (with --sched step / "
+                                "multistep: the lowest rate)")
     warmup_epochs: float = option(1.0, "linear warm-up from --warmup-lr to lr over this many epochs")
-    cooldown_epochs: int = option(0, "--sched cosine: the cosine ends this many epochs before the run does, which "
-                                     "trains on at --min-lr (timm's --cooldown-epochs, counted within --epochs)",
+    cooldown_epochs: int = option(0, "--sched cosine / poly / tanh: the decay ends this many epochs before the run "
+                                     "does, which trains on at --min-lr (timm's --cooldown-epochs, counted within "
+                                     "--epochs)",
                                   metavar="N")
     warmup_lr: float | None = option(None, "learning rate the warm-up starts from (default: lr / 100)", type=float)
-    sched: str = option("cosine", "schedule after the warm-up: cosine decay to --min-lr, or step: the rate times "
-                                  "--decay-rate every --decay-epochs (timm's step schedule)", choices=SCHEDULES)
+    sched: str = option("cosine", "schedule after the warm-up (timm's): cosine, poly or tanh decay to --min-lr; "
+                                  "step: the rate times --decay-rate every --decay-epochs; multistep: times "
+                                  "--decay-rate at each of --decay-milestones", choices=SCHEDULES)
     decay_epochs: float | None = option(None, "--sched step: epochs between decays (default 90, timm's; the TF "
                                               "recipe of MnasNet / MixNet uses 2.4)", type=float)
-    decay_rate: float | None = option(None, "--sched step: factor per decay, in (0, 1] (default 0.1, timm's; the "
-                                            "TF recipe uses 0.97)", type=float)
+    decay_milestones: tuple[int, ...] | None = option(None, "--sched multistep: the epochs at which the rate is "
+                                                            "multiplied by --decay-rate (default 90 180 270, timm's)",
+                                                      type=int, nargs="+", metavar="E")
+    decay_rate: float | None = option(None, "--sched step / multistep: factor per decay, in (0, 1] (default 0.1, "
+                                            "timm's; the TF recipe uses 0.97); --sched poly: the power, > 0 "
+                                            "(default 0.1, timm's, which overloads --decay-rate so)", type=float)
     lr_noise: tuple[float, float] | None = option(None, "timm's learning-rate noise from START to END, fractions of "
                                                         "the run: each epoch's rate times 1 + a N(0, 1) draw below "
                                                         "--lr-noise-pct (default: off)", type=float, nargs=2,
@@ -204,7 +212,14 @@ class TrainConfig:
               "in [0, 1) (a momentum of 1 or more never forgets a gradient)")
         check(self.decay_epochs is None or (math.isfinite(self.decay_epochs) and self.decay_epochs > 0),
               "decay_epochs", "a finite number > 0")
-        check(self.decay_rate is None or 0 < self.decay_rate <= 1, "decay_rate", "in (0, 1]")
+        if self.sched == "poly":
+            check(self.decay_rate is None or (math.isfinite(self.decay_rate) and self.decay_rate > 0), "decay_rate",
+                  "a finite number > 0 with --sched poly (the power)")
+        else:
+            check(self.decay_rate is None or 0 < self.decay_rate <= 1, "decay_rate", "in (0, 1]")
+        milestones = self.decay_milestones
+        check(milestones is None or (milestones[0] >= 1 and all(a < b for a, b in zip(milestones, milestones[1:]))),
+              "decay_milestones", "epochs >= 1 in increasing order")
         check(self.lr_noise is None or 0 <= self.lr_noise[0] < self.lr_noise[1] < math.inf, "lr_noise",
               "two finite fractions of the run, 0 <= START < END")
         check(self.lr_noise_pct is None or (math.isfinite(self.lr_noise_pct) and self.lr_noise_pct > 0),
@@ -222,7 +237,7 @@ class TrainConfig:
         check(0 <= self.mixup_switch_prob <= 1, "mixup_switch_prob", "a probability in [0, 1]")
         check(self.mixup_off_epoch >= 0, "mixup_off_epoch", ">= 0 (0: mix every epoch)")
         check(0 <= self.cooldown_epochs < self.epochs, "cooldown_epochs",
-              f"from 0 to --epochs - 1 = {self.epochs - 1} (the cosine needs an epoch)")
+              f"from 0 to --epochs - 1 = {self.epochs - 1} (the decay needs an epoch)")
         if self.aa is not None:
             auto_augment_transform(self.aa)  # refuses a string it cannot read
         check(self.drop is None or self.drop < 1, "drop", "in [0, 1)")
@@ -233,7 +248,9 @@ class TrainConfig:
 
 
 # the options that only some schedules have
-SCHEDULE_OPTIONS = {"cosine": (), "step": ("decay_epochs", "decay_rate")}
+SCHEDULE_OPTIONS = {"cosine": (), "poly": ("decay_rate",), "tanh": (), "step": ("decay_epochs", "decay_rate"),
+                    "multistep": ("decay_milestones", "decay_rate")}
+ENDING_SCHEDULES = ("cosine", "poly", "tanh")  # those that reach --min-lr at the end: a cooldown can follow them
 
 
 def unused_options(config: TrainConfig) -> list[str]:
@@ -241,11 +258,11 @@ def unused_options(config: TrainConfig) -> list[str]:
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
     ``--aa`` and ``--vflip`` with ``--no-aug``, ``--remode rand`` / ``pixel`` and ``--recount`` without random
     erasing, ``--ema-decay`` without ``--ema``, ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with
-    ``--warmup-epochs 0``, ``--cooldown-epochs`` with ``--sched step``, ``--lr-noise-pct`` without
+    ``--warmup-epochs 0``, ``--cooldown-epochs`` with ``--sched step`` / ``multistep``, ``--lr-noise-pct`` without
     ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing, ``--mixup-switch-prob`` without
     both ``--mixup`` and ``--cutmix``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
-    unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_rate")
+    unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_milestones", "decay_rate")
               if getattr(config, name) is not None and name not in uses]
     if not config.aug:
         unused += [name for name in ("reprob", "aa", "vflip") if getattr(config, name)]
@@ -259,7 +276,7 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused.append("amp_dtype")
     if config.warmup_lr is not None and config.warmup_epochs == 0:
         unused.append("warmup_lr")
-    if config.cooldown_epochs and config.sched != "cosine":
+    if config.cooldown_epochs and config.sched not in ENDING_SCHEDULES:
         unused.append("cooldown_epochs")
     if config.lr_noise_pct is not None and config.lr_noise is None:
         unused.append("lr_noise_pct")
@@ -280,7 +297,7 @@ UNUSED_BECAUSE = {
     "mixup_prob": "is used by --mixup or --cutmix only: add them",
     "mixup_off_epoch": "is used by --mixup or --cutmix only: add them",
     "mixup_switch_prob": "is used by --mixup and --cutmix both only: add them",
-    "cooldown_epochs": "ends the cosine early, and --sched {sched} has no end: use --sched cosine",
+    "cooldown_epochs": "ends the decay early, and --sched {sched} has no end: use --sched cosine, poly or tanh",
     "lr_noise_pct": "bounds the noise of --lr-noise, which is off: add --lr-noise START END",
     "warmup_lr": "is the rate a warm-up starts from, and --warmup-epochs 0 makes none: give --warmup-epochs",
 }
@@ -301,8 +318,11 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
             raise ValueError(f"{flag} {value}{where} {UNUSED_BECAUSE[name].format(sched=config.sched)}, or leave "
                              f"{flag} out")
         if name.startswith("decay_"):
-            raise ValueError(f"{flag} {value!r}{where} is used by --sched step only, not by --sched "
-                             f"{config.sched}: leave {flag} out, or add --sched step")
+            users = [sched for sched, names in SCHEDULE_OPTIONS.items() if name in names]
+            users = users[0] if len(users) == 1 else f"{', '.join(users[:-1])} or {users[-1]}"
+            shown = " ".join(map(str, value)) if isinstance(value, tuple) else repr(value)
+            raise ValueError(f"{flag} {shown}{where} is used by --sched {users} only, not by --sched "
+                             f"{config.sched}: leave {flag} out, or add --sched {users}")
         takes = " and ".join("--" + n.replace("_", "-") for n in OPTIMIZER_OPTIONS[config.opt])
         raise ValueError(f"{flag} {value!r}{where} is not used by --opt {config.opt}, which takes "
                          f"{takes} but not {flag}: leave {flag} out, or choose an --opt that uses it")
@@ -317,8 +337,8 @@ def coerce(f: dataclasses.Field, value, source: str):
             return None
         raise ValueError(f"{where} cannot be empty")
     if nargs:
-        if not isinstance(value, (list, tuple)) or len(value) != nargs:
-            raise ValueError(f"{where} expects {nargs} values, got {value!r}")
+        if not isinstance(value, (list, tuple)) or (len(value) != nargs if nargs != "+" else not value):
+            raise ValueError(f"{where} expects {'one or more' if nargs == '+' else nargs} values, got {value!r}")
         return tuple(_scalar(kind, v, where) for v in value)
     value = _scalar(kind, value, where)
     if choices and value not in choices:

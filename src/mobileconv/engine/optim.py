@@ -1,7 +1,8 @@
 """Optimizers (SGD, RMSProp, TensorFlow's RMSProp as in the MobileNetV3 / MixNet papers, AdamW) and the
-warm-up + cosine or step schedules."""
+warm-up + cosine, poly, tanh, step or multi-step schedules (timm's)."""
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 
@@ -166,77 +167,120 @@ class _NoisySchedule:
         return factor
 
 
-class WarmupCosine(_NoisySchedule):
-    """Learning-rate factor per step: linear warm-up from ``start_factor``, then cosine decay to ``min_factor``.
-
-    ``f(t) = start + (1 - start) * t / W`` for ``t < W``, else
-    ``min + (1 - min) * (1 + cos(pi * (t - W) / (T - W))) / 2`` (Loshchilov & Hutter 2017, eq. 5, one cycle).
-    A plain object so that ``LambdaLR.state_dict()`` saves its fields.
-    """
-
-    def __init__(self, total_steps: int, warmup_steps: int, min_factor: float = 0.0, start_factor: float = 0.01):
-        self.total_steps, self.warmup_steps = max(1, total_steps), min(warmup_steps, max(0, total_steps - 1))
-        self.min_factor, self.start_factor = min_factor, start_factor
-        self.set_noise(1, None, 0.0, 0)
+class _Warmup(_NoisySchedule):
+    """Linear warm-up from ``start_factor`` over ``warmup_steps`` steps, then :meth:`decayed`, with the optional noise."""
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.with_noise(step, self.start_factor + (1 - self.start_factor) * step / self.warmup_steps)
+        return self.with_noise(step, self.decayed(step))
+
+    def decayed(self, step: int) -> float:
+        raise NotImplementedError
+
+
+def _cosine(progress: float, power: float) -> float:  # Loshchilov & Hutter 2017, eq. 5, one cycle
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _poly(progress: float, power: float) -> float:  # timm's PolyLRScheduler
+    return (1 - progress) ** power
+
+
+def _tanh(progress: float, power: float) -> float:  # timm's TanhLRScheduler (Hsueh et al. 2019), lb -7, ub 3
+    return 0.5 * (1 - math.tanh(-7 * (1 - progress) + 3 * progress))
+
+
+ANNEALING = {"cosine": _cosine, "poly": _poly, "tanh": _tanh}
+
+
+class WarmupAnneal(_Warmup):
+    """Learning-rate factor per step: linear warm-up from ``start_factor``, then a decay to ``min_factor`` of
+    ``shape``, per step, over the steps left after the warm-up.
+
+    ``f(t) = start + (1 - start) * t / W`` for ``t < W``, else ``min + (1 - min) * g(p)`` with
+    ``p = (t - W) / (T - W)`` and ``g`` one of :data:`ANNEALING`: ``cosine``, ``(1 + cos(pi p)) / 2``
+    (Loshchilov & Hutter 2017, eq. 5, one cycle); ``poly``, ``(1 - p) ** power`` (timm's ``PolyLRScheduler``);
+    ``tanh``, ``(1 - tanh(-7 (1 - p) + 3 p)) / 2`` (timm's ``TanhLRScheduler``, which ends at 0.25% of the way
+    from ``min`` to the peak rather than at ``min``). A plain object so that ``LambdaLR.state_dict()`` saves its
+    fields.
+    """
+
+    def __init__(self, total_steps: int, warmup_steps: int, min_factor: float = 0.0, start_factor: float = 0.01,
+                 shape: str = "cosine", power: float = 1.0):
+        self.total_steps, self.warmup_steps = max(1, total_steps), min(warmup_steps, max(0, total_steps - 1))
+        self.min_factor, self.start_factor, self.shape, self.power = min_factor, start_factor, shape, power
+        self.set_noise(1, None, 0.0, 0)
+
+    def decayed(self, step: int) -> float:
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.with_noise(step, self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return self.min_factor + (1 - self.min_factor) * ANNEALING[self.shape](progress, self.power)
 
 
-class WarmupStepDecay(_NoisySchedule):
+class WarmupStepDecay(_Warmup):
     """Learning-rate factor per step: linear warm-up from ``start_factor``, then step decay, never below ``min_factor``.
 
-    ``f(t) = start + (1 - start) * t / W`` for ``t < W``, else ``max(min, rate ** (e // D))`` with ``e`` the
-    epochs completed (``t // steps_per_epoch``) and ``D`` = ``decay_epochs``: timm's ``StepLRScheduler``
-    (updated once per epoch, ``decay_rate ** (epoch // decay_t)``, counted from the start of the run), the
-    MnasNet / MobileNetV3 / MixNet recipe with ``rate`` 0.97 and ``D`` 2.4. A plain object so that
+    ``f(t) = start + (1 - start) * t / W`` for ``t < W``, else ``max(min, rate ** n)`` with ``e`` the epochs
+    completed (``t // steps_per_epoch``) and ``n`` the decays so far: ``e // D`` with ``D`` = ``decay_epochs``,
+    timm's ``StepLRScheduler`` (``decay_rate ** (epoch // decay_t)``, counted from the start of the run; the
+    MnasNet / MobileNetV3 / MixNet recipe has ``rate`` 0.97 and ``D`` 2.4), or, given ``milestones``, how many of
+    them are ``<= e``, timm's ``MultiStepLRScheduler``. Updated once per epoch. A plain object so that
     ``LambdaLR.state_dict()`` saves its fields.
     """
 
-    def __init__(self, total_steps: int, steps_per_epoch: int, warmup_steps: int, decay_epochs: float,
-                 decay_rate: float, min_factor: float = 0.0, start_factor: float = 0.01):
+    def __init__(self, total_steps: int, steps_per_epoch: int, warmup_steps: int, decay_epochs: float | None,
+                 decay_rate: float, min_factor: float = 0.0, start_factor: float = 0.01,
+                 milestones: tuple[int, ...] | None = None):
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.warmup_steps = min(warmup_steps, max(0, total_steps - 1))
         self.decay_epochs, self.decay_rate = decay_epochs, decay_rate
+        self.milestones = None if milestones is None else list(milestones)
         self.min_factor, self.start_factor = min_factor, start_factor
         self.set_noise(steps_per_epoch, None, 0.0, 0)
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.with_noise(step, self.start_factor + (1 - self.start_factor) * step / self.warmup_steps)
-        decays = (step // self.steps_per_epoch) // self.decay_epochs  # float floor division, as timm's t // decay_t
-        return self.with_noise(step, max(self.min_factor, self.decay_rate ** decays))
+    def decayed(self, step: int) -> float:
+        epoch = step // self.steps_per_epoch
+        if self.milestones is not None:
+            decays = bisect.bisect_right(self.milestones, epoch)
+        else:
+            decays = epoch // self.decay_epochs  # float floor division, as timm's t // decay_t
+        return max(self.min_factor, self.decay_rate ** decays)
 
 
-# per-schedule defaults of --decay-epochs / --decay-rate (timm's); the cosine has neither
-DEFAULT_DECAY_EPOCHS = {"cosine": None, "step": 90.0}
-DEFAULT_DECAY_RATE = {"cosine": None, "step": 0.1}
+# per-schedule defaults of --decay-epochs / --decay-rate / --decay-milestones (timm's; poly's rate is its power)
+DEFAULT_DECAY_EPOCHS = {"step": 90.0}
+DEFAULT_DECAY_RATE = {"step": 0.1, "multistep": 0.1, "poly": 0.1}
+DEFAULT_DECAY_MILESTONES = {"multistep": (90, 180, 270)}
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float,
                      lr: float, min_lr: float, sched: str = "cosine", decay_epochs: float | None = None,
                      decay_rate: float | None = None, warmup_lr: float | None = None,
                      noise: tuple[float, float] | None = None, noise_pct: float = 0.67,
-                     seed: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step linear warm-up from ``warmup_lr`` (``None``: ``lr / 100``) to ``lr``, then ``sched``: cosine decay
-    to ``min_lr`` (:class:`WarmupCosine`) or ``step``, ``decay_rate`` every ``decay_epochs`` floored at ``min_lr``
-    (:class:`WarmupStepDecay`; ``None``: timm's defaults, :data:`DEFAULT_DECAY_EPOCHS` /
-    :data:`DEFAULT_DECAY_RATE`). ``noise = (start, end)``: timm's ``--lr-noise``, the rate of each epoch from
+                     seed: int = 0, decay_milestones: tuple[int, ...] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warm-up from ``warmup_lr`` (``None``: ``lr / 100``) to ``lr``, then ``sched``:
+
+    * ``cosine``, ``poly`` (power ``decay_rate``) or ``tanh``: a decay to ``min_lr`` by the run's last step
+      (:class:`WarmupAnneal`);
+    * ``step``: ``decay_rate`` every ``decay_epochs``, or ``multistep``: ``decay_rate`` at each of
+      ``decay_milestones`` (epochs), floored at ``min_lr`` (:class:`WarmupStepDecay`).
+
+    Options left ``None`` take timm's defaults (:data:`DEFAULT_DECAY_EPOCHS`, :data:`DEFAULT_DECAY_RATE`,
+    :data:`DEFAULT_DECAY_MILESTONES`). ``noise = (start, end)``: timm's ``--lr-noise``, the rate of each epoch from
     ``start * epochs`` to before ``end * epochs`` times ``1 + lr_noise(epoch, noise_pct, seed)``.
     Call ``step()`` after every optimizer step."""
     if sched not in SCHEDULES:
         raise ValueError(f"--sched must be one of {', '.join(SCHEDULES)}, got {sched!r}")
     total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
     start = 0.01 if warmup_lr is None else warmup_lr / lr
-    if sched == "cosine":
-        schedule = WarmupCosine(total, warmup, min_lr / lr, start)
+    decay_rate = DEFAULT_DECAY_RATE.get(sched) if decay_rate is None else decay_rate
+    if sched in ANNEALING:
+        schedule = WarmupAnneal(total, warmup, min_lr / lr, start, sched, decay_rate if sched == "poly" else 1.0)
     else:
-        decay_epochs = DEFAULT_DECAY_EPOCHS[sched] if decay_epochs is None else decay_epochs
-        decay_rate = DEFAULT_DECAY_RATE[sched] if decay_rate is None else decay_rate
-        schedule = WarmupStepDecay(total, steps_per_epoch, warmup, decay_epochs, decay_rate, min_lr / lr, start)
+        decay_epochs = DEFAULT_DECAY_EPOCHS.get(sched) if decay_epochs is None else decay_epochs
+        milestones = DEFAULT_DECAY_MILESTONES.get(sched) if decay_milestones is None else decay_milestones
+        schedule = WarmupStepDecay(total, steps_per_epoch, warmup, decay_epochs, decay_rate, min_lr / lr, start,
+                                   milestones if sched == "multistep" else None)
     if noise is not None:
         schedule.set_noise(steps_per_epoch, (noise[0] * epochs, noise[1] * epochs), noise_pct, seed)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -47,8 +47,8 @@ from .ema import ModelEma
 from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from .malloc import keep_large_allocations_on_heap
 from .metrics import plot_curves, write_metrics_csv
-from .optim import (DEFAULT_DECAY_EPOCHS, DEFAULT_DECAY_RATE, DEFAULT_EPS, DEFAULT_LR, DEFAULT_MOMENTUM,
-                    DEFAULT_WEIGHT_DECAY, create_optimizer, create_scheduler)
+from .optim import (DEFAULT_DECAY_EPOCHS, DEFAULT_DECAY_MILESTONES, DEFAULT_DECAY_RATE, DEFAULT_EPS, DEFAULT_LR,
+                    DEFAULT_MOMENTUM, DEFAULT_WEIGHT_DECAY, create_optimizer, create_scheduler)
 
 RUN_FILES = ("config.yaml", "metrics.csv", "curves.png", ckpt.LAST_FILE, ckpt.BEST_FILE, ckpt.STATE_FILE,
              "summary.json")
@@ -136,8 +136,9 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
         weight_decay=pick(config.weight_decay, DEFAULT_WEIGHT_DECAY[config.opt]),
         momentum=pick(config.momentum, DEFAULT_MOMENTUM[config.opt]),
         opt_eps=pick(config.opt_eps, DEFAULT_EPS[config.opt]),
-        decay_epochs=pick(config.decay_epochs, DEFAULT_DECAY_EPOCHS[config.sched]),
-        decay_rate=pick(config.decay_rate, DEFAULT_DECAY_RATE[config.sched]),
+        decay_epochs=pick(config.decay_epochs, DEFAULT_DECAY_EPOCHS.get(config.sched)),
+        decay_rate=pick(config.decay_rate, DEFAULT_DECAY_RATE.get(config.sched)),
+        decay_milestones=pick(config.decay_milestones, DEFAULT_DECAY_MILESTONES.get(config.sched)),
         hflip=pick(config.hflip, info.hflip), scale=pick(config.scale, info.scale),
         ema_decay=pick(config.ema_decay, DEFAULT_EMA_DECAY) if config.ema else None,
         lr_noise_pct=pick(config.lr_noise_pct, DEFAULT_LR_NOISE_PCT) if config.lr_noise else None,
@@ -337,7 +338,7 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     scheduler = create_scheduler(optimizer, schedule_epochs, len(train_loader), config.warmup_epochs, config.lr,
                                  config.min_lr, config.sched, config.decay_epochs, config.decay_rate,
                                  config.warmup_lr, config.lr_noise, config.lr_noise_pct or DEFAULT_LR_NOISE_PCT,
-                                 config.seed)
+                                 config.seed, config.decay_milestones)
     dtype = amp_dtype(config, env.device)
     mixer = MixupCutmix(info.num_classes, config.mixup, config.cutmix, config.smoothing, config.mixup_switch_prob,
                         config.mixup_prob)
