@@ -25,6 +25,17 @@ import torch
 from ..deploy.weights import torch_load_reason, write_atomically
 
 STATE_FILE, LAST_FILE, BEST_FILE = "state.pt", "last.safetensors", "best.safetensors"
+EPOCH_FILE = "checkpoint-{epoch}.safetensors"  # --checkpoint-hist: the weights after one of the best epochs
+
+
+def epoch_files(folder: str | Path) -> dict[int, Path]:
+    """The ``checkpoint-EPOCH.safetensors`` files in ``folder``, by epoch."""
+    found = {}
+    for path in Path(folder).glob(EPOCH_FILE.format(epoch="*")):
+        number = path.name[len("checkpoint-"):-len(".safetensors")]
+        if number.isdigit():
+            found[int(number)] = path
+    return found
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:

@@ -145,6 +145,8 @@ class TrainConfig:
                                  metavar="N")
     heap_malloc: bool = option(True, "glibc: keep large tensors on the heap instead of fresh zeroed pages every step "
                                      "(what jemalloc / tcmalloc do; costs resident memory)")
+    checkpoint_hist: int = option(0, "also keep the weights of the N best epochs by test top-1 as "
+                                     "checkpoint-EPOCH.safetensors (timm's --checkpoint-hist; 0: none)", metavar="N")
     seed: int = option(0, "random seed (weights, data order, augmentation)")
     deterministic: bool = option(False, "deterministic algorithms only (bitwise-reproducible runs)")
     sync_bn: bool = option(True, "synchronise batch-norm statistics across processes")
@@ -236,6 +238,7 @@ class TrainConfig:
         check(0 <= self.vflip <= 1, "vflip", "a probability in [0, 1]")
         check(0 <= self.mixup_switch_prob <= 1, "mixup_switch_prob", "a probability in [0, 1]")
         check(self.mixup_off_epoch >= 0, "mixup_off_epoch", ">= 0 (0: mix every epoch)")
+        check(self.checkpoint_hist >= 0, "checkpoint_hist", ">= 0 (0: keep no epoch's weights but the last and best)")
         check(0 <= self.cooldown_epochs < self.epochs, "cooldown_epochs",
               f"from 0 to --epochs - 1 = {self.epochs - 1} (the decay needs an epoch)")
         if self.aa is not None:

@@ -8,6 +8,7 @@ Run folder (written by rank 0 only):
 | ``metrics.csv`` | one row per epoch: epoch, loss, top1, top5, lr, img/s, seconds, test_loss |
 | ``curves.png`` | loss and accuracy against the epoch |
 | ``last.safetensors`` / ``best.safetensors`` | model weights (EMA weights with ``--ema``) |
+| ``checkpoint-EPOCH.safetensors`` | with ``--checkpoint-hist N``: the weights after each of the N best epochs |
 | ``state.pt`` | trainer state for ``--resume``, with the classes, mean and std (``eval`` / ``predict`` read them) |
 | ``summary.json`` | model, dataset, classes, final top-1 / top-5 on the test split, train seconds... |
 
@@ -155,6 +156,7 @@ def check_out_dir(out: Path, *, resuming_here: bool, overwrite: bool) -> list[st
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     previous = [name for name in RUN_FILES if (out / name).exists()]
+    previous += sorted(path.name for path in ckpt.epoch_files(out).values())
     if not previous or resuming_here:
         return []
     if not overwrite:
@@ -752,9 +754,22 @@ def save_epoch(run: Run, epoch: int, is_best: bool) -> None:
     ckpt.save_weights(run.out / ckpt.LAST_FILE, weights, meta)
     if is_best:
         ckpt.save_weights(run.out / ckpt.BEST_FILE, weights, meta)
+    kept = best_epochs(run.history, run.config.checkpoint_hist)
+    if epoch in kept:
+        ckpt.save_weights(run.out / ckpt.EPOCH_FILE.format(epoch=epoch), weights, meta)
     write_metrics_csv(run.out / "metrics.csv", run.history)
     plot_curves(run.out / "curves.png", run.history, f"{run.config.model} on {run.info.name}")
     ckpt.save_state(run.out / ckpt.STATE_FILE, run_state(run, epoch))
+    for number, path in ckpt.epoch_files(run.out).items():  # after state.pt: a kill before it redoes this epoch
+        if number not in kept:
+            path.unlink(missing_ok=True)
+
+
+def best_epochs(history: list[dict], count: int) -> set[int]:
+    """The ``count`` epochs of the highest test top-1 (the earlier one first among equals, as timm's
+    ``CheckpointSaver`` ranks them)."""
+    ranked = sorted(history, key=lambda row: (-row["top1"], row["epoch"]))
+    return {int(row["epoch"]) for row in ranked[:count]}
 
 
 def make_summary(run: Run) -> dict:
