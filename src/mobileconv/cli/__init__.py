@@ -15,7 +15,7 @@ from typing import NoReturn
 COMMAND_MODULES = {
     "train": ("train", "eval", "predict"),
     "inspect": ("summary", "models"),
-    "convert": ("convert",),
+    "convert": ("convert", "average"),
     "export": ("export",),
     "bench": ("bench",),
 }

@@ -1,10 +1,11 @@
-"""`mobileconv convert`: a timm / torchvision / mobileconv checkpoint -> mobileconv's safetensors format."""
+"""`mobileconv convert`: a timm / torchvision / mobileconv checkpoint -> mobileconv's safetensors format;
+`mobileconv average`: the mean of several checkpoints' weights (timm's avg_checkpoints.py)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import PurePath
 
-from ._args import USE_EMA_HELP, call_with_one_line_errors, non_negative_int, registered_model
+from ._args import USE_EMA_HELP, call_with_one_line_errors, non_negative_int, positive_int, registered_model
 
 
 # suffixes that torch.load / timm / torchvision users read with torch.load (deploy.weights.TORCH_SUFFIXES, .tar for
@@ -32,12 +33,26 @@ def register(subparsers) -> None:
     p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     p.set_defaults(func=run_convert)
 
+    p = subparsers.add_parser(
+        "average", help="average the weights of several checkpoints (timm's avg_checkpoints.py)",
+        description="Write the mean of the weights of SRC... to --out as safetensors (atomically: nothing is "
+                    "written unless every checkpoint is read and fits). A SRC is a checkpoint file or the run folder "
+                    "of `mobileconv train --checkpoint-hist N` (its checkpoint-EPOCH.safetensors files). Floating-point "
+                    "tensors are averaged; integer ones (BatchNorm's num_batches_tracked) come from the latest epoch.")
+    p.add_argument("src", nargs="+", metavar="SRC", help="checkpoint files or run folders")
+    p.add_argument("--out", required=True, metavar="DST", help="safetensors file to write (replaced if it exists)")
+    p.add_argument("--top", type=positive_int, metavar="N",
+                   help="average only the N checkpoints of the best test top-1 recorded by mobileconv train "
+                        "(default: all given)")
+    p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
+    p.set_defaults(func=run_average)
 
-def check_dst_name(dst: str) -> None:
+
+def check_dst_name(dst: str, command: str = "convert", label: str = "DST") -> None:
     """Refuse a DST named like a torch.load file: it would hold safetensors bytes that torch.load cannot read."""
     suffix = PurePath(dst).suffix.lower()
     if suffix in TORCH_SUFFIXES:
-        raise ValueError(f"DST {dst!r} ends in {suffix}, a torch.load name, but convert writes safetensors; "
+        raise ValueError(f"{label} {dst!r} ends in {suffix}, a torch.load name, but {command} writes safetensors; "
                          f"name it {str(PurePath(dst).with_suffix('.safetensors'))!r}")
 
 
@@ -55,3 +70,13 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+def run_average(args: argparse.Namespace) -> int:
+    from ..engine.checkpoint import average_checkpoints
+
+    check_dst_name(args.out, "average", "--out")
+    info = call_with_one_line_errors(average_checkpoints, args.src, args.out, args.top, args.use_ema)
+    epochs = f" (epochs {', '.join(map(str, info['epochs']))})" if info["epochs"] else ""
+    print(f"averaged {len(info['files'])} checkpoints{epochs} -> {args.out}: {info['tensors']} tensors")
+    return 0

@@ -178,3 +178,85 @@ def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ---- averaging (timm's avg_checkpoints.py) ------------------------------------------------------
+
+def average_checkpoints(sources: list[str | Path], dst: str | Path, top: int | None = None,
+                        use_ema: bool = False) -> dict:
+    """Write to ``dst`` the mean of the weights of ``sources``, as timm's ``avg_checkpoints.py`` makes it.
+
+    A source is a checkpoint file (any that :func:`~mobileconv.deploy.weights.read_checkpoint` reads, timm's and
+    torchvision's included) or a run folder of ``mobileconv train --checkpoint-hist N``, for its
+    ``checkpoint-EPOCH.safetensors`` files. ``top`` keeps the ``top`` of them with the highest recorded test top-1.
+    Floating-point tensors are averaged in float64 and stored in their own dtype; integer ones (BatchNorm's
+    ``num_batches_tracked``) are taken from the latest epoch (the last source where no epoch is recorded). The
+    sources must hold the same tensor names and shapes. ``dst`` gets the latest source's metadata (model, classes,
+    normalisation...) with ``averaged_epochs`` in place of its ``epoch`` / ``top1``; nothing is written unless every
+    source is read and fits. Returns ``{"files", "epochs", "tensors"}``.
+    """
+    from ..deploy.weights import check_output_path, read_checkpoint  # noqa: PLC0415 - deploy imports this module
+
+    check_output_path(dst)
+    files = _average_sources(sources)
+    read = [(path, *read_checkpoint(path, use_ema=use_ema)) for path in files]
+    if top is not None:
+        missing = [str(path) for path, _, meta in read if not isinstance(_json_or_str(str(meta.get("top1"))), float)]
+        if missing:
+            raise ValueError(f"--top {top} ranks checkpoints by the test top-1 that mobileconv train records; "
+                             f"{', '.join(missing)} record(s) none")
+        read.sort(key=lambda item: (-float(item[2]["top1"]), _epoch_of(item[2]) or 0))
+        read = read[:top]
+    epochs = [_epoch_of(meta) for _, _, meta in read]
+    order = sorted(range(len(read)), key=lambda i: epochs[i]) if None not in epochs else list(range(len(read)))
+    read = [read[i] for i in order]
+    first_path, first, _ = read[0]
+    models = {str(meta["model"]) for _, _, meta in read if "model" in meta}
+    if len(models) > 1:
+        raise ValueError(f"the checkpoints are of different models ({', '.join(sorted(models))}): only weights of one "
+                         f"model can be averaged")
+    for path, tensors, _ in read[1:]:
+        if tensors.keys() != first.keys():
+            extra, lacking = sorted(tensors.keys() - first.keys()), sorted(first.keys() - tensors.keys())
+            raise ValueError(f"{path} does not hold the tensors of {first_path}: " + "; ".join(
+                f"{what} {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                for what, keys in (("extra", extra), ("missing", lacking)) if keys))
+        for name, value in tensors.items():
+            if value.shape != first[name].shape:
+                raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, {first_path} "
+                                 f"{tuple(first[name].shape)}: checkpoints of different models cannot be averaged")
+    latest = read[-1][1]
+    averaged = {}
+    for name, value in latest.items():
+        if value.is_floating_point():
+            total = sum(tensors[name].double() for _, tensors, _ in read)
+            averaged[name] = (total / len(read)).to(value.dtype)
+        else:
+            averaged[name] = value
+    meta = {k: _json_or_str(str(v)) for k, v in read[-1][2].items() if k not in ("epoch", "top1")}
+    if None not in epochs:
+        meta["averaged_epochs"] = sorted(epochs)
+    save_weights(dst, averaged, meta)
+    return {"files": [str(path) for path, _, _ in read], "epochs": sorted(epochs) if None not in epochs else None,
+            "tensors": len(averaged)}
+
+
+def _average_sources(sources: list[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            found = epoch_files(source)
+            if not found:
+                raise ValueError(f"{source} holds no {EPOCH_FILE.format(epoch='EPOCH')} files (a run trained with "
+                                 f"--checkpoint-hist N keeps them); pass checkpoint files or such a run folder")
+            files += [found[epoch] for epoch in sorted(found)]
+        else:
+            files.append(source)
+    if len(set(files)) != len(files):
+        raise ValueError(f"a checkpoint is given twice: {', '.join(sorted({str(f) for f in files if files.count(f) > 1}))}")
+    return files
+
+
+def _epoch_of(meta: dict) -> int | None:
+    epoch = _json_or_str(str(meta.get("epoch")))
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None

@@ -665,7 +665,7 @@ def weights_metadata(run: Run, epoch: int) -> dict:
     c, info = run.config, run.info
     meta = {"format": FORMAT, "model": c.model, "dataset": info.name, "num_classes": info.num_classes,
             "classes": info.classes, "img_size": c.img_size, "mean": list(info.mean), "std": list(info.std),
-            "epoch": epoch, "ema": run.ema is not None}
+            "epoch": epoch, "top1": run.history[-1]["top1"], "ema": run.ema is not None}
     eps = bn_eps_of(run.eval_model)  # restored by load_pretrained, as for `mobileconv convert`'s files
     return meta if eps is None else {**meta, "bn_eps": eps}
 
