@@ -106,7 +106,7 @@ def test_resuming_a_multistep_run_with_cosine_drops_the_recorded_milestones(tmp_
     (["--sched", "step", "--decay-milestones", "30"], "--decay-milestones 30 (set on the command line) is used by "
                                                       "--sched multistep only, not by --sched step"),
     (["--sched", "tanh", "--decay-rate", "0.5"], "--decay-rate 0.5 (set on the command line) is used by --sched poly, "
-                                                 "step or multistep only, not by --sched tanh"),
+                                                 "step, multistep or plateau only, not by --sched tanh"),
     (["--sched", "multistep", "--cooldown-epochs", "1"], "--cooldown-epochs 1 (set on the command line) ends the "
                                                          "decay early, and --sched multistep has no end"),
 ])

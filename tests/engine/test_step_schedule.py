@@ -34,7 +34,7 @@ def test_step_schedule_never_goes_below_min_lr():
 
 
 def test_unknown_schedule_is_refused():
-    with pytest.raises(ValueError, match="--sched must be one of cosine, poly, tanh, step, multistep, got 'linear'"):
+    with pytest.raises(ValueError, match="--sched must be one of cosine, poly, tanh, step, multistep, plateau, got 'linear'"):
         scheduled_lrs(1, 1, 0, 0.1, 0.0, "linear", 1, 0.5)
 
 
@@ -58,7 +58,7 @@ def test_step_defaults_are_timms_and_recorded(tmp_path, capsys):
 
 @pytest.mark.parametrize("option, shown, users", [
     (["--decay-epochs", "2.4"], "2.4", "step"),
-    (["--decay-rate", "0.97"], "0.97", "poly, step or multistep"),
+    (["--decay-rate", "0.97"], "0.97", "poly, step, multistep or plateau"),
     (["--decay-milestones", "30", "60"], "30 60", "multistep"),
 ])
 def test_decay_options_without_step_are_refused(tmp_path, capsys, option, shown, users):

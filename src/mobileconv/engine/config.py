@@ -23,7 +23,8 @@ OPTIMIZER_OPTIONS = {"sgd": ("momentum",), "rmsprop": ("momentum", "opt_eps"), "
                      "adamw": ("opt_eps",)}
 DEVICES = ("auto", "cpu", "cuda")
 # learning-rate schedules after the warm-up (optim.create_scheduler): the first three end at --min-lr
-SCHEDULES = ("cosine", "poly", "tanh", "step", "multistep")
+SCHEDULES = ("cosine", "poly", "tanh", "step", "multistep", "plateau")
+EVAL_METRICS = ("top1", "top5", "loss")  # what ranks epochs: best.safetensors, --checkpoint-hist, --sched plateau
 AMP_DTYPES = ("auto", "bfloat16", "float16")
 DEFAULT_MODEL = "mobilenetv3_small_100_cifar"
 SEED_LIMIT = 2 ** 64  # torch.manual_seed takes seeds up to 0xffff_ffff_ffff_ffff
@@ -59,7 +60,7 @@ class TrainConfig:
     lr: float | None = option(None, "peak learning rate (default: 0.1 sgd, 0.01 rmsprop / rmsproptf, "
                                     "0.002 adamw)", type=float)
     min_lr: float = option(0.0, "final learning rate of the cosine, poly or tanh schedule (with --sched step / "
-                                "multistep: the lowest rate)")
+                                "multistep / plateau: the lowest rate)")
     warmup_epochs: float = option(1.0, "linear warm-up from --warmup-lr to lr over this many epochs")
     cooldown_epochs: int = option(0, "--sched cosine / poly / tanh: the decay ends this many epochs before the run "
                                      "does, which trains on at --min-lr (timm's --cooldown-epochs, counted within "
@@ -68,13 +69,17 @@ class TrainConfig:
     warmup_lr: float | None = option(None, "learning rate the warm-up starts from (default: lr / 100)", type=float)
     sched: str = option("cosine", "schedule after the warm-up (timm's): cosine, poly or tanh decay to --min-lr; "
                                   "step: the rate times --decay-rate every --decay-epochs; multistep: times "
-                                  "--decay-rate at each of --decay-milestones", choices=SCHEDULES)
+                                  "--decay-rate at each of --decay-milestones; plateau: times --decay-rate when "
+                                  "--eval-metric has not improved for more than --patience-epochs epochs",
+                        choices=SCHEDULES)
     decay_epochs: float | None = option(None, "--sched step: epochs between decays (default 90, timm's; the TF "
                                               "recipe of MnasNet / MixNet uses 2.4)", type=float)
     decay_milestones: tuple[int, ...] | None = option(None, "--sched multistep: the epochs at which the rate is "
                                                             "multiplied by --decay-rate (default 90 180 270, timm's)",
                                                       type=int, nargs="+", metavar="E")
-    decay_rate: float | None = option(None, "--sched step / multistep: factor per decay, in (0, 1] (default 0.1, "
+    patience_epochs: int | None = option(None, "--sched plateau: epochs without improvement it waits for before a "
+                                               "decay (default 10, timm's)", type=int, metavar="N")
+    decay_rate: float | None = option(None, "--sched step / multistep / plateau: factor per decay, in (0, 1] (default 0.1, "
                                             "timm's; the TF recipe uses 0.97); --sched poly: the power, > 0 "
                                             "(default 0.1, timm's, which overloads --decay-rate so)", type=float)
     lr_noise: tuple[float, float] | None = option(None, "timm's learning-rate noise from START to END, fractions of "
@@ -145,6 +150,9 @@ class TrainConfig:
                                  metavar="N")
     heap_malloc: bool = option(True, "glibc: keep large tensors on the heap instead of fresh zeroed pages every step "
                                      "(what jemalloc / tcmalloc do; costs resident memory)")
+    eval_metric: str = option("top1", "the test metric that ranks epochs: for best.safetensors, --checkpoint-hist "
+                                      "and --sched plateau (timm's --eval-metric; loss: the lower the better)",
+                              choices=EVAL_METRICS)
     checkpoint_hist: int = option(0, "also keep the weights of the N best epochs by test top-1 as "
                                      "checkpoint-EPOCH.safetensors (timm's --checkpoint-hist; 0: none)", metavar="N")
     seed: int = option(0, "random seed (weights, data order, augmentation)")
@@ -219,6 +227,7 @@ class TrainConfig:
                   "a finite number > 0 with --sched poly (the power)")
         else:
             check(self.decay_rate is None or 0 < self.decay_rate <= 1, "decay_rate", "in (0, 1]")
+        check(self.patience_epochs is None or self.patience_epochs >= 0, "patience_epochs", ">= 0")
         milestones = self.decay_milestones
         check(milestones is None or (milestones[0] >= 1 and all(a < b for a, b in zip(milestones, milestones[1:]))),
               "decay_milestones", "epochs >= 1 in increasing order")
@@ -252,7 +261,7 @@ class TrainConfig:
 
 # the options that only some schedules have
 SCHEDULE_OPTIONS = {"cosine": (), "poly": ("decay_rate",), "tanh": (), "step": ("decay_epochs", "decay_rate"),
-                    "multistep": ("decay_milestones", "decay_rate")}
+                    "multistep": ("decay_milestones", "decay_rate"), "plateau": ("decay_rate", "patience_epochs")}
 ENDING_SCHEDULES = ("cosine", "poly", "tanh")  # those that reach --min-lr at the end: a cooldown can follow them
 
 
@@ -265,7 +274,8 @@ def unused_options(config: TrainConfig) -> list[str]:
     ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing, ``--mixup-switch-prob`` without
     both ``--mixup`` and ``--cutmix``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
-    unused = [name for name in ("momentum", "opt_eps", "decay_epochs", "decay_milestones", "decay_rate")
+    scheduled = ("decay_epochs", "decay_milestones", "decay_rate", "patience_epochs")
+    unused = [name for name in ("momentum", "opt_eps", *scheduled)
               if getattr(config, name) is not None and name not in uses]
     if not config.aug:
         unused += [name for name in ("reprob", "aa", "vflip") if getattr(config, name)]
@@ -320,7 +330,7 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
         if name in UNUSED_BECAUSE:
             raise ValueError(f"{flag} {value}{where} {UNUSED_BECAUSE[name].format(sched=config.sched)}, or leave "
                              f"{flag} out")
-        if name.startswith("decay_"):
+        if name.startswith("decay_") or name == "patience_epochs":
             users = [sched for sched, names in SCHEDULE_OPTIONS.items() if name in names]
             users = users[0] if len(users) == 1 else f"{', '.join(users[:-1])} or {users[-1]}"
             shown = " ".join(map(str, value)) if isinstance(value, tuple) else repr(value)

@@ -1,5 +1,5 @@
 """Optimizers (SGD, RMSProp, TensorFlow's RMSProp as in the MobileNetV3 / MixNet papers, AdamW) and the
-warm-up + cosine, poly, tanh, step or multi-step schedules (timm's)."""
+warm-up + cosine, poly, tanh, step, multi-step or plateau schedules (timm's)."""
 from __future__ import annotations
 
 import bisect
@@ -178,6 +178,9 @@ class _Warmup(_NoisySchedule):
     def decayed(self, step: int) -> float:
         raise NotImplementedError
 
+    def record(self, epochs_done: int, metric: float) -> None:
+        """Told the test metric after each epoch; only :class:`WarmupPlateau` uses it."""
+
 
 def _cosine(progress: float, power: float) -> float:  # Loshchilov & Hutter 2017, eq. 5, one cycle
     return 0.5 * (1 + math.cos(math.pi * progress))
@@ -247,26 +250,78 @@ class WarmupStepDecay(_Warmup):
         return max(self.min_factor, self.decay_rate ** decays)
 
 
-# per-schedule defaults of --decay-epochs / --decay-rate / --decay-milestones (timm's; poly's rate is its power)
+class WarmupPlateau(_Warmup):
+    """Learning-rate factor per step: linear warm-up from ``start_factor``, then ``max(min, rate ** n)``, ``n`` the
+    times the test metric stopped improving: timm's ``PlateauLRScheduler`` (``torch.optim.lr_scheduler.
+    ReduceLROnPlateau`` after the warm-up, relative threshold 1e-4, no cooldown).
+
+    :meth:`record` takes the metric after each epoch: an epoch that does not beat the best so far by more than
+    1e-4 of it (higher for ``mode="max"``, lower for ``"min"``) is a bad one, and more than ``patience`` bad epochs
+    in a row decay the rate and start the count again. Epochs that end within the warm-up are not counted, as timm
+    passes them over. A plain object so that ``LambdaLR.state_dict()`` saves its fields; :meth:`replay` rebuilds
+    them from a run's history.
+    """
+
+    THRESHOLD = 1e-4  # ReduceLROnPlateau's default, relative
+
+    def __init__(self, steps_per_epoch: int, warmup_steps: int, total_steps: int, decay_rate: float, patience: int,
+                 mode: str = "max", min_factor: float = 0.0, start_factor: float = 0.01):
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.warmup_steps = min(warmup_steps, max(0, total_steps - 1))
+        self.decay_rate, self.patience, self.mode = decay_rate, patience, mode
+        self.min_factor, self.start_factor = min_factor, start_factor
+        self.decays, self.best, self.bad_epochs = 0, None, 0
+        self.set_noise(steps_per_epoch, None, 0.0, 0)
+
+    def decayed(self, step: int) -> float:
+        return max(self.min_factor, self.decay_rate ** self.decays)
+
+    def record(self, epochs_done: int, metric: float) -> None:
+        if epochs_done * self.steps_per_epoch <= self.warmup_steps:
+            return
+        margin = abs(self.best) * self.THRESHOLD if self.best is not None else 0.0
+        better = self.best is None or (metric > self.best + margin if self.mode == "max" else
+                                       metric < self.best - margin)
+        if better:
+            self.best, self.bad_epochs = metric, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs > self.patience:
+            self.decays, self.bad_epochs = self.decays + 1, 0
+
+    def replay(self, metrics: list[float]) -> None:
+        """The state after epochs 1, 2, ... scored ``metrics`` (a resumed run's history)."""
+        self.decays, self.best, self.bad_epochs = 0, None, 0
+        for done, metric in enumerate(metrics, 1):
+            self.record(done, metric)
+
+
+# per-schedule defaults of --decay-epochs / --decay-rate / --decay-milestones / --patience-epochs (timm's; poly's
+# rate is its power)
 DEFAULT_DECAY_EPOCHS = {"step": 90.0}
-DEFAULT_DECAY_RATE = {"step": 0.1, "multistep": 0.1, "poly": 0.1}
+DEFAULT_DECAY_RATE = {"step": 0.1, "multistep": 0.1, "poly": 0.1, "plateau": 0.1}
 DEFAULT_DECAY_MILESTONES = {"multistep": (90, 180, 270)}
+DEFAULT_PATIENCE_EPOCHS = {"plateau": 10}
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float,
                      lr: float, min_lr: float, sched: str = "cosine", decay_epochs: float | None = None,
                      decay_rate: float | None = None, warmup_lr: float | None = None,
                      noise: tuple[float, float] | None = None, noise_pct: float = 0.67,
-                     seed: int = 0, decay_milestones: tuple[int, ...] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+                     seed: int = 0, decay_milestones: tuple[int, ...] | None = None,
+                     patience_epochs: int | None = None, mode: str = "max") -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step linear warm-up from ``warmup_lr`` (``None``: ``lr / 100``) to ``lr``, then ``sched``:
 
     * ``cosine``, ``poly`` (power ``decay_rate``) or ``tanh``: a decay to ``min_lr`` by the run's last step
       (:class:`WarmupAnneal`);
     * ``step``: ``decay_rate`` every ``decay_epochs``, or ``multistep``: ``decay_rate`` at each of
-      ``decay_milestones`` (epochs), floored at ``min_lr`` (:class:`WarmupStepDecay`).
+      ``decay_milestones`` (epochs), floored at ``min_lr`` (:class:`WarmupStepDecay`);
+    * ``plateau``: ``decay_rate`` whenever the test metric (higher is better with ``mode="max"``, lower with
+      ``"min"``) has not improved for more than ``patience_epochs`` epochs, floored at ``min_lr``
+      (:class:`WarmupPlateau`; tell it each epoch's metric with ``schedule.record``, then :func:`refresh_lr`).
 
     Options left ``None`` take timm's defaults (:data:`DEFAULT_DECAY_EPOCHS`, :data:`DEFAULT_DECAY_RATE`,
-    :data:`DEFAULT_DECAY_MILESTONES`). ``noise = (start, end)``: timm's ``--lr-noise``, the rate of each epoch from
+    :data:`DEFAULT_DECAY_MILESTONES`, :data:`DEFAULT_PATIENCE_EPOCHS`). ``noise = (start, end)``: timm's ``--lr-noise``, the rate of each epoch from
     ``start * epochs`` to before ``end * epochs`` times ``1 + lr_noise(epoch, noise_pct, seed)``.
     Call ``step()`` after every optimizer step."""
     if sched not in SCHEDULES:
@@ -276,6 +331,9 @@ def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_ep
     decay_rate = DEFAULT_DECAY_RATE.get(sched) if decay_rate is None else decay_rate
     if sched in ANNEALING:
         schedule = WarmupAnneal(total, warmup, min_lr / lr, start, sched, decay_rate if sched == "poly" else 1.0)
+    elif sched == "plateau":
+        patience = DEFAULT_PATIENCE_EPOCHS[sched] if patience_epochs is None else patience_epochs
+        schedule = WarmupPlateau(steps_per_epoch, warmup, total, decay_rate, patience, mode, min_lr / lr, start)
     else:
         decay_epochs = DEFAULT_DECAY_EPOCHS.get(sched) if decay_epochs is None else decay_epochs
         milestones = DEFAULT_DECAY_MILESTONES.get(sched) if decay_milestones is None else decay_milestones
@@ -284,3 +342,13 @@ def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_ep
     if noise is not None:
         schedule.set_noise(steps_per_epoch, (noise[0] * epochs, noise[1] * epochs), noise_pct, seed)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def refresh_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> list[float]:
+    """Set each group's rate to what the schedule gives at its current step (after the schedule itself changed:
+    a plateau decay, a resumed run's new options); returns the rates."""
+    lrs = [base * schedule(scheduler.last_epoch) for base, schedule in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+    return lrs

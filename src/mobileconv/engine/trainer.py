@@ -49,7 +49,8 @@ from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from .malloc import keep_large_allocations_on_heap
 from .metrics import plot_curves, write_metrics_csv
 from .optim import (DEFAULT_DECAY_EPOCHS, DEFAULT_DECAY_MILESTONES, DEFAULT_DECAY_RATE, DEFAULT_EPS, DEFAULT_LR,
-                    DEFAULT_MOMENTUM, DEFAULT_WEIGHT_DECAY, create_optimizer, create_scheduler)
+                    DEFAULT_MOMENTUM, DEFAULT_PATIENCE_EPOCHS, DEFAULT_WEIGHT_DECAY, create_optimizer,
+                    create_scheduler, refresh_lr)
 
 RUN_FILES = ("config.yaml", "metrics.csv", "curves.png", ckpt.LAST_FILE, ckpt.BEST_FILE, ckpt.STATE_FILE,
              "summary.json")
@@ -140,6 +141,7 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
         decay_epochs=pick(config.decay_epochs, DEFAULT_DECAY_EPOCHS.get(config.sched)),
         decay_rate=pick(config.decay_rate, DEFAULT_DECAY_RATE.get(config.sched)),
         decay_milestones=pick(config.decay_milestones, DEFAULT_DECAY_MILESTONES.get(config.sched)),
+        patience_epochs=pick(config.patience_epochs, DEFAULT_PATIENCE_EPOCHS.get(config.sched)),
         hflip=pick(config.hflip, info.hflip), scale=pick(config.scale, info.scale),
         ema_decay=pick(config.ema_decay, DEFAULT_EMA_DECAY) if config.ema else None,
         lr_noise_pct=pick(config.lr_noise_pct, DEFAULT_LR_NOISE_PCT) if config.lr_noise else None,
@@ -340,7 +342,8 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     scheduler = create_scheduler(optimizer, schedule_epochs, len(train_loader), config.warmup_epochs, config.lr,
                                  config.min_lr, config.sched, config.decay_epochs, config.decay_rate,
                                  config.warmup_lr, config.lr_noise, config.lr_noise_pct or DEFAULT_LR_NOISE_PCT,
-                                 config.seed, config.decay_milestones)
+                                 config.seed, config.decay_milestones, config.patience_epochs,
+                                 "min" if config.eval_metric == "loss" else "max")
     dtype = amp_dtype(config, env.device)
     mixer = MixupCutmix(info.num_classes, config.mixup, config.cutmix, config.smoothing, config.mixup_switch_prob,
                         config.mixup_prob)
@@ -559,11 +562,11 @@ def load_run_state(run: Run, state: dict, path: Path) -> None:
         run.scheduler.base_lrs = base_lrs
         # the position in steps of this run's epochs: a --batch-size or --max-train-samples given on resume
         # changes the steps per epoch, and the saved step count would then point past (or short of) the epoch
-        step = run.scheduler.last_epoch = state["epoch"] * len(run.train_loader)
-        lrs = [base * schedule(step) for base, schedule in zip(base_lrs, run.scheduler.lr_lambdas)]
-        for group, lr in zip(run.optimizer.param_groups, lrs):
-            group["lr"] = lr
-        run.scheduler._last_lr = lrs
+        run.scheduler.last_epoch = state["epoch"] * len(run.train_loader)
+        schedule = run.scheduler.lr_lambdas[0]  # one object, shared by the parameter groups
+        if hasattr(schedule, "replay"):  # --sched plateau: its decays follow from the metrics so far
+            schedule.replay([metric_of(row, run.config.eval_metric) for row in state["history"]])
+        refresh_lr(run.scheduler)
 
     def load_ema(saved: dict) -> None:
         load_checked(run.ema.module, saved["module"], "the EMA weights")
@@ -702,8 +705,12 @@ def train_epochs(run: Run) -> dict:
         run.train_seconds += seconds
         row = {"epoch": epoch + 1, "loss": stats["loss"], "top1": test["top1"], "top5": test["top5"],
                "lr": stats["lr"], "img/s": stats["img/s"], "seconds": seconds, "test_loss": test["loss"]}
+        # --sched plateau decays here, for the next epoch's steps (one schedule object, shared by the parameter groups)
+        run.scheduler.lr_lambdas[0].record(epoch + 1, metric_of(row, c.eval_metric))
+        row["lr"] = refresh_lr(run.scheduler)[0]
+        best_row = next((r for r in run.history if r["epoch"] == run.best_epoch), None)
         run.history.append(row)
-        is_best = test["top1"] > run.best_top1
+        is_best = best_row is None or ranks_above(row, best_row, c.eval_metric)
         if is_best:
             run.best_top1, run.best_epoch = test["top1"], epoch + 1
         if env.is_main:
@@ -754,7 +761,7 @@ def save_epoch(run: Run, epoch: int, is_best: bool) -> None:
     ckpt.save_weights(run.out / ckpt.LAST_FILE, weights, meta)
     if is_best:
         ckpt.save_weights(run.out / ckpt.BEST_FILE, weights, meta)
-    kept = best_epochs(run.history, run.config.checkpoint_hist)
+    kept = best_epochs(run.history, run.config.checkpoint_hist, run.config.eval_metric)
     if epoch in kept:
         ckpt.save_weights(run.out / ckpt.EPOCH_FILE.format(epoch=epoch), weights, meta)
     write_metrics_csv(run.out / "metrics.csv", run.history)
@@ -765,11 +772,25 @@ def save_epoch(run: Run, epoch: int, is_best: bool) -> None:
             path.unlink(missing_ok=True)
 
 
-def best_epochs(history: list[dict], count: int) -> set[int]:
-    """The ``count`` epochs of the highest test top-1 (the earlier one first among equals, as timm's
-    ``CheckpointSaver`` ranks them)."""
-    ranked = sorted(history, key=lambda row: (-row["top1"], row["epoch"]))
-    return {int(row["epoch"]) for row in ranked[:count]}
+def metric_of(row: dict, metric: str) -> float:
+    """An epoch's ``--eval-metric`` from its metrics.csv row (``loss`` is the test loss)."""
+    return row["test_loss" if metric == "loss" else metric]
+
+
+def rank_key(row: dict, metric: str) -> tuple[float, int]:
+    """Sorts epochs best first by ``metric`` (the lowest loss, the highest accuracy), the earlier first among equals."""
+    value = metric_of(row, metric)
+    return (value if metric == "loss" else -value, row["epoch"])
+
+
+def ranks_above(row: dict, other: dict, metric: str) -> bool:
+    return rank_key(row, metric) < rank_key(other, metric)
+
+
+def best_epochs(history: list[dict], count: int, metric: str = "top1") -> set[int]:
+    """The ``count`` best epochs by ``metric`` (the earlier one first among equals, as timm's ``CheckpointSaver``
+    ranks them)."""
+    return {int(row["epoch"]) for row in sorted(history, key=lambda row: rank_key(row, metric))[:count]}
 
 
 def make_summary(run: Run) -> dict:
@@ -780,6 +801,7 @@ def make_summary(run: Run) -> dict:
         "model": c.model, "dataset": run.info.name, "num_classes": run.info.num_classes, "classes": run.info.classes,
         "epochs": int(last["epoch"]), "top1": last["top1"], "top5": last["top5"], "test_loss": last["test_loss"],
         "test_split": run.info.test_split, "best_top1": run.best_top1, "best_epoch": run.best_epoch,
+        "eval_metric": c.eval_metric,
         "train_seconds": round(run.train_seconds, 2), "img_size": c.img_size, "mean": list(run.info.mean),
         "std": list(run.info.std), "weights": ckpt.LAST_FILE, "ema": c.ema, "seed": c.seed,
         "train_samples": len(run.train_loader.dataset), "test_samples": len(run.test_loader.dataset),
