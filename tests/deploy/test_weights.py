@@ -85,6 +85,16 @@ def test_format_detected_from_contents_not_suffix(model, tmp_path):
     assert same_state(model, state)
 
 
+@pytest.mark.parametrize("zipped", [True, False])
+def test_a_torch_file_under_a_safetensors_name_loads(model, tmp_path, zipped):
+    # torch.load picks its safetensors reader from a ".safetensors" name; read_checkpoint decides from the bytes
+    state = random_state()
+    path = tmp_path / "weights.safetensors"
+    torch.save(state, path, _use_new_zipfile_serialization=zipped)
+    load_pretrained(model, path)
+    assert same_state(model, state)
+
+
 def test_num_batches_tracked_may_be_absent(model, tmp_path):
     state = random_state()
     path = tmp_path / "w.safetensors"

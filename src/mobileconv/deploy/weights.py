@@ -35,6 +35,7 @@ model's dtype) before anything in the model changes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -472,13 +473,12 @@ def _read_torch(path: Path) -> object:
         raise ValueError(f"{path} is {program}, not a state_dict: it cannot be loaded as weights; "
                          f"expected {EXPECTED}")
     safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    allowed = contextlib.nullcontext() if safe_globals is None else safe_globals(list(SAFE_GLOBALS))
     try:
-        with warnings.catch_warnings():  # torch warns about any pickle protocol but 2: the error below says enough
-            warnings.simplefilter("ignore", UserWarning)
-            if safe_globals is None:
-                return torch.load(path, map_location="cpu", weights_only=True)
-            with safe_globals(list(SAFE_GLOBALS)):
-                return torch.load(path, map_location="cpu", weights_only=True)
+        # an open file, not its name: torch.load reads a name ending in .safetensors as safetensors, whatever it holds
+        with warnings.catch_warnings(), allowed, open(path, "rb") as file:
+            warnings.simplefilter("ignore", UserWarning)  # torch warns about any pickle protocol but 2
+            return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
         raise ValueError(f"{path} could not be read as a PyTorch state_dict with torch.load(weights_only=True) "
                          f"(truncated, corrupt, or it holds objects other than tensors): {torch_load_reason(e)}; "
