@@ -302,3 +302,10 @@ def test_registered_xsep_model_trains_every_bn():
             bn = model.get_submodule(name.rpartition(".")[0]).bn2  # the block's BN after the XSepConv
             assert isinstance(module.bn3, nn.Identity)
             assert bn.weight.grad.abs().max() > 1e-6 and module.bn2.weight.grad.abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("convert", [mobileconv.mixify, mobileconv.xsepify])
+@pytest.mark.parametrize("model", ["mixnet_s", None, {"conv": 1}])
+def test_something_else_than_a_module_is_refused_by_name(convert, model):
+    with pytest.raises(ValueError, match=f"model must be a torch.nn.Module, got {type(model).__name__}"):
+        convert(model)

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from ..layers import IMPLS, set_layer_impl
+from ..layers.helpers import check_module
 from .weights import check_output_path, fsync_dir, fsync_file, replacement_mode, temporary_path, unwrap_model
 
 FORMATS: dict[str, str] = {  # format -> usual file suffix
@@ -276,8 +277,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
         >>> model = mobileconv.create_model("mixnet_s", pretrained="timm_mixnet_s.safetensors")
         >>> print(export_model(model, "mixnet_s.onnx", "onnx").summary())
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module(model)
     model = uncompiled(model)
     check_format(format)
     if format == "onnx":

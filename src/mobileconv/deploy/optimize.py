@@ -29,7 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ..layers import Conv2dSame, GroupedConv2d, MixConv2d, SqueezeExcite, XSepConv2d, set_layer_impl
-from ..layers.helpers import check_input_channels
+from ..layers.helpers import check_input_channels, check_module
 from ..models._blocks import DepthwiseSeparableBlock, DropPath, InvertedResidual
 from ..models._builder import MobileNet
 from .onednn import OneDNNConv2d, fusable_activation, onednn_available
@@ -120,8 +120,7 @@ def optimize_for_inference(model: nn.Module, *, example_input: torch.Tensor | No
         >>> fast = optimize_for_inference(mobileconv.create_model("mixnet_s"))
         >>> logits = fast(torch.randn(1, 3, 224, 224))
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module(model)
     tensors = [*model.parameters(), *model.buffers(), *([example_input] if torch.is_tensor(example_input) else [])]
     if any(t.is_meta for t in tensors):
         raise ValueError("optimize_for_inference needs the weights and runs the model: the model or example_input "

@@ -39,6 +39,13 @@ def as_int(value: object) -> int | None:
     return None
 
 
+def check_module(model: object, name: str = "model") -> nn.Module:
+    """``model`` if it is an ``nn.Module``; else a ``ValueError`` naming what it is."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
 def check_stride(stride: int, name: str = "stride") -> int:
     value = as_int(stride)
     if value not in (1, 2):

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..layers import Conv2dSame, GroupedConv2d, MixConv2d, XSepConv2d, xsep_padding_schedule
 from ..layers.activations import get_act
-from ..layers.helpers import as_int, check_kernel_sizes
+from ..layers.helpers import as_int, check_kernel_sizes, check_module
 from ..layers.mixconv import SPLITS
 from ._builder import init_weights
 
@@ -144,6 +144,7 @@ def mixify(model: nn.Module, kernel_sizes: Sequence[int] = (3, 5, 7), *, split: 
     Returns:
         The model (a new module if ``model`` itself was a depthwise conv).
     """
+    check_module(model)
     kernel_sizes = check_kernel_sizes(kernel_sizes)
     if split not in SPLITS:  # an error even where no conv qualifies
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -186,6 +187,7 @@ def xsepify(model: nn.Module, min_kernel: int = 5, *, act_layer: str = "relu",
             BatchNorm, as in MobileNet blocks and ``nn.Sequential(conv, BN, ...)``), since two BNs
             in a row leave the first without gradient; otherwise yes.
     """
+    check_module(model)
     if as_int(min_kernel) is None or as_int(min_kernel) < 2:
         raise ValueError(f"min_kernel must be an integer >= 2, got {min_kernel!r}")
     min_kernel = as_int(min_kernel)
