@@ -53,3 +53,21 @@ def test_unusable_pretrained_weights_stop_the_run_in_one_line(reference_dir, tmp
     err = capsys.readouterr().err
     assert expected.format(tmp=tmp_path, ref=ref) in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_other_weights_given_with_resume_are_refused_the_same_ones_accepted(tmp_path, capsys):
+    model = mobileconv.create_model("mobilenetv3_small_100_cifar", num_classes=10)
+    start, other = tmp_path / "start.safetensors", tmp_path / "other.safetensors"
+    save_weights(model, start)
+    save_weights(model, other)
+    run = tmp_path / "run"
+    command = ["train", "--model", "mobilenetv3_small_100_cifar", "--pretrained", str(start), *QUICK]
+    assert main([*command, "--out", str(run)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--pretrained", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"--pretrained {other} (set on the command line) with --resume: a resumed run goes on from its own " \
+           "weights in state.pt" in err
+    assert "pretrained: " + str(start) in (run / "config.yaml").read_text()  # the run is as it was
+    # the same command again with --resume (the usual way to continue a run) is fine
+    assert main([*command[:-2], "--epochs", "2", "--resume", str(run)]) == 0, capsys.readouterr().err

@@ -64,6 +64,7 @@ def train_config_from_args(args: argparse.Namespace):
     set), as is ``--reprob`` with ``--no-aug``; a resumed run's config.yaml records them resolved (older runs
     recorded ``momentum: 0.9`` for adamw), so its values are dropped where nothing uses them any more. ``--aa``
     given without ``--color-jitter`` gets its default colour jitter (0) rather than the one a resumed run recorded.
+    A ``--pretrained`` other than the one the resumed run started from is refused: the run goes on from its own weights.
     """
     from ..engine.config import TrainConfig, check_unused_options, load_yaml, unused_options
 
@@ -76,12 +77,18 @@ def train_config_from_args(args: argparse.Namespace):
         label = f"--resume {resume}: {resume / 'config.yaml'}"
         saved = {k: v for k, v in load_yaml(resume / "config.yaml", label).items() if k not in ("out", "overwrite")}
         config = TrainConfig.from_mapping(saved, label)
+        resumed_pretrained = config.pretrained
     if getattr(args, "config", None):
         values = load_yaml(args.config)
         config = TrainConfig.from_mapping(values, f"--config {args.config}", config)
         origins = {str(k).replace("-", "_"): f"set in --config {args.config}" for k in values}
     origins.update({k: "set on the command line" for k in given})
     config = TrainConfig.from_mapping(given, "command line", config)
+    if getattr(args, "resume", None) and "pretrained" in origins and config.pretrained != resumed_pretrained:
+        # recorded in config.yaml, it would name weights the run never loaded (and load them if the file is reused)
+        raise ValueError(f"--pretrained {config.pretrained} ({origins['pretrained']}) with --resume: a resumed run goes "
+                         f"on from its own weights in state.pt, so no other weights would be loaded; leave --pretrained "
+                         f"out")
     if config.aa and "aa" in origins and "color_jitter" not in origins:  # --aa's default, not a resumed run's value
         config = dataclasses.replace(config, color_jitter=None)
     fields = TrainConfig.fields()
