@@ -198,23 +198,38 @@ def average_checkpoints(sources: list[str | Path], dst: str | Path, top: int | N
     from ..deploy.weights import check_output_path, read_checkpoint  # noqa: PLC0415 - deploy imports this module
 
     check_output_path(dst)
-    files = _average_sources(sources)
-    read = [(path, *read_checkpoint(path, use_ema=use_ema)) for path in files]
+    read = [(path, *read_checkpoint(path, use_ema=use_ema)) for path in _average_sources(sources)]
     if top is not None:
-        missing = [str(path) for path, _, meta in read if not isinstance(_json_or_str(str(meta.get("top1"))), float)]
+        missing = [str(path) for path, _, meta in read if _recorded(meta, "top1") is None]
         if missing:
             raise ValueError(f"--top {top} ranks checkpoints by the test top-1 that mobileconv train records; "
                              f"{', '.join(missing)} record(s) none")
-        read.sort(key=lambda item: (-float(item[2]["top1"]), _epoch_of(item[2]) or 0))
-        read = read[:top]
-    epochs = [_epoch_of(meta) for _, _, meta in read]
-    order = sorted(range(len(read)), key=lambda i: epochs[i]) if None not in epochs else list(range(len(read)))
-    read = [read[i] for i in order]
-    first_path, first, _ = read[0]
+        read = sorted(read, key=lambda item: (-_recorded(item[2], "top1"), _recorded(item[2], "epoch") or 0))[:top]
+    epochs = [_recorded(meta, "epoch") for _, _, meta in read]
+    if None not in epochs:  # oldest first: the last is the latest
+        read, epochs = [read[i] for i in sorted(range(len(read)), key=epochs.__getitem__)], sorted(epochs)
+    _check_averageable(read)
+    averaged = {}
+    for name, value in read[-1][1].items():
+        if value.is_floating_point():
+            averaged[name] = (sum(tensors[name].double() for _, tensors, _ in read) / len(read)).to(value.dtype)
+        else:  # num_batches_tracked: the latest epoch's count
+            averaged[name] = value
+    meta = {k: _json_or_str(str(v)) for k, v in read[-1][2].items() if k not in ("epoch", "top1")}
+    if None not in epochs:
+        meta["averaged_epochs"] = epochs
+    save_weights(dst, averaged, meta)
+    return {"files": [str(path) for path, _, _ in read], "epochs": None if None in epochs else epochs,
+            "tensors": len(averaged)}
+
+
+def _check_averageable(read: list[tuple[Path, dict[str, torch.Tensor], dict]]) -> None:
+    """Refuse checkpoints of different recorded models, tensor names or shapes."""
     models = {str(meta["model"]) for _, _, meta in read if "model" in meta}
     if len(models) > 1:
         raise ValueError(f"the checkpoints are of different models ({', '.join(sorted(models))}): only weights of one "
                          f"model can be averaged")
+    first_path, first, _ = read[0]
     for path, tensors, _ in read[1:]:
         if tensors.keys() != first.keys():
             extra, lacking = sorted(tensors.keys() - first.keys()), sorted(first.keys() - tensors.keys())
@@ -225,20 +240,6 @@ def average_checkpoints(sources: list[str | Path], dst: str | Path, top: int | N
             if value.shape != first[name].shape:
                 raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, {first_path} "
                                  f"{tuple(first[name].shape)}: checkpoints of different models cannot be averaged")
-    latest = read[-1][1]
-    averaged = {}
-    for name, value in latest.items():
-        if value.is_floating_point():
-            total = sum(tensors[name].double() for _, tensors, _ in read)
-            averaged[name] = (total / len(read)).to(value.dtype)
-        else:
-            averaged[name] = value
-    meta = {k: _json_or_str(str(v)) for k, v in read[-1][2].items() if k not in ("epoch", "top1")}
-    if None not in epochs:
-        meta["averaged_epochs"] = sorted(epochs)
-    save_weights(dst, averaged, meta)
-    return {"files": [str(path) for path, _, _ in read], "epochs": sorted(epochs) if None not in epochs else None,
-            "tensors": len(averaged)}
 
 
 def _average_sources(sources: list[str | Path]) -> list[Path]:
@@ -253,10 +254,12 @@ def _average_sources(sources: list[str | Path]) -> list[Path]:
         else:
             files.append(source)
     if len(set(files)) != len(files):
-        raise ValueError(f"a checkpoint is given twice: {', '.join(sorted({str(f) for f in files if files.count(f) > 1}))}")
+        twice = sorted({str(f) for f in files if files.count(f) > 1})
+        raise ValueError(f"a checkpoint is given twice: {', '.join(twice)}")
     return files
 
 
-def _epoch_of(meta: dict) -> int | None:
-    epoch = _json_or_str(str(meta.get("epoch")))
-    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+def _recorded(meta: dict, key: str) -> float | None:
+    """A number the metadata records under ``key`` (its values are JSON text), else None."""
+    value = _json_or_str(str(meta.get(key)))
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -168,7 +168,15 @@ class _NoisySchedule:
 
 
 class _Warmup(_NoisySchedule):
-    """Linear warm-up from ``start_factor`` over ``warmup_steps`` steps, then :meth:`decayed`, with the optional noise."""
+    """Linear warm-up from ``start_factor`` over ``warmup_steps`` steps (at most the run's steps but one), then
+    :meth:`decayed`, with the optional noise. A plain object so that ``LambdaLR.state_dict()`` saves its fields."""
+
+    def __init__(self, total_steps: int, steps_per_epoch: int, warmup_steps: int, min_factor: float,
+                 start_factor: float) -> None:
+        self.total_steps, self.steps_per_epoch = max(1, total_steps), max(1, steps_per_epoch)
+        self.warmup_steps = min(warmup_steps, max(0, total_steps - 1))
+        self.min_factor, self.start_factor = min_factor, start_factor
+        self.set_noise(steps_per_epoch, None, 0.0, 0)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -205,15 +213,13 @@ class WarmupAnneal(_Warmup):
     ``p = (t - W) / (T - W)`` and ``g`` one of :data:`ANNEALING`: ``cosine``, ``(1 + cos(pi p)) / 2``
     (Loshchilov & Hutter 2017, eq. 5, one cycle); ``poly``, ``(1 - p) ** power`` (timm's ``PolyLRScheduler``);
     ``tanh``, ``(1 - tanh(-7 (1 - p) + 3 p)) / 2`` (timm's ``TanhLRScheduler``, which ends at 0.25% of the way
-    from ``min`` to the peak rather than at ``min``). A plain object so that ``LambdaLR.state_dict()`` saves its
-    fields.
+    from ``min`` to the peak rather than at ``min``).
     """
 
-    def __init__(self, total_steps: int, warmup_steps: int, min_factor: float = 0.0, start_factor: float = 0.01,
-                 shape: str = "cosine", power: float = 1.0):
-        self.total_steps, self.warmup_steps = max(1, total_steps), min(warmup_steps, max(0, total_steps - 1))
-        self.min_factor, self.start_factor, self.shape, self.power = min_factor, start_factor, shape, power
-        self.set_noise(1, None, 0.0, 0)
+    def __init__(self, total_steps: int, steps_per_epoch: int, warmup_steps: int, min_factor: float = 0.0,
+                 start_factor: float = 0.01, shape: str = "cosine", power: float = 1.0):
+        super().__init__(total_steps, steps_per_epoch, warmup_steps, min_factor, start_factor)
+        self.shape, self.power = shape, power
 
     def decayed(self, step: int) -> float:
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
@@ -227,19 +233,15 @@ class WarmupStepDecay(_Warmup):
     completed (``t // steps_per_epoch``) and ``n`` the decays so far: ``e // D`` with ``D`` = ``decay_epochs``,
     timm's ``StepLRScheduler`` (``decay_rate ** (epoch // decay_t)``, counted from the start of the run; the
     MnasNet / MobileNetV3 / MixNet recipe has ``rate`` 0.97 and ``D`` 2.4), or, given ``milestones``, how many of
-    them are ``<= e``, timm's ``MultiStepLRScheduler``. Updated once per epoch. A plain object so that
-    ``LambdaLR.state_dict()`` saves its fields.
+    them are ``<= e``, timm's ``MultiStepLRScheduler``. Updated once per epoch.
     """
 
-    def __init__(self, total_steps: int, steps_per_epoch: int, warmup_steps: int, decay_epochs: float | None,
-                 decay_rate: float, min_factor: float = 0.0, start_factor: float = 0.01,
+    def __init__(self, total_steps: int, steps_per_epoch: int, warmup_steps: int, min_factor: float,
+                 start_factor: float, decay_rate: float, decay_epochs: float | None = None,
                  milestones: tuple[int, ...] | None = None):
-        self.steps_per_epoch = max(1, steps_per_epoch)
-        self.warmup_steps = min(warmup_steps, max(0, total_steps - 1))
+        super().__init__(total_steps, steps_per_epoch, warmup_steps, min_factor, start_factor)
         self.decay_epochs, self.decay_rate = decay_epochs, decay_rate
         self.milestones = None if milestones is None else list(milestones)
-        self.min_factor, self.start_factor = min_factor, start_factor
-        self.set_noise(steps_per_epoch, None, 0.0, 0)
 
     def decayed(self, step: int) -> float:
         epoch = step // self.steps_per_epoch
@@ -258,20 +260,16 @@ class WarmupPlateau(_Warmup):
     :meth:`record` takes the metric after each epoch: an epoch that does not beat the best so far by more than
     1e-4 of it (higher for ``mode="max"``, lower for ``"min"``) is a bad one, and more than ``patience`` bad epochs
     in a row decay the rate and start the count again. Epochs that end within the warm-up are not counted, as timm
-    passes them over. A plain object so that ``LambdaLR.state_dict()`` saves its fields; :meth:`replay` rebuilds
-    them from a run's history.
+    passes them over. :meth:`replay` rebuilds the count from a run's history.
     """
 
     THRESHOLD = 1e-4  # ReduceLROnPlateau's default, relative
 
-    def __init__(self, steps_per_epoch: int, warmup_steps: int, total_steps: int, decay_rate: float, patience: int,
-                 mode: str = "max", min_factor: float = 0.0, start_factor: float = 0.01):
-        self.steps_per_epoch = max(1, steps_per_epoch)
-        self.warmup_steps = min(warmup_steps, max(0, total_steps - 1))
+    def __init__(self, total_steps: int, steps_per_epoch: int, warmup_steps: int, min_factor: float,
+                 start_factor: float, decay_rate: float, patience: int, mode: str = "max"):
+        super().__init__(total_steps, steps_per_epoch, warmup_steps, min_factor, start_factor)
         self.decay_rate, self.patience, self.mode = decay_rate, patience, mode
-        self.min_factor, self.start_factor = min_factor, start_factor
         self.decays, self.best, self.bad_epochs = 0, None, 0
-        self.set_noise(steps_per_epoch, None, 0.0, 0)
 
     def decayed(self, step: int) -> float:
         return max(self.min_factor, self.decay_rate ** self.decays)
@@ -321,24 +319,27 @@ def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_ep
       (:class:`WarmupPlateau`; tell it each epoch's metric with ``schedule.record``, then :func:`refresh_lr`).
 
     Options left ``None`` take timm's defaults (:data:`DEFAULT_DECAY_EPOCHS`, :data:`DEFAULT_DECAY_RATE`,
-    :data:`DEFAULT_DECAY_MILESTONES`, :data:`DEFAULT_PATIENCE_EPOCHS`). ``noise = (start, end)``: timm's ``--lr-noise``, the rate of each epoch from
-    ``start * epochs`` to before ``end * epochs`` times ``1 + lr_noise(epoch, noise_pct, seed)``.
+    :data:`DEFAULT_DECAY_MILESTONES`, :data:`DEFAULT_PATIENCE_EPOCHS`). ``noise = (start, end)``: timm's
+    ``--lr-noise``, the rate of each epoch from ``start * epochs`` to before ``end * epochs`` times
+    ``1 + lr_noise(epoch, noise_pct, seed)``.
     Call ``step()`` after every optimizer step."""
     if sched not in SCHEDULES:
         raise ValueError(f"--sched must be one of {', '.join(SCHEDULES)}, got {sched!r}")
     total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
     start = 0.01 if warmup_lr is None else warmup_lr / lr
     decay_rate = DEFAULT_DECAY_RATE.get(sched) if decay_rate is None else decay_rate
+    common = (total, steps_per_epoch, warmup, min_lr / lr, start)
     if sched in ANNEALING:
-        schedule = WarmupAnneal(total, warmup, min_lr / lr, start, sched, decay_rate if sched == "poly" else 1.0)
+        schedule = WarmupAnneal(*common, sched, decay_rate if sched == "poly" else 1.0)
     elif sched == "plateau":
         patience = DEFAULT_PATIENCE_EPOCHS[sched] if patience_epochs is None else patience_epochs
-        schedule = WarmupPlateau(steps_per_epoch, warmup, total, decay_rate, patience, mode, min_lr / lr, start)
+        schedule = WarmupPlateau(*common, decay_rate, patience, mode)
+    elif sched == "multistep":
+        milestones = DEFAULT_DECAY_MILESTONES[sched] if decay_milestones is None else decay_milestones
+        schedule = WarmupStepDecay(*common, decay_rate, milestones=milestones)
     else:
-        decay_epochs = DEFAULT_DECAY_EPOCHS.get(sched) if decay_epochs is None else decay_epochs
-        milestones = DEFAULT_DECAY_MILESTONES.get(sched) if decay_milestones is None else decay_milestones
-        schedule = WarmupStepDecay(total, steps_per_epoch, warmup, decay_epochs, decay_rate, min_lr / lr, start,
-                                   milestones if sched == "multistep" else None)
+        schedule = WarmupStepDecay(*common, decay_rate, DEFAULT_DECAY_EPOCHS[sched] if decay_epochs is None else
+                                   decay_epochs)
     if noise is not None:
         schedule.set_noise(steps_per_epoch, (noise[0] * epochs, noise[1] * epochs), noise_pct, seed)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
