@@ -101,7 +101,8 @@ def test_resuming_a_multistep_run_with_cosine_drops_the_recorded_milestones(tmp_
      "--decay-milestones must be epochs >= 1 in increasing order, got (3, 2)"),
     (["--sched", "multistep", "--decay-milestones", "0", "2"],
      "--decay-milestones must be epochs >= 1 in increasing order, got (0, 2)"),
-    (["--sched", "poly", "--decay-rate", "0"], "--decay-rate must be a finite number > 0 with --sched poly (the power)"),
+    (["--sched", "poly", "--decay-rate", "0"],
+     "--decay-rate must be a finite number > 0 with --sched poly (the power)"),
     (["--sched", "step", "--decay-rate", "2"], "--decay-rate must be in (0, 1], got 2.0"),
     (["--sched", "step", "--decay-milestones", "30"], "--decay-milestones 30 (set on the command line) is used by "
                                                       "--sched multistep only, not by --sched step"),

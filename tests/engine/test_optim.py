@@ -35,8 +35,40 @@ def test_sgd_is_nesterov_and_adamw_decoupled():
     sgd = create_optimizer(small_model(), "sgd", lr=0.1, weight_decay=1e-4)
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["nesterov"]
     assert isinstance(create_optimizer(small_model(), "adamw", lr=1e-3, weight_decay=0.05), torch.optim.AdamW)
-    with pytest.raises(ValueError, match="--opt must be one of sgd, rmsprop, rmsproptf, adamw, got .lamb."):
+    with pytest.raises(ValueError, match="--opt must be one of sgd, rmsprop, rmsproptf, adamw, adam, nadam, radam, "
+                                         "got .lamb."):
         create_optimizer(small_model(), "lamb", lr=0.1, weight_decay=0)
+
+
+def test_adam_steps_as_written_out_with_its_weight_decay_in_the_gradient():
+    # Kingma & Ba 2015, Algorithm 1, with timm's / torch's coupled L2 decay: g = grad + wd * p on decayed weights only
+    model = small_model()
+    opt = create_optimizer(model, "adam", lr=0.01, weight_decay=0.1)
+    params = dict(model.named_parameters())
+    w, b = params["0.weight"].detach().clone(), params["1.weight"].detach().clone()
+    m_w, v_w, m_b, v_b = (torch.zeros_like(t) for t in (w, w, b, b))
+    for t in (1, 2):
+        grads = {name: torch.randn_like(p) for name, p in params.items()}
+        for name, p in params.items():
+            p.grad = grads[name].clone()
+        opt.step()
+        for value, grad, m, v, decay in ((w, grads["0.weight"] + 0.1 * w, m_w, v_w, True),
+                                         (b, grads["1.weight"], m_b, v_b, False)):
+            m.mul_(0.9).add_(0.1 * grad)
+            v.mul_(0.999).add_(0.001 * grad * grad)
+            m_hat, v_hat = m / (1 - 0.9 ** t), v / (1 - 0.999 ** t)
+            value -= 0.01 * m_hat / (v_hat.sqrt() + 1e-8)
+        torch.testing.assert_close(params["0.weight"].detach(), w)
+        torch.testing.assert_close(params["1.weight"].detach(), b)
+
+
+@pytest.mark.parametrize("name, kind", [("nadam", torch.optim.NAdam), ("radam", torch.optim.RAdam)])
+def test_nadam_and_radam_are_torchs_with_coupled_decay_on_weights_only(name, kind):
+    opt = create_optimizer(small_model(), name, lr=0.002, weight_decay=1e-5)
+    assert type(opt) is kind and opt.defaults["eps"] == 1e-8 and not opt.defaults["decoupled_weight_decay"]
+    assert [g["weight_decay"] for g in opt.param_groups] == [1e-5, 0.0]
+    with pytest.raises(ValueError, match=f"--momentum 0.9 is not used by --opt {name}"):
+        create_optimizer(small_model(), name, lr=0.002, weight_decay=0, momentum=0.9)
 
 
 def test_decay_skips_bn_in_an_actual_step():

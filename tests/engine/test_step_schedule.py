@@ -34,7 +34,8 @@ def test_step_schedule_never_goes_below_min_lr():
 
 
 def test_unknown_schedule_is_refused():
-    with pytest.raises(ValueError, match="--sched must be one of cosine, poly, tanh, step, multistep, plateau, got 'linear'"):
+    with pytest.raises(ValueError, match="--sched must be one of cosine, poly, tanh, step, multistep, plateau, "
+                                         "got 'linear'"):
         scheduled_lrs(1, 1, 0, 0.1, 0.0, "linear", 1, 0.5)
 
 

@@ -37,8 +37,9 @@ def register(subparsers) -> None:
         "average", help="average the weights of several checkpoints (timm's avg_checkpoints.py)",
         description="Write the mean of the weights of SRC... to --out as safetensors (atomically: nothing is "
                     "written unless every checkpoint is read and fits). A SRC is a checkpoint file or the run folder "
-                    "of `mobileconv train --checkpoint-hist N` (its checkpoint-EPOCH.safetensors files). Floating-point "
-                    "tensors are averaged; integer ones (BatchNorm's num_batches_tracked) come from the latest epoch.")
+                    "of `mobileconv train --checkpoint-hist N` (its checkpoint-EPOCH.safetensors files). "
+                    "Floating-point tensors are averaged; integer ones (BatchNorm's num_batches_tracked) come from the "
+                    "latest epoch.")
     p.add_argument("src", nargs="+", metavar="SRC", help="checkpoint files or run folders")
     p.add_argument("--out", required=True, metavar="DST", help="safetensors file to write (replaced if it exists)")
     p.add_argument("--top", type=positive_int, metavar="N",

@@ -86,9 +86,9 @@ def train_config_from_args(args: argparse.Namespace):
     config = TrainConfig.from_mapping(given, "command line", config)
     if getattr(args, "resume", None) and "pretrained" in origins and config.pretrained != resumed_pretrained:
         # recorded in config.yaml, it would name weights the run never loaded (and load them if the file is reused)
-        raise ValueError(f"--pretrained {config.pretrained} ({origins['pretrained']}) with --resume: a resumed run goes "
-                         f"on from its own weights in state.pt, so no other weights would be loaded; leave --pretrained "
-                         f"out")
+        raise ValueError(f"--pretrained {config.pretrained} ({origins['pretrained']}) with --resume: a resumed run "
+                         f"goes on from its own weights in state.pt, so no other weights would be loaded; leave "
+                         f"--pretrained out")
     if config.aa and "aa" in origins and "color_jitter" not in origins:  # --aa's default, not a resumed run's value
         config = dataclasses.replace(config, color_jitter=None)
     fields = TrainConfig.fields()

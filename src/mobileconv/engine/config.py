@@ -17,10 +17,10 @@ from ..data.auto_augment import auto_augment_transform
 from ..data.datasets import TRAIN_INTERPOLATIONS
 from ..data.transforms import ERASE_MODES
 
-OPTIMIZERS = ("sgd", "rmsprop", "rmsproptf", "adamw")
+OPTIMIZERS = ("sgd", "rmsprop", "rmsproptf", "adamw", "adam", "nadam", "radam")
 # the options that only some optimizers have: SGD has no epsilon, AdamW no momentum (its betas are fixed)
 OPTIMIZER_OPTIONS = {"sgd": ("momentum",), "rmsprop": ("momentum", "opt_eps"), "rmsproptf": ("momentum", "opt_eps"),
-                     "adamw": ("opt_eps",)}
+                     "adamw": ("opt_eps",), "adam": ("opt_eps",), "nadam": ("opt_eps",), "radam": ("opt_eps",)}
 DEVICES = ("auto", "cpu", "cuda")
 # learning-rate schedules after the warm-up (optim.create_scheduler): the first three end at --min-lr
 SCHEDULES = ("cosine", "poly", "tanh", "step", "multistep", "plateau")
@@ -58,7 +58,7 @@ class TrainConfig:
     epochs: int = option(15, "number of epochs")
     batch_size: int = option(64, "global batch size, split evenly over the processes")
     lr: float | None = option(None, "peak learning rate (default: 0.1 sgd, 0.01 rmsprop / rmsproptf, "
-                                    "0.002 adamw)", type=float)
+                                    "0.002 adamw / adam / nadam / radam)", type=float)
     min_lr: float = option(0.0, "final learning rate of the cosine, poly or tanh schedule (with --sched step / "
                                 "multistep / plateau: the lowest rate)")
     warmup_epochs: float = option(1.0, "linear warm-up from --warmup-lr to lr over this many epochs")
@@ -79,9 +79,10 @@ class TrainConfig:
                                                       type=int, nargs="+", metavar="E")
     patience_epochs: int | None = option(None, "--sched plateau: epochs without improvement it waits for before a "
                                                "decay (default 10, timm's)", type=int, metavar="N")
-    decay_rate: float | None = option(None, "--sched step / multistep / plateau: factor per decay, in (0, 1] (default 0.1, "
-                                            "timm's; the TF recipe uses 0.97); --sched poly: the power, > 0 "
-                                            "(default 0.1, timm's, which overloads --decay-rate so)", type=float)
+    decay_rate: float | None = option(None, "--sched step / multistep / plateau: factor per decay, in (0, 1] "
+                                            "(default 0.1, timm's; the TF recipe uses 0.97); --sched poly: the "
+                                            "power, > 0 (default 0.1, timm's, which overloads --decay-rate so)",
+                                      type=float)
     lr_noise: tuple[float, float] | None = option(None, "timm's learning-rate noise from START to END, fractions of "
                                                         "the run: each epoch's rate times 1 + a N(0, 1) draw below "
                                                         "--lr-noise-pct (default: off)", type=float, nargs=2,
@@ -89,12 +90,13 @@ class TrainConfig:
     lr_noise_pct: float | None = option(None, "--lr-noise: largest noise magnitude (default 0.67, timm's)", type=float)
     opt: str = option("sgd", "optimizer", choices=OPTIMIZERS)
     momentum: float | None = option(None, "momentum, in [0, 1) (default: 0.9 for sgd (Nesterov), rmsprop and "
-                                          "rmsproptf; adamw has none and refuses it)", type=float)
+                                          "rmsproptf; the Adam family has none and refuses it)", type=float)
     opt_eps: float | None = option(None, "optimizer epsilon, > 0 (default: rmsprop 0.0316 = sqrt of TF's 1e-3, "
-                                         "rmsproptf 1e-3 inside the square root, adamw 1e-8; sgd has none and "
-                                         "refuses it)", type=float)
+                                         "rmsproptf 1e-3 inside the square root, the Adam family 1e-8; sgd has none "
+                                         "and refuses it)", type=float)
     weight_decay: float | None = option(None, "weight decay of conv / linear weights, never of norm layers and "
-                                              "biases (default: 5e-4 sgd, 1e-5 rmsprop / rmsproptf, 0.05 adamw)",
+                                              "biases (default: 5e-4 sgd, 1e-5 rmsprop / rmsproptf / adam / nadam / "
+                                              "radam, 0.05 adamw)",
                                         type=float)
     smoothing: float = option(0.1, "label smoothing")
     mixup: float = option(0.0, "mixup alpha (0 = off)")

@@ -1,4 +1,5 @@
-"""Optimizers (SGD, RMSProp, TensorFlow's RMSProp as in the MobileNetV3 / MixNet papers, AdamW) and the
+"""Optimizers (SGD, RMSProp, TensorFlow's RMSProp as in the MobileNetV3 / MixNet papers, AdamW, Adam, NAdam,
+RAdam) and the
 warm-up + cosine, poly, tanh, step, multi-step or plateau schedules (timm's)."""
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from torch import nn
 from .config import SCHEDULES
 
 # per-optimizer defaults for the options left unset (batch 64; scale lr with the batch)
-DEFAULT_LR = {"sgd": 0.1, "rmsprop": 0.01, "rmsproptf": 0.01, "adamw": 0.002}
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "rmsprop": 1e-5, "rmsproptf": 1e-5, "adamw": 0.05}
+# Adam, NAdam and RAdam take the weight decay as an L2 term of the gradient (torch's and timm's), AdamW decoupled
+ADAM_L2 = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam}
+DEFAULT_LR = {"sgd": 0.1, "rmsprop": 0.01, "rmsproptf": 0.01, "adamw": 0.002, **dict.fromkeys(ADAM_L2, 0.002)}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "rmsprop": 1e-5, "rmsproptf": 1e-5, "adamw": 0.05, **dict.fromkeys(ADAM_L2, 1e-5)}
 # TF's RMSProp adds eps inside the square root: sqrt(v + 1e-3) ~ sqrt(v) + sqrt(1e-3) for torch's form
-DEFAULT_EPS = {"sgd": None, "rmsprop": 1e-3 ** 0.5, "rmsproptf": 1e-3, "adamw": 1e-8}
-DEFAULT_MOMENTUM = {"sgd": 0.9, "rmsprop": 0.9, "rmsproptf": 0.9, "adamw": None}  # None: the optimizer has none
+DEFAULT_EPS = {"sgd": None, "rmsprop": 1e-3 ** 0.5, "rmsproptf": 1e-3, "adamw": 1e-8, **dict.fromkeys(ADAM_L2, 1e-8)}
+# None: the optimizer has none (the Adam family's betas are fixed at torch's 0.9, 0.999)
+DEFAULT_MOMENTUM = {"sgd": 0.9, "rmsprop": 0.9, "rmsproptf": 0.9, "adamw": None, **dict.fromkeys(ADAM_L2, None)}
 RMSPROP_DECAY = 0.9  # TF "decay" = torch "alpha" (MnasNet / MobileNetV3 / MixNet training setup)
 
 
@@ -106,7 +110,9 @@ def start_missing_momentum_buffers(optimizer: torch.optim.Optimizer, args=(), kw
 
 def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float, momentum: float | None = None,
                      eps: float | None = None) -> torch.optim.Optimizer:
-    """``sgd`` (Nesterov), ``rmsprop`` (torch's, alpha 0.9, eps sqrt(1e-3)), ``rmsproptf`` or ``adamw``.
+    """``sgd`` (Nesterov), ``rmsprop`` (torch's, alpha 0.9, eps sqrt(1e-3)), ``rmsproptf``, ``adamw``, or ``adam`` /
+    ``nadam`` / ``radam`` (torch's, whose weight decay is an L2 term of the gradient, as timm's ``--opt adam`` /
+    ``nadam`` / ``radam`` use them).
 
     The MobileNetV3 (Howard 2019, sec. 6.1) and MixNet (Tan 2019, sec. 5) papers train with TF's
     RMSProp, decay 0.9, momentum 0.9 and epsilon 1e-3: ``rmsproptf`` is that (:class:`RMSpropTF`).
@@ -136,6 +142,8 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
         return optimizer
     if opt == "rmsproptf":
         return RMSpropTF(groups, lr=lr, alpha=RMSPROP_DECAY, eps=eps, momentum=momentum)
+    if opt in ADAM_L2:
+        return ADAM_L2[opt](groups, lr=lr, eps=eps)
     return torch.optim.AdamW(groups, lr=lr, eps=eps)
 
 
