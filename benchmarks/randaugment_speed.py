@@ -9,6 +9,9 @@ it over its data-loader workers, mobileconv's ``--workers`` load images but the 
 training process.
 
     python benchmarks/randaugment_speed.py --threads 2
+    python benchmarks/randaugment_speed.py --policy augmix-m3-w3 --out benchmarks/results/augmix_speed
+
+Another ``--policy`` (AutoAugment, AugMix) times the batched module and the training step only.
 """
 from __future__ import annotations
 
@@ -25,14 +28,16 @@ from PIL import Image, ImageEnhance, ImageOps
 
 import mobileconv
 from mobileconv.cli._args import cpu_threads, positive_int, registered_model
-from mobileconv.data.auto_augment import RAND_TRANSFORMS, RandAugment, parse_rand_augment
+from mobileconv.data.auto_augment import RAND_TRANSFORMS, RandAugment, auto_augment_transform, parse_rand_augment
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--policy", default="rand-m9-mstd0.5", help="timm's RandAugment string")
+    p.add_argument("--policy", default="rand-m9-mstd0.5",
+                   help="timm's --aa string (RandAugment, AutoAugment or AugMix; Pillow is timed beside RandAugment "
+                        "only)")
     p.add_argument("--model", type=registered_model, default="mixnet_s", help="the training step timed for scale")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--image-size", type=positive_int, default=224)
@@ -113,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     images = photos(args.batch_size, args.image_size)
     batch = torch.from_numpy(np.stack([np.asarray(img) for img in images])).permute(0, 3, 1, 2).float()
     fill = (124, 116, 104)  # timm's img_mean for the ImageNet mean
-    batched = RandAugment.from_policy(args.policy, fill=fill)
-    per_image = pillow_rand_augment(args.policy, fill)
+    batched = auto_augment_transform(args.policy, fill=fill)
+    per_image = pillow_rand_augment(args.policy, fill) if isinstance(batched, RandAugment) else None
     model = mobileconv.create_model(args.model).train().to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size).contiguous(
@@ -126,11 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
 
-    variants = {
-        "mobileconv RandAugment, batched": lambda: batched(batch),
-        "timm's way: Pillow, image by image": lambda: [per_image(img) for img in images],
-        f"{args.model} training step (channels_last)": train_step,
-    }
+    variants = {f"mobileconv {type(batched).__name__}, batched": lambda: batched(batch)}
+    if per_image is not None:
+        variants["timm's way: Pillow, image by image"] = lambda: [per_image(img) for img in images]
+    variants[f"{args.model} training step (channels_last)"] = train_step
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():  # warm-up
         fn()
@@ -141,15 +145,16 @@ def main(argv: list[str] | None = None) -> None:
             times[name].append((time.perf_counter() - start) * 1e3)
     median = {name: statistics.median(t) for name, t in times.items()}
     step = median[f"{args.model} training step (channels_last)"]
-    lines = [f"# RandAugment cost per batch ({args.policy})", "",
+    lines = [f"# {type(batched).__name__} cost per batch ({args.policy})", "",
              f"Batch {args.batch_size}, {args.image_size} px, {args.threads} threads, {args.rounds} alternating "
              f"rounds, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
              "| variant | ms per batch (median) | ms per image | share of a training step |",
              "| --- | --- | --- | --- |"]
     for name, ms in median.items():
         lines.append(f"| {name} | {ms:.1f} | {ms / args.batch_size:.2f} | {ms / step:.2f} |")
-    ratio = median["timm's way: Pillow, image by image"] / median["mobileconv RandAugment, batched"]
-    lines += ["", f"Batched over Pillow image by image: {ratio:.2f}x as fast."]
+    if per_image is not None:
+        ratio = median["timm's way: Pillow, image by image"] / median["mobileconv RandAugment, batched"]
+        lines += ["", f"Batched over Pillow image by image: {ratio:.2f}x as fast."]
     report = "\n".join(lines) + "\n"
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,8 @@ def test_policy_strings_parse_as_timm_reads_them(policy, expected):
 
 @pytest.mark.parametrize("policy, message", [
     ("v1", "expected timm's RandAugment string"),
-    ("augmix-m5", "or an AutoAugment policy v0/v0r/original/originalr"),
+    ("trivial", "or an AutoAugment policy v0/v0r/original/originalr"),
+    ("trivial", "or timm's AugMix string"),
     ("", "expected"),
     ("rand-m9-x3", "unknown section 'x3'"),
     ("rand-m9-m7", "repeated section 'm7'"),

@@ -559,16 +559,123 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# timm's _AUGMIX_TRANSFORMS: the AugMix paper's ops and the enhance ops that grow stronger with the magnitude
+AUGMIX_TRANSFORMS = ("AutoContrast", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+                     "SharpnessIncreasing", "Equalize", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "ShearX",
+                     "ShearY", "TranslateXRel", "TranslateYRel")
+AUGMIX_HELP = ("timm's AugMix string: 'augmix' followed by any of -m<severity> (default 3), -w<chains> (default 3), "
+               "-d<ops per chain; -1: 1 to 3 at random> (default -1), -a<alpha of the Dirichlet / Beta draws> "
+               "(default 1), -mstd<magnitude noise std; default: uniform in [0, m]>; e.g. augmix-m5-w4-d2")
+
+
+def augmix_combine(x: torch.Tensor, chains: Sequence[torch.Tensor], weights: torch.Tensor,
+                   mix: torch.Tensor) -> torch.Tensor:
+    """AugMix's mixing as timm computes it on 8-bit images: ``sum_j weights[:, j] * chains[j]`` in float32, clipped
+    to 0-255 and truncated to integers (``astype(uint8)``), then ``Image.blend(x, mixed, mix)`` per image."""
+    mixed = torch.zeros_like(x)
+    for j, chain in enumerate(chains):
+        mixed += weights[:, j].to(torch.float32).view(-1, 1, 1, 1) * chain
+    return _blend(x, mixed.clamp_(0, 255).trunc_(), mix.to(torch.float32))
+
+
+class AugMix(nn.Module):
+    """timm's AugMix on a batch (Hendrycks et al. 2020, "AugMix", Algorithm 1; timm's ``augmix-m3-w3``): per image,
+    ``width`` chains of ``depth`` ops (1 to 3 at random per chain and image for ``depth=-1``) drawn uniformly from
+    :data:`AUGMIX_TRANSFORMS`, each always applied at a magnitude drawn uniformly in ``[0, magnitude]`` (or
+    ``N(magnitude, magnitude_std)``) and clipped to ``[0, magnitude_max]``; the chains mixed with Dirichlet(``alpha``)
+    weights and the mix blended into the image with a Beta(``alpha``, ``alpha``) factor (:func:`augmix_combine`).
+
+    Input, output and ``interpolation`` as :class:`RandAugment`'s; randomness from torch's global generator. Build
+    one from timm's ``--aa augmix-...`` string with :meth:`from_policy`. (timm's ``-b1`` "blended" shortcut and the
+    JSD loss over augmented splits are not here.)
+    """
+
+    def __init__(self, magnitude: float = 3.0, width: int = 3, depth: int = -1, alpha: float = 1.0,
+                 magnitude_std: float = math.inf, magnitude_max: float = LEVEL_DENOM,
+                 fill: Sequence[int] = (128, 128, 128), interpolation: str = "random") -> None:
+        super().__init__()
+        self.interpolation = check_interpolation(interpolation)
+        if width < 1 or not (depth == -1 or depth >= 1) or not (math.isfinite(alpha) and alpha > 0) \
+                or not (math.isfinite(magnitude) and magnitude >= 0):
+            raise ValueError(f"AugMix needs width >= 1, depth >= 1 or -1, alpha > 0 and a finite magnitude >= 0; got "
+                             f"width={width}, depth={depth}, alpha={alpha}, magnitude={magnitude}")
+        self.magnitude, self.width, self.depth, self.alpha = float(magnitude), int(width), int(depth), float(alpha)
+        self.magnitude_std, self.magnitude_max = float(magnitude_std), float(magnitude_max)
+        self.fill = tuple(int(v) for v in fill)
+
+    @classmethod
+    def from_policy(cls, policy: str, fill: Sequence[int] = (128, 128, 128), interpolation: str = "random") -> AugMix:
+        """From timm's ``--aa`` string (:func:`parse_augmix`)."""
+        return cls(**parse_augmix(policy), fill=fill, interpolation=interpolation)
+
+    def extra_repr(self) -> str:
+        return (f"m={self.magnitude:g}, width={self.width}, depth={self.depth}, alpha={self.alpha:g}, "
+                f"mstd={self.magnitude_std:g}, fill={self.fill}, {self.interpolation}")
+
+    def chain(self, x: torch.Tensor) -> torch.Tensor:
+        """One chain of ops per image on a copy of ``x``."""
+        n = x.shape[0]
+        out = x.clone()
+        depth = torch.full((n,), self.depth) if self.depth > 0 else torch.randint(1, 4, (n,))
+        for step in range(int(depth.max())):
+            choice = torch.randint(len(AUGMIX_TRANSFORMS), (n,))
+            magnitude = draw_magnitudes(self.magnitude, self.magnitude_std, self.magnitude_max, n)
+            negate = torch.rand(n, dtype=torch.float64) > 0.5
+            bicubic = draw_bicubic(self.interpolation, n)
+            for k, name in enumerate(AUGMIX_TRANSFORMS):
+                index = torch.nonzero((depth > step) & (choice == k)).flatten()
+                apply_op(out, name, index, magnitude[index], negate[index], bicubic[index], self.fill)
+        return out
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, dtype = x.shape[0], x.dtype
+        x = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        weights = torch.distributions.Dirichlet(torch.full((self.width,), self.alpha, dtype=torch.float64)).sample((n,))
+        mix = torch.distributions.Beta(torch.tensor(self.alpha, dtype=torch.float64),
+                                       torch.tensor(self.alpha, dtype=torch.float64)).sample((n,))
+        return augmix_combine(x, [self.chain(x) for _ in range(self.width)], weights, mix).to(dtype)
+
+
+def parse_augmix(policy: str) -> dict:
+    """timm's ``augmix-m5-w4-d2-a1-mstd0.5`` as keyword arguments of :class:`AugMix` (the depth's default, -1, cannot
+    be written in the string, as in timm)."""
+    if not isinstance(policy, str) or policy.split("-")[0] != "augmix":
+        raise ValueError(f"--aa {policy!r}: expected {AUGMIX_HELP}")
+    keys = {"m": "magnitude", "w": "width", "d": "depth", "a": "alpha", "mstd": "magnitude_std"}
+    settings = {}
+    for section in policy.split("-")[1:]:
+        match = re.fullmatch(r"([a-z]+)(\d.*)", section)
+        if match and match[1] == "b":
+            raise ValueError(f"--aa {policy!r}: timm's -b (blended) shortcut, which timm marks as not well tested, is "
+                             f"not here: leave {section!r} out")
+        key = keys.get(match[1]) if match else None
+        value = _number(match[2]) if key else None
+        if value is None or key in settings:
+            what = "repeated" if key in settings else "unknown"
+            raise ValueError(f"--aa {policy!r}: {what} section {section!r}; expected {AUGMIX_HELP}")
+        if key in ("width", "depth") and value != int(value):
+            raise ValueError(f"--aa {policy!r}: section {section!r} needs a whole number; expected {AUGMIX_HELP}")
+        settings[key] = int(value) if key in ("width", "depth") else value
+    if settings.get("width", 3) < 1 or settings.get("depth", -1) == 0 or settings.get("alpha", 1.0) <= 0:
+        raise ValueError(f"--aa {policy!r}: needs w >= 1 chains, d >= 1 ops per chain and a > 0; expected "
+                         f"{AUGMIX_HELP}")
+    return settings
+
+
 AUGMENT_HELP = (f"{POLICY_HELP}; or an AutoAugment policy {'/'.join(AUTO_AUGMENT_POLICIES)} (timm's names; v0 is "
-                f"the TPU EfficientNet code's), optionally with -mstd<std>, e.g. v0 or original-mstd0.5")
+                f"the TPU EfficientNet code's), optionally with -mstd<std>, e.g. v0 or original-mstd0.5; or "
+                f"{AUGMIX_HELP}")
 
 
 def auto_augment_transform(policy: str, fill: Sequence[int] = (128, 128, 128),
                            interpolation: str = "random") -> nn.Module:
-    """timm's ``--aa`` string as a module: ``rand...`` -> :class:`RandAugment`, ``v0`` / ``original`` / their ``r``
-    forms -> :class:`AutoAugment`. Raises ``ValueError`` naming the accepted forms for anything else."""
+    """timm's ``--aa`` string as a module: ``rand...`` -> :class:`RandAugment`, ``augmix...`` -> :class:`AugMix`,
+    ``v0`` / ``original`` / their ``r`` forms -> :class:`AutoAugment`. Raises ``ValueError`` naming the accepted forms for anything else."""
     if not isinstance(policy, str) or not policy:
         raise ValueError(f"--aa {policy!r}: expected {AUGMENT_HELP}")
     if policy.split("-")[0] == "rand":
         return RandAugment.from_policy(policy, fill=fill, interpolation=interpolation)
+    if policy.split("-")[0] == "augmix":
+        return AugMix.from_policy(policy, fill=fill, interpolation=interpolation)
     return AutoAugment.from_policy(policy, fill=fill, interpolation=interpolation)

@@ -119,8 +119,8 @@ class TrainConfig:
     hflip: float | None = option(None, "horizontal-flip probability (default: 0 for digits, else 0.5)", type=float)
     color_jitter: float | None = option(None, "colour-jitter strength (default: 0 for digits / synthetic or with "
                                               "--aa, else 0.4)", type=float)
-    aa: str | None = option(None, "RandAugment or AutoAugment policy in timm's syntax, e.g. rand-m9-mstd0.5 or v0 "
-                                  "(default: none)", type=str, metavar="POLICY")
+    aa: str | None = option(None, "RandAugment, AutoAugment or AugMix policy in timm's syntax, e.g. rand-m9-mstd0.5, "
+                                  "v0 or augmix-m3-w3 (default: none)", type=str, metavar="POLICY")
     reprob: float = option(0.0, "random-erasing probability per training image: one rectangle of 2-33%% of the area, "
                                 "filled as --remode says")
     recount: int = option(1, "random erasing: 1 to N rectangles per erased image, each of 1/count of the area "
