@@ -178,21 +178,22 @@ def _affine(x: torch.Tensor, matrices: torch.Tensor, fill: Sequence[int], bicubi
     xin, yin = xin - 0.5, yin - 0.5
     x0, y0 = xin.floor(), yin.floor()
     dx, dy = (xin - x0).unsqueeze(1), (yin - y0).unsqueeze(1)
+    # where every sample falls on a whole column (or row), as in a vertical (horizontal) shear or translation, the
+    # other taps are weighted by 0 and only the nearest one is read: the same value, a quarter of the work
     taps = range(-1, 3) if bicubic else range(2)
-    xs = [(x0.long() + i).clamp(0, w - 1) for i in taps]
-    ys = [(y0.long() + i).clamp(0, h - 1) * w for i in taps]
+    xs = [(x0.long() + i).clamp(0, w - 1) for i in (taps if bool((dx != 0).any()) else [0])]
+    ys = [(y0.long() + i).clamp(0, h - 1) * w for i in (taps if bool((dy != 0).any()) else [0])]
     flat = x.to(torch.float64).reshape(n, c, h * w)
 
     def pixel(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
         return flat.gather(2, (row + col).reshape(n, 1, h * w).expand(n, c, h * w)).reshape(n, c, h, w)
 
-    if bicubic:
-        out = _cubic(*[_cubic(*[pixel(row, col) for col in xs], dx) for row in ys], dy)
-    else:
-        top, bottom = ([pixel(row, col) for col in xs] for row in ys)
-        top = top[0] + (top[1] - top[0]) * dx
-        bottom = bottom[0] + (bottom[1] - bottom[0]) * dx
-        out = top + (bottom - top) * dy
+    def interpolate(values: list[torch.Tensor], d: torch.Tensor) -> torch.Tensor:  # in Pillow's order
+        if len(values) == 1:
+            return values[0]
+        return _cubic(*values, d) if bicubic else values[0] + (values[1] - values[0]) * d
+
+    out = interpolate([interpolate([pixel(row, col) for col in xs], dx) for row in ys], dy)
     out = out.clamp_(0, 255).trunc_()
     fill = torch.tensor(fill, dtype=torch.float64, device=x.device).reshape(1, c, 1, 1)
     return torch.where(inside.unsqueeze(1), out, fill).to(x.dtype)
