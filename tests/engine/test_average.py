@@ -17,10 +17,11 @@ from .helpers import TINY
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "reference"
 
 
-def write(path, epoch, top1, scale, model="mixnet_s"):
+def write(path, epoch, top1, scale, model="mixnet_s", test_loss=1.0):
     tensors = {"conv.weight": torch.full((2, 3), scale), "half": torch.full((4,), scale, dtype=torch.float16),
                "bn.num_batches_tracked": torch.tensor(epoch * 10)}
-    save_weights(path, tensors, {"model": model, "epoch": epoch, "top1": top1, "classes": ["a", "b"]})
+    save_weights(path, tensors, {"model": model, "epoch": epoch, "top1": top1, "top5": 99.0, "test_loss": test_loss,
+                                 "classes": ["a", "b"]})
     return path
 
 
@@ -44,6 +45,17 @@ def test_top_keeps_the_checkpoints_of_the_best_recorded_top1(tmp_path):
     average_checkpoints(files, tmp_path / "avg.safetensors", top=2)
     tensors, meta = load_weights(tmp_path / "avg.safetensors")
     assert torch.equal(tensors["conv.weight"], torch.full((2, 3), 3.0)) and meta["averaged_epochs"] == [2, 3]
+
+
+def test_top_by_loss_keeps_the_lowest_test_losses(tmp_path, capsys):
+    files = [write(tmp_path / f"{e}.safetensors", e, 90.0, scale, test_loss=loss)
+             for e, loss, scale in ((1, 0.9, 1.0), (2, 0.3, 2.0), (3, 0.5, 4.0), (4, 0.3, 8.0))]
+    assert main(["average", *map(str, files), "--top", "2", "--metric", "loss",
+                 "--out", str(tmp_path / "avg.safetensors")]) == 0, capsys.readouterr().err
+    tensors, meta = load_weights(tmp_path / "avg.safetensors")
+    # epochs 2 and 4 tie at 0.3: both kept before epoch 3's 0.5
+    assert meta["averaged_epochs"] == [2, 4] and torch.equal(tensors["conv.weight"], torch.full((2, 3), 5.0))
+    assert not {"top1", "top5", "test_loss", "epoch"} & set(meta)
 
 
 def test_a_run_folder_gives_its_best_epochs_and_the_average_evaluates(tmp_path, capsys):
@@ -80,7 +92,7 @@ def test_timm_checkpoints_average_under_their_own_names(tmp_path):
     ("twice", "a checkpoint is given twice: "),
     ("empty folder", "holds no checkpoint-EPOCH.safetensors files"),
     ("corrupt", "b.safetensors is not a readable safetensors checkpoint"),
-    ("no top1", "--top 1 ranks checkpoints by the test top-1 that mobileconv train records; "),
+    ("no top1", "--top 1 ranks checkpoints by the test top1 that mobileconv train records in its weights files; "),
 ])
 def test_bad_sources_are_refused_and_nothing_is_written(tmp_path, capsys, case, message):
     a = write(tmp_path / "a.safetensors", 1, 50.0, 1.0)

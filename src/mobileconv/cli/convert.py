@@ -43,8 +43,11 @@ def register(subparsers) -> None:
     p.add_argument("src", nargs="+", metavar="SRC", help="checkpoint files or run folders")
     p.add_argument("--out", required=True, metavar="DST", help="safetensors file to write (replaced if it exists)")
     p.add_argument("--top", type=positive_int, metavar="N",
-                   help="average only the N checkpoints of the best test top-1 recorded by mobileconv train "
-                        "(default: all given)")
+                   help="average only the N best checkpoints by --metric, as mobileconv train records it in its "
+                        "weights files (default: all given)")
+    p.add_argument("--metric", choices=("top1", "top5", "loss"), default="top1",
+                   help="what --top ranks by: test top-1, top-5 or loss (the lowest first), as --eval-metric "
+                        "(default top1)")
     p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
     p.set_defaults(func=run_average)
 
@@ -77,7 +80,7 @@ def run_average(args: argparse.Namespace) -> int:
     from ..engine.checkpoint import average_checkpoints
 
     check_dst_name(args.out, "average", "--out")
-    info = call_with_one_line_errors(average_checkpoints, args.src, args.out, args.top, args.use_ema)
+    info = call_with_one_line_errors(average_checkpoints, args.src, args.out, args.top, args.use_ema, args.metric)
     epochs = f" (epochs {', '.join(map(str, info['epochs']))})" if info["epochs"] else ""
     print(f"averaged {len(info['files'])} checkpoints{epochs} -> {args.out}: {info['tensors']} tensors")
     return 0

@@ -183,28 +183,36 @@ def set_rng_states(states: dict) -> None:
 # ---- averaging (timm's avg_checkpoints.py) ------------------------------------------------------
 
 def average_checkpoints(sources: list[str | Path], dst: str | Path, top: int | None = None,
-                        use_ema: bool = False) -> dict:
+                        use_ema: bool = False, metric: str = "top1") -> dict:
     """Write to ``dst`` the mean of the weights of ``sources``, as timm's ``avg_checkpoints.py`` makes it.
 
     A source is a checkpoint file (any that :func:`~mobileconv.deploy.weights.read_checkpoint` reads, timm's and
     torchvision's included) or a run folder of ``mobileconv train --checkpoint-hist N``, for its
-    ``checkpoint-EPOCH.safetensors`` files. ``top`` keeps the ``top`` of them with the highest recorded test top-1.
+    ``checkpoint-EPOCH.safetensors`` files. ``top`` keeps the ``top`` best of them by the test ``metric`` (``top1``,
+    ``top5`` or ``loss``, as ``--eval-metric``) that ``mobileconv train`` records in its weights files.
     Floating-point tensors are averaged in float64 and stored in their own dtype; integer ones (BatchNorm's
     ``num_batches_tracked``) are taken from the latest epoch (the last source where no epoch is recorded). The
     sources must hold the same tensor names and shapes. ``dst`` gets the latest source's metadata (model, classes,
-    normalisation...) with ``averaged_epochs`` in place of its ``epoch`` / ``top1``; nothing is written unless every
+    normalisation...) with ``averaged_epochs`` in place of its epoch and metrics; nothing is written unless every
     source is read and fits. Returns ``{"files", "epochs", "tensors"}``.
     """
     from ..deploy.weights import check_output_path, read_checkpoint  # noqa: PLC0415 - deploy imports this module
+    from .config import EVAL_METRICS  # noqa: PLC0415 - config imports the data package
+    from .metrics import RECORDED_METRICS, metric_of, rank_key  # noqa: PLC0415 - metrics imports this module
 
+    if metric not in EVAL_METRICS:
+        raise ValueError(f"--metric must be one of {', '.join(EVAL_METRICS)}, got {metric!r}")
     check_output_path(dst)
     read = [(path, *read_checkpoint(path, use_ema=use_ema)) for path in _average_sources(sources)]
     if top is not None:
-        missing = [str(path) for path, _, meta in read if _recorded(meta, "top1") is None]
+        rows = [{"epoch": _recorded(meta, "epoch") or 0, **{k: _recorded(meta, k) for k in RECORDED_METRICS}}
+                for _, _, meta in read]
+        missing = [str(path) for (path, _, _), row in zip(read, rows) if metric_of(row, metric) is None]
         if missing:
-            raise ValueError(f"--top {top} ranks checkpoints by the test top-1 that mobileconv train records; "
-                             f"{', '.join(missing)} record(s) none")
-        read = sorted(read, key=lambda item: (-_recorded(item[2], "top1"), _recorded(item[2], "epoch") or 0))[:top]
+            raise ValueError(f"--top {top} ranks checkpoints by the test {metric} that mobileconv train records in its "
+                             f"weights files; {', '.join(missing)} record(s) none")
+        order = sorted(range(len(read)), key=lambda i: rank_key(rows[i], metric))
+        read = [read[i] for i in order[:top]]
     epochs = [_recorded(meta, "epoch") for _, _, meta in read]
     if None not in epochs:  # oldest first: the last is the latest
         read, epochs = [read[i] for i in sorted(range(len(read)), key=epochs.__getitem__)], sorted(epochs)
@@ -215,7 +223,7 @@ def average_checkpoints(sources: list[str | Path], dst: str | Path, top: int | N
             averaged[name] = (sum(tensors[name].double() for _, tensors, _ in read) / len(read)).to(value.dtype)
         else:  # num_batches_tracked: the latest epoch's count
             averaged[name] = value
-    meta = {k: _json_or_str(str(v)) for k, v in read[-1][2].items() if k not in ("epoch", "top1")}
+    meta = {k: _json_or_str(str(v)) for k, v in read[-1][2].items() if k not in ("epoch", *RECORDED_METRICS)}
     if None not in epochs:
         meta["averaged_epochs"] = epochs
     save_weights(dst, averaged, meta)

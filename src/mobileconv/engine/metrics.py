@@ -109,3 +109,28 @@ def plot_confusion(path: str | Path, confusion: list[list[int]], classes: list[s
                             color="white" if count > peak / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title)
     save_figure(fig, path)
+
+
+# an epoch's test metrics that its weights files record (the metrics.csv names)
+RECORDED_METRICS = ("top1", "top5", "test_loss")
+
+
+def metric_of(row: dict, metric: str) -> float:
+    """An epoch's ``--eval-metric`` from its metrics.csv row (``loss`` is the test loss)."""
+    return row["test_loss" if metric == "loss" else metric]
+
+
+def rank_key(row: dict, metric: str) -> tuple[float, int]:
+    """Sorts epochs best first by ``metric`` (the lowest loss, the highest accuracy), the earlier first among equals."""
+    value = metric_of(row, metric)
+    return (value if metric == "loss" else -value, row["epoch"])
+
+
+def ranks_above(row: dict, other: dict, metric: str) -> bool:
+    return rank_key(row, metric) < rank_key(other, metric)
+
+
+def best_epochs(history: list[dict], count: int, metric: str = "top1") -> set[int]:
+    """The ``count`` best epochs by ``metric`` (the earlier one first among equals, as timm's ``CheckpointSaver``
+    ranks them)."""
+    return {int(row["epoch"]) for row in sorted(history, key=lambda row: rank_key(row, metric))[:count]}

@@ -47,7 +47,7 @@ from .distributed import (DistEnv, barrier, broadcast_buffers, broadcast_text, c
 from .ema import ModelEma
 from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from .malloc import keep_large_allocations_on_heap
-from .metrics import plot_curves, write_metrics_csv
+from .metrics import RECORDED_METRICS, best_epochs, metric_of, plot_curves, ranks_above, write_metrics_csv
 from .optim import (DEFAULT_DECAY_EPOCHS, DEFAULT_DECAY_MILESTONES, DEFAULT_DECAY_RATE, DEFAULT_EPS, DEFAULT_LR,
                     DEFAULT_MOMENTUM, DEFAULT_PATIENCE_EPOCHS, DEFAULT_WEIGHT_DECAY, create_optimizer,
                     create_scheduler, refresh_lr)
@@ -668,7 +668,7 @@ def weights_metadata(run: Run, epoch: int) -> dict:
     c, info = run.config, run.info
     meta = {"format": FORMAT, "model": c.model, "dataset": info.name, "num_classes": info.num_classes,
             "classes": info.classes, "img_size": c.img_size, "mean": list(info.mean), "std": list(info.std),
-            "epoch": epoch, "top1": run.history[-1]["top1"], "ema": run.ema is not None}
+            "epoch": epoch, **{k: run.history[-1][k] for k in RECORDED_METRICS}, "ema": run.ema is not None}
     eps = bn_eps_of(run.eval_model)  # restored by load_pretrained, as for `mobileconv convert`'s files
     return meta if eps is None else {**meta, "bn_eps": eps}
 
@@ -770,27 +770,6 @@ def save_epoch(run: Run, epoch: int, is_best: bool) -> None:
     for number, path in ckpt.epoch_files(run.out).items():  # after state.pt: a kill before it redoes this epoch
         if number not in kept:
             path.unlink(missing_ok=True)
-
-
-def metric_of(row: dict, metric: str) -> float:
-    """An epoch's ``--eval-metric`` from its metrics.csv row (``loss`` is the test loss)."""
-    return row["test_loss" if metric == "loss" else metric]
-
-
-def rank_key(row: dict, metric: str) -> tuple[float, int]:
-    """Sorts epochs best first by ``metric`` (the lowest loss, the highest accuracy), the earlier first among equals."""
-    value = metric_of(row, metric)
-    return (value if metric == "loss" else -value, row["epoch"])
-
-
-def ranks_above(row: dict, other: dict, metric: str) -> bool:
-    return rank_key(row, metric) < rank_key(other, metric)
-
-
-def best_epochs(history: list[dict], count: int, metric: str = "top1") -> set[int]:
-    """The ``count`` best epochs by ``metric`` (the earlier one first among equals, as timm's ``CheckpointSaver``
-    ranks them)."""
-    return {int(row["epoch"]) for row in sorted(history, key=lambda row: rank_key(row, metric))[:count]}
 
 
 def make_summary(run: Run) -> dict:
