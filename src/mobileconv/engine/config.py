@@ -155,7 +155,7 @@ class TrainConfig:
     eval_metric: str = option("top1", "the test metric that ranks epochs: for best.safetensors, --checkpoint-hist "
                                       "and --sched plateau (timm's --eval-metric; loss: the lower the better)",
                               choices=EVAL_METRICS)
-    checkpoint_hist: int = option(0, "also keep the weights of the N best epochs by test top-1 as "
+    checkpoint_hist: int = option(0, "also keep the weights of the N best epochs by --eval-metric as "
                                      "checkpoint-EPOCH.safetensors (timm's --checkpoint-hist; 0: none)", metavar="N")
     seed: int = option(0, "random seed (weights, data order, augmentation)")
     deterministic: bool = option(False, "deterministic algorithms only (bitwise-reproducible runs)")
