@@ -311,6 +311,18 @@ def apply_op(x: torch.Tensor, name: str, index: torch.Tensor, magnitude: torch.T
     x.index_copy_(0, on_device, op(images, *args))
 
 
+def apply_chosen(x: torch.Tensor, names: Sequence[str], choice: torch.Tensor, active: torch.Tensor,
+                 magnitude: torch.Tensor, interpolation: str, fill: Sequence[int]) -> None:
+    """Each ``active`` image of ``x`` gets op ``names[choice[i]]`` in place at its ``magnitude``, the sign of the
+    signed ops and the geometric ops' filter drawn here per image (RandAugment's layer, an AugMix chain's step)."""
+    n = x.shape[0]
+    negate = torch.rand(n, dtype=torch.float64) > 0.5
+    bicubic = draw_bicubic(interpolation, n)
+    for k, name in enumerate(names):
+        index = torch.nonzero(active & (choice == k)).flatten()
+        apply_op(x, name, index, magnitude[index], negate[index], bicubic[index], fill)
+
+
 INTERPOLATIONS = ("random", "bilinear", "bicubic")
 
 
@@ -434,11 +446,7 @@ class RandAugment(nn.Module):
         for layer in range(self.num_layers):
             applied = torch.rand(n, dtype=torch.float64) <= self.prob
             magnitude = draw_magnitudes(self.magnitude, self.magnitude_std, self.magnitude_max, n)
-            negate = torch.rand(n, dtype=torch.float64) > 0.5
-            bicubic = draw_bicubic(self.interpolation, n)
-            for k, name in enumerate(self.names):
-                index = torch.nonzero(applied & (choices[:, layer] == k)).flatten()
-                apply_op(x, name, index, magnitude[index], negate[index], bicubic[index], self.fill)
+            apply_chosen(x, self.names, choices[:, layer], applied, magnitude, self.interpolation, self.fill)
         return x.to(dtype)
 
 
@@ -621,11 +629,7 @@ class AugMix(nn.Module):
         for step in range(int(depth.max())):
             choice = torch.randint(len(AUGMIX_TRANSFORMS), (n,))
             magnitude = draw_magnitudes(self.magnitude, self.magnitude_std, self.magnitude_max, n)
-            negate = torch.rand(n, dtype=torch.float64) > 0.5
-            bicubic = draw_bicubic(self.interpolation, n)
-            for k, name in enumerate(AUGMIX_TRANSFORMS):
-                index = torch.nonzero((depth > step) & (choice == k)).flatten()
-                apply_op(out, name, index, magnitude[index], negate[index], bicubic[index], self.fill)
+            apply_chosen(out, AUGMIX_TRANSFORMS, choice, depth > step, magnitude, self.interpolation, self.fill)
         return out
 
     @torch.no_grad()

@@ -275,7 +275,6 @@ def decode_image(path: Path, crop) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-
 @dataclass(frozen=True)
 class RandomResizedCrop:
     """torchvision's ``RandomResizedCrop`` (timm's ``RandomResizedCropAndInterpolation``), drawn per image from

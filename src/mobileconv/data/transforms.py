@@ -73,11 +73,10 @@ class BatchTransform(nn.Module):
             self.auto_augment = auto_augment_transform(auto_augment, fill=fill)
         self.color_jitter = K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=1.0) \
             if train and color_jitter > 0 else None
-        if remode not in ERASE_MODES:
-            raise ValueError(f"remode must be one of {ERASE_MODES}, got {remode!r}")
+        erase = RandomErasing(reprob, remode, recount)  # checks remode and recount also where nothing is erased
         self.remode = remode
         # on the normalised batch, as timm erases: 0 there is the mean colour
-        self.erase = RandomErasing(reprob, remode, recount) if train and reprob > 0 else None
+        self.erase = erase if train and reprob > 0 else None
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
