@@ -99,6 +99,15 @@ class TrainConfig:
                                               "radam, 0.05 adamw)",
                                         type=float)
     smoothing: float = option(0.1, "label smoothing")
+    bce_loss: bool = option(False, "binary cross-entropy, one sigmoid per class, instead of the softmax "
+                                   "cross-entropy (timm's --bce-loss)")
+    bce_target_thresh: float | None = option(None, "--bce-loss: targets above this become 1, the others 0 (timm's "
+                                                   "--bce-target-thresh; default: targets as they are)", type=float,
+                                             metavar="T")
+    bce_sum: bool = option(False, "--bce-loss: sum the loss over the classes, mean over the images (timm's "
+                                  "--bce-sum; default: mean over both)")
+    bce_pos_weight: float | None = option(None, "--bce-loss: weight of each class's positive term (timm's "
+                                                "--bce-pos-weight; default: 1)", type=float, metavar="W")
     mixup: float = option(0.0, "mixup alpha (0 = off)")
     cutmix: float = option(0.0, "cutmix alpha (0 = off)")
     mixup_prob: float = option(1.0, "probability that a batch is mixed by --mixup / --cutmix (timm's)")
@@ -238,6 +247,10 @@ class TrainConfig:
         check(self.lr_noise_pct is None or (math.isfinite(self.lr_noise_pct) and self.lr_noise_pct > 0),
               "lr_noise_pct", "a finite number > 0")
         check(0 <= self.smoothing < 1, "smoothing", "in [0, 1)")
+        check(self.bce_target_thresh is None or 0 <= self.bce_target_thresh < 1, "bce_target_thresh",
+              "in [0, 1) (a threshold of 1 or more would leave no positive target)")
+        check(self.bce_pos_weight is None or (math.isfinite(self.bce_pos_weight) and self.bce_pos_weight > 0),
+              "bce_pos_weight", "a finite number > 0")
         check(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay", "in (0, 1)")
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
         check(0 <= self.reprob <= 1, "reprob", "a probability in [0, 1]")
@@ -274,7 +287,8 @@ def unused_options(config: TrainConfig) -> list[str]:
     erasing, ``--ema-decay`` without ``--ema``, ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with
     ``--warmup-epochs 0``, ``--cooldown-epochs`` with ``--sched step`` / ``multistep``, ``--lr-noise-pct`` without
     ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing, ``--mixup-switch-prob`` without
-    both ``--mixup`` and ``--cutmix``."""
+    both ``--mixup`` and ``--cutmix``, ``--bce-target-thresh`` / ``--bce-sum`` / ``--bce-pos-weight`` without
+    ``--bce-loss``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     scheduled = ("decay_epochs", "decay_milestones", "decay_rate", "patience_epochs")
     unused = [name for name in ("momentum", "opt_eps", *scheduled)
@@ -300,6 +314,9 @@ def unused_options(config: TrainConfig) -> list[str]:
                and getattr(config, name) != default]
     if config.mixup_switch_prob != 0.5 and not (config.mixup > 0 and config.cutmix > 0):
         unused.append("mixup_switch_prob")
+    if not config.bce_loss:
+        unused += [name for name in ("bce_target_thresh", "bce_sum", "bce_pos_weight")
+                   if getattr(config, name) not in (None, False)]
     return unused
 
 
@@ -315,6 +332,9 @@ UNUSED_BECAUSE = {
     "cooldown_epochs": "ends the decay early, and --sched {sched} has no end: use --sched cosine, poly or tanh",
     "lr_noise_pct": "bounds the noise of --lr-noise, which is off: add --lr-noise START END",
     "warmup_lr": "is the rate a warm-up starts from, and --warmup-epochs 0 makes none: give --warmup-epochs",
+    "bce_target_thresh": "is used by --bce-loss only: add --bce-loss",
+    "bce_sum": "is used by --bce-loss only: add --bce-loss",
+    "bce_pos_weight": "is used by --bce-loss only: add --bce-loss",
 }
 
 
@@ -330,7 +350,8 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
         if name in ("aa", "vflip"):
             raise ValueError(f"{flag} {value!r}{where} is an augmentation: leave it out with --no-aug")
         if name in UNUSED_BECAUSE:
-            raise ValueError(f"{flag} {value}{where} {UNUSED_BECAUSE[name].format(sched=config.sched)}, or leave "
+            shown = flag if value is True else f"{flag} {value}"  # a switch is named alone: --bce-sum, not True
+            raise ValueError(f"{shown}{where} {UNUSED_BECAUSE[name].format(sched=config.sched)}, or leave "
                              f"{flag} out")
         if name.startswith("decay_") or name == "patience_epochs":
             users = [sched for sched, names in SCHEDULE_OPTIONS.items() if name in names]

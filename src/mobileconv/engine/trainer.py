@@ -46,6 +46,7 @@ from .distributed import (DistEnv, barrier, broadcast_buffers, broadcast_text, c
                           convert_sync_batchnorm, init_distributed, lost_a_peer, on_main)
 from .ema import ModelEma
 from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
+from .losses import BinaryCrossEntropy
 from .malloc import keep_large_allocations_on_heap
 from .metrics import RECORDED_METRICS, best_epochs, metric_of, plot_curves, ranks_above, write_metrics_csv
 from .optim import (DEFAULT_DECAY_EPOCHS, DEFAULT_DECAY_MILESTONES, DEFAULT_DECAY_RATE, DEFAULT_EPS, DEFAULT_LR,
@@ -354,7 +355,7 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         train_loader=train_loader, test_loader=test_loader,
         train_transform=make_transform(config, info, train=True, cropped=cropped).to(env.device),
         test_transform=make_transform(config, info, train=False).to(env.device),
-        mixer=mixer, criterion=nn.CrossEntropyLoss(label_smoothing=0.0 if mixer.enabled else config.smoothing),
+        mixer=mixer, criterion=make_criterion(config, mixer).to(env.device),
         settings=StepSettings(dtype, config.clip_grad, config.channels_last, config.grad_accum_steps),
         replaces=previous,
         resumed_from=resume if resume is not None and not resuming_here else None)
@@ -362,6 +363,15 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         load_run_state(run, state, state_path)
     on_main(env, lambda: prepare_out_dir(out), None)  # nothing is written there before the first save
     return run
+
+
+def make_criterion(config: TrainConfig, mixer: MixupCutmix) -> nn.Module:
+    """The training loss: softmax cross-entropy, or with ``--bce-loss`` timm's binary cross-entropy. Label smoothing
+    is the loss's own on class indices; mixup / cutmix make soft targets that carry it (timm's arrangement)."""
+    smoothing = 0.0 if mixer.enabled else config.smoothing
+    if config.bce_loss:
+        return BinaryCrossEntropy(smoothing, config.bce_target_thresh, config.bce_sum, config.bce_pos_weight)
+    return nn.CrossEntropyLoss(label_smoothing=smoothing)
 
 
 def process_batch_size(config: TrainConfig, env: DistEnv) -> int:
