@@ -120,13 +120,15 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``dataset[index]``, or ``dataset[epoch, index]`` (a keyed :class:`.sampler.ShardedBatchSampler`): the
-        epoch picks the random crop when there is one (:meth:`with_random_crop`; ``dataset[index]`` is epoch 0's)."""
-        epoch, index = key if isinstance(key, tuple) else (0, key)
+    def __getitem__(self, key: int | tuple[int, int] | tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``dataset[index]``, ``dataset[epoch, index]`` or ``dataset[epoch, index, copy]`` (a keyed
+        :class:`.sampler.ShardedBatchSampler`, with repeats for the last): the epoch, and the copy of a repeated
+        image, pick the random crop when there is one (:meth:`with_random_crop`; ``dataset[index]`` is epoch 0's,
+        copy 0's)."""
+        epoch, index, copy = (*key, 0)[:3] if isinstance(key, tuple) else (0, key, 0)
         path, label = self.samples[index]
         if self.random_crop is not None:
-            return load_random_crop(path, self.random_crop, epoch, index), self.labels[index]
+            return load_random_crop(path, self.random_crop, epoch, index, copy), self.labels[index]
         return load_image(path, self.size, self.crop_pct, self.interpolation), self.labels[index]
 
     def subset(self, indices) -> "ImageFolderDataset":
@@ -242,14 +244,15 @@ def load_image(path: Path, size: int, crop_pct: float = 1.0, interpolation: str 
     return decode_image(path, centre_crop)
 
 
-def load_random_crop(path: Path, crop: "RandomResizedCrop", epoch: int, index: int) -> torch.Tensor:
+def load_random_crop(path: Path, crop: "RandomResizedCrop", epoch: int, index: int, copy: int = 0) -> torch.Tensor:
     """Decode an image file to a uint8 ``(3, crop.size, crop.size)`` tensor: the random resized crop that
-    ``crop`` draws for this image in this epoch (:meth:`RandomResizedCrop.draw`), cut from the whole upright
-    image at its own resolution and then resized, as torchvision's ``RandomResizedCrop`` does it with PIL."""
+    ``crop`` draws for this image (and this ``copy`` of it) in this epoch (:meth:`RandomResizedCrop.draw`), cut
+    from the whole upright image at its own resolution and then resized, as torchvision's ``RandomResizedCrop``
+    does it with PIL."""
     from PIL import Image
 
     def random_crop(img):
-        (left, top, width, height), interpolation = crop.draw(img.width, img.height, epoch, index)
+        (left, top, width, height), interpolation = crop.draw(img.width, img.height, epoch, index, copy)
         resample = getattr(Image.Resampling, interpolation.upper())
         return img.crop((left, top, left + width, top + height)).resize((crop.size, crop.size), resample)
 
@@ -302,14 +305,17 @@ class RandomResizedCrop:
         if not 0 < self.ratio[0] <= self.ratio[1] < math.inf:
             raise ValueError(f"ratio must be two finite numbers 0 < MIN <= MAX, got {self.ratio!r}")
 
-    def draw(self, width: int, height: int, epoch: int, index: int) -> tuple[tuple[int, int, int, int], str]:
-        """``((left, top, crop_width, crop_height), interpolation)`` for image ``index`` of ``width x height``.
+    def draw(self, width: int, height: int, epoch: int, index: int,
+             copy: int = 0) -> tuple[tuple[int, int, int, int], str]:
+        """``((left, top, crop_width, crop_height), interpolation)`` for image ``index`` of ``width x height``
+        (and its ``copy``-th repeat in the epoch, under ``--aug-repeats``; copy 0 draws what an unrepeated image
+        draws).
 
         torchvision's ``RandomResizedCrop.get_params``: up to 10 tries of an area drawn uniformly from ``scale``
         and an aspect ratio drawn log-uniformly from ``ratio``, kept when the crop fits; otherwise the centre
         crop of the whole image, its aspect ratio clamped to ``ratio``.
         """
-        rng = np.random.default_rng([self.seed, epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index, copy] if copy else [self.seed, epoch, index])
         area = width * height
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         box = None

@@ -130,6 +130,9 @@ class TrainConfig:
                                               "--aa, else 0.4)", type=float)
     aa: str | None = option(None, "RandAugment, AutoAugment or AugMix policy in timm's syntax, e.g. rand-m9-mstd0.5, "
                                   "v0 or augmix-m3-w3 (default: none)", type=str, metavar="POLICY")
+    aug_repeats: int = option(0, "repeated augmentation (timm's --aug-repeats): each image N times in a row in the "
+                                 "data order, its copies in one step under their own augmentations; an epoch keeps "
+                                 "its length, so it sees 1/N of the images (0 or 1: off)", metavar="N")
     reprob: float = option(0.0, "random-erasing probability per training image: one rectangle of 2-33%% of the area, "
                                 "filled as --remode says")
     recount: int = option(1, "random erasing: 1 to N rectangles per erased image, each of 1/count of the area "
@@ -255,6 +258,7 @@ class TrainConfig:
         check(self.hflip is None or 0 <= self.hflip <= 1, "hflip", "a probability in [0, 1]")
         check(0 <= self.reprob <= 1, "reprob", "a probability in [0, 1]")
         check(self.recount >= 1, "recount", ">= 1")
+        check(self.aug_repeats >= 0, "aug_repeats", ">= 0 (0 or 1: each image once per epoch)")
         check(0 <= self.mixup_prob <= 1, "mixup_prob", "a probability in [0, 1]")
         check(self.bn_momentum is None or 0 < self.bn_momentum <= 1, "bn_momentum",
               "in (0, 1] (the weight of a new batch; TensorFlow's 0.99 is 0.01 here)")
@@ -283,9 +287,9 @@ ENDING_SCHEDULES = ("cosine", "poly", "tanh")  # those that reach --min-lr at th
 def unused_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
-    ``--aa`` and ``--vflip`` with ``--no-aug``, ``--remode rand`` / ``pixel`` and ``--recount`` without random
-    erasing, ``--ema-decay`` without ``--ema``, ``--amp-dtype`` without ``--amp``, ``--warmup-lr`` with
-    ``--warmup-epochs 0``, ``--cooldown-epochs`` with ``--sched step`` / ``multistep``, ``--lr-noise-pct`` without
+    ``--aa``, ``--vflip`` and ``--aug-repeats`` with ``--no-aug``, ``--remode rand`` / ``pixel`` and
+    ``--recount`` without random erasing, ``--ema-decay`` without ``--ema``, ``--amp-dtype`` without ``--amp``,
+    ``--warmup-lr`` with ``--warmup-epochs 0``, ``--cooldown-epochs`` with ``--sched step`` / ``multistep``, ``--lr-noise-pct`` without
     ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing, ``--mixup-switch-prob`` without
     both ``--mixup`` and ``--cutmix``, ``--bce-target-thresh`` / ``--bce-sum`` / ``--bce-pos-weight`` without
     ``--bce-loss``."""
@@ -295,6 +299,8 @@ def unused_options(config: TrainConfig) -> list[str]:
               if getattr(config, name) is not None and name not in uses]
     if not config.aug:
         unused += [name for name in ("reprob", "aa", "vflip") if getattr(config, name)]
+        if config.aug_repeats > 1:  # without augmentation the copies of an image are the same image
+            unused.append("aug_repeats")
     if config.remode != "const" and not (config.reprob and config.aug):
         unused.append("remode")
     if config.recount != 1 and not (config.reprob and config.aug):
@@ -347,7 +353,7 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
         if name == "reprob":
             raise ValueError(f"--reprob must be 0 with --no-aug (random erasing is an augmentation), got {value!r}"
                              f"{where}")
-        if name in ("aa", "vflip"):
+        if name in ("aa", "vflip", "aug_repeats"):
             raise ValueError(f"{flag} {value!r}{where} is an augmentation: leave it out with --no-aug")
         if name in UNUSED_BECAUSE:
             shown = flag if value is True else f"{flag} {value}"  # a switch is named alone: --bce-sum, not True

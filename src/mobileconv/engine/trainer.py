@@ -444,7 +444,8 @@ def make_loaders(config: TrainConfig, train_set, test_set, env: DistEnv) -> tupl
     """Loaders over this process's shard: shuffled full global batches for training, every test image once."""
     train_sampler = ShardedBatchSampler(len(train_set), config.batch_size, shuffle=True, seed=config.seed,
                                         rank=env.rank, world_size=env.world_size, drop_last=True,
-                                        keyed=getattr(train_set, "random_crop", None) is not None)
+                                        keyed=getattr(train_set, "random_crop", None) is not None,
+                                        repeats=max(config.aug_repeats, 1))
     test_sampler = ShardedBatchSampler(len(test_set), config.batch_size, shuffle=False, rank=env.rank,
                                        world_size=env.world_size, drop_last=False)
     args = {"num_workers": config.workers, "pin_memory": env.device.type == "cuda",
