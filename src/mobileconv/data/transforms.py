@@ -45,17 +45,23 @@ class BatchTransform(nn.Module):
             :func:`.auto_augment.auto_augment_transform`), applied to the crop rounded to 8-bit values, as timm
             applies it to PIL images; the area that its geometric ops uncover takes the mean colour,
             ``round(255 * mean)``.
+        splits: augmentation splits (timm's ``--aug-splits``, AugMix's setting): the output stacks ``splits``
+            versions of the batch, ``[clean; augmented; ...]``. All share one crop and flip of each image; the
+            clean one is only normalised, each other one draws its own ``auto_augment`` and colour jitter.
+            Random erasing applies to every split, or with ``resplit`` to all but the clean one (timm's).
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *, train: bool = False,
                  scale: Sequence[float] = (1.0, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
                  interpolation: str = "bilinear", hflip: float = 0.0, vflip: float = 0.0,
                  color_jitter: float = 0.0, reprob: float = 0.0, remode: str = "const", recount: int = 1,
-                 auto_augment: str | None = None) -> None:
+                 auto_augment: str | None = None, splits: int = 1, resplit: bool = False) -> None:
         super().__init__()
         import kornia.augmentation as K
 
-        self.size = size
+        if splits < 1:
+            raise ValueError(f"splits must be >= 1, got {splits}")
+        self.size, self.splits, self.resplit = size, splits, resplit
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.interpolation = check_interpolation(interpolation)
@@ -86,11 +92,25 @@ class BatchTransform(nn.Module):
         x = self.random_resized_crop(x)
         if self.flip is not None:
             x = self.flip(x)
+        if self.splits == 1:
+            return self.erased(self.normalised(self.augmented(x)))
+        clean = self.normalised(x)
+        if not self.resplit:
+            clean = self.erased(clean)
+        return torch.cat([clean, *(self.erased(self.normalised(self.augmented(x))) for _ in range(self.splits - 1))])
+
+    def augmented(self, x: torch.Tensor) -> torch.Tensor:
+        """Rand/AutoAugment and colour jitter (a new tensor: ``x`` is left as it is)."""
         if self.auto_augment is not None:
             x = self.auto_augment(x.mul(255).round_().clamp_(0, 255)).div_(255)
         if self.color_jitter is not None:  # after Rand/AutoAugment, where timm puts a colour jitter it keeps
             x = self.color_jitter(x)
-        x = (x - self.mean) / self.std
+        return x
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def erased(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.erase is None else self.erase(x)
 
     def random_resized_crop(self, x: torch.Tensor) -> torch.Tensor:

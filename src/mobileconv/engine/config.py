@@ -133,6 +133,13 @@ class TrainConfig:
     aug_repeats: int = option(0, "repeated augmentation (timm's --aug-repeats): each image N times in a row in the "
                                  "data order, its copies in one step under their own augmentations; an epoch keeps "
                                  "its length, so it sees 1/N of the images (0 or 1: off)", metavar="N")
+    aug_splits: int = option(0, "augmentation splits (timm's --aug-splits, for AugMix): each step trains on N "
+                                "versions of its batch, one clean (cropped and flipped only) and N-1 augmented by "
+                                "--aa and colour jitter (0: off; else >= 2)", metavar="N")
+    jsd_loss: bool = option(False, "AugMix's loss over --aug-splits: cross-entropy of the clean split plus 12 times "
+                                   "the Jensen-Shannon divergence of the splits' predictions (timm's --jsd-loss)")
+    resplit: bool = option(False, "--aug-splits with --reprob: erase the augmented splits only, not the clean one "
+                                  "(timm's --resplit)")
     reprob: float = option(0.0, "random-erasing probability per training image: one rectangle of 2-33%% of the area, "
                                 "filled as --remode says")
     recount: int = option(1, "random erasing: 1 to N rectangles per erased image, each of 1/count of the area "
@@ -225,6 +232,12 @@ class TrainConfig:
             value = getattr(self, name)
             check(value is None or (math.isfinite(value) and value >= 0), name, "a finite number >= 0")
         check_unused_options(self)
+        if self.jsd_loss and self.bce_loss:
+            raise ValueError("--jsd-loss and --bce-loss are two different losses: choose one")
+        if self.jsd_loss and (self.mixup > 0 or self.cutmix > 0):
+            raise ValueError("--jsd-loss scores the clean split against class labels, which --mixup / --cutmix replace "
+                             "by mixed targets (as in timm, where they cannot be combined): leave them out, or leave "
+                             "--jsd-loss out")
         # RMSProp / AdamW divide by sqrt(v) + eps: with eps 0, a weight whose gradients have all been 0 so far
         # (a dead ReLU channel) gets 0 / 0 = NaN at its first step, and the run stops on a NaN loss
         eps_ok = self.opt_eps is None or (math.isfinite(self.opt_eps) and self.opt_eps > 0)
@@ -259,6 +272,8 @@ class TrainConfig:
         check(0 <= self.reprob <= 1, "reprob", "a probability in [0, 1]")
         check(self.recount >= 1, "recount", ">= 1")
         check(self.aug_repeats >= 0, "aug_repeats", ">= 0 (0 or 1: each image once per epoch)")
+        check(self.aug_splits == 0 or self.aug_splits >= 2, "aug_splits",
+              "0 (off) or >= 2 (a clean split and augmented ones)")
         check(0 <= self.mixup_prob <= 1, "mixup_prob", "a probability in [0, 1]")
         check(self.bn_momentum is None or 0 < self.bn_momentum <= 1, "bn_momentum",
               "in (0, 1] (the weight of a new batch; TensorFlow's 0.99 is 0.01 here)")
@@ -287,20 +302,20 @@ ENDING_SCHEDULES = ("cosine", "poly", "tanh")  # those that reach --min-lr at th
 def unused_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
-    ``--aa``, ``--vflip`` and ``--aug-repeats`` with ``--no-aug``, ``--remode rand`` / ``pixel`` and
+    ``--aa``, ``--vflip``, ``--aug-repeats`` and ``--aug-splits`` with ``--no-aug``, ``--remode rand`` / ``pixel`` and
     ``--recount`` without random erasing, ``--ema-decay`` without ``--ema``, ``--amp-dtype`` without ``--amp``,
     ``--warmup-lr`` with ``--warmup-epochs 0``, ``--cooldown-epochs`` with ``--sched step`` / ``multistep``, ``--lr-noise-pct`` without
     ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing, ``--mixup-switch-prob`` without
     both ``--mixup`` and ``--cutmix``, ``--bce-target-thresh`` / ``--bce-sum`` / ``--bce-pos-weight`` without
-    ``--bce-loss``."""
+    ``--bce-loss``, ``--jsd-loss`` without ``--aug-splits``, ``--resplit`` without ``--aug-splits`` and
+    ``--reprob``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     scheduled = ("decay_epochs", "decay_milestones", "decay_rate", "patience_epochs")
     unused = [name for name in ("momentum", "opt_eps", *scheduled)
               if getattr(config, name) is not None and name not in uses]
     if not config.aug:
         unused += [name for name in ("reprob", "aa", "vflip") if getattr(config, name)]
-        if config.aug_repeats > 1:  # without augmentation the copies of an image are the same image
-            unused.append("aug_repeats")
+        unused += [name for name in ("aug_repeats", "aug_splits") if getattr(config, name) > 1]
     if config.remode != "const" and not (config.reprob and config.aug):
         unused.append("remode")
     if config.recount != 1 and not (config.reprob and config.aug):
@@ -320,6 +335,10 @@ def unused_options(config: TrainConfig) -> list[str]:
                and getattr(config, name) != default]
     if config.mixup_switch_prob != 0.5 and not (config.mixup > 0 and config.cutmix > 0):
         unused.append("mixup_switch_prob")
+    if config.jsd_loss and not config.aug_splits:
+        unused.append("jsd_loss")
+    if config.resplit and not (config.aug_splits and config.reprob and config.aug):
+        unused.append("resplit")
     if not config.bce_loss:
         unused += [name for name in ("bce_target_thresh", "bce_sum", "bce_pos_weight")
                    if getattr(config, name) not in (None, False)]
@@ -338,6 +357,8 @@ UNUSED_BECAUSE = {
     "cooldown_epochs": "ends the decay early, and --sched {sched} has no end: use --sched cosine, poly or tanh",
     "lr_noise_pct": "bounds the noise of --lr-noise, which is off: add --lr-noise START END",
     "warmup_lr": "is the rate a warm-up starts from, and --warmup-epochs 0 makes none: give --warmup-epochs",
+    "jsd_loss": "compares the predictions of --aug-splits, which is off: add --aug-splits 3",
+    "resplit": "spares the clean split of --aug-splits from --reprob's erasing: add --aug-splits and --reprob",
     "bce_target_thresh": "is used by --bce-loss only: add --bce-loss",
     "bce_sum": "is used by --bce-loss only: add --bce-loss",
     "bce_pos_weight": "is used by --bce-loss only: add --bce-loss",
@@ -353,7 +374,7 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
         if name == "reprob":
             raise ValueError(f"--reprob must be 0 with --no-aug (random erasing is an augmentation), got {value!r}"
                              f"{where}")
-        if name in ("aa", "vflip", "aug_repeats"):
+        if name in ("aa", "vflip", "aug_repeats", "aug_splits"):
             raise ValueError(f"{flag} {value!r}{where} is an augmentation: leave it out with --no-aug")
         if name in UNUSED_BECAUSE:
             shown = flag if value is True else f"{flag} {value}"  # a switch is named alone: --bce-sum, not True

@@ -80,15 +80,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     for images, targets in bar:
         images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
         images = transform(images)
+        splits = len(images) // len(targets)  # --aug-splits: the transform stacks versions of the batch
         if settings.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        loss_targets = targets
+        loss_targets = targets.repeat(splits)
         if mixer is not None and mixer.enabled:
-            images, loss_targets = mixer(images, targets)
+            images, loss_targets = mixer(images, loss_targets)
         optimizer.zero_grad(set_to_none=True)
-        parts = list(zip(images.tensor_split(settings.grad_accum_steps), loss_targets.tensor_split(
-            settings.grad_accum_steps)))
-        parts = [(x, t) for x, t in parts if len(x)]  # fewer images than micro-batches: one image each
+        parts = micro_batches(images, loss_targets, settings.grad_accum_steps, splits)
         total = torch.zeros((), device=env.device)
         for i, (x, t) in enumerate(parts):
             last = i == len(parts) - 1
@@ -116,6 +115,23 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     seconds = time.perf_counter() - start
     return {"loss": loss_total / max(steps, 1), "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
             "img/s": images_seen / max(seconds, 1e-9), "steps": steps}
+
+
+def micro_batches(images: torch.Tensor, targets: torch.Tensor, n: int,
+                  splits: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A step's batch as ``n`` micro-batches (``torch.tensor_split``'s sizes; fewer when there are fewer images).
+
+    With ``splits`` versions of the batch stacked (``[clean; augmented; ...]``, ``--aug-splits``), each
+    micro-batch takes the same images from every split, stacked the same way, as the JSD loss needs them."""
+    if splits == 1:
+        parts = zip(images.tensor_split(n), targets.tensor_split(n))
+    else:
+        channels_last = not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        parts = ((x.flatten(0, 1).contiguous(memory_format=memory_format), t.flatten(0, 1))
+                 for x, t in zip(images.unflatten(0, (splits, -1)).tensor_split(n, dim=1),
+                                 targets.unflatten(0, (splits, -1)).tensor_split(n, dim=1)))
+    return [(x, t) for x, t in parts if len(x)]  # fewer images than micro-batches: one image each
 
 
 def no_sync(model: nn.Module):

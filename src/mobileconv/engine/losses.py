@@ -1,4 +1,5 @@
-"""Training losses beyond ``nn.CrossEntropyLoss``: timm's binary cross-entropy (``--bce-loss``)."""
+"""Training losses beyond ``nn.CrossEntropyLoss``: timm's binary cross-entropy (``--bce-loss``) and AugMix's
+Jensen-Shannon consistency loss (``--jsd-loss``)."""
 from __future__ import annotations
 
 import torch
@@ -50,3 +51,34 @@ class BinaryCrossEntropy(nn.Module):
     def extra_repr(self) -> str:
         return (f"smoothing={self.smoothing}, target_threshold={self.target_threshold}, "
                 f"sum_classes={self.sum_classes}, pos_weight={self.pos_weight}")
+
+
+class JsdCrossEntropy(nn.Module):
+    """AugMix's loss (Hendrycks et al. 2020, Sec. 3), as timm's ``JsdCrossEntropy``: the cross-entropy of the
+    clean split plus ``alpha`` times the Jensen-Shannon divergence of the splits' predictions.
+
+    The logits are ``num_splits`` equal splits of a batch, ``[clean; augmented; ...]`` (``--aug-splits``), and
+    the targets class indices in the same layout. With ``p_i`` the softmax of split ``i`` and ``M`` their mean
+    (clamped to ``[1e-7, 1]``), the divergence is ``mean_i KL(p_i || M)``, summed over classes and averaged over
+    images. ``alpha`` = 12 is the paper's and timm's.
+    """
+
+    def __init__(self, num_splits: int = 3, alpha: float = 12.0, smoothing: float = 0.0) -> None:
+        super().__init__()
+        if num_splits < 2:
+            raise ValueError(f"num_splits must be >= 2 (a clean split and an augmented one), got {num_splits}")
+        self.num_splits, self.alpha, self.smoothing = num_splits, alpha, smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        size = len(logits) // self.num_splits
+        if size * self.num_splits != len(logits) or not size:
+            raise ValueError(f"a batch of {len(logits)} logits does not split into {self.num_splits} equal splits")
+        splits = logits.float().split(size)
+        loss = F.cross_entropy(splits[0], targets[:size], label_smoothing=self.smoothing)
+        probs = [split.softmax(1) for split in splits]
+        log_mixture = torch.stack(probs).mean(0).clamp(1e-7, 1).log()
+        divergence = sum(F.kl_div(log_mixture, p, reduction="batchmean") for p in probs) / len(probs)
+        return loss + self.alpha * divergence
+
+    def extra_repr(self) -> str:
+        return f"num_splits={self.num_splits}, alpha={self.alpha}, smoothing={self.smoothing}"

@@ -46,7 +46,7 @@ from .distributed import (DistEnv, barrier, broadcast_buffers, broadcast_text, c
                           convert_sync_batchnorm, init_distributed, lost_a_peer, on_main)
 from .ema import ModelEma
 from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
-from .losses import BinaryCrossEntropy
+from .losses import BinaryCrossEntropy, JsdCrossEntropy
 from .malloc import keep_large_allocations_on_heap
 from .metrics import RECORDED_METRICS, best_epochs, metric_of, plot_curves, ranks_above, write_metrics_csv
 from .optim import (DEFAULT_DECAY_EPOCHS, DEFAULT_DECAY_MILESTONES, DEFAULT_DECAY_RATE, DEFAULT_EPS, DEFAULT_LR,
@@ -366,9 +366,12 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
 
 
 def make_criterion(config: TrainConfig, mixer: MixupCutmix) -> nn.Module:
-    """The training loss: softmax cross-entropy, or with ``--bce-loss`` timm's binary cross-entropy. Label smoothing
-    is the loss's own on class indices; mixup / cutmix make soft targets that carry it (timm's arrangement)."""
+    """The training loss: softmax cross-entropy, with ``--bce-loss`` timm's binary cross-entropy, with ``--jsd-loss``
+    AugMix's. Label smoothing is the loss's own on class indices; mixup / cutmix make soft targets that carry it
+    (timm's arrangement)."""
     smoothing = 0.0 if mixer.enabled else config.smoothing
+    if config.jsd_loss:
+        return JsdCrossEntropy(config.aug_splits, smoothing=smoothing)
     if config.bce_loss:
         return BinaryCrossEntropy(smoothing, config.bce_target_thresh, config.bce_sum, config.bce_pos_weight)
     return nn.CrossEntropyLoss(label_smoothing=smoothing)
@@ -471,7 +474,8 @@ def make_transform(config: TrainConfig, info: DataInfo, train: bool, cropped: bo
                           interpolation=config.train_interpolation or "random", hflip=config.hflip,
                           vflip=config.vflip,
                           color_jitter=config.color_jitter, reprob=config.reprob,
-                          remode=config.remode, recount=config.recount, auto_augment=config.aa)
+                          remode=config.remode, recount=config.recount, auto_augment=config.aa,
+                          splits=max(config.aug_splits, 1), resplit=config.resplit)
 
 
 def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Path) -> None:
