@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..layers.split_batchnorm import AUX_KEY
 from ..models._builder import ArchSpec
 from ._torchvision_map import (TORCHVISION_BN_EPS, is_torchvision_layout, map_torchvision, torchvision_family,
                                torchvision_num_classes)
@@ -242,6 +243,8 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], me
             raise ValueError(f"{name} ({SOURCES[source]}): {e}; the model was not changed") from e
     else:
         mapped, unmapped = {k: (k, v) for k, v in state_dict.items()}, []
+    if not any(AUX_KEY in k for k in target):  # a --split-bn run's auxiliary batch norms: training only
+        mapped = {k: v for k, v in mapped.items() if AUX_KEY not in k}
     keep = HEAD_KEYS if drop_head else ()  # model keys that keep their values
     if drop_head or not any(k in target for k in HEAD_KEYS):  # the model keeps its head (or has none)
         mapped = {k: v for k, v in mapped.items() if k not in HEAD_KEYS}

@@ -138,6 +138,9 @@ class TrainConfig:
                                 "--aa and colour jitter (0: off; else >= 2)", metavar="N")
     jsd_loss: bool = option(False, "AugMix's loss over --aug-splits: cross-entropy of the clean split plus 12 times "
                                    "the Jensen-Shannon divergence of the splits' predictions (timm's --jsd-loss)")
+    split_bn: bool = option(False, "--aug-splits: batch norms of their own for the augmented splits, so that the "
+                                   "clean split alone makes the running statistics (timm's --split-bn; not with "
+                                   "--sync-bn across processes)")
     resplit: bool = option(False, "--aug-splits with --reprob: erase the augmented splits only, not the clean one "
                                   "(timm's --resplit)")
     reprob: float = option(0.0, "random-erasing probability per training image: one rectangle of 2-33%% of the area, "
@@ -307,7 +310,7 @@ def unused_options(config: TrainConfig) -> list[str]:
     ``--warmup-lr`` with ``--warmup-epochs 0``, ``--cooldown-epochs`` with ``--sched step`` / ``multistep``, ``--lr-noise-pct`` without
     ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing, ``--mixup-switch-prob`` without
     both ``--mixup`` and ``--cutmix``, ``--bce-target-thresh`` / ``--bce-sum`` / ``--bce-pos-weight`` without
-    ``--bce-loss``, ``--jsd-loss`` without ``--aug-splits``, ``--resplit`` without ``--aug-splits`` and
+    ``--bce-loss``, ``--jsd-loss`` / ``--split-bn`` without ``--aug-splits``, ``--resplit`` without ``--aug-splits`` and
     ``--reprob``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     scheduled = ("decay_epochs", "decay_milestones", "decay_rate", "patience_epochs")
@@ -337,6 +340,8 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused.append("mixup_switch_prob")
     if config.jsd_loss and not config.aug_splits:
         unused.append("jsd_loss")
+    if config.split_bn and not config.aug_splits:
+        unused.append("split_bn")
     if config.resplit and not (config.aug_splits and config.reprob and config.aug):
         unused.append("resplit")
     if not config.bce_loss:
@@ -358,6 +363,8 @@ UNUSED_BECAUSE = {
     "lr_noise_pct": "bounds the noise of --lr-noise, which is off: add --lr-noise START END",
     "warmup_lr": "is the rate a warm-up starts from, and --warmup-epochs 0 makes none: give --warmup-epochs",
     "jsd_loss": "compares the predictions of --aug-splits, which is off: add --aug-splits 3",
+    "split_bn": "gives the augmented splits of --aug-splits batch norms of their own, and --aug-splits is off: "
+                "add --aug-splits 3",
     "resplit": "spares the clean split of --aug-splits from --reprob's erasing: add --aug-splits and --reprob",
     "bce_target_thresh": "is used by --bce-loss only: add --bce-loss",
     "bce_sum": "is used by --bce-loss only: add --bce-loss",

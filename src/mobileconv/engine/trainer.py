@@ -40,6 +40,7 @@ from ..data import (BatchTransform, DataInfo, ImageFolderDataset, MixupCutmix, R
 from ..data.datasets import show_names
 from ..deploy.export import memory_errors_as_value_errors
 from ..deploy.weights import FORMAT, bn_eps_of, checkpoint_num_classes, load_state_dict, read_checkpoint
+from ..layers.split_batchnorm import convert_split_bn, without_aux_bn
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_yaml
 from .distributed import (DistEnv, barrier, broadcast_buffers, broadcast_text, cleanup_distributed,
@@ -396,10 +397,15 @@ def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict
     if config.img_size < minimum:
         raise ValueError(f"--img-size {config.img_size} is too small for {config.model}: it needs at least {minimum} "
                          f"pixels (its minimum input size); pass a larger --img-size")
+    if state is None and config.pretrained:
+        load_initial_weights(model, config.pretrained, info.num_classes)
+    if config.split_bn:  # after --pretrained, whose weights the auxiliary batch norms start from; before --resume's
+        if env.distributed and config.sync_bn:
+            raise ValueError("--split-bn keeps batch norms per split, --sync-bn one across the processes (as in timm, "
+                             "they do not combine): add --no-sync-bn")
+        model = convert_split_bn(model, config.aug_splits)
     if state is not None:
         load_checked(model, state["model"], f"--resume: {state_path}: its model weights")
-    elif config.pretrained:
-        load_initial_weights(model, config.pretrained, info.num_classes)
     set_batchnorm(model, config.bn_momentum, config.bn_eps)  # after loading: over a checkpoint's recorded eps too
     model.to(env.device)
     if config.channels_last:
@@ -485,6 +491,10 @@ def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Pa
             continue
         if saved.get(key, getattr(config, key)) != getattr(config, key):
             raise ValueError(f"--resume {resume}: the run used --{key} {saved[key]}, not {getattr(config, key)}")
+    split_bn = [f"--split-bn with --aug-splits {c['aug_splits']}" if c.get("split_bn") else "no --split-bn"
+                for c in (saved, config.to_dict())]
+    if split_bn[0] != split_bn[1]:  # other batch norms: the weights and the optimizer's state would not fit
+        raise ValueError(f"--resume {resume}: the run trained with {split_bn[0]}, not {split_bn[1]}")
     if state["epoch"] >= config.epochs:
         raise ValueError(f"--resume {resume}: the run has already trained {state['epoch']} epoch(s); pass --epochs "
                          f"above {state['epoch']} to train on")
@@ -772,7 +782,7 @@ def save_epoch(run: Run, epoch: int, is_best: bool) -> None:
     """Checkpoint after an epoch; ``state.pt`` goes last, so it never points past the other files."""
     if not run.saved_config:
         start_saving(run)
-    weights, meta = run.eval_model.state_dict(), weights_metadata(run, epoch)
+    weights, meta = without_aux_bn(run.eval_model.state_dict()), weights_metadata(run, epoch)  # the plain model's
     ckpt.save_weights(run.out / ckpt.LAST_FILE, weights, meta)
     if is_best:
         ckpt.save_weights(run.out / ckpt.BEST_FILE, weights, meta)
