@@ -39,7 +39,8 @@ def test_each_split_is_normalised_by_its_own_batch_norm_and_only_the_clean_one_i
     x = torch.randn(3 * 5, 4, 6, 6) * torch.tensor([1.0, 2.0, 3.0]).repeat_interleave(5).view(-1, 1, 1, 1)
     out = split(x)
     for i, part in enumerate(x.split(5)):
-        torch.testing.assert_close(out[5 * i:5 * (i + 1)], normalised_by_hand(part, plain.weight, plain.bias, plain.eps))
+        expected = normalised_by_hand(part, plain.weight, plain.bias, plain.eps)
+        torch.testing.assert_close(out[5 * i:5 * (i + 1)], expected)
         bn = split if i == 0 else split.aux_bn[i - 1]
         torch.testing.assert_close(bn.running_mean, 0.75 * before[0] + 0.25 * part.mean((0, 2, 3)))
         torch.testing.assert_close(bn.running_var, 0.75 * before[1] + 0.25 * part.var((0, 2, 3), unbiased=True))
