@@ -182,6 +182,9 @@ def one_hot_smooth(targets: torch.Tensor, num_classes: int, smoothing: float) ->
         1, targets.view(-1, 1), 1.0 - smoothing + off)
 
 
+MIXUP_MODES = ("batch", "pair", "elem")
+
+
 class MixupCutmix:
     """Mixup (Zhang 2018) or CutMix (Yun 2019) of a batch with its reverse, with soft (smoothed) targets.
 
@@ -191,13 +194,27 @@ class MixupCutmix:
     probability ``switch_prob`` for CutMix. A batch is mixed with probability ``prob`` (timm's ``mixup_prob``),
     and not at all while ``mixing`` is False (timm's ``mixup_off_epoch``); an unmixed batch keeps its images and
     gets the smoothed one-hot targets.
+
+    ``mode`` (timm's ``--mixup-mode``): ``"batch"``, one draw for the batch; ``"elem"``, each image draws its
+    own ``lam``, mixup or CutMix, box, and whether it is mixed at all (``prob``), still mixing with its partner in
+    the reversed batch; ``"pair"``, an image and its partner share one draw, so both are mixed with the same
+    ``lam`` and box (the middle image of an odd batch, its own partner, stays as it is). ``cutmix_minmax``
+    (timm's ``--cutmix-minmax``): CutMix boxes whose height and width are drawn uniformly from these fractions of
+    the image's (Darknet's CutMix; ``lam`` the area kept) instead of from ``lam``; it turns CutMix on, whose
+    ``lam`` draw then takes alpha 1 as in timm.
     """
 
     def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
-                 smoothing: float = 0.0, switch_prob: float = 0.5, prob: float = 1.0) -> None:
+                 smoothing: float = 0.0, switch_prob: float = 0.5, prob: float = 1.0, mode: str = "batch",
+                 cutmix_minmax: Sequence[float] | None = None) -> None:
+        if mode not in MIXUP_MODES:
+            raise ValueError(f"mode must be one of {MIXUP_MODES}, got {mode!r}")
+        if cutmix_minmax is not None and not 0 < cutmix_minmax[0] < cutmix_minmax[1] <= 1:
+            raise ValueError(f"cutmix_minmax must be two fractions 0 < MIN < MAX <= 1, got {cutmix_minmax!r}")
         self.num_classes, self.smoothing, self.switch_prob = num_classes, smoothing, switch_prob
-        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
-        self.prob, self.mixing = prob, True
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, 1.0 if cutmix_minmax is not None else cutmix_alpha
+        self.prob, self.mode, self.mixing = prob, mode, True
+        self.cutmix_minmax = None if cutmix_minmax is None else tuple(cutmix_minmax)
 
     @property
     def enabled(self) -> bool:
@@ -205,6 +222,8 @@ class MixupCutmix:
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         soft = one_hot_smooth(targets, self.num_classes, self.smoothing)
+        if self.mode != "batch":
+            return self.mix_per_image(images, soft)
         if not self.mixing or (self.prob < 1 and torch.rand(()).item() >= self.prob):
             return images, soft
         use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or torch.rand(()).item() < self.switch_prob)
@@ -212,19 +231,80 @@ class MixupCutmix:
         lam = float(torch.distributions.Beta(alpha, alpha).sample())
         flipped = images.flip(0)
         if use_cutmix:
-            images, lam = cutmix_images(images, flipped, lam)
+            images, lam = cutmix_images(images, flipped, lam, self.cutmix_minmax)
         else:
             images = images * lam + flipped * (1 - lam)
         return images, soft * lam + soft.flip(0) * (1 - lam)
 
+    def mix_per_image(self, images: torch.Tensor, soft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mode`` ``"elem"`` / ``"pair"``: image ``i`` mixes with image ``n - 1 - i`` on a draw of its own (or
+        of its pair), as timm's ``Mixup._mix_elem`` / ``_mix_pair``."""
+        n = len(images)
+        draws = n if self.mode == "elem" else n // 2
+        lam, use_cutmix = self.draw_per_image(draws)
+        if self.mode == "pair":  # image n - 1 - i takes image i's draw
+            middle = torch.ones(n % 2)
+            lam, use_cutmix = torch.cat([lam, middle, lam.flip(0)]), torch.cat([use_cutmix, middle.bool(),
+                                                                                use_cutmix.flip(0)])
+        flipped, out = images.flip(0), images.clone()
+        blend = (lam < 1) & ~use_cutmix
+        weight = lam.to(images.dtype).view(-1, *[1] * (images.dim() - 1))[blend]
+        out[blend] = images[blend] * weight + flipped[blend] * (1 - weight)
+        for i in range(draws):
+            if lam[i] < 1 and use_cutmix[i]:
+                pair = [i, n - 1 - i] if self.mode == "pair" else [i]
+                (y0, y1, x0, x1), lam[i] = cutmix_box(images.shape[-2:], float(lam[i]), self.cutmix_minmax)
+                for k in pair:
+                    out[k, ..., y0:y1, x0:x1] = flipped[k, ..., y0:y1, x0:x1]
+                    lam[k] = lam[i]
+        lam = lam.to(soft.dtype).unsqueeze(1)
+        return out, soft * lam + soft.flip(0) * (1 - lam)
 
-def cutmix_images(images: torch.Tensor, other: torch.Tensor, lam: float) -> tuple[torch.Tensor, float]:
-    """Paste a random box of ``other`` covering about ``1 - lam`` of the area; returns the kept fraction."""
-    h, w = images.shape[-2:]
-    cut_h, cut_w = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
-    cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
-    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
-    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+    def draw_per_image(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lam, use_cutmix)`` for ``n`` images: each mixed with probability ``prob`` (``lam`` 1 otherwise), by
+        CutMix with probability ``switch_prob`` when both are on (timm's ``Mixup._params_per_elem``)."""
+        lam, use_cutmix = torch.ones(n), torch.zeros(n, dtype=torch.bool)
+        if not self.mixing or not n:
+            return lam, use_cutmix
+        if self.cutmix_alpha > 0:
+            use_cutmix = torch.rand(n) < self.switch_prob if self.mixup_alpha > 0 else torch.ones(n, dtype=torch.bool)
+        drawn = torch.zeros(n)
+        for alpha, chosen in ((self.mixup_alpha, ~use_cutmix), (self.cutmix_alpha, use_cutmix)):
+            if alpha > 0:
+                drawn = torch.where(chosen, torch.distributions.Beta(alpha, alpha).sample((n,)), drawn)
+        return torch.where(torch.rand(n) < self.prob, drawn, lam), use_cutmix
+
+
+def cutmix_box(size: Sequence[int], lam: float,
+               minmax: Sequence[float] | None = None) -> tuple[tuple[int, int, int, int], float]:
+    """A CutMix box ``(y0, y1, x0, x1)`` of an ``(H, W)`` image and the fraction of the image it leaves.
+
+    timm's ``cutmix_bbox_and_lam`` (with its ``correct_lam``): sides ``sqrt(1 - lam)`` of the image's around a
+    uniform centre, clipped to the image; with ``minmax``, a height and width drawn uniformly from
+    ``[int(MIN * side), int(MAX * side))`` at a uniform position inside the image."""
+    h, w = size
+    if minmax is None:
+        cut_h, cut_w = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+        x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+    else:
+        cut_h, cut_w = (_uniform_int(int(side * minmax[0]), int(side * minmax[1])) for side in (h, w))
+        y0, x0 = int(torch.randint(h - cut_h + 1, ())), int(torch.randint(w - cut_w + 1, ()))
+        y1, x1 = y0 + cut_h, x0 + cut_w
+    return (y0, y1, x0, x1), 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+
+
+def cutmix_images(images: torch.Tensor, other: torch.Tensor, lam: float,
+                  minmax: Sequence[float] | None = None) -> tuple[torch.Tensor, float]:
+    """Paste a random box of ``other`` covering about ``1 - lam`` of the area (:func:`cutmix_box`); returns the
+    kept fraction."""
+    (y0, y1, x0, x1), lam = cutmix_box(images.shape[-2:], lam, minmax)
     images = images.clone()
     images[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
-    return images, 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+    return images, lam
+
+
+def _uniform_int(low: int, high: int) -> int:
+    """An integer drawn uniformly from ``[low, high)`` (``low`` when the range is empty)."""
+    return int(torch.randint(low, max(high, low + 1), ()))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..data.auto_augment import auto_augment_transform
 from ..data.datasets import TRAIN_INTERPOLATIONS
-from ..data.transforms import ERASE_MODES
+from ..data.transforms import ERASE_MODES, MIXUP_MODES
 
 OPTIMIZERS = ("sgd", "rmsprop", "rmsproptf", "adamw", "adam", "nadam", "radam")
 # the options that only some optimizers have: SGD has no epsilon, AdamW no momentum (its betas are fixed)
@@ -110,9 +110,17 @@ class TrainConfig:
                                                 "--bce-pos-weight; default: 1)", type=float, metavar="W")
     mixup: float = option(0.0, "mixup alpha (0 = off)")
     cutmix: float = option(0.0, "cutmix alpha (0 = off)")
-    mixup_prob: float = option(1.0, "probability that a batch is mixed by --mixup / --cutmix (timm's)")
+    mixup_prob: float = option(1.0, "probability that a batch (an image, with --mixup-mode elem / pair) is mixed by "
+                                    "--mixup / --cutmix (timm's)")
     mixup_switch_prob: float = option(0.5, "with both --mixup and --cutmix: probability that a mixed batch uses "
                                            "cutmix (timm's)")
+    mixup_mode: str = option("batch", "how --mixup / --cutmix draw (timm's --mixup-mode): batch, one draw per batch; "
+                                      "elem, one per image; pair, one per image and its partner in the reversed "
+                                      "batch", choices=MIXUP_MODES)
+    cutmix_minmax: tuple[float, float] | None = option(None, "CutMix boxes whose height and width are drawn from these "
+                                                             "fractions of the image's (timm's --cutmix-minmax; turns "
+                                                             "CutMix on; default: from the drawn mixing weight)",
+                                                       type=float, nargs=2, metavar=("MIN", "MAX"))
     mixup_off_epoch: int = option(0, "mix only the first N epochs (timm's --mixup-off-epoch; 0 = every epoch)",
                                   metavar="N")
     aug: bool = option(True, "random augmentation of training batches (--no-aug: none)")
@@ -237,7 +245,10 @@ class TrainConfig:
         check_unused_options(self)
         if self.jsd_loss and self.bce_loss:
             raise ValueError("--jsd-loss and --bce-loss are two different losses: choose one")
-        if self.jsd_loss and (self.mixup > 0 or self.cutmix > 0):
+        if self.cutmix and self.cutmix_minmax is not None:
+            raise ValueError(f"--cutmix {self.cutmix} is not used with --cutmix-minmax, which draws the CutMix boxes "
+                             "itself (timm sets the alpha to 1 then): leave --cutmix out")
+        if self.jsd_loss and mixes(self):
             raise ValueError("--jsd-loss scores the clean split against class labels, which --mixup / --cutmix replace "
                              "by mixed targets (as in timm, where they cannot be combined): leave them out, or leave "
                              "--jsd-loss out")
@@ -278,6 +289,8 @@ class TrainConfig:
         check(self.aug_splits == 0 or self.aug_splits >= 2, "aug_splits",
               "0 (off) or >= 2 (a clean split and augmented ones)")
         check(0 <= self.mixup_prob <= 1, "mixup_prob", "a probability in [0, 1]")
+        minmax = self.cutmix_minmax
+        check(minmax is None or 0 < minmax[0] < minmax[1] <= 1, "cutmix_minmax", "two fractions 0 < MIN < MAX <= 1")
         check(self.bn_momentum is None or 0 < self.bn_momentum <= 1, "bn_momentum",
               "in (0, 1] (the weight of a new batch; TensorFlow's 0.99 is 0.01 here)")
         check(self.bn_eps is None or (math.isfinite(self.bn_eps) and self.bn_eps > 0), "bn_eps", "a finite number > 0")
@@ -302,16 +315,21 @@ SCHEDULE_OPTIONS = {"cosine": (), "poly": ("decay_rate",), "tanh": (), "step": (
 ENDING_SCHEDULES = ("cosine", "poly", "tanh")  # those that reach --min-lr at the end: a cooldown can follow them
 
 
+def mixes(config: TrainConfig) -> bool:
+    """Whether the run mixes batches: ``--mixup``, ``--cutmix`` or ``--cutmix-minmax``."""
+    return config.mixup > 0 or config.cutmix > 0 or config.cutmix_minmax is not None
+
+
 def unused_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
     ``--aa``, ``--vflip``, ``--aug-repeats`` and ``--aug-splits`` with ``--no-aug``, ``--remode rand`` / ``pixel``
     and ``--recount`` without random erasing, ``--ema-decay`` without ``--ema``, ``--amp-dtype`` without ``--amp``,
     ``--warmup-lr`` with ``--warmup-epochs 0``, ``--cooldown-epochs`` with ``--sched step`` / ``multistep``,
-    ``--lr-noise-pct`` without ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` without mixing,
-    ``--mixup-switch-prob`` without both ``--mixup`` and ``--cutmix``, ``--bce-target-thresh`` / ``--bce-sum`` /
-    ``--bce-pos-weight`` without ``--bce-loss``, ``--jsd-loss`` / ``--split-bn`` without ``--aug-splits``,
-    ``--resplit`` without ``--aug-splits`` and ``--reprob``."""
+    ``--lr-noise-pct`` without ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` / ``--mixup-mode`` without
+    mixing, ``--mixup-switch-prob`` without both ``--mixup`` and ``--cutmix``, ``--bce-target-thresh`` /
+    ``--bce-sum`` / ``--bce-pos-weight`` without ``--bce-loss``, ``--jsd-loss`` / ``--split-bn`` without
+    ``--aug-splits``, ``--resplit`` without ``--aug-splits`` and ``--reprob``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     scheduled = ("decay_epochs", "decay_milestones", "decay_rate", "patience_epochs")
     unused = [name for name in ("momentum", "opt_eps", *scheduled)
@@ -333,10 +351,9 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused.append("cooldown_epochs")
     if config.lr_noise_pct is not None and config.lr_noise is None:
         unused.append("lr_noise_pct")
-    mixing = config.mixup > 0 or config.cutmix > 0
-    unused += [name for name, default in (("mixup_prob", 1.0), ("mixup_off_epoch", 0)) if not mixing
-               and getattr(config, name) != default]
-    if config.mixup_switch_prob != 0.5 and not (config.mixup > 0 and config.cutmix > 0):
+    unused += [name for name, default in (("mixup_prob", 1.0), ("mixup_off_epoch", 0), ("mixup_mode", "batch"))
+               if not mixes(config) and getattr(config, name) != default]
+    if config.mixup_switch_prob != 0.5 and not (config.mixup > 0 and (config.cutmix > 0 or config.cutmix_minmax)):
         unused.append("mixup_switch_prob")
     if config.jsd_loss and not config.aug_splits:
         unused.append("jsd_loss")
@@ -358,6 +375,7 @@ UNUSED_BECAUSE = {
     "amp_dtype": "is used by --amp only: add --amp",
     "mixup_prob": "is used by --mixup or --cutmix only: add them",
     "mixup_off_epoch": "is used by --mixup or --cutmix only: add them",
+    "mixup_mode": "is used by --mixup or --cutmix only: add them",
     "mixup_switch_prob": "is used by --mixup and --cutmix both only: add them",
     "cooldown_epochs": "ends the decay early, and --sched {sched} has no end: use --sched cosine, poly or tanh",
     "lr_noise_pct": "bounds the noise of --lr-noise, which is off: add --lr-noise START END",

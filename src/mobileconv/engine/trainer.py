@@ -348,7 +348,7 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
                                  "min" if config.eval_metric == "loss" else "max")
     dtype = amp_dtype(config, env.device)
     mixer = MixupCutmix(info.num_classes, config.mixup, config.cutmix, config.smoothing, config.mixup_switch_prob,
-                        config.mixup_prob)
+                        config.mixup_prob, config.mixup_mode, config.cutmix_minmax)
     run = Run(
         config=config, env=env, info=info, out=out, model=model, train_model=train_model,
         ema=ModelEma(model, config.ema_decay) if config.ema else None, optimizer=optimizer, scheduler=scheduler,
