@@ -26,6 +26,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("cosine", "poly", "tanh", "step", "multistep", "plateau")
 EVAL_METRICS = ("top1", "top5", "loss")  # what ranks epochs: best.safetensors, --checkpoint-hist, --sched plateau
 AMP_DTYPES = ("auto", "bfloat16", "float16")
+CLIP_MODES = ("norm", "value", "agc")  # timm's --clip-mode
 DEFAULT_MODEL = "mobilenetv3_small_100_cifar"
 SEED_LIMIT = 2 ** 64  # torch.manual_seed takes seeds up to 0xffff_ffff_ffff_ffff
 
@@ -171,6 +172,9 @@ class TrainConfig:
                                       "normalises each micro-batch on its own)", metavar="N")
     clip_grad: float | None = option(None, "clip the global gradient norm to this value, > 0 (default: off)",
                                      type=float, metavar="NORM")
+    clip_mode: str = option("norm", "what --clip-grad bounds (timm's --clip-mode): norm, the global gradient norm; "
+                                    "value, each gradient element; agc, adaptive gradient clipping (NFNets), "
+                                    "--clip-grad the clip factor", choices=CLIP_MODES)
     amp: bool = option(False, "mixed precision: bfloat16 on CPU, float16 on GPU (see --amp-dtype)")
     amp_dtype: str = option("auto", "mixed-precision dtype (used by --amp only)", choices=AMP_DTYPES)
     channels_last: bool = option(False, "channels-last memory format")
@@ -325,11 +329,12 @@ def unused_options(config: TrainConfig) -> list[str]:
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
     ``--aa``, ``--vflip``, ``--aug-repeats`` and ``--aug-splits`` with ``--no-aug``, ``--remode rand`` / ``pixel``
     and ``--recount`` without random erasing, ``--ema-decay`` without ``--ema``, ``--amp-dtype`` without ``--amp``,
-    ``--warmup-lr`` with ``--warmup-epochs 0``, ``--cooldown-epochs`` with ``--sched step`` / ``multistep``,
-    ``--lr-noise-pct`` without ``--lr-noise``, ``--mixup-prob`` / ``--mixup-off-epoch`` / ``--mixup-mode`` without
-    mixing, ``--mixup-switch-prob`` without both ``--mixup`` and ``--cutmix``, ``--bce-target-thresh`` /
-    ``--bce-sum`` / ``--bce-pos-weight`` without ``--bce-loss``, ``--jsd-loss`` / ``--split-bn`` without
-    ``--aug-splits``, ``--resplit`` without ``--aug-splits`` and ``--reprob``."""
+    ``--clip-mode`` without ``--clip-grad``, ``--warmup-lr`` with ``--warmup-epochs 0``, ``--cooldown-epochs`` with
+    ``--sched step`` / ``multistep``, ``--lr-noise-pct`` without ``--lr-noise``, ``--mixup-prob`` /
+    ``--mixup-off-epoch`` / ``--mixup-mode`` without mixing, ``--mixup-switch-prob`` without both ``--mixup`` and
+    ``--cutmix``, ``--bce-target-thresh`` / ``--bce-sum`` / ``--bce-pos-weight`` without ``--bce-loss``,
+    ``--jsd-loss`` / ``--split-bn`` without ``--aug-splits``, ``--resplit`` without ``--aug-splits`` and
+    ``--reprob``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     scheduled = ("decay_epochs", "decay_milestones", "decay_rate", "patience_epochs")
     unused = [name for name in ("momentum", "opt_eps", *scheduled)
@@ -345,6 +350,8 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused.append("ema_decay")
     if config.amp_dtype != "auto" and not config.amp:
         unused.append("amp_dtype")
+    if config.clip_mode != "norm" and config.clip_grad is None:
+        unused.append("clip_mode")
     if config.warmup_lr is not None and config.warmup_epochs == 0:
         unused.append("warmup_lr")
     if config.cooldown_epochs and config.sched not in ENDING_SCHEDULES:
@@ -373,6 +380,7 @@ UNUSED_BECAUSE = {
     "remode": "fills random-erasing rectangles, which only --reprob > 0 makes (and not with --no-aug): add --reprob",
     "ema_decay": "is used by --ema only: add --ema",
     "amp_dtype": "is used by --amp only: add --amp",
+    "clip_mode": "says how --clip-grad clips, which is off: add --clip-grad",
     "mixup_prob": "is used by --mixup or --cutmix only: add them",
     "mixup_off_epoch": "is used by --mixup or --cutmix only: add them",
     "mixup_mode": "is used by --mixup or --cutmix only: add them",

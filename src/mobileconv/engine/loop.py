@@ -12,6 +12,7 @@ from torch import nn
 
 from .distributed import DistEnv, all_reduce_sum
 from .metrics import AccuracyCounter
+from .optim import clip_gradients
 
 
 class NonFiniteLossError(RuntimeError):
@@ -23,9 +24,10 @@ class StepSettings:
     """How each step runs: autocast dtype, gradient clipping, memory format, micro-batches per step."""
 
     amp_dtype: torch.dtype | None = None  # autocast dtype, None = full precision
-    clip_grad: float | None = None  # max global gradient norm, None = no clipping
+    clip_grad: float | None = None  # max global gradient norm (or as clip_mode says), None = no clipping
     channels_last: bool = False
     grad_accum_steps: int = 1  # each step's batch runs as this many micro-batches, their gradients summed
+    clip_mode: str = "norm"  # optim.clip_gradients: "norm", "value" or "agc"
 
     def __post_init__(self) -> None:
         if self.clip_grad is not None and not self.clip_grad > 0:  # a norm of 0 would zero every gradient
@@ -102,7 +104,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         step_loss = float(all_reduce_sum(total) / env.world_size)
         if not math.isfinite(step_loss):
             raise NonFiniteLossError(f"loss is {step_loss} at epoch {epoch}, step {steps + 1}")
-        backward_and_step(loss, model, optimizer, scaler, settings.clip_grad)
+        backward_and_step(loss, model, optimizer, scaler, settings.clip_grad, settings.clip_mode)
         scheduler.step()
         if ema is not None:
             ema.update(unwrap(model))
@@ -149,19 +151,21 @@ def backward(loss: torch.Tensor, scaler) -> None:
     (loss if scaler is None else scaler.scale(loss)).backward()
 
 
-def backward_and_step(loss: torch.Tensor, model: nn.Module, optimizer, scaler, clip_grad: float | None) -> None:
-    """Backward pass, optional gradient-norm clipping, optimizer step (through the fp16 grad scaler if any)."""
+def backward_and_step(loss: torch.Tensor, model: nn.Module, optimizer, scaler, clip_grad: float | None,
+                      clip_mode: str = "norm") -> None:
+    """Backward pass, optional gradient clipping (:func:`.optim.clip_gradients`), optimizer step (through the
+    fp16 grad scaler if any, the gradients unscaled before they are clipped)."""
     if scaler is not None:
         scaler.scale(loss).backward()
         if clip_grad is not None:
             scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            clip_gradients(model.parameters(), clip_grad, clip_mode)
         scaler.step(optimizer)
         scaler.update()
         return
     loss.backward()
     if clip_grad is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        clip_gradients(model.parameters(), clip_grad, clip_mode)
     optimizer.step()
 
 

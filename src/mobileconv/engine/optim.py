@@ -1,6 +1,6 @@
 """Optimizers (SGD, RMSProp, TensorFlow's RMSProp as in the MobileNetV3 / MixNet papers, AdamW, Adam, NAdam,
-RAdam) and the
-warm-up + cosine, poly, tanh, step, multi-step or plateau schedules (timm's)."""
+RAdam), gradient clipping (by global norm, by value, adaptive) and the warm-up + cosine, poly, tanh, step,
+multi-step or plateau schedules (timm's)."""
 from __future__ import annotations
 
 import bisect
@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .config import SCHEDULES
+from .config import CLIP_MODES, SCHEDULES
 
 # per-optimizer defaults for the options left unset (batch 64; scale lr with the batch)
 # Adam, NAdam and RAdam take the weight decay as an L2 term of the gradient (torch's and timm's), AdamW decoupled
@@ -22,6 +22,42 @@ DEFAULT_EPS = {"sgd": None, "rmsprop": 1e-3 ** 0.5, "rmsproptf": 1e-3, "adamw": 
 # None: the optimizer has none (the Adam family's betas are fixed at torch's 0.9, 0.999)
 DEFAULT_MOMENTUM = {"sgd": 0.9, "rmsprop": 0.9, "rmsproptf": 0.9, "adamw": None, **dict.fromkeys(ADAM_L2, None)}
 RMSPROP_DECAY = 0.9  # TF "decay" = torch "alpha" (MnasNet / MobileNetV3 / MixNet training setup)
+
+
+def clip_gradients(parameters, value: float, mode: str = "norm") -> None:
+    """Clip the gradients of ``parameters`` in place, as timm's ``dispatch_clip_grad`` (``--clip-grad`` /
+    ``--clip-mode``): ``"norm"``, their global 2-norm to at most ``value``; ``"value"``, each element to
+    ``[-value, value]``; ``"agc"``, adaptive gradient clipping (:func:`adaptive_clip_grad`) with clip factor
+    ``value``."""
+    if mode not in CLIP_MODES:
+        raise ValueError(f"mode must be one of {CLIP_MODES}, got {mode!r}")
+    if mode == "norm":
+        nn.utils.clip_grad_norm_(parameters, value)
+    elif mode == "value":
+        nn.utils.clip_grad_value_(parameters, value)
+    else:
+        adaptive_clip_grad(parameters, value)
+
+
+def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
+    """The 2-norm of each output unit of a conv / linear weight (over all dims but the first), or of the whole
+    tensor for a vector or scalar (a bias, a norm layer's scale)."""
+    return torch.linalg.vector_norm(x) if x.ndim <= 1 else torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)),
+                                                                                    keepdim=True)
+
+
+@torch.no_grad()
+def adaptive_clip_grad(parameters, clip_factor: float, eps: float = 1e-3) -> None:
+    """Adaptive gradient clipping (Brock et al. 2021, NFNets, Sec. 4.1), as timm's ``adaptive_clip_grad``: a unit's
+    gradient ``G`` is scaled to ``clip_factor * max(||W||, eps) / ||G||`` of itself where its norm exceeds
+    ``clip_factor * max(||W||, eps)``, ``W`` the unit's weights (:func:`unitwise_norm`)."""
+    for p in parameters:
+        if p.grad is None:
+            continue
+        max_norm = unitwise_norm(p.detach()).clamp(min=eps).mul_(clip_factor)
+        grad_norm = unitwise_norm(p.grad)
+        clipped = p.grad * (max_norm / grad_norm.clamp(min=1e-6))
+        p.grad.copy_(torch.where(grad_norm < max_norm, p.grad, clipped))
 
 
 class RMSpropTF(torch.optim.Optimizer):

@@ -357,7 +357,7 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         train_transform=make_transform(config, info, train=True, cropped=cropped).to(env.device),
         test_transform=make_transform(config, info, train=False).to(env.device),
         mixer=mixer, criterion=make_criterion(config, mixer).to(env.device),
-        settings=StepSettings(dtype, config.clip_grad, config.channels_last, config.grad_accum_steps),
+        settings=StepSettings(dtype, config.clip_grad, config.channels_last, config.grad_accum_steps, config.clip_mode),
         replaces=previous,
         resumed_from=resume if resume is not None and not resuming_here else None)
     if state is not None:
