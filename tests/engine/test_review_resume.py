@@ -37,9 +37,9 @@ def record_lrs(monkeypatch) -> list:
     """The learning rate of every optimizer step, as the step sees it."""
     lrs, step = [], loop.backward_and_step
 
-    def spy(loss, model, optimizer, scaler, clip_grad):
+    def spy(loss, model, optimizer, *args):
         lrs.append(optimizer.param_groups[0]["lr"])
-        step(loss, model, optimizer, scaler, clip_grad)
+        step(loss, model, optimizer, *args)
 
     monkeypatch.setattr(loop, "backward_and_step", spy)
     return lrs
