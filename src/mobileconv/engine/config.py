@@ -16,6 +16,7 @@ from pathlib import Path
 from ..data.auto_augment import auto_augment_transform
 from ..data.datasets import TRAIN_INTERPOLATIONS
 from ..data.transforms import ERASE_MODES, MIXUP_MODES
+from .ema import EMA_WARMUPS
 
 OPTIMIZERS = ("sgd", "rmsprop", "rmsproptf", "adamw", "adam", "nadam", "radam")
 # the options that only some optimizers have: SGD has no epsilon, AdamW no momentum (its betas are fixed)
@@ -167,6 +168,9 @@ class TrainConfig:
     drop_path: float = option(0.0, "stochastic-depth rate of the residual blocks")
     ema: bool = option(False, "keep an exponential moving average of the weights and evaluate / save it")
     ema_decay: float | None = option(None, "EMA decay per step (default 0.999; used by --ema only)", type=float)
+    ema_warmup: str = option("tf", "--ema: how the decay warms up: tf, min(D, (1+t)/(10+t)) at update t (the MixNet "
+                                   "code's); timm, 0 then min(D, 1 - t^-0.75) (timm's --model-ema-warmup); none, 0 "
+                                   "then D (timm's default)", choices=EMA_WARMUPS)
     grad_accum_steps: int = option(1, "run each step's batch as this many micro-batches, one after another, "
                                       "gradients summed: the same step in 1/N of the activation memory (batch norm "
                                       "normalises each micro-batch on its own)", metavar="N")
@@ -328,13 +332,13 @@ def unused_options(config: TrainConfig) -> list[str]:
     """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
     ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
     ``--aa``, ``--vflip``, ``--aug-repeats`` and ``--aug-splits`` with ``--no-aug``, ``--remode rand`` / ``pixel``
-    and ``--recount`` without random erasing, ``--ema-decay`` without ``--ema``, ``--amp-dtype`` without ``--amp``,
-    ``--clip-mode`` without ``--clip-grad``, ``--warmup-lr`` with ``--warmup-epochs 0``, ``--cooldown-epochs`` with
-    ``--sched step`` / ``multistep``, ``--lr-noise-pct`` without ``--lr-noise``, ``--mixup-prob`` /
-    ``--mixup-off-epoch`` / ``--mixup-mode`` without mixing, ``--mixup-switch-prob`` without both ``--mixup`` and
-    ``--cutmix``, ``--bce-target-thresh`` / ``--bce-sum`` / ``--bce-pos-weight`` without ``--bce-loss``,
-    ``--jsd-loss`` / ``--split-bn`` without ``--aug-splits``, ``--resplit`` without ``--aug-splits`` and
-    ``--reprob``."""
+    and ``--recount`` without random erasing, ``--ema-decay`` / ``--ema-warmup`` without ``--ema``, ``--amp-dtype``
+    without ``--amp``, ``--clip-mode`` without ``--clip-grad``, ``--warmup-lr`` with ``--warmup-epochs 0``,
+    ``--cooldown-epochs`` with ``--sched step`` / ``multistep``, ``--lr-noise-pct`` without ``--lr-noise``,
+    ``--mixup-prob`` / ``--mixup-off-epoch`` / ``--mixup-mode`` without mixing, ``--mixup-switch-prob`` without both
+    ``--mixup`` and ``--cutmix``, ``--bce-target-thresh`` / ``--bce-sum`` / ``--bce-pos-weight`` without
+    ``--bce-loss``, ``--jsd-loss`` / ``--split-bn`` without ``--aug-splits``, ``--resplit`` without ``--aug-splits``
+    and ``--reprob``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     scheduled = ("decay_epochs", "decay_milestones", "decay_rate", "patience_epochs")
     unused = [name for name in ("momentum", "opt_eps", *scheduled)
@@ -348,6 +352,8 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused.append("recount")
     if config.ema_decay is not None and not config.ema:
         unused.append("ema_decay")
+    if config.ema_warmup != "tf" and not config.ema:
+        unused.append("ema_warmup")
     if config.amp_dtype != "auto" and not config.amp:
         unused.append("amp_dtype")
     if config.clip_mode != "norm" and config.clip_grad is None:
@@ -379,6 +385,7 @@ UNUSED_BECAUSE = {
     "recount": "counts random-erasing rectangles, which only --reprob > 0 makes (and not with --no-aug): add --reprob",
     "remode": "fills random-erasing rectangles, which only --reprob > 0 makes (and not with --no-aug): add --reprob",
     "ema_decay": "is used by --ema only: add --ema",
+    "ema_warmup": "is used by --ema only: add --ema",
     "amp_dtype": "is used by --amp only: add --amp",
     "clip_mode": "says how --clip-grad clips, which is off: add --clip-grad",
     "mixup_prob": "is used by --mixup or --cutmix only: add them",

@@ -8,20 +8,31 @@ import torch
 from torch import nn
 
 
+EMA_WARMUPS = ("tf", "timm", "none")
+
+
 class ModelEma:
     """A frozen copy of ``model`` whose floating-point parameters follow ``ema = d*ema + (1-d)*w``.
 
-    The decay warms up as ``d_t = min(decay, (1 + t) / (10 + t))`` at the ``t``-th update (``t = 1, 2, ...``):
-    TF's ExponentialMovingAverage with ``num_updates=global_step``, applied after the optimizer step has
-    counted the step (the MnasNet / EfficientNet / MixNet training code), so the first update uses 2/11.
+    ``warmup`` sets the decay ``d_t`` of the ``t``-th update (``t = 1, 2, ...``), at most ``decay``:
+
+    * ``"tf"``: ``min(decay, (1 + t) / (10 + t))``, TF's ExponentialMovingAverage with
+      ``num_updates=global_step``, applied after the optimizer step has counted the step (the MnasNet /
+      EfficientNet / MixNet training code), so the first update uses 2/11;
+    * ``"timm"``: timm's ``ModelEmaV3`` with ``--model-ema-warmup``: 0 at the first update (the average starts
+      as the weights after one step), then ``min(decay, 1 - t ** -0.75)``;
+    * ``"none"``: timm's ``ModelEmaV3`` without it: 0 at the first update, then ``decay``.
+
     Early averages are thus not dominated by the random initial weights.
     Buffers (batch-norm running statistics) are copied, not averaged. A parameter shared by several
     modules (tied weights) is averaged once, under each of its names.
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, warmup: str = "tf") -> None:
+        if warmup not in EMA_WARMUPS:
+            raise ValueError(f"warmup must be one of {EMA_WARMUPS}, got {warmup!r}")
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay, self.updates = decay, 0
+        self.decay, self.warmup, self.updates = decay, warmup, 0
         # every name of a parameter, a tied (shared) one included: its second name in state_dict() is the same
         # tensor, which must be averaged once, never overwritten with the live value as a buffer would be
         self.param_names = {name for name, _ in self.module.named_parameters(remove_duplicate=False)}
@@ -29,7 +40,11 @@ class ModelEma:
     def current_decay(self) -> float:
         """The decay of the next update (its ``t`` is ``updates + 1``)."""
         t = self.updates + 1
-        return min(self.decay, (1 + t) / (10 + t))
+        if self.warmup == "tf":
+            return min(self.decay, (1 + t) / (10 + t))
+        if t == 1:  # timm's ModelEmaV3.get_decay(step=1)
+            return 0.0
+        return min(self.decay, 1 - t ** -0.75) if self.warmup == "timm" else self.decay
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

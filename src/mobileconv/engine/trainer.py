@@ -351,7 +351,7 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
                         config.mixup_prob, config.mixup_mode, config.cutmix_minmax)
     run = Run(
         config=config, env=env, info=info, out=out, model=model, train_model=train_model,
-        ema=ModelEma(model, config.ema_decay) if config.ema else None, optimizer=optimizer, scheduler=scheduler,
+        ema=ModelEma(model, config.ema_decay, config.ema_warmup) if config.ema else None, optimizer=optimizer, scheduler=scheduler,
         scaler=torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None,
         train_loader=train_loader, test_loader=test_loader,
         train_transform=make_transform(config, info, train=True, cropped=cropped).to(env.device),
