@@ -36,8 +36,8 @@ def parsed(argv):
 
 @pytest.mark.parametrize("opt, option, value, takes", [
     ("sgd", "--opt-eps", "1e-08", "--momentum"),
-    ("adamw", "--momentum", "0.9", "--opt-eps"),  # the old default, given explicitly, is refused too
-    ("adamw", "--momentum", "0.0", "--opt-eps"),
+    ("adamw", "--momentum", "0.9", "--opt-eps and --opt-betas"),  # the old default, given explicitly, is refused too
+    ("adamw", "--momentum", "0.0", "--opt-eps and --opt-betas"),
 ])
 def test_an_option_the_optimizer_lacks_is_refused_on_the_command_line(opt, option, value, takes, tmp_path, capsys):
     out = tmp_path / "run"

@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from mobileconv.cli import main
 from mobileconv.engine.optim import create_optimizer, param_groups_weight_decay
 
-from .helpers import scheduled_lrs
+from .helpers import TINY, failed_train, scheduled_lrs
 
 
 def small_model():
@@ -94,3 +95,24 @@ def test_warmup_cosine_schedule_matches_the_formula():
             expected = min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (t - warm) / (total - warm)))
         assert value == pytest.approx(expected), t
     assert seen[warm] == pytest.approx(lr) and after == pytest.approx(min_lr)
+
+
+@pytest.mark.parametrize("opt, cls", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam),
+                                      ("nadam", torch.optim.NAdam), ("radam", torch.optim.RAdam)])
+def test_opt_betas_reach_the_adam_family_and_other_optimizers_refuse_them(opt, cls):
+    optimizer = create_optimizer(small_model(), opt, lr=1e-3, weight_decay=0.0, betas=(0.8, 0.95))
+    assert isinstance(optimizer, cls) and all(g["betas"] == (0.8, 0.95) for g in optimizer.param_groups)
+    assert create_optimizer(small_model(), opt, lr=1e-3, weight_decay=0.0).param_groups[0]["betas"] == (0.9, 0.999)
+    with pytest.raises(ValueError, match=r"--opt-betas must be two numbers in \[0, 1\)"):
+        create_optimizer(small_model(), opt, lr=1e-3, weight_decay=0.0, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="--opt-betas .* is not used by --opt sgd"):
+        create_optimizer(small_model(), "sgd", lr=1e-3, weight_decay=0.0, betas=(0.8, 0.95))
+
+
+def test_opt_betas_on_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--opt", "adam", "--opt-betas", "0.8", "0.95",
+                 "--out", str(out)]) == 0
+    assert "opt_betas:\n- 0.8\n- 0.95" in (out / "config.yaml").read_text()
+    err = failed_train([*TINY, "--opt-betas", "0.8", "0.95", "--out", str(tmp_path / "bad")], capsys)
+    assert "--opt-betas 0.8 0.95 (set on the command line) is not used by --opt sgd" in err

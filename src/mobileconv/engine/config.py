@@ -21,7 +21,7 @@ from .ema import EMA_WARMUPS
 OPTIMIZERS = ("sgd", "rmsprop", "rmsproptf", "adamw", "adam", "nadam", "radam")
 # the options that only some optimizers have: SGD has no epsilon, AdamW no momentum (its betas are fixed)
 OPTIMIZER_OPTIONS = {"sgd": ("momentum",), "rmsprop": ("momentum", "opt_eps"), "rmsproptf": ("momentum", "opt_eps"),
-                     "adamw": ("opt_eps",), "adam": ("opt_eps",), "nadam": ("opt_eps",), "radam": ("opt_eps",)}
+                     **dict.fromkeys(("adamw", "adam", "nadam", "radam"), ("opt_eps", "opt_betas"))}
 DEVICES = ("auto", "cpu", "cuda")
 # learning-rate schedules after the warm-up (optim.create_scheduler): the first three end at --min-lr
 SCHEDULES = ("cosine", "poly", "tanh", "step", "multistep", "plateau")
@@ -96,6 +96,9 @@ class TrainConfig:
     opt_eps: float | None = option(None, "optimizer epsilon, > 0 (default: rmsprop 0.0316 = sqrt of TF's 1e-3, "
                                          "rmsproptf 1e-3 inside the square root, the Adam family 1e-8; sgd has none "
                                          "and refuses it)", type=float)
+    opt_betas: tuple[float, float] | None = option(None, "the Adam family's betas, each in [0, 1) (timm's --opt-betas; "
+                                                         "default 0.9 0.999; other optimizers refuse it)", type=float,
+                                                   nargs=2, metavar=("B1", "B2"))
     weight_decay: float | None = option(None, "weight decay of conv / linear weights, never of norm layers and "
                                               "biases (default: 5e-4 sgd, 1e-5 rmsprop / rmsproptf / adam / nadam / "
                                               "radam, 0.05 adamw)",
@@ -267,6 +270,8 @@ class TrainConfig:
         # a norm of 0 would zero every gradient: no clipping is "leave it out", not 0
         check(self.clip_grad is None or (math.isfinite(self.clip_grad) and self.clip_grad > 0), "clip_grad",
               "a finite number > 0 (leave it out for no clipping)")
+        check(self.opt_betas is None or all(0 <= b < 1 for b in self.opt_betas), "opt_betas",
+              "two numbers in [0, 1)")
         check(self.momentum is None or self.momentum < 1, "momentum",
               "in [0, 1) (a momentum of 1 or more never forgets a gradient)")
         check(self.decay_epochs is None or (math.isfinite(self.decay_epochs) and self.decay_epochs > 0),
@@ -341,7 +346,7 @@ def unused_options(config: TrainConfig) -> list[str]:
     and ``--reprob``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     scheduled = ("decay_epochs", "decay_milestones", "decay_rate", "patience_epochs")
-    unused = [name for name in ("momentum", "opt_eps", *scheduled)
+    unused = [name for name in ("momentum", "opt_eps", "opt_betas", *scheduled)
               if getattr(config, name) is not None and name not in uses]
     if not config.aug:
         unused += [name for name in ("reprob", "aa", "vflip") if getattr(config, name)]
@@ -427,7 +432,8 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
             raise ValueError(f"{flag} {shown}{where} is used by --sched {users} only, not by --sched "
                              f"{config.sched}: leave {flag} out, or add --sched {users}")
         takes = " and ".join("--" + n.replace("_", "-") for n in OPTIMIZER_OPTIONS[config.opt])
-        raise ValueError(f"{flag} {value!r}{where} is not used by --opt {config.opt}, which takes "
+        shown = " ".join(map(str, value)) if isinstance(value, tuple) else repr(value)
+        raise ValueError(f"{flag} {shown}{where} is not used by --opt {config.opt}, which takes "
                          f"{takes} but not {flag}: leave {flag} out, or choose an --opt that uses it")
 
 

@@ -19,8 +19,11 @@ DEFAULT_LR = {"sgd": 0.1, "rmsprop": 0.01, "rmsproptf": 0.01, "adamw": 0.002, **
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "rmsprop": 1e-5, "rmsproptf": 1e-5, "adamw": 0.05, **dict.fromkeys(ADAM_L2, 1e-5)}
 # TF's RMSProp adds eps inside the square root: sqrt(v + 1e-3) ~ sqrt(v) + sqrt(1e-3) for torch's form
 DEFAULT_EPS = {"sgd": None, "rmsprop": 1e-3 ** 0.5, "rmsproptf": 1e-3, "adamw": 1e-8, **dict.fromkeys(ADAM_L2, 1e-8)}
-# None: the optimizer has none (the Adam family's betas are fixed at torch's 0.9, 0.999)
+# None: the optimizer has none (the Adam family has betas instead, --opt-betas)
 DEFAULT_MOMENTUM = {"sgd": 0.9, "rmsprop": 0.9, "rmsproptf": 0.9, "adamw": None, **dict.fromkeys(ADAM_L2, None)}
+# the Adam family's (torch's and timm's defaults); None: the optimizer has none
+DEFAULT_BETAS = {"sgd": None, "rmsprop": None, "rmsproptf": None, "adamw": (0.9, 0.999),
+                 **dict.fromkeys(ADAM_L2, (0.9, 0.999))}
 RMSPROP_DECAY = 0.9  # TF "decay" = torch "alpha" (MnasNet / MobileNetV3 / MixNet training setup)
 
 
@@ -145,7 +148,7 @@ def start_missing_momentum_buffers(optimizer: torch.optim.Optimizer, args=(), kw
 
 
 def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float, momentum: float | None = None,
-                     eps: float | None = None) -> torch.optim.Optimizer:
+                     eps: float | None = None, betas: tuple[float, float] | None = None) -> torch.optim.Optimizer:
     """``sgd`` (Nesterov), ``rmsprop`` (torch's, alpha 0.9, eps sqrt(1e-3)), ``rmsproptf``, ``adamw``, or ``adam`` /
     ``nadam`` / ``radam`` (torch's, whose weight decay is an L2 term of the gradient, as timm's ``--opt adam`` /
     ``nadam`` / ``radam`` use them).
@@ -155,13 +158,14 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
     ``rmsprop`` is ``torch.optim.RMSprop(alpha=0.9, momentum=0.9, eps=sqrt(1e-3))``, the same
     hyper-parameters in torch's formulation (mean square from 0, eps outside the root, lr outside momentum).
 
-    ``momentum`` (default 0.9) and ``eps`` (default :data:`DEFAULT_EPS`) left ``None`` take the optimizer's
-    default; given to an optimizer that has no such setting (``eps`` to sgd, ``momentum`` to adamw), they
-    raise ``ValueError`` rather than be ignored.
+    ``momentum`` (default 0.9), ``eps`` (default :data:`DEFAULT_EPS`) and the Adam family's ``betas`` (default
+    0.9, 0.999) left ``None`` take the optimizer's default; given to an optimizer that has no such setting
+    (``eps`` to sgd, ``momentum`` to adamw, ``betas`` to rmsprop), they raise ``ValueError`` rather than be ignored.
     """
     if opt not in DEFAULT_LR:
         raise ValueError(f"--opt must be one of {', '.join(DEFAULT_LR)}, got {opt!r}")
-    for flag, value, defaults in (("--momentum", momentum, DEFAULT_MOMENTUM), ("--opt-eps", eps, DEFAULT_EPS)):
+    for flag, value, defaults in (("--momentum", momentum, DEFAULT_MOMENTUM), ("--opt-eps", eps, DEFAULT_EPS),
+                                  ("--opt-betas", betas, DEFAULT_BETAS)):
         if value is not None and defaults[opt] is None:
             raise ValueError(f"{flag} {value!r} is not used by --opt {opt}, which has no such setting")
     groups = param_groups_weight_decay(model, weight_decay)
@@ -178,9 +182,10 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
         return optimizer
     if opt == "rmsproptf":
         return RMSpropTF(groups, lr=lr, alpha=RMSPROP_DECAY, eps=eps, momentum=momentum)
-    if opt in ADAM_L2:
-        return ADAM_L2[opt](groups, lr=lr, eps=eps)
-    return torch.optim.AdamW(groups, lr=lr, eps=eps)
+    betas = tuple(DEFAULT_BETAS[opt] if betas is None else betas)
+    if not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"--opt-betas must be two numbers in [0, 1), got {betas!r}")
+    return ADAM_L2.get(opt, torch.optim.AdamW)(groups, lr=lr, eps=eps, betas=betas)
 
 
 @functools.lru_cache(maxsize=64)  # asked at every step; drawn once per epoch

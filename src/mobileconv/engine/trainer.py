@@ -50,8 +50,8 @@ from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
 from .losses import BinaryCrossEntropy, JsdCrossEntropy
 from .malloc import keep_large_allocations_on_heap
 from .metrics import RECORDED_METRICS, best_epochs, metric_of, plot_curves, ranks_above, write_metrics_csv
-from .optim import (DEFAULT_DECAY_EPOCHS, DEFAULT_DECAY_MILESTONES, DEFAULT_DECAY_RATE, DEFAULT_EPS, DEFAULT_LR,
-                    DEFAULT_MOMENTUM, DEFAULT_PATIENCE_EPOCHS, DEFAULT_WEIGHT_DECAY, create_optimizer,
+from .optim import (DEFAULT_BETAS, DEFAULT_DECAY_EPOCHS, DEFAULT_DECAY_MILESTONES, DEFAULT_DECAY_RATE, DEFAULT_EPS,
+                    DEFAULT_LR, DEFAULT_MOMENTUM, DEFAULT_PATIENCE_EPOCHS, DEFAULT_WEIGHT_DECAY, create_optimizer,
                     create_scheduler, refresh_lr)
 
 RUN_FILES = ("config.yaml", "metrics.csv", "curves.png", ckpt.LAST_FILE, ckpt.BEST_FILE, ckpt.STATE_FILE,
@@ -140,6 +140,7 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
         weight_decay=pick(config.weight_decay, DEFAULT_WEIGHT_DECAY[config.opt]),
         momentum=pick(config.momentum, DEFAULT_MOMENTUM[config.opt]),
         opt_eps=pick(config.opt_eps, DEFAULT_EPS[config.opt]),
+        opt_betas=pick(config.opt_betas, DEFAULT_BETAS[config.opt]),
         decay_epochs=pick(config.decay_epochs, DEFAULT_DECAY_EPOCHS.get(config.sched)),
         decay_rate=pick(config.decay_rate, DEFAULT_DECAY_RATE.get(config.sched)),
         decay_milestones=pick(config.decay_milestones, DEFAULT_DECAY_MILESTONES.get(config.sched)),
@@ -339,7 +340,8 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
         check_resumable(state, config, info, resume)
     model, train_model = prepare_model(config, info, env, state, state_path)
     train_loader, test_loader = make_loaders(config, train_set, test_set, env)
-    optimizer = create_optimizer(model, config.opt, config.lr, config.weight_decay, config.momentum, config.opt_eps)
+    optimizer = create_optimizer(model, config.opt, config.lr, config.weight_decay, config.momentum, config.opt_eps,
+                                 config.opt_betas)
     schedule_epochs = config.epochs - config.cooldown_epochs  # timm's cycle: the cooldown trains on at --min-lr
     scheduler = create_scheduler(optimizer, schedule_epochs, len(train_loader), config.warmup_epochs, config.lr,
                                  config.min_lr, config.sched, config.decay_epochs, config.decay_rate,
@@ -351,7 +353,8 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
                         config.mixup_prob, config.mixup_mode, config.cutmix_minmax)
     run = Run(
         config=config, env=env, info=info, out=out, model=model, train_model=train_model,
-        ema=ModelEma(model, config.ema_decay, config.ema_warmup) if config.ema else None, optimizer=optimizer, scheduler=scheduler,
+        ema=ModelEma(model, config.ema_decay, config.ema_warmup) if config.ema else None, optimizer=optimizer,
+        scheduler=scheduler,
         scaler=torch.amp.GradScaler(env.device.type) if dtype == torch.float16 else None,
         train_loader=train_loader, test_loader=test_loader,
         train_transform=make_transform(config, info, train=True, cropped=cropped).to(env.device),
