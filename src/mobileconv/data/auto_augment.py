@@ -595,8 +595,8 @@ class AugMix(nn.Module):
     weights and the mix blended into the image with a Beta(``alpha``, ``alpha``) factor (:func:`augmix_combine`).
 
     Input, output and ``interpolation`` as :class:`RandAugment`'s; randomness from torch's global generator. Build
-    one from timm's ``--aa augmix-...`` string with :meth:`from_policy`. (timm's ``-b1`` "blended" shortcut and the
-    JSD loss over augmented splits are not here.)
+    one from timm's ``--aa augmix-...`` string with :meth:`from_policy`. (timm's ``-b1`` "blended" shortcut is not
+    here; the JSD loss over augmented splits is ``mobileconv train --aug-splits 3 --jsd-loss``.)
     """
 
     def __init__(self, magnitude: float = 3.0, width: int = 3, depth: int = -1, alpha: float = 1.0,
