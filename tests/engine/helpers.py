@@ -10,6 +10,21 @@ TINY = ["--model", MODEL, "--data", "synthetic", "--img-size", "16", "--max-trai
         "--max-val-samples", "32", "--batch-size", "16", "--quiet"]
 
 
+ONE_EPOCH = ["--model", MODEL, "--data", "synthetic", "--img-size", "16", "--max-train-samples", "32",
+             "--max-val-samples", "16", "--batch-size", "16", "--quiet", "--epochs", "1"]
+
+
+def frozen_first_epoch(out, *extra) -> dict:
+    """``metrics.csv``'s row of a one-epoch run (:data:`ONE_EPOCH` plus ``extra``) whose rate is too small to move the
+    weights and which has no dropout: runs that differ in their options score the same model on the same batches."""
+    from mobileconv.cli import main
+    from mobileconv.engine.metrics import read_metrics_csv
+
+    args = [*ONE_EPOCH, "--lr", "1e-12", "--warmup-epochs", "0", "--drop", "0", "--out", str(out), *extra]
+    assert main(["train", *args]) == 0
+    return read_metrics_csv(Path(out) / "metrics.csv")[0]
+
+
 def run_cli(args, env_extra=None, timeout=300, module=("-m", "mobileconv")):
     """Run a command in a fresh single-threaded Python process; returns the CompletedProcess."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env_extra or {})}

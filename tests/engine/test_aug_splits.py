@@ -6,18 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from mobileconv.cli import main
 from mobileconv.data import BatchTransform
 from mobileconv.engine.distributed import DistEnv
 from mobileconv.engine.loop import StepSettings, micro_batches, train_one_epoch
 from mobileconv.engine.losses import JsdCrossEntropy
-from mobileconv.engine.metrics import read_metrics_csv
 
-from .helpers import MODEL, failed_train
+from .helpers import ONE_EPOCH, failed_train, frozen_first_epoch
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-QUICK = ["--model", MODEL, "--data", "synthetic", "--img-size", "16", "--max-train-samples", "32",
-         "--max-val-samples", "16", "--batch-size", "16", "--quiet", "--epochs", "1"]
 
 
 def jsd_written_out(logits, labels, splits, alpha=12.0):
@@ -112,21 +108,16 @@ def test_micro_batches_take_the_whole_batchs_jsd_step():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-def first_epoch_loss(tmp_path, name, *extra):
-    # a rate too small to move the weights: every run scores the same model on the same batches
-    args = [*QUICK, "--lr", "1e-12", "--warmup-epochs", "0", "--drop", "0", "--out", str(tmp_path / name), *extra]
-    assert main(["train", *args]) == 0
-    return read_metrics_csv(tmp_path / name / "metrics.csv")[0]
 
 
 def test_a_run_over_splits_that_nothing_augments_is_the_plain_run(tmp_path):
     # synthetic data has no colour jitter: without --aa the augmented splits are copies of the clean one, batch
     # norm sees the same statistics, the divergence is 0 and the loss is the plain run's cross-entropy (no dropout,
     # whose masks would be drawn for three times the images)
-    plain = first_epoch_loss(tmp_path, "plain")
-    split = first_epoch_loss(tmp_path, "split", "--aug-splits", "3", "--jsd-loss")
+    plain = frozen_first_epoch(tmp_path / "plain")
+    split = frozen_first_epoch(tmp_path / "split", "--aug-splits", "3", "--jsd-loss")
     assert split["loss"] == pytest.approx(plain["loss"], rel=1e-4)
-    augmix = first_epoch_loss(tmp_path, "augmix", "--aug-splits", "3", "--jsd-loss", "--aa", "augmix-m3-w3")
+    augmix = frozen_first_epoch(tmp_path / "augmix", "--aug-splits", "3", "--jsd-loss", "--aa", "augmix-m3-w3")
     assert augmix["loss"] != pytest.approx(plain["loss"], rel=1e-5)  # the augmented splits are other images now
 
 
@@ -140,5 +131,5 @@ def test_a_run_over_splits_that_nothing_augments_is_the_plain_run(tmp_path):
 ])
 def test_bad_combinations_are_refused(argv, message, tmp_path, capsys):
     out = tmp_path / "run"
-    assert message in failed_train([*QUICK, *argv, "--out", str(out)], capsys)
+    assert message in failed_train([*ONE_EPOCH, *argv, "--out", str(out)], capsys)
     assert not out.exists()

@@ -4,14 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from mobileconv.cli import main
 from mobileconv.engine.losses import BinaryCrossEntropy
-from mobileconv.engine.metrics import read_metrics_csv
 
-from .helpers import MODEL, failed_train
-
-QUICK = ["--model", MODEL, "--data", "synthetic", "--img-size", "16", "--max-train-samples", "32",
-         "--max-val-samples", "16", "--batch-size", "16", "--quiet", "--epochs", "1"]
+from .helpers import ONE_EPOCH, failed_train, frozen_first_epoch
 
 
 def written_out(logits, targets, *, pos_weight=1.0, sum_classes=False):
@@ -68,17 +63,12 @@ def test_targets_of_another_shape_are_refused(batch):
         BinaryCrossEntropy()(logits, torch.zeros(8, 4))
 
 
-def first_epoch_loss(tmp_path, name, *extra):
-    # a rate too small to move the weights: every run scores the same model on the same batches
-    args = [*QUICK, "--lr", "1e-12", "--warmup-epochs", "0", "--out", str(tmp_path / name), *extra]
-    assert main(["train", *args]) == 0
-    return read_metrics_csv(tmp_path / name / "metrics.csv")[0]["loss"]
 
 
 def test_the_training_steps_take_the_binary_loss(tmp_path):
-    ce = first_epoch_loss(tmp_path, "ce")
-    bce = first_epoch_loss(tmp_path, "bce", "--bce-loss")
-    summed = first_epoch_loss(tmp_path, "sum", "--bce-loss", "--bce-sum")
+    ce = frozen_first_epoch(tmp_path / "ce")["loss"]
+    bce = frozen_first_epoch(tmp_path / "bce", "--bce-loss")["loss"]
+    summed = frozen_first_epoch(tmp_path / "sum", "--bce-loss", "--bce-sum")["loss"]
     classes = 10  # synthetic's
     assert summed == pytest.approx(classes * bce, rel=1e-4)  # a sum over the classes instead of their mean
     assert bce < 0.8 < 2.0 < ce  # about log 2 per logit against about log 10 per image for the softmax
@@ -93,5 +83,5 @@ def test_the_training_steps_take_the_binary_loss(tmp_path):
 ])
 def test_bad_values_and_options_without_bce_loss_are_refused(argv, message, tmp_path, capsys):
     out = tmp_path / "run"
-    assert message in failed_train([*QUICK, *argv, "--out", str(out)], capsys)
+    assert message in failed_train([*ONE_EPOCH, *argv, "--out", str(out)], capsys)
     assert not out.exists()
