@@ -52,6 +52,19 @@ def register_train(subparsers) -> None:
     p.set_defaults(func=run_train)
 
 
+def one_of_lr_and_lr_base(given: dict, origins: dict) -> dict:
+    """Which of ``--lr`` and ``--lr-base`` a run uses when both are set: the one set at the later level (defaults <
+    the resumed run's config.yaml < --config FILE < command line); at the same level ``--lr-base``, whose derived
+    ``lr`` a run's config.yaml records beside it. Both on the command line are refused. Returns the one to clear."""
+    if "lr" in given and "lr_base" in given:
+        raise ValueError("--lr and --lr-base both set the learning rate: give one")
+
+    def level(name: str) -> int:
+        return 2 if name in given else 1 if name in origins else 0
+
+    return {"lr_base": None} if level("lr") > level("lr_base") else {"lr": None}
+
+
 def _show(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
@@ -91,6 +104,8 @@ def train_config_from_args(args: argparse.Namespace):
                          f"--pretrained out")
     if config.aa and "aa" in origins and "color_jitter" not in origins:  # --aa's default, not a resumed run's value
         config = dataclasses.replace(config, color_jitter=None)
+    if config.lr is not None and config.lr_base is not None:
+        config = dataclasses.replace(config, **one_of_lr_and_lr_base(given, origins))
     fields = TrainConfig.fields()
     recorded = {name: fields[name].default for name in unused_options(config) if name not in origins}
     config = dataclasses.replace(config, **recorded)

@@ -25,6 +25,7 @@ OPTIMIZER_OPTIONS = {"sgd": ("momentum",), "rmsprop": ("momentum", "opt_eps"), "
 DEVICES = ("auto", "cpu", "cuda")
 # learning-rate schedules after the warm-up (optim.create_scheduler): the first three end at --min-lr
 SCHEDULES = ("cosine", "poly", "tanh", "step", "multistep", "plateau")
+LR_BASE_SCALES = ("linear", "sqrt")  # how --lr-base scales with the batch (timm's --lr-base-scale)
 EVAL_METRICS = ("top1", "top5", "loss")  # what ranks epochs: best.safetensors, --checkpoint-hist, --sched plateau
 AMP_DTYPES = ("auto", "bfloat16", "float16")
 CLIP_MODES = ("norm", "value", "agc")  # timm's --clip-mode
@@ -61,6 +62,15 @@ class TrainConfig:
     batch_size: int = option(64, "global batch size, split evenly over the processes")
     lr: float | None = option(None, "peak learning rate (default: 0.1 sgd, 0.01 rmsprop / rmsproptf, "
                                     "0.002 adamw / adam / nadam / radam)", type=float)
+    lr_base: float | None = option(None, "derive --lr from the global batch as timm does: LR x (--batch-size / "
+                                         "--lr-base-size), or its square root for the Adam family (timm's --lr-base; "
+                                         "default: --lr's own default)", type=float, metavar="LR")
+    lr_base_size: int = option(256, "--lr-base: the global batch that --lr-base is the rate of (timm's "
+                                    "--lr-base-size)", metavar="N")
+    lr_base_scale: str | None = option(None, "--lr-base: scale the rate with the batch linearly or by its square "
+                                             "root (timm's --lr-base-scale; default: sqrt for adamw / adam / nadam / "
+                                             "radam, linear for the others, as timm picks)", type=str,
+                                       choices=LR_BASE_SCALES)
     min_lr: float = option(0.0, "final learning rate of the cosine, poly or tanh schedule (with --sched step / "
                                 "multistep / plateau: the lowest rate)")
     warmup_epochs: float = option(1.0, "linear warm-up from --warmup-lr to lr over this many epochs")
@@ -247,6 +257,9 @@ class TrainConfig:
         check(self.threads is None or self.threads <= cpus, "threads",
               f"from 1 to {cpus} (the CPUs this process may use)")
         check(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr", "a finite number > 0")
+        check(self.lr_base is None or (math.isfinite(self.lr_base) and self.lr_base > 0), "lr_base",
+              "a finite number > 0")
+        check(self.lr_base_size >= 1, "lr_base_size", ">= 1")
         check(self.warmup_lr is None or (math.isfinite(self.warmup_lr) and self.warmup_lr >= 0), "warmup_lr",
               "a finite number >= 0")
         for name in ("min_lr", "warmup_epochs", "momentum", "weight_decay", "mixup", "cutmix",
@@ -340,10 +353,10 @@ def unused_options(config: TrainConfig) -> list[str]:
     and ``--recount`` without random erasing, ``--ema-decay`` / ``--ema-warmup`` without ``--ema``, ``--amp-dtype``
     without ``--amp``, ``--clip-mode`` without ``--clip-grad``, ``--warmup-lr`` with ``--warmup-epochs 0``,
     ``--cooldown-epochs`` with ``--sched step`` / ``multistep``, ``--lr-noise-pct`` without ``--lr-noise``,
-    ``--mixup-prob`` / ``--mixup-off-epoch`` / ``--mixup-mode`` without mixing, ``--mixup-switch-prob`` without both
-    ``--mixup`` and ``--cutmix``, ``--bce-target-thresh`` / ``--bce-sum`` / ``--bce-pos-weight`` without
-    ``--bce-loss``, ``--jsd-loss`` / ``--split-bn`` without ``--aug-splits``, ``--resplit`` without ``--aug-splits``
-    and ``--reprob``."""
+    ``--lr-base-size`` / ``--lr-base-scale`` without ``--lr-base``, ``--mixup-prob`` / ``--mixup-off-epoch`` /
+    ``--mixup-mode`` without mixing, ``--mixup-switch-prob`` without both ``--mixup`` and ``--cutmix``,
+    ``--bce-target-thresh`` / ``--bce-sum`` / ``--bce-pos-weight`` without ``--bce-loss``, ``--jsd-loss`` /
+    ``--split-bn`` without ``--aug-splits``, ``--resplit`` without ``--aug-splits`` and ``--reprob``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     scheduled = ("decay_epochs", "decay_milestones", "decay_rate", "patience_epochs")
     unused = [name for name in ("momentum", "opt_eps", "opt_betas", *scheduled)
@@ -369,6 +382,9 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused.append("cooldown_epochs")
     if config.lr_noise_pct is not None and config.lr_noise is None:
         unused.append("lr_noise_pct")
+    if config.lr_base is None:
+        unused += [name for name, default in (("lr_base_size", 256), ("lr_base_scale", None))
+                   if getattr(config, name) != default]
     unused += [name for name, default in (("mixup_prob", 1.0), ("mixup_off_epoch", 0), ("mixup_mode", "batch"))
                if not mixes(config) and getattr(config, name) != default]
     if config.mixup_switch_prob != 0.5 and not (config.mixup > 0 and (config.cutmix > 0 or config.cutmix_minmax)):
@@ -399,6 +415,8 @@ UNUSED_BECAUSE = {
     "mixup_switch_prob": "is used by --mixup and --cutmix both only: add them",
     "cooldown_epochs": "ends the decay early, and --sched {sched} has no end: use --sched cosine, poly or tanh",
     "lr_noise_pct": "bounds the noise of --lr-noise, which is off: add --lr-noise START END",
+    "lr_base_size": "is used by --lr-base only: add --lr-base",
+    "lr_base_scale": "is used by --lr-base only: add --lr-base",
     "warmup_lr": "is the rate a warm-up starts from, and --warmup-epochs 0 makes none: give --warmup-epochs",
     "jsd_loss": "compares the predictions of --aug-splits, which is off: add --aug-splits 3",
     "split_bn": "gives the augmented splits of --aug-splits batch norms of their own, and --aug-splits is off: "
@@ -505,3 +523,16 @@ def dump_yaml(config: TrainConfig) -> str:
     import yaml
 
     return yaml.safe_dump({k: v for k, v in config.to_dict().items() if k not in NOT_RECORDED}, sort_keys=False)
+
+
+def lr_from_base(config: TrainConfig) -> float:
+    """``--lr`` as timm derives it from ``--lr-base``: ``lr_base * (batch / lr_base_size)``, or its square root for
+    the Adam family (timm picks ``sqrt`` for an optimizer whose name holds "ada" or "lamb"). The batch is the
+    global ``--batch-size`` (timm multiplies its per-process batch by the processes and ``--grad-accum-steps``)."""
+    ratio = config.batch_size / config.lr_base_size
+    return config.lr_base * (ratio ** 0.5 if lr_base_scale(config) == "sqrt" else ratio)
+
+
+def lr_base_scale(config: TrainConfig) -> str:
+    """``--lr-base-scale``, or timm's choice for the optimizer: ``sqrt`` for the Adam family, else ``linear``."""
+    return config.lr_base_scale or ("sqrt" if "ada" in config.opt else "linear")

@@ -42,7 +42,7 @@ from ..deploy.export import memory_errors_as_value_errors
 from ..deploy.weights import FORMAT, bn_eps_of, checkpoint_num_classes, load_state_dict, read_checkpoint
 from ..layers.split_batchnorm import convert_split_bn, without_aux_bn
 from . import checkpoint as ckpt
-from .config import TrainConfig, dump_yaml
+from .config import TrainConfig, dump_yaml, lr_base_scale, lr_from_base
 from .distributed import (DistEnv, barrier, broadcast_buffers, broadcast_text, cleanup_distributed,
                           convert_sync_batchnorm, init_distributed, lost_a_peer, on_main)
 from .ema import ModelEma
@@ -129,9 +129,10 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
     """Fill the options left to the model / dataset / optimizer defaults."""
     pick = lambda value, default: default if value is None else value  # noqa: E731
     threads = 1 if img_size <= SMALL_INPUT_PX else torch.get_num_threads()
-    lr = pick(config.lr, DEFAULT_LR[config.opt])
+    lr = pick(config.lr, lr_from_base(config) if config.lr_base is not None else DEFAULT_LR[config.opt])
     if config.min_lr > lr:  # the cosine would rise from lr to min_lr
-        source = "" if config.lr is not None else f" (the {config.opt} default)"
+        source = "" if config.lr is not None else " (from --lr-base)" if config.lr_base is not None else \
+            f" (the {config.opt} default)"
         raise ValueError(f"--min-lr {config.min_lr:g} is above the peak learning rate --lr {lr:g}{source}; "
                          f"--min-lr must be <= --lr")
     # data=info.name: a folder as an absolute path, so that the run can be resumed from any working directory
@@ -141,6 +142,7 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
         momentum=pick(config.momentum, DEFAULT_MOMENTUM[config.opt]),
         opt_eps=pick(config.opt_eps, DEFAULT_EPS[config.opt]),
         opt_betas=pick(config.opt_betas, DEFAULT_BETAS[config.opt]),
+        lr_base_scale=lr_base_scale(config) if config.lr_base is not None else None,
         decay_epochs=pick(config.decay_epochs, DEFAULT_DECAY_EPOCHS.get(config.sched)),
         decay_rate=pick(config.decay_rate, DEFAULT_DECAY_RATE.get(config.sched)),
         decay_milestones=pick(config.decay_milestones, DEFAULT_DECAY_MILESTONES.get(config.sched)),
