@@ -78,6 +78,7 @@ def train_config_from_args(args: argparse.Namespace):
     recorded ``momentum: 0.9`` for adamw), so its values are dropped where nothing uses them any more. ``--aa``
     given without ``--color-jitter`` gets its default colour jitter (0) rather than the one a resumed run recorded.
     A ``--pretrained`` other than the one the resumed run started from is refused: the run goes on from its own weights.
+    Of ``--lr`` and ``--lr-base`` only one applies (:func:`one_of_lr_and_lr_base`).
     """
     from ..engine.config import TrainConfig, check_unused_options, load_yaml, unused_options
 
