@@ -177,6 +177,12 @@ class TrainConfig:
                                              "in the running statistics (timm's --bn-momentum; TensorFlow's decay "
                                              "0.99 is 0.01 here; default: the model's, 0.1)", type=float)
     bn_eps: float | None = option(None, "batch-norm epsilon (timm's --bn-eps; default: the model's)", type=float)
+    head_init_scale: float | None = option(None, "multiply the classifier's initial weight and bias by this (timm's "
+                                                 "--head-init-scale; after --pretrained; default: as initialised)",
+                                           type=float, metavar="S")
+    head_init_bias: float | None = option(None, "set the classifier's initial bias to this value (timm's "
+                                                "--head-init-bias, e.g. -log(classes - 1) with --bce-loss; after "
+                                                "--pretrained)", type=float, metavar="B")
     drop: float | None = option(None, "dropout rate before the classifier (default: the model's)", type=float)
     drop_path: float = option(0.0, "stochastic-depth rate of the residual blocks")
     ema: bool = option(False, "keep an exponential moving average of the weights and evaluate / save it")
@@ -260,6 +266,8 @@ class TrainConfig:
         check(self.lr_base is None or (math.isfinite(self.lr_base) and self.lr_base > 0), "lr_base",
               "a finite number > 0")
         check(self.lr_base_size >= 1, "lr_base_size", ">= 1")
+        for name in ("head_init_scale", "head_init_bias"):
+            check(getattr(self, name) is None or math.isfinite(getattr(self, name)), name, "a finite number")
         check(self.warmup_lr is None or (math.isfinite(self.warmup_lr) and self.warmup_lr >= 0), "warmup_lr",
               "a finite number >= 0")
         for name in ("min_lr", "warmup_epochs", "momentum", "weight_decay", "mixup", "cutmix",

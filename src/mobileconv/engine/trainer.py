@@ -404,6 +404,8 @@ def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict
                          f"pixels (its minimum input size); pass a larger --img-size")
     if state is None and config.pretrained:
         load_initial_weights(model, config.pretrained, info.num_classes)
+    if state is None:
+        init_head(model, config.head_init_scale, config.head_init_bias)
     if config.split_bn:  # after --pretrained, whose weights the auxiliary batch norms start from; before --resume's
         if env.distributed and config.sync_bn:
             raise ValueError("--split-bn keeps batch norms per split, --sync-bn one across the processes (as in timm, "
@@ -428,6 +430,20 @@ def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict
         check_compiler(env.device, "--compile", ValueError)
         train_model = torch.compile(train_model)
     return model, train_model
+
+
+@torch.no_grad()
+def init_head(model: nn.Module, scale: float | None, bias: float | None) -> None:
+    """``--head-init-scale`` / ``--head-init-bias`` on the classifier of a new run, as timm's train.py applies them:
+    the weight and bias times ``scale``, then the bias set to ``bias``."""
+    head = model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        return
+    if scale is not None:
+        head.weight.mul_(scale)
+        head.bias.mul_(scale)
+    if bias is not None:
+        head.bias.fill_(bias)
 
 
 def set_batchnorm(model: nn.Module, momentum: float | None, eps: float | None) -> None:
