@@ -242,10 +242,9 @@ class MixupCutmix:
         n = len(images)
         draws = n if self.mode == "elem" else n // 2
         lam, use_cutmix = self.draw_per_image(draws)
-        if self.mode == "pair":  # image n - 1 - i takes image i's draw
-            middle = torch.ones(n % 2)
-            lam, use_cutmix = torch.cat([lam, middle, lam.flip(0)]), torch.cat([use_cutmix, middle.bool(),
-                                                                                use_cutmix.flip(0)])
+        if self.mode == "pair":  # image n - 1 - i takes image i's draw; the middle one of an odd batch is left
+            lam = torch.cat([lam, torch.ones(n % 2), lam.flip(0)])
+            use_cutmix = torch.cat([use_cutmix, torch.zeros(n % 2, dtype=torch.bool), use_cutmix.flip(0)])
         flipped, out = images.flip(0), images.clone()
         blend = (lam < 1) & ~use_cutmix
         weight = lam.to(images.dtype).view(-1, *[1] * (images.dim() - 1))[blend]

@@ -45,8 +45,9 @@ def clip_gradients(parameters, value: float, mode: str = "norm") -> None:
 def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
     """The 2-norm of each output unit of a conv / linear weight (over all dims but the first), or of the whole
     tensor for a vector or scalar (a bias, a norm layer's scale)."""
-    return torch.linalg.vector_norm(x) if x.ndim <= 1 else torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)),
-                                                                                    keepdim=True)
+    if x.ndim <= 1:
+        return torch.linalg.vector_norm(x)
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
 @torch.no_grad()
