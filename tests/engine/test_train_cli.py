@@ -9,6 +9,7 @@ from PIL import Image
 
 import mobileconv
 from mobileconv.cli import main
+from mobileconv.cli.train import TRAIN_GROUPS
 from mobileconv.engine import trainer
 from mobileconv.engine.checkpoint import load_state, load_weights
 from mobileconv.engine.metrics import read_metrics_csv
@@ -198,3 +199,14 @@ def test_undecodable_image_is_reported_by_path(tmp_path, capsys, workers):
                  "--workers", workers, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"error: cannot decode image {bad}: " in err
+
+
+def test_help_shows_the_options_under_their_headings(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    headings = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings == ["options", *TRAIN_GROUPS.values()]
+    sections = dict(zip(headings, text.split("\n\n")[-len(headings):]))
+    assert "--bce-loss" in sections["loss, mixup and cutmix"] and "--lr-base " in sections["learning-rate schedule"]
+    assert "--resume DIR" in sections["checkpoints and the run"]

@@ -29,6 +29,13 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 # ---- train -----------------------------------------------------------------------------------------
 
+# the first option of each group of `mobileconv train --help` (TrainConfig's fields, in their order)
+TRAIN_GROUPS = {"model": "model and data", "epochs": "learning-rate schedule", "opt": "optimizer",
+                "smoothing": "loss, mixup and cutmix", "aug": "augmentation",
+                "bn_momentum": "model regularisation and EMA", "grad_accum_steps": "steps",
+                "amp": "precision, devices and speed", "eval_metric": "checkpoints and the run"}
+
+
 def register_train(subparsers) -> None:
     from ..engine.config import TrainConfig
 
@@ -38,17 +45,20 @@ def register_train(subparsers) -> None:
                     "the command line wins over the file.",
         argument_default=argparse.SUPPRESS)
     _one_line_errors(p)
+    group = p
     for f in dataclasses.fields(TrainConfig):
+        if f.name in TRAIN_GROUPS:  # the options come in the README's order; --help shows them under headings
+            group = p.add_argument_group(TRAIN_GROUPS[f.name])
         meta, flag = f.metadata, "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = meta["help"] if default is None else f"{meta['help']} (default: {_show(default)})"
         if meta["type"] is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            p.add_argument(flag, type=meta["type"], choices=meta["choices"], nargs=meta["nargs"],
-                           metavar=meta["metavar"], help=help_text)
-    p.add_argument("--config", metavar="FILE", help="YAML file of option values")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last completed epoch")
+            group.add_argument(flag, type=meta["type"], choices=meta["choices"], nargs=meta["nargs"],
+                               metavar=meta["metavar"], help=help_text)
+    group.add_argument("--config", metavar="FILE", help="YAML file of option values")
+    group.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last completed epoch")
     p.set_defaults(func=run_train)
 
 
