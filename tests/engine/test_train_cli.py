@@ -210,21 +210,3 @@ def test_help_shows_the_options_under_their_headings(capsys):
     sections = dict(zip(headings, text.split("\n\n")[-len(headings):]))
     assert "--bce-loss" in sections["loss, mixup and cutmix"] and "--lr-base " in sections["learning-rate schedule"]
     assert "--resume DIR" in sections["checkpoints and the run"]
-
-
-def test_a_nan_loss_is_reported_by_the_main_process_only(tmp_path, monkeypatch, capsys):
-    run = type("Run", (), {"replaces": [], "out": tmp_path, "resumed_from": None,
-                           "env": trainer.DistEnv(rank=1, world_size=2)})()
-    error = trainer.stopped(run, 0, "loss is nan at epoch 1, step 3")
-    assert error.rank == 1 and "no checkpoint was written" in str(error)
-
-    def fit(config, resume=None):
-        raise error
-
-    monkeypatch.setattr(mobileconv.engine, "fit", fit)  # what `mobileconv train` calls
-    capsys.readouterr()
-    assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 1
-    assert capsys.readouterr().err == ""  # rank 0 prints the same line
-    error.rank = 0
-    assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 1
-    assert "mobileconv train: error: loss is nan at epoch 1, step 3; training stopped" in capsys.readouterr().err

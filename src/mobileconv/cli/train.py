@@ -131,8 +131,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         call_with_one_line_errors(fit, config, getattr(args, "resume", None))  # a key listing on one line
     except NonFiniteLossError as e:
-        if getattr(e, "rank", 0) == 0:  # every process stops alike: one line under torchrun, not one per process
-            print(f"mobileconv train: error: {e}", file=sys.stderr)
+        print(f"mobileconv train: error: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -787,10 +787,7 @@ def diverged_because(run: Run, test_loss: float) -> str | None:
 
 
 def stopped(run: Run, epoch: int, reason: str) -> NonFiniteLossError:
-    """The error that ends a run whose loss or weights became NaN / inf during ``epoch`` (0-based).
-
-    Every process raises it alike (the loss is averaged over the processes, the weights are the same); its ``rank``
-    lets the command line report it once, from the main process."""
+    """The error that ends a run whose loss or weights became NaN / inf during ``epoch`` (0-based)."""
     if run.replaces:
         kept = f"no checkpoint was written, the previous run in {run.out} is kept"
     elif epoch > 0 and (run.out / ckpt.LAST_FILE).is_file():
@@ -799,9 +796,7 @@ def stopped(run: Run, epoch: int, reason: str) -> NonFiniteLossError:
         kept = f"the last good checkpoint is {run.resumed_from / ckpt.LAST_FILE} (epoch {epoch})"
     else:
         kept = "no checkpoint was written"
-    error = NonFiniteLossError(f"{reason}; training stopped, {kept} (try a lower --lr or --clip-grad)")
-    error.rank = run.env.rank
-    return error
+    return NonFiniteLossError(f"{reason}; training stopped, {kept} (try a lower --lr or --clip-grad)")
 
 
 def save_epoch(run: Run, epoch: int, is_best: bool) -> None:
