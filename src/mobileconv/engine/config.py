@@ -79,6 +79,9 @@ class TrainConfig:
                                      "--epochs)",
                                   metavar="N")
     warmup_lr: float | None = option(None, "learning rate the warm-up starts from (default: lr / 100)", type=float)
+    warmup_prefix: bool = option(True, "--sched cosine / poly / tanh: the decay starts at the warm-up's end "
+                                       "(--no-warmup-prefix: at the run's start, the warm-up laid over its beginning, "
+                                       "timm's default)")
     sched: str = option("cosine", "schedule after the warm-up (timm's): cosine, poly or tanh decay to --min-lr; "
                                   "step: the rate times --decay-rate every --decay-epochs; multistep: times "
                                   "--decay-rate at each of --decay-milestones; plateau: times --decay-rate when "
@@ -360,11 +363,12 @@ def unused_options(config: TrainConfig) -> list[str]:
     ``--aa``, ``--vflip``, ``--aug-repeats`` and ``--aug-splits`` with ``--no-aug``, ``--remode rand`` / ``pixel``
     and ``--recount`` without random erasing, ``--ema-decay`` / ``--ema-warmup`` without ``--ema``, ``--amp-dtype``
     without ``--amp``, ``--clip-mode`` without ``--clip-grad``, ``--warmup-lr`` with ``--warmup-epochs 0``,
-    ``--cooldown-epochs`` with ``--sched step`` / ``multistep``, ``--lr-noise-pct`` without ``--lr-noise``,
-    ``--lr-base-size`` / ``--lr-base-scale`` without ``--lr-base``, ``--mixup-prob`` / ``--mixup-off-epoch`` /
-    ``--mixup-mode`` without mixing, ``--mixup-switch-prob`` without both ``--mixup`` and ``--cutmix``,
-    ``--bce-target-thresh`` / ``--bce-sum`` / ``--bce-pos-weight`` without ``--bce-loss``, ``--jsd-loss`` /
-    ``--split-bn`` without ``--aug-splits``, ``--resplit`` without ``--aug-splits`` and ``--reprob``."""
+    ``--cooldown-epochs`` with ``--sched step`` / ``multistep``, ``--no-warmup-prefix`` without a decay after a
+    warm-up, ``--lr-noise-pct`` without ``--lr-noise``, ``--lr-base-size`` / ``--lr-base-scale`` without
+    ``--lr-base``, ``--mixup-prob`` / ``--mixup-off-epoch`` / ``--mixup-mode`` without mixing,
+    ``--mixup-switch-prob`` without both ``--mixup`` and ``--cutmix``, ``--bce-target-thresh`` / ``--bce-sum`` /
+    ``--bce-pos-weight`` without ``--bce-loss``, ``--jsd-loss`` / ``--split-bn`` without ``--aug-splits``,
+    ``--resplit`` without ``--aug-splits`` and ``--reprob``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     scheduled = ("decay_epochs", "decay_milestones", "decay_rate", "patience_epochs")
     unused = [name for name in ("momentum", "opt_eps", "opt_betas", *scheduled)
@@ -388,6 +392,8 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused.append("warmup_lr")
     if config.cooldown_epochs and config.sched not in ENDING_SCHEDULES:
         unused.append("cooldown_epochs")
+    if not config.warmup_prefix and (config.sched not in ENDING_SCHEDULES or config.warmup_epochs == 0):
+        unused.append("warmup_prefix")
     if config.lr_noise_pct is not None and config.lr_noise is None:
         unused.append("lr_noise_pct")
     if config.lr_base is None:
@@ -426,6 +432,8 @@ UNUSED_BECAUSE = {
     "lr_base_size": "is used by --lr-base only: add --lr-base",
     "lr_base_scale": "is used by --lr-base only: add --lr-base",
     "warmup_lr": "is the rate a warm-up starts from, and --warmup-epochs 0 makes none: give --warmup-epochs",
+    "warmup_prefix": "says where the decay of --sched cosine, poly or tanh starts after a warm-up; --sched {sched} "
+                     "with --warmup-epochs {warmup_epochs:g} has no use for it",
     "jsd_loss": "compares the predictions of --aug-splits, which is off: add --aug-splits 3",
     "split_bn": "gives the augmented splits of --aug-splits batch norms of their own, and --aug-splits is off: "
                 "add --aug-splits 3",
@@ -448,9 +456,10 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
         if name in ("aa", "vflip", "aug_repeats", "aug_splits"):
             raise ValueError(f"{flag} {value!r}{where} is an augmentation: leave it out with --no-aug")
         if name in UNUSED_BECAUSE:
-            shown = flag if value is True else f"{flag} {value}"  # a switch is named alone: --bce-sum, not True
-            raise ValueError(f"{shown}{where} {UNUSED_BECAUSE[name].format(sched=config.sched)}, or leave "
-                             f"{flag} out")
+            # a switch is named alone: --bce-sum, not True; --no-warmup-prefix, not False
+            shown = flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}"
+            why = UNUSED_BECAUSE[name].format(sched=config.sched, warmup_epochs=config.warmup_epochs)
+            raise ValueError(f"{shown}{where} {why}, or leave {shown if value is False else flag} out")
         if name.startswith("decay_") or name == "patience_epochs":
             users = [sched for sched, names in SCHEDULE_OPTIONS.items() if name in names]
             users = users[0] if len(users) == 1 else f"{', '.join(users[:-1])} or {users[-1]}"

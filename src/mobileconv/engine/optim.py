@@ -260,19 +260,22 @@ class WarmupAnneal(_Warmup):
     ``shape``, per step, over the steps left after the warm-up.
 
     ``f(t) = start + (1 - start) * t / W`` for ``t < W``, else ``min + (1 - min) * g(p)`` with
-    ``p = (t - W) / (T - W)`` and ``g`` one of :data:`ANNEALING`: ``cosine``, ``(1 + cos(pi p)) / 2``
+    ``p = (t - W) / (T - W)`` (with ``prefix=False``, timm's default ``warmup_prefix=False``: ``p = t / T``, the
+    decay counted from the run's start and the warm-up laid over its beginning) and ``g`` one of
+    :data:`ANNEALING`: ``cosine``, ``(1 + cos(pi p)) / 2``
     (Loshchilov & Hutter 2017, eq. 5, one cycle); ``poly``, ``(1 - p) ** power`` (timm's ``PolyLRScheduler``);
     ``tanh``, ``(1 - tanh(-7 (1 - p) + 3 p)) / 2`` (timm's ``TanhLRScheduler``, which ends at 0.25% of the way
     from ``min`` to the peak rather than at ``min``).
     """
 
     def __init__(self, total_steps: int, steps_per_epoch: int, warmup_steps: int, min_factor: float = 0.0,
-                 start_factor: float = 0.01, shape: str = "cosine", power: float = 1.0):
+                 start_factor: float = 0.01, shape: str = "cosine", power: float = 1.0, prefix: bool = True):
         super().__init__(total_steps, steps_per_epoch, warmup_steps, min_factor, start_factor)
-        self.shape, self.power = shape, power
+        self.shape, self.power, self.prefix = shape, power, prefix
 
     def decayed(self, step: int) -> float:
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        offset = self.warmup_steps if self.prefix else 0
+        progress = min(1.0, (step - offset) / max(1, self.total_steps - offset))
         return self.min_factor + (1 - self.min_factor) * ANNEALING[self.shape](progress, self.power)
 
 
@@ -357,11 +360,12 @@ def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_ep
                      decay_rate: float | None = None, warmup_lr: float | None = None,
                      noise: tuple[float, float] | None = None, noise_pct: float = 0.67,
                      seed: int = 0, decay_milestones: tuple[int, ...] | None = None,
-                     patience_epochs: int | None = None, mode: str = "max") -> torch.optim.lr_scheduler.LambdaLR:
+                     patience_epochs: int | None = None, mode: str = "max",
+                     warmup_prefix: bool = True) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step linear warm-up from ``warmup_lr`` (``None``: ``lr / 100``) to ``lr``, then ``sched``:
 
     * ``cosine``, ``poly`` (power ``decay_rate``) or ``tanh``: a decay to ``min_lr`` by the run's last step
-      (:class:`WarmupAnneal`);
+      (:class:`WarmupAnneal`), from the warm-up's end, or with ``warmup_prefix=False`` from the run's start;
     * ``step``: ``decay_rate`` every ``decay_epochs``, or ``multistep``: ``decay_rate`` at each of
       ``decay_milestones`` (epochs), floored at ``min_lr`` (:class:`WarmupStepDecay`);
     * ``plateau``: ``decay_rate`` whenever the test metric (higher is better with ``mode="max"``, lower with
@@ -380,7 +384,7 @@ def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_ep
     decay_rate = DEFAULT_DECAY_RATE.get(sched) if decay_rate is None else decay_rate
     common = (total, steps_per_epoch, warmup, min_lr / lr, start)
     if sched in ANNEALING:
-        schedule = WarmupAnneal(*common, sched, decay_rate if sched == "poly" else 1.0)
+        schedule = WarmupAnneal(*common, sched, decay_rate if sched == "poly" else 1.0, warmup_prefix)
     elif sched == "plateau":
         patience = DEFAULT_PATIENCE_EPOCHS[sched] if patience_epochs is None else patience_epochs
         schedule = WarmupPlateau(*common, decay_rate, patience, mode)
