@@ -43,16 +43,17 @@ def failed_train(args, capsys) -> str:
     return err
 
 
-def scheduled_lrs(epochs: int, steps: int, warmup_epochs: float, lr: float, min_lr: float, *schedule):
+def scheduled_lrs(epochs: int, steps: int, warmup_epochs: float, lr: float, min_lr: float, *schedule, **options):
     """The learning rate of each step under ``create_scheduler`` (SGD on one tensor), and the one after the last.
 
-    ``schedule``: ``create_scheduler``'s ``sched, decay_epochs, decay_rate`` (default: the cosine)."""
+    ``schedule``: ``create_scheduler``'s ``sched, decay_epochs, decay_rate`` (default: the cosine); ``options``, its
+    keyword arguments."""
     import torch
 
     from mobileconv.engine.optim import create_scheduler
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2, 2))], lr=lr)
-    sched = create_scheduler(opt, epochs, steps, warmup_epochs, lr, min_lr, *schedule)
+    sched = create_scheduler(opt, epochs, steps, warmup_epochs, lr, min_lr, *schedule, **options)
     seen = []
     for _ in range(epochs * steps):
         seen.append(opt.param_groups[0]["lr"])

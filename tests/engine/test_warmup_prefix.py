@@ -3,25 +3,14 @@ start, the warm-up laid over its beginning. The oracle is the schedule written o
 import math
 
 import pytest
-import torch
 
-from mobileconv.engine.optim import create_scheduler
-
-from .helpers import TINY, failed_train
+from .helpers import TINY, failed_train, scheduled_lrs
 
 EPOCHS, STEPS, WARMUP, LR, MIN_LR = 5, 4, 2, 0.1, 0.001
 
 
 def rates(sched, prefix, decay_rate=None):
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
-    scheduler = create_scheduler(opt, EPOCHS, STEPS, WARMUP, LR, MIN_LR, sched, None, decay_rate,
-                                 warmup_prefix=prefix)
-    seen = []
-    for _ in range(EPOCHS * STEPS):
-        seen.append(opt.param_groups[0]["lr"])
-        opt.step()
-        scheduler.step()
-    return seen
+    return scheduled_lrs(EPOCHS, STEPS, WARMUP, LR, MIN_LR, sched, None, decay_rate, warmup_prefix=prefix)[0]
 
 
 def written_out(shape, prefix, power=1.0):
