@@ -139,6 +139,8 @@ def run_train(args: argparse.Namespace) -> int:
 # ---- eval ------------------------------------------------------------------------------------------
 
 def register_eval(subparsers) -> None:
+    from ..engine.config import AMP_DTYPES
+
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on a dataset's test split",
                               description="top-1, top-5 and per-class accuracy of a checkpoint; the number of "
                                           "classes comes from the checkpoint's classifier.")
@@ -159,6 +161,11 @@ def register_eval(subparsers) -> None:
     p.add_argument("--optimize", action="store_true",
                    help="evaluate optimize_for_inference's copy of the model: BN folded, MixConv fused, oneDNN on "
                         "CPU; faster, logits within 1e-4 of their scale")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: bfloat16 on CPU, float16 on GPU (timm validate.py's --amp; see --amp-dtype)")
+    p.add_argument("--amp-dtype", choices=AMP_DTYPES,
+                   help="the mixed-precision dtype (default auto: as --amp says); used by --amp only")
+    p.add_argument("--channels-last", action="store_true", help="run the model in channels-last memory format")
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="a table of top-1 / top-5 / per-class accuracy, or the full result as JSON (default table)")
     p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
@@ -175,6 +182,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.amp_dtype is not None and not args.amp:
+        raise ValueError(f"--amp-dtype {args.amp_dtype} is used by --amp only: add --amp, or leave --amp-dtype out")
     if args.plot:
         check_plot_path(args.plot)  # before the evaluation
     out = Path(args.out) if args.out else None
@@ -183,7 +192,8 @@ def run_eval(args: argparse.Namespace) -> int:
     result = call_with_one_line_errors(evaluate_checkpoint, args.model, args.checkpoint, args.data, args.img_size,
                                        args.batch_size, args.device, args.max_val_samples, args.use_ema,
                                        args.crop_pct, args.interpolation, args.workers, args.optimize,
-                                       sys.stderr.isatty())
+                                       sys.stderr.isatty(), (args.amp_dtype or "auto") if args.amp else None,
+                                       args.channels_last)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     title = f"{result['model']} on {result['dataset']}: top-1 {result['top1']:.2f}%"
@@ -223,7 +233,9 @@ def format_eval_table(result: dict) -> str:
     lines = [f"model {result['model']}  checkpoint {result['checkpoint']}",
              f"data {result['dataset']} ({result['split']} split, {result['count']} images, {result['img_size']} px"
              + (f", crop {result['crop_pct']:g} {result['interpolation']}" if "crop_pct" in result else "")
-             + (", optimised model" if result.get("optimized") else "") + ")",
+             + (", optimised model" if result.get("optimized") else "")
+             + (f", {result['amp']} autocast" if result.get("amp") else "")
+             + (", channels_last" if result.get("channels_last") else "") + ")",
              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}",
              "", f"{'class':<20} {'accuracy':>9} {'images':>7}"]
     for name, acc, row in zip(result["classes"], result["per_class"], result["confusion"]):

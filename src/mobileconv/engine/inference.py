@@ -16,8 +16,9 @@ from ..data import (INTERPOLATIONS, MIN_CROP_PCT, BatchTransform, ShardedBatchSa
                     check_crop, is_crop_pct, limit_samples, load_image, preferred_img_size)
 from ..deploy.weights import checkpoint_num_classes, load_state_dict, read_checkpoint
 from .checkpoint import _json_or_str
+from .config import AMP_DTYPES
 from .distributed import DistEnv, resolve_device
-from .loop import evaluate
+from .loop import StepSettings, autocast_dtype, evaluate
 from .trainer import build_model, images_fit
 
 
@@ -200,7 +201,7 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
                         img_size: int | None = None, batch_size: int = 256, device: str = "auto",
                         max_samples: int | None = None, use_ema: bool = False, crop_pct: float | None = None,
                         interpolation: str | None = None, workers: int = 0, optimize: bool = False,
-                        progress: bool = False) -> dict:
+                        progress: bool = False, amp: str | None = None, channels_last: bool = False) -> dict:
     """top-1 / top-5 / per-class accuracy / confusion matrix of a checkpoint on a dataset's test split.
 
     ``data`` and ``img_size`` default to those recorded with the checkpoint; images are normalised
@@ -210,7 +211,9 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     ``interpolation`` (:func:`resolve_crop`; given for digits, synthetic or CIFAR data, whose arrays are resized
     whole, they are refused). ``workers`` processes decode the images (0: this one). ``optimize`` evaluates
     :func:`~mobileconv.optimize_for_inference`'s copy of the model (BN folded, MixConv fused, oneDNN on CPU:
-    faster, logits within 1e-4 of their scale); ``progress`` shows a progress bar. A batch of images of
+    faster, logits within 1e-4 of their scale); ``amp`` runs the model under autocast in ``"bfloat16"``,
+    ``"float16"`` or ``"auto"`` (float16 on a GPU, bfloat16 on the CPU), ``channels_last`` in that memory format
+    (timm's ``validate.py --amp`` / ``--channels-last``); ``progress`` shows a progress bar. A batch of images of
     ``img_size`` that the memory cannot hold is refused with a ``ValueError`` (up front where it cannot be
     allocated at all).
     """
@@ -219,7 +222,10 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"--workers must be an integer >= 0, got {workers!r}")
     check_crop(crop_pct, interpolation)  # the given ones, before the checkpoint is read
+    if amp not in (None, *AMP_DTYPES):
+        raise ValueError(f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
     dev = resolve_device(device)
+    settings = StepSettings(amp_dtype=autocast_dtype(amp, dev), channels_last=channels_last)
     loaded = load_checkpoint(model_name, checkpoint, dev, use_ema)
     given = data
     data = data or loaded.get("dataset")
@@ -232,12 +238,13 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | Path, data: st
     batch = min(batch_size, max_samples or batch_size)
     with images_fit(batch, img_size, dev):  # before any image is made (or decoded and resized by PIL)
         return _evaluate_on(loaded, checkpoint, data, given, img_size, crop, explicit, batch_size, max_samples, dev,
-                            workers, optimize, progress)
+                            workers, optimize, progress, settings)
 
 
 def _evaluate_on(loaded: LoadedCheckpoint, checkpoint: str | Path, data: str, given: str | None, img_size: int,
                  crop: tuple[float, str], explicit: list[str], batch_size: int, max_samples: int | None,
-                 dev: torch.device, workers: int, optimize: bool = False, progress: bool = False) -> dict:
+                 dev: torch.device, workers: int, optimize: bool = False, progress: bool = False,
+                 settings: StepSettings = StepSettings()) -> dict:
     try:
         test_set, info = build_test_dataset(data, img_size, *crop)
     except ValueError as e:
@@ -267,10 +274,15 @@ def _evaluate_on(loaded: LoadedCheckpoint, checkpoint: str | Path, data: str, gi
         from ..deploy.optimize import optimize_for_inference
 
         model = optimize_for_inference(model, example_input=torch.zeros(1, 3, img_size, img_size, device=dev))
-    result = evaluate(model, loader, transform, info.num_classes, DistEnv(device=dev), progress=progress)
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    result = evaluate(model, loader, transform, info.num_classes, DistEnv(device=dev), settings=settings,
+                      progress=progress)
     preprocessing = {"crop_pct": crop[0], "interpolation": crop[1]} if info.kind == "imagefolder" else {}
+    amp = None if settings.amp_dtype is None else str(settings.amp_dtype).removeprefix("torch.")
     return {"model": loaded.name, "checkpoint": str(checkpoint), "dataset": info.name, "split": info.test_split,
-            "img_size": img_size, **preprocessing, "optimized": optimize, "classes": info.classes, **result}
+            "img_size": img_size, **preprocessing, "optimized": optimize, "amp": amp,
+            "channels_last": settings.channels_last, "classes": info.classes, **result}
 
 
 def _preview(names, count: int = 3) -> str:

@@ -37,6 +37,16 @@ class StepSettings:
             raise ValueError(f"grad_accum_steps must be an integer >= 1, got {self.grad_accum_steps!r}")
 
 
+def autocast_dtype(name: str | None, device: torch.device) -> torch.dtype | None:
+    """``--amp-dtype``'s dtype: ``"auto"`` is float16 on a GPU (with a grad scaler in training) and bfloat16 on the
+    CPU; ``None`` (no ``--amp``) is full precision."""
+    if name is None:
+        return None
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return getattr(torch, name)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()

@@ -46,7 +46,7 @@ from .config import TrainConfig, dump_yaml, lr_base_scale, lr_from_base
 from .distributed import (DistEnv, barrier, broadcast_buffers, broadcast_text, cleanup_distributed,
                           convert_sync_batchnorm, init_distributed, lost_a_peer, on_main)
 from .ema import ModelEma
-from .loop import NonFiniteLossError, StepSettings, evaluate, train_one_epoch
+from .loop import NonFiniteLossError, StepSettings, autocast_dtype, evaluate, train_one_epoch
 from .losses import BinaryCrossEntropy, JsdCrossEntropy
 from .malloc import keep_large_allocations_on_heap
 from .metrics import RECORDED_METRICS, best_epochs, metric_of, plot_curves, ranks_above, write_metrics_csv
@@ -228,11 +228,7 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if not config.amp:
-        return None
-    if config.amp_dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
-    return getattr(torch, config.amp_dtype)
+    return autocast_dtype(config.amp_dtype if config.amp else None, device)
 
 
 # ---- the run ------------------------------------------------------------------------------------
