@@ -14,7 +14,9 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 
 def register(subparsers) -> None:
-    """Add the ``convert`` subcommand."""
+    """Add the ``convert`` and ``average`` subcommands."""
+    from ..engine.config import EVAL_METRICS
+
     p = subparsers.add_parser(
         "convert", help="convert a timm / torchvision / mobileconv checkpoint to mobileconv's safetensors format",
         description="Load SRC (a timm, torchvision or mobileconv checkpoint: .safetensors, or .pth/.pt/.bin read "
@@ -45,7 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--top", type=positive_int, metavar="N",
                    help="average only the N best checkpoints by --metric, as mobileconv train records it in its "
                         "weights files (default: all given)")
-    p.add_argument("--metric", choices=("top1", "top5", "loss"), default="top1",
+    p.add_argument("--metric", choices=EVAL_METRICS, default="top1",
                    help="what --top ranks by: test top-1, top-5 or loss (the lowest first), as --eval-metric "
                         "(default top1)")
     p.add_argument("--use-ema", action="store_true", help=USE_EMA_HELP)
