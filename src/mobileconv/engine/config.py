@@ -116,6 +116,11 @@ class TrainConfig:
                                               "biases (default: 5e-4 sgd, 1e-5 rmsprop / rmsproptf / adam / nadam / "
                                               "radam, 0.05 adamw)",
                                         type=float)
+    layer_decay: float | None = option(None, "layer-wise learning-rate decay, in (0, 1] (timm's --layer-decay): each "
+                                             "layer's rate times D ** (layers after it), the stem's lowest, the "
+                                             "classifier's the --lr schedule's own (layers: the stem, each block, "
+                                             "the head conv, the classifier; default: off)", type=float,
+                                       metavar="D")
     smoothing: float = option(0.1, "label smoothing")
     bce_loss: bool = option(False, "binary cross-entropy, one sigmoid per class, instead of the softmax "
                                    "cross-entropy (timm's --bce-loss)")
@@ -296,6 +301,8 @@ class TrainConfig:
               "a finite number > 0 (leave it out for no clipping)")
         check(self.opt_betas is None or all(0 <= b < 1 for b in self.opt_betas), "opt_betas",
               "two numbers in [0, 1)")
+        check(self.layer_decay is None or 0 < self.layer_decay <= 1, "layer_decay",
+              "in (0, 1] (1: every layer at the same rate)")
         check(self.momentum is None or self.momentum < 1, "momentum",
               "in [0, 1) (a momentum of 1 or more never forgets a gradient)")
         check(self.decay_epochs is None or (math.isfinite(self.decay_epochs) and self.decay_epochs > 0),

@@ -125,7 +125,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             rate = images_seen / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss_total / steps:.4f}", img_s=f"{rate:.0f}")
     seconds = time.perf_counter() - start
-    return {"loss": loss_total / max(steps, 1), "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+    lr = max(group["lr"] for group in optimizer.param_groups)  # the schedule's own: --layer-decay scales the others
+    return {"loss": loss_total / max(steps, 1), "lr": lr, "seconds": seconds,
             "img/s": images_seen / max(seconds, 1e-9), "steps": steps}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
+import re
 
 import torch
 from torch import nn
@@ -133,6 +134,51 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# timm's layer numbering of its MobileNetV3 / EfficientNet models (their ``group_matcher(coarse=False)``): the stem,
+# then each block, then (EfficientNet's conv -> BN -> act head only) the head conv; the rest (the classifier, and
+# MobileNetV3's head conv, which has no BN) is the last layer
+_STEM = re.compile(r"(conv_stem|bn1)\.")
+_BLOCK = re.compile(r"blocks\.(\d+)\.(\d+)\.")
+_HEAD_CONV = re.compile(r"(conv_head|bn2)\.")
+
+
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Each parameter name's layer, from 0 (the stem) up, as timm numbers the layers for ``--layer-decay``.
+
+    Every block (``blocks.STAGE.INDEX``) is a layer of its own; a model whose head has a BN (``bn2``: MixNet,
+    MobileNetV2) has its head conv as a layer between the last block and the classifier; a parameter of no other
+    layer (the classifier; MobileNetV3's head conv, which has no BN) is in the last one.
+    """
+    names = [name for name, _ in model.named_parameters()]
+    head_conv_apart = any(name.startswith("bn2.") for name in names)
+
+    def order(name: str) -> tuple[int, ...]:
+        if _STEM.match(name):
+            return (0,)
+        if block := _BLOCK.match(name):
+            return (1, int(block[1]), int(block[2]))
+        return (2,) if head_conv_apart and _HEAD_CONV.match(name) else (3,)
+
+    index = {key: i for i, key in enumerate(sorted({order(name) for name in names}))}
+    return {name: index[order(name)] for name in names}
+
+
+def param_groups_layer_decay(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """:func:`param_groups_weight_decay` per layer of :func:`layer_ids`, each with an ``lr_scale`` of
+    ``layer_decay ** (layers after it)``: 1 for the last layer, ``layer_decay`` for the one before... (timm's
+    ``param_groups_layer_decay``, after BEiT, Bao et al. 2022)."""
+    ids = layer_ids(model)
+    last = max(ids.values(), default=0)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            layer, decays = ids[name], param.ndim > 1
+            group = groups.setdefault((layer, decays), {"params": [], "weight_decay": weight_decay if decays else 0.0,
+                                                        "lr_scale": layer_decay ** (last - layer)})
+            group["params"].append(param)
+    return list(groups.values())
+
+
 def start_missing_momentum_buffers(optimizer: torch.optim.Optimizer, args=(), kwargs=None) -> None:
     """Step pre-hook: a zero momentum buffer for each parameter that has taken steps without momentum.
 
@@ -149,7 +195,8 @@ def start_missing_momentum_buffers(optimizer: torch.optim.Optimizer, args=(), kw
 
 
 def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float, momentum: float | None = None,
-                     eps: float | None = None, betas: tuple[float, float] | None = None) -> torch.optim.Optimizer:
+                     eps: float | None = None, betas: tuple[float, float] | None = None,
+                     layer_decay: float | None = None) -> torch.optim.Optimizer:
     """``sgd`` (Nesterov), ``rmsprop`` (torch's, alpha 0.9, eps sqrt(1e-3)), ``rmsproptf``, ``adamw``, or ``adam`` /
     ``nadam`` / ``radam`` (torch's, whose weight decay is an L2 term of the gradient, as timm's ``--opt adam`` /
     ``nadam`` / ``radam`` use them).
@@ -162,6 +209,8 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
     ``momentum`` (default 0.9), ``eps`` (default :data:`DEFAULT_EPS`) and the Adam family's ``betas`` (default
     0.9, 0.999) left ``None`` take the optimizer's default; given to an optimizer that has no such setting
     (``eps`` to sgd, ``momentum`` to adamw, ``betas`` to rmsprop), they raise ``ValueError`` rather than be ignored.
+    With ``layer_decay``, each layer's groups (:func:`param_groups_layer_decay`) start at ``lr`` times their
+    ``lr_scale``, which a schedule then scales as a whole.
     """
     if opt not in DEFAULT_LR:
         raise ValueError(f"--opt must be one of {', '.join(DEFAULT_LR)}, got {opt!r}")
@@ -169,7 +218,13 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
                                   ("--opt-betas", betas, DEFAULT_BETAS)):
         if value is not None and defaults[opt] is None:
             raise ValueError(f"{flag} {value!r} is not used by --opt {opt}, which has no such setting")
-    groups = param_groups_weight_decay(model, weight_decay)
+    if layer_decay is None:
+        groups = param_groups_weight_decay(model, weight_decay)
+    else:
+        if not 0 < layer_decay <= 1:
+            raise ValueError(f"--layer-decay must be in (0, 1], got {layer_decay!r}")
+        groups = [{**group, "lr": lr * group["lr_scale"]}
+                  for group in param_groups_layer_decay(model, weight_decay, layer_decay)]
     momentum = DEFAULT_MOMENTUM[opt] if momentum is None else momentum
     eps = DEFAULT_EPS[opt] if eps is None else eps
     if opt != "sgd" and not (math.isfinite(eps) and eps > 0):  # sqrt(v) + 0 is 0 / 0 = NaN for a 0 gradient

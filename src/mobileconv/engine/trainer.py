@@ -339,7 +339,7 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
     model, train_model = prepare_model(config, info, env, state, state_path)
     train_loader, test_loader = make_loaders(config, train_set, test_set, env)
     optimizer = create_optimizer(model, config.opt, config.lr, config.weight_decay, config.momentum, config.opt_eps,
-                                 config.opt_betas)
+                                 config.opt_betas, config.layer_decay)
     schedule_epochs = config.epochs - config.cooldown_epochs  # timm's cycle: the cooldown trains on at --min-lr
     scheduler = create_scheduler(optimizer, schedule_epochs, len(train_loader), config.warmup_epochs, config.lr,
                                  config.min_lr, config.sched, config.decay_epochs, config.decay_rate,
@@ -512,6 +512,11 @@ def check_resumable(state: dict, config: TrainConfig, info: DataInfo, resume: Pa
                 for c in (saved, config.to_dict())]
     if split_bn[0] != split_bn[1]:  # other batch norms: the weights and the optimizer's state would not fit
         raise ValueError(f"--resume {resume}: the run trained with {split_bn[0]}, not {split_bn[1]}")
+    if (saved.get("layer_decay") is None) != (config.layer_decay is None):
+        # other parameter groups, which the optimizer's state would not fit (a new D applies, like a new --lr)
+        was, now = ("no --layer-decay" if d is None else f"--layer-decay {d}" for d in (saved.get("layer_decay"),
+                                                                                      config.layer_decay))
+        raise ValueError(f"--resume {resume}: the run trained with {was}, not {now}")
     if state["epoch"] >= config.epochs:
         raise ValueError(f"--resume {resume}: the run has already trained {state['epoch']} epoch(s); pass --epochs "
                          f"above {state['epoch']} to train on")
@@ -749,7 +754,7 @@ def train_epochs(run: Run) -> dict:
                "lr": stats["lr"], "img/s": stats["img/s"], "seconds": seconds, "test_loss": test["loss"]}
         # --sched plateau decays here, for the next epoch's steps (one schedule object, shared by the parameter groups)
         run.scheduler.lr_lambdas[0].record(epoch + 1, metric_of(row, c.eval_metric))
-        row["lr"] = refresh_lr(run.scheduler)[0]
+        row["lr"] = max(refresh_lr(run.scheduler))  # the schedule's own rate: --layer-decay scales the others down
         best_row = next((r for r in run.history if r["epoch"] == run.best_epoch), None)
         run.history.append(row)
         is_best = best_row is None or ranks_above(row, best_row, c.eval_metric)
