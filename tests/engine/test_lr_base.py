@@ -25,6 +25,9 @@ def resolved(argv):
     ("nadam", 512, 128, None, 0.1 * 2.0),
     ("sgd", 64, 256, "sqrt", 0.1 * 0.5),
     ("adam", 1024, 256, "linear", 0.1 * 4),
+    ("lamb", 64, 256, None, 0.1 * 0.5),  # timm: sqrt for names with "ada" or "lamb"
+    ("lion", 1024, 256, None, 0.1 * 4),
+    ("momentum", 64, 256, None, 0.1 * 64 / 256),
 ])
 def test_the_rate_follows_the_batch_as_timm_scales_it(opt, batch, size, scale, expected):
     config = TrainConfig(opt=opt, batch_size=batch, lr_base=0.1, lr_base_size=size, lr_base_scale=scale)

@@ -36,9 +36,9 @@ def test_sgd_is_nesterov_and_adamw_decoupled():
     sgd = create_optimizer(small_model(), "sgd", lr=0.1, weight_decay=1e-4)
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["nesterov"]
     assert isinstance(create_optimizer(small_model(), "adamw", lr=1e-3, weight_decay=0.05), torch.optim.AdamW)
-    with pytest.raises(ValueError, match="--opt must be one of sgd, rmsprop, rmsproptf, adamw, adam, nadam, radam, "
-                                         "got .lamb."):
-        create_optimizer(small_model(), "lamb", lr=0.1, weight_decay=0)
+    with pytest.raises(ValueError, match="--opt must be one of sgd, momentum, rmsprop, rmsproptf, adamw, adam, nadam, "
+                                         "radam, nadamw, lamb, lion, got .lars."):
+        create_optimizer(small_model(), "lars", lr=0.1, weight_decay=0)
 
 
 def test_adam_steps_as_written_out_with_its_weight_decay_in_the_gradient():

@@ -18,10 +18,12 @@ from ..data.datasets import TRAIN_INTERPOLATIONS
 from ..data.transforms import ERASE_MODES, MIXUP_MODES
 from .ema import EMA_WARMUPS
 
-OPTIMIZERS = ("sgd", "rmsprop", "rmsproptf", "adamw", "adam", "nadam", "radam")
-# the options that only some optimizers have: SGD has no epsilon, AdamW no momentum (its betas are fixed)
-OPTIMIZER_OPTIONS = {"sgd": ("momentum",), "rmsprop": ("momentum", "opt_eps"), "rmsproptf": ("momentum", "opt_eps"),
-                     **dict.fromkeys(("adamw", "adam", "nadam", "radam"), ("opt_eps", "opt_betas"))}
+OPTIMIZERS = ("sgd", "momentum", "rmsprop", "rmsproptf", "adamw", "adam", "nadam", "radam", "nadamw", "lamb", "lion")
+# the options that only some optimizers have: SGD has no epsilon, the Adam family betas instead of a momentum
+OPTIMIZER_OPTIONS = {**dict.fromkeys(("sgd", "momentum"), ("momentum",)),
+                     **dict.fromkeys(("rmsprop", "rmsproptf"), ("momentum", "opt_eps")),
+                     **dict.fromkeys(("adamw", "adam", "nadam", "radam", "nadamw", "lamb"), ("opt_eps", "opt_betas")),
+                     "lion": ("opt_betas",)}
 DEVICES = ("auto", "cpu", "cuda")
 # learning-rate schedules after the warm-up (optim.create_scheduler): the first three end at --min-lr
 SCHEDULES = ("cosine", "poly", "tanh", "step", "multistep", "plateau")
@@ -60,16 +62,17 @@ class TrainConfig:
                                     type=str, metavar="FILE")
     epochs: int = option(15, "number of epochs")
     batch_size: int = option(64, "global batch size, split evenly over the processes")
-    lr: float | None = option(None, "peak learning rate (default: 0.1 sgd, 0.01 rmsprop / rmsproptf, "
-                                    "0.002 adamw / adam / nadam / radam)", type=float)
+    lr: float | None = option(None, "peak learning rate (default: 0.1 sgd / momentum, 0.01 rmsprop / rmsproptf, "
+                                    "0.002 adamw / adam / nadam / radam / nadamw, 0.005 lamb, 6e-4 lion)", type=float)
     lr_base: float | None = option(None, "derive --lr from the global batch as timm does: LR x (--batch-size / "
-                                         "--lr-base-size), or its square root for the Adam family (timm's --lr-base; "
+                                         "--lr-base-size), or its square root for the Adam family and lamb (timm's "
+                                         "--lr-base; "
                                          "default: --lr's own default)", type=float, metavar="LR")
     lr_base_size: int = option(256, "--lr-base: the global batch that --lr-base is the rate of (timm's "
                                     "--lr-base-size)", metavar="N")
     lr_base_scale: str | None = option(None, "--lr-base: scale the rate with the batch linearly or by its square "
                                              "root (timm's --lr-base-scale; default: sqrt for adamw / adam / nadam / "
-                                             "radam, linear for the others, as timm picks)", type=str,
+                                             "radam / nadamw / lamb, linear for the others, as timm picks)", type=str,
                                        choices=LR_BASE_SCALES)
     min_lr: float = option(0.0, "final learning rate of the cosine, poly or tanh schedule (with --sched step / "
                                 "multistep / plateau: the lowest rate)")
@@ -104,17 +107,19 @@ class TrainConfig:
                                                   metavar=("START", "END"))
     lr_noise_pct: float | None = option(None, "--lr-noise: largest noise magnitude (default 0.67, timm's)", type=float)
     opt: str = option("sgd", "optimizer", choices=OPTIMIZERS)
-    momentum: float | None = option(None, "momentum, in [0, 1) (default: 0.9 for sgd (Nesterov), rmsprop and "
-                                          "rmsproptf; the Adam family has none and refuses it)", type=float)
+    momentum: float | None = option(None, "momentum, in [0, 1) (default: 0.9 for sgd (Nesterov), momentum, rmsprop "
+                                          "and rmsproptf; the Adam family, lamb and lion have none and refuse it)",
+                                    type=float)
     opt_eps: float | None = option(None, "optimizer epsilon, > 0 (default: rmsprop 0.0316 = sqrt of TF's 1e-3, "
-                                         "rmsproptf 1e-3 inside the square root, the Adam family 1e-8; sgd has none "
-                                         "and refuses it)", type=float)
-    opt_betas: tuple[float, float] | None = option(None, "the Adam family's betas, each in [0, 1) (timm's --opt-betas; "
-                                                         "default 0.9 0.999; other optimizers refuse it)", type=float,
+                                         "rmsproptf 1e-3 inside the square root, the Adam family 1e-8, lamb 1e-6; sgd, "
+                                         "momentum and lion have none and refuse it)", type=float)
+    opt_betas: tuple[float, float] | None = option(None, "the betas of the Adam family, lamb and lion, each in [0, 1) "
+                                                         "(timm's --opt-betas; default 0.9 0.999, lion 0.9 0.99; other "
+                                                         "optimizers refuse it)", type=float,
                                                    nargs=2, metavar=("B1", "B2"))
     weight_decay: float | None = option(None, "weight decay of conv / linear weights, never of norm layers and "
-                                              "biases (default: 5e-4 sgd, 1e-5 rmsprop / rmsproptf / adam / nadam / "
-                                              "radam, 0.05 adamw)",
+                                              "biases (default: 5e-4 sgd / momentum, 1e-5 rmsprop / rmsproptf / adam / "
+                                              "nadam / radam, 0.05 adamw / nadamw, 0.02 lamb, 0.15 lion)",
                                         type=float)
     layer_decay: float | None = option(None, "layer-wise learning-rate decay, in (0, 1] (timm's --layer-decay): each "
                                              "layer's rate times D ** (layers after it), the stem's lowest, the "
@@ -558,5 +563,6 @@ def lr_from_base(config: TrainConfig) -> float:
 
 
 def lr_base_scale(config: TrainConfig) -> str:
-    """``--lr-base-scale``, or timm's choice for the optimizer: ``sqrt`` for the Adam family, else ``linear``."""
-    return config.lr_base_scale or ("sqrt" if "ada" in config.opt else "linear")
+    """``--lr-base-scale``, or timm's choice for the optimizer: ``sqrt`` for the Adam family and LAMB, else
+    ``linear``."""
+    return config.lr_base_scale or ("sqrt" if "ada" in config.opt or "lamb" in config.opt else "linear")
