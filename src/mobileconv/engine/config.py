@@ -106,6 +106,15 @@ class TrainConfig:
                                                         "--lr-noise-pct (default: off)", type=float, nargs=2,
                                                   metavar=("START", "END"))
     lr_noise_pct: float | None = option(None, "--lr-noise: largest noise magnitude (default 0.67, timm's)", type=float)
+    lr_cycle_limit: int = option(1, "--sched cosine / poly / tanh: the decay in this many cycles, each restarting "
+                                    "from a peak (SGDR's warm restarts; timm's --lr-cycle-limit, within --epochs here)",
+                                 metavar="N")
+    lr_cycle_mul: float = option(1.0, "--lr-cycle-limit: each cycle this many times as long as the one before, > 0 "
+                                      "(timm's --lr-cycle-mul)", metavar="M")
+    lr_cycle_decay: float = option(0.5, "--lr-cycle-limit: each cycle's peak this times the one before's, in (0, 1] "
+                                        "(timm's --lr-cycle-decay)", metavar="D")
+    lr_k_decay: float = option(1.0, "--sched cosine / poly: the decay's shape taken at p ** K for p of the way "
+                                    "through (k-decay, timm's --lr-k-decay), > 0; 1: the plain shape", metavar="K")
     opt: str = option("sgd", "optimizer", choices=OPTIMIZERS)
     momentum: float | None = option(None, "momentum, in [0, 1) (default: 0.9 for sgd (Nesterov), momentum, rmsprop "
                                           "and rmsproptf; the Adam family, lamb and lion have none and refuse it)",
@@ -323,6 +332,10 @@ class TrainConfig:
               "decay_milestones", "epochs >= 1 in increasing order")
         check(self.lr_noise is None or 0 <= self.lr_noise[0] < self.lr_noise[1] < math.inf, "lr_noise",
               "two finite fractions of the run, 0 <= START < END")
+        check(self.lr_cycle_limit >= 1, "lr_cycle_limit", ">= 1")
+        check(math.isfinite(self.lr_cycle_mul) and self.lr_cycle_mul > 0, "lr_cycle_mul", "a finite number > 0")
+        check(0 < self.lr_cycle_decay <= 1, "lr_cycle_decay", "in (0, 1]")
+        check(math.isfinite(self.lr_k_decay) and self.lr_k_decay > 0, "lr_k_decay", "a finite number > 0")
         check(self.lr_noise_pct is None or (math.isfinite(self.lr_noise_pct) and self.lr_noise_pct > 0),
               "lr_noise_pct", "a finite number > 0")
         check(0 <= self.smoothing < 1, "smoothing", "in [0, 1)")
@@ -370,17 +383,18 @@ def mixes(config: TrainConfig) -> bool:
 
 
 def unused_options(config: TrainConfig) -> list[str]:
-    """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or
-    ``--momentum`` with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``,
-    ``--aa``, ``--vflip``, ``--aug-repeats`` and ``--aug-splits`` with ``--no-aug``, ``--remode rand`` / ``pixel``
-    and ``--recount`` without random erasing, ``--ema-decay`` / ``--ema-warmup`` without ``--ema``, ``--amp-dtype``
-    without ``--amp``, ``--clip-mode`` without ``--clip-grad``, ``--warmup-lr`` with ``--warmup-epochs 0``,
-    ``--cooldown-epochs`` with ``--sched step`` / ``multistep``, ``--no-warmup-prefix`` without a decay after a
-    warm-up, ``--lr-noise-pct`` without ``--lr-noise``, ``--lr-base-size`` / ``--lr-base-scale`` without
-    ``--lr-base``, ``--mixup-prob`` / ``--mixup-off-epoch`` / ``--mixup-mode`` without mixing,
-    ``--mixup-switch-prob`` without both ``--mixup`` and ``--cutmix``, ``--bce-target-thresh`` / ``--bce-sum`` /
-    ``--bce-pos-weight`` without ``--bce-loss``, ``--jsd-loss`` / ``--split-bn`` without ``--aug-splits``,
-    ``--resplit`` without ``--aug-splits`` and ``--reprob``."""
+    """The options set (not ``None``, not 0) that nothing in ``config`` uses: ``--opt-eps`` with sgd or ``--momentum``
+    with adamw (``config.opt``), ``--decay-rate`` with cosine (``config.sched``), ``--reprob``, ``--aa``, ``--vflip``,
+    ``--aug-repeats`` and ``--aug-splits`` with ``--no-aug``, ``--remode rand`` / ``pixel`` and ``--recount`` without
+    random erasing, ``--ema-decay`` / ``--ema-warmup`` without ``--ema``, ``--amp-dtype`` without ``--amp``,
+    ``--clip-mode`` without ``--clip-grad``, ``--warmup-lr`` with ``--warmup-epochs 0``, ``--cooldown-epochs`` with
+    ``--sched step`` / ``multistep``, ``--no-warmup-prefix`` without a decay after a warm-up, ``--lr-noise-pct`` without
+    ``--lr-noise``, ``--lr-cycle-limit`` without a cosine, poly or tanh decay, ``--lr-cycle-mul`` / ``--lr-cycle-decay``
+    without cycles, ``--lr-k-decay`` without a cosine or poly decay, ``--lr-base-size`` / ``--lr-base-scale`` without
+    ``--lr-base``, ``--mixup-prob`` / ``--mixup-off-epoch`` / ``--mixup-mode`` without mixing, ``--mixup-switch-prob``
+    without both ``--mixup`` and ``--cutmix``, ``--bce-target-thresh`` / ``--bce-sum`` / ``--bce-pos-weight`` without
+    ``--bce-loss``, ``--jsd-loss`` / ``--split-bn`` without ``--aug-splits``, ``--resplit`` without ``--aug-splits`` and
+    ``--reprob``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     scheduled = ("decay_epochs", "decay_milestones", "decay_rate", "patience_epochs")
     unused = [name for name in ("momentum", "opt_eps", "opt_betas", *scheduled)
@@ -408,6 +422,13 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused.append("warmup_prefix")
     if config.lr_noise_pct is not None and config.lr_noise is None:
         unused.append("lr_noise_pct")
+    if config.lr_cycle_limit != 1 and config.sched not in ENDING_SCHEDULES:
+        unused.append("lr_cycle_limit")
+    if config.lr_cycle_limit == 1 or config.sched not in ENDING_SCHEDULES:
+        unused += [name for name, default in (("lr_cycle_mul", 1.0), ("lr_cycle_decay", 0.5))
+                   if getattr(config, name) != default]
+    if config.lr_k_decay != 1 and config.sched not in ("cosine", "poly"):
+        unused.append("lr_k_decay")
     if config.lr_base is None:
         unused += [name for name, default in (("lr_base_size", 256), ("lr_base_scale", None))
                    if getattr(config, name) != default]
@@ -441,6 +462,13 @@ UNUSED_BECAUSE = {
     "mixup_switch_prob": "is used by --mixup and --cutmix both only: add them",
     "cooldown_epochs": "ends the decay early, and --sched {sched} has no end: use --sched cosine, poly or tanh",
     "lr_noise_pct": "bounds the noise of --lr-noise, which is off: add --lr-noise START END",
+    "lr_cycle_limit": "restarts the decay of --sched cosine, poly or tanh, and --sched {sched} has none: use one of "
+                      "them",
+    "lr_cycle_mul": "shapes the cycles of --lr-cycle-limit, and the run has one (of --sched cosine, poly or tanh): "
+                    "add --lr-cycle-limit N",
+    "lr_cycle_decay": "shapes the cycles of --lr-cycle-limit, and the run has one (of --sched cosine, poly or tanh): "
+                      "add --lr-cycle-limit N",
+    "lr_k_decay": "reshapes the decay of --sched cosine or poly (timm's), not --sched {sched}: use one of them",
     "lr_base_size": "is used by --lr-base only: add --lr-base",
     "lr_base_scale": "is used by --lr-base only: add --lr-base",
     "warmup_lr": "is the rate a warm-up starts from, and --warmup-epochs 0 makes none: give --warmup-epochs",

@@ -421,7 +421,7 @@ ANNEALING = {"cosine": _cosine, "poly": _poly, "tanh": _tanh}
 
 class WarmupAnneal(_Warmup):
     """Learning-rate factor per step: linear warm-up from ``start_factor``, then a decay to ``min_factor`` of
-    ``shape``, per step, over the steps left after the warm-up.
+    ``shape``, per step, over the steps left after the warm-up, in one cycle or several.
 
     ``f(t) = start + (1 - start) * t / W`` for ``t < W``, else ``min + (1 - min) * g(p)`` with
     ``p = (t - W) / (T - W)`` (with ``prefix=False``, timm's default ``warmup_prefix=False``: ``p = t / T``, the
@@ -430,17 +430,39 @@ class WarmupAnneal(_Warmup):
     (Loshchilov & Hutter 2017, eq. 5, one cycle); ``poly``, ``(1 - p) ** power`` (timm's ``PolyLRScheduler``);
     ``tanh``, ``(1 - tanh(-7 (1 - p) + 3 p)) / 2`` (timm's ``TanhLRScheduler``, which ends at 0.25% of the way
     from ``min`` to the peak rather than at ``min``).
+
+    As timm's schedulers with ``cycle_limit``, ``cycle_mul``, ``cycle_decay`` and ``k_decay``: the decay runs
+    ``cycles`` times (SGDR's warm restarts, Loshchilov & Hutter 2017), each cycle ``cycle_mul`` times as long as
+    the one before and together as long as the decay; cycle ``i`` decays from ``cycle_decay ** i`` to ``min``,
+    ``min + (cycle_decay ** i - min) * g(p ** k)`` with ``p`` the progress through the cycle (k-decay, Zhang &
+    Li 2020; timm applies it to cosine and poly).
     """
 
     def __init__(self, total_steps: int, steps_per_epoch: int, warmup_steps: int, min_factor: float = 0.0,
-                 start_factor: float = 0.01, shape: str = "cosine", power: float = 1.0, prefix: bool = True):
+                 start_factor: float = 0.01, shape: str = "cosine", power: float = 1.0, prefix: bool = True,
+                 cycles: int = 1, cycle_mul: float = 1.0, cycle_decay: float = 1.0, k: float = 1.0):
         super().__init__(total_steps, steps_per_epoch, warmup_steps, min_factor, start_factor)
         self.shape, self.power, self.prefix = shape, power, prefix
+        self.cycles, self.cycle_mul, self.cycle_decay, self.k = cycles, cycle_mul, cycle_decay, k
 
     def decayed(self, step: int) -> float:
         offset = self.warmup_steps if self.prefix else 0
-        progress = min(1.0, (step - offset) / max(1, self.total_steps - offset))
-        return self.min_factor + (1 - self.min_factor) * ANNEALING[self.shape](progress, self.power)
+        span = max(1, self.total_steps - offset)
+        cycle, progress = self.cycle_position(min(step - offset, span), span)
+        peak = self.cycle_decay ** cycle
+        return self.min_factor + (peak - self.min_factor) * ANNEALING[self.shape](progress ** self.k, self.power)
+
+    def cycle_position(self, t: int, span: int) -> tuple[int, float]:
+        """The cycle that step ``t`` of the decay's ``span`` steps is in, and the fraction of that cycle done."""
+        n, mul = self.cycles, self.cycle_mul
+        if mul == 1:
+            cycle = min(t * n // span, n - 1)
+            first, start = span / n, cycle * span / n
+        else:  # cycle lengths first * mul ** i, which add up to span (timm's formula for the cycle of step t)
+            first = span * (1 - mul) / (1 - mul ** n)
+            cycle = min(max(math.floor(math.log(1 - t / first * (1 - mul), mul)), 0), n - 1)
+            start = first * (1 - mul ** cycle) / (1 - mul)
+        return cycle, min(1.0, (t - start) / (first * mul ** cycle))
 
 
 class WarmupStepDecay(_Warmup):
@@ -525,11 +547,15 @@ def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_ep
                      noise: tuple[float, float] | None = None, noise_pct: float = 0.67,
                      seed: int = 0, decay_milestones: tuple[int, ...] | None = None,
                      patience_epochs: int | None = None, mode: str = "max",
-                     warmup_prefix: bool = True) -> torch.optim.lr_scheduler.LambdaLR:
+                     warmup_prefix: bool = True, cycles: int = 1, cycle_mul: float = 1.0,
+                     cycle_decay: float = 0.5, k_decay: float = 1.0) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step linear warm-up from ``warmup_lr`` (``None``: ``lr / 100``) to ``lr``, then ``sched``:
 
     * ``cosine``, ``poly`` (power ``decay_rate``) or ``tanh``: a decay to ``min_lr`` by the run's last step
-      (:class:`WarmupAnneal`), from the warm-up's end, or with ``warmup_prefix=False`` from the run's start;
+      (:class:`WarmupAnneal`), from the warm-up's end, or with ``warmup_prefix=False`` from the run's start; in
+      ``cycles`` cycles, each ``cycle_mul`` times as long as the one before and with ``cycle_decay`` times its
+      peak, the decay's shape taken at ``p ** k_decay`` for ``p`` of the way through a cycle (timm's
+      ``--lr-cycle-limit``, ``--lr-cycle-mul``, ``--lr-cycle-decay``, ``--lr-k-decay``);
     * ``step``: ``decay_rate`` every ``decay_epochs``, or ``multistep``: ``decay_rate`` at each of
       ``decay_milestones`` (epochs), floored at ``min_lr`` (:class:`WarmupStepDecay`);
     * ``plateau``: ``decay_rate`` whenever the test metric (higher is better with ``mode="max"``, lower with
@@ -548,7 +574,8 @@ def create_scheduler(optimizer: torch.optim.Optimizer, epochs: int, steps_per_ep
     decay_rate = DEFAULT_DECAY_RATE.get(sched) if decay_rate is None else decay_rate
     common = (total, steps_per_epoch, warmup, min_lr / lr, start)
     if sched in ANNEALING:
-        schedule = WarmupAnneal(*common, sched, decay_rate if sched == "poly" else 1.0, warmup_prefix)
+        schedule = WarmupAnneal(*common, sched, decay_rate if sched == "poly" else 1.0, warmup_prefix, cycles,
+                                cycle_mul, cycle_decay, k_decay)
     elif sched == "plateau":
         patience = DEFAULT_PATIENCE_EPOCHS[sched] if patience_epochs is None else patience_epochs
         schedule = WarmupPlateau(*common, decay_rate, patience, mode)
