@@ -1,7 +1,8 @@
 """Batched augmentation on whole uint8 batches (kornia), and mixup / cutmix with soft targets.
 
 Train: resize to the training size when the stored size differs -> random resized crop ->
-horizontal, vertical flip -> Rand/AutoAugment -> colour jitter -> normalise -> random erasing (timm's order). Eval:
+horizontal, vertical flip -> Rand/AutoAugment -> colour jitter -> greyscale -> Gaussian blur -> normalise -> random
+erasing (timm's order). Eval:
 resize -> normalise. All randomness comes from torch's global generator, which the trainer seeds from
 ``(seed, epoch, rank)`` at the start of every epoch, so a resumed run replays the same augmentations.
 """
@@ -18,6 +19,7 @@ from .auto_augment import auto_augment_transform, check_interpolation, draw_bicu
 from .datasets import INTERPOLATIONS
 
 ERASE_MODES = ("const", "rand", "pixel")
+BLUR_KERNEL, BLUR_SIGMA = (23, 23), (0.1, 2.0)  # timm's --gaussian-blur-prob: torchvision's GaussianBlur(23)
 
 
 class BatchTransform(nn.Module):
@@ -34,6 +36,12 @@ class BatchTransform(nn.Module):
         hflip: probability of a horizontal flip.
         vflip: probability of a vertical flip (after the horizontal one, as timm flips).
         color_jitter: brightness / contrast / saturation strength (0 disables it).
+        color_jitter_prob: probability per image of the colour jitter (timm's ``--color-jitter-prob``).
+        grayscale_prob: probability per image of turning it grey, ITU-R 601 luma in each channel (timm's
+            ``--grayscale-prob``, torchvision's ``RandomGrayscale``).
+        gaussian_blur_prob: probability per image of a Gaussian blur with a 23 x 23 kernel, its sigma drawn from
+            [0.1, 2] per image, reflected at the borders (timm's ``--gaussian-blur-prob``, torchvision's
+            ``GaussianBlur(23)``).
         reprob: probability per image of random erasing (Zhong et al. 2020; timm's ``--reprob``,
             :class:`RandomErasing`): a rectangle of 2-33% of the area, aspect ratio 0.3-3.3, filled after
             normalisation as ``remode`` says.
@@ -47,20 +55,26 @@ class BatchTransform(nn.Module):
             ``round(255 * mean)``.
         splits: augmentation splits (timm's ``--aug-splits``, AugMix's setting): the output stacks ``splits``
             versions of the batch, ``[clean; augmented; ...]``. All share one crop and flip of each image; the
-            clean one is only normalised, each other one draws its own ``auto_augment`` and colour jitter.
+            clean one is only normalised, each other one draws its own ``auto_augment``, colour jitter, greyscale
+            and blur.
             Random erasing applies to every split, or with ``resplit`` to all but the clean one (timm's).
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *, train: bool = False,
                  scale: Sequence[float] = (1.0, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
                  interpolation: str = "bilinear", hflip: float = 0.0, vflip: float = 0.0,
-                 color_jitter: float = 0.0, reprob: float = 0.0, remode: str = "const", recount: int = 1,
+                 color_jitter: float = 0.0, color_jitter_prob: float = 1.0, grayscale_prob: float = 0.0,
+                 gaussian_blur_prob: float = 0.0, reprob: float = 0.0, remode: str = "const", recount: int = 1,
                  auto_augment: str | None = None, splits: int = 1, resplit: bool = False) -> None:
         super().__init__()
         import kornia.augmentation as K
 
         if splits < 1:
             raise ValueError(f"splits must be >= 1, got {splits}")
+        if train and gaussian_blur_prob > 0 and size <= BLUR_KERNEL[0] // 2:
+            raise ValueError(f"gaussian_blur_prob > 0 (--gaussian-blur-prob): the {BLUR_KERNEL[0]} x {BLUR_KERNEL[1]} "
+                             f"blur reflects {BLUR_KERNEL[0] // 2} pixels at each border and needs images of at least "
+                             f"{BLUR_KERNEL[0] // 2 + 1} px (--img-size), got {size} px")
         self.size, self.splits, self.resplit = size, splits, resplit
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -77,8 +91,11 @@ class BatchTransform(nn.Module):
         if train and auto_augment:
             fill = [min(255, round(255 * m)) for m in mean]  # timm's img_mean
             self.auto_augment = auto_augment_transform(auto_augment, fill=fill)
-        self.color_jitter = K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=1.0) \
+        self.color_jitter = K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=color_jitter_prob) \
             if train and color_jitter > 0 else None
+        self.grayscale = K.RandomGrayscale(p=grayscale_prob) if train and grayscale_prob > 0 else None
+        self.blur = K.RandomGaussianBlur(BLUR_KERNEL, BLUR_SIGMA, p=gaussian_blur_prob) \
+            if train and gaussian_blur_prob > 0 else None
         erase = RandomErasing(reprob, remode, recount)  # checks remode and recount also where nothing is erased
         self.remode = remode
         # on the normalised batch, as timm erases: 0 there is the mean colour
@@ -100,11 +117,13 @@ class BatchTransform(nn.Module):
         return torch.cat([clean, *(self.erased(self.normalised(self.augmented(x))) for _ in range(self.splits - 1))])
 
     def augmented(self, x: torch.Tensor) -> torch.Tensor:
-        """Rand/AutoAugment and colour jitter (a new tensor: ``x`` is left as it is)."""
+        """Rand/AutoAugment, colour jitter, greyscale and blur (a new tensor: ``x`` is left as it is)."""
         if self.auto_augment is not None:
             x = self.auto_augment(x.mul(255).round_().clamp_(0, 255)).div_(255)
-        if self.color_jitter is not None:  # after Rand/AutoAugment, where timm puts a colour jitter it keeps
-            x = self.color_jitter(x)
+        # after Rand/AutoAugment, where timm puts a colour jitter it keeps, and the rest after it
+        for op in (self.color_jitter, self.grayscale, self.blur):
+            if op is not None:
+                x = op(x)
         return x
 
     def normalised(self, x: torch.Tensor) -> torch.Tensor:

@@ -173,6 +173,14 @@ class TrainConfig:
     hflip: float | None = option(None, "horizontal-flip probability (default: 0 for digits, else 0.5)", type=float)
     color_jitter: float | None = option(None, "colour-jitter strength (default: 0 for digits / synthetic or with "
                                               "--aa, else 0.4)", type=float)
+    color_jitter_prob: float | None = option(None, "probability per image of the colour jitter (timm's "
+                                                   "--color-jitter-prob; default: every image)", type=float,
+                                             metavar="P")
+    grayscale_prob: float = option(0.0, "probability per image of turning it grey, after the colour jitter (timm's "
+                                        "--grayscale-prob, as SimCLR augments)", metavar="P")
+    gaussian_blur_prob: float = option(0.0, "probability per image of a Gaussian blur, 23 x 23 kernel, sigma drawn "
+                                            "from [0.1, 2] (timm's --gaussian-blur-prob, as SimCLR augments)",
+                                       metavar="P")
     aa: str | None = option(None, "RandAugment, AutoAugment or AugMix policy in timm's syntax, e.g. rand-m9-mstd0.5, "
                                   "v0 or augmix-m3-w3 (default: none)", type=str, metavar="POLICY")
     aug_repeats: int = option(0, "repeated augmentation (timm's --aug-repeats): each image N times in a row in the "
@@ -180,7 +188,7 @@ class TrainConfig:
                                  "its length, so it sees 1/N of the images (0 or 1: off)", metavar="N")
     aug_splits: int = option(0, "augmentation splits (timm's --aug-splits, for AugMix): each step trains on N "
                                 "versions of its batch, one clean (cropped and flipped only) and N-1 augmented by "
-                                "--aa and colour jitter (0: off; else >= 2)", metavar="N")
+                                "--aa, colour jitter, greyscale and blur (0: off; else >= 2)", metavar="N")
     jsd_loss: bool = option(False, "AugMix's loss over --aug-splits: cross-entropy of the clean split plus 12 times "
                                    "the Jensen-Shannon divergence of the splits' predictions (timm's --jsd-loss)")
     split_bn: bool = option(False, "--aug-splits: batch norms of their own for the augmented splits, so that the "
@@ -351,6 +359,8 @@ class TrainConfig:
         check(self.aug_splits == 0 or self.aug_splits >= 2, "aug_splits",
               "0 (off) or >= 2 (a clean split and augmented ones)")
         check(0 <= self.mixup_prob <= 1, "mixup_prob", "a probability in [0, 1]")
+        for name in ("color_jitter_prob", "grayscale_prob", "gaussian_blur_prob"):
+            check(getattr(self, name) is None or 0 <= getattr(self, name) <= 1, name, "a probability in [0, 1]")
         minmax = self.cutmix_minmax
         check(minmax is None or 0 < minmax[0] < minmax[1] <= 1, "cutmix_minmax", "two fractions 0 < MIN < MAX <= 1")
         check(self.bn_momentum is None or 0 < self.bn_momentum <= 1, "bn_momentum",
@@ -400,8 +410,12 @@ def unused_options(config: TrainConfig) -> list[str]:
     unused = [name for name in ("momentum", "opt_eps", "opt_betas", *scheduled)
               if getattr(config, name) is not None and name not in uses]
     if not config.aug:
-        unused += [name for name in ("reprob", "aa", "vflip") if getattr(config, name)]
+        unused += [name for name in ("reprob", "aa", "vflip", "grayscale_prob", "gaussian_blur_prob")
+                   if getattr(config, name)]
+        unused += ["color_jitter_prob"] if config.color_jitter_prob is not None else []
         unused += [name for name in ("aug_repeats", "aug_splits") if getattr(config, name) > 1]
+    if config.color_jitter_prob is not None and config.color_jitter == 0 and config.aug:
+        unused.append("color_jitter_prob")
     if config.remode != "const" and not (config.reprob and config.aug):
         unused.append("remode")
     if config.recount != 1 and not (config.reprob and config.aug):
@@ -462,6 +476,8 @@ UNUSED_BECAUSE = {
     "mixup_switch_prob": "is used by --mixup and --cutmix both only: add them",
     "cooldown_epochs": "ends the decay early, and --sched {sched} has no end: use --sched cosine, poly or tanh",
     "lr_noise_pct": "bounds the noise of --lr-noise, which is off: add --lr-noise START END",
+    "color_jitter_prob": "is how often --color-jitter applies, and the colour jitter is off (--color-jitter 0): give "
+                         "--color-jitter S",
     "lr_cycle_limit": "restarts the decay of --sched cosine, poly or tanh, and --sched {sched} has none: use one of "
                       "them",
     "lr_cycle_mul": "shapes the cycles of --lr-cycle-limit, and the run has one (of --sched cosine, poly or tanh): "
@@ -493,7 +509,8 @@ def check_unused_options(config: TrainConfig, origins: dict[str, str] | None = N
         if name == "reprob":
             raise ValueError(f"--reprob must be 0 with --no-aug (random erasing is an augmentation), got {value!r}"
                              f"{where}")
-        if name in ("aa", "vflip", "aug_repeats", "aug_splits"):
+        if name in ("aa", "vflip", "aug_repeats", "aug_splits", "grayscale_prob", "gaussian_blur_prob") or (
+                name == "color_jitter_prob" and not config.aug):
             raise ValueError(f"{flag} {value!r}{where} is an augmentation: leave it out with --no-aug")
         if name in UNUSED_BECAUSE:
             # a switch is named alone: --bce-sum, not True; --no-warmup-prefix, not False

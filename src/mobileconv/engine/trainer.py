@@ -135,6 +135,12 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
             f" (the {config.opt} default)"
         raise ValueError(f"--min-lr {config.min_lr:g} is above the peak learning rate --lr {lr:g}{source}; "
                          f"--min-lr must be <= --lr")
+    # timm turns colour jitter off under RandAugment, which has colour ops of its own; an explicit value still applies
+    color_jitter = pick(config.color_jitter, 0.0 if config.aa else info.color_jitter)
+    if config.color_jitter_prob is not None and color_jitter == 0 and config.aug:
+        raise ValueError(f"--color-jitter-prob {config.color_jitter_prob} is how often the colour jitter applies, and "
+                         f"it is off here (--color-jitter defaults to 0 for digits and synthetic data and with --aa): "
+                         f"give --color-jitter S, or leave --color-jitter-prob out")
     # data=info.name: a folder as an absolute path, so that the run can be resumed from any working directory
     return replace(
         config, data=info.name, img_size=img_size, threads=pick(config.threads, threads), lr=lr,
@@ -150,9 +156,7 @@ def resolve_config(config: TrainConfig, info: DataInfo, img_size: int) -> TrainC
         hflip=pick(config.hflip, info.hflip), scale=pick(config.scale, info.scale),
         ema_decay=pick(config.ema_decay, DEFAULT_EMA_DECAY) if config.ema else None,
         lr_noise_pct=pick(config.lr_noise_pct, DEFAULT_LR_NOISE_PCT) if config.lr_noise else None,
-        train_interpolation=pick(config.train_interpolation, "random"),
-        # timm turns colour jitter off under RandAugment, which has colour ops of its own; an explicit value still applies
-        color_jitter=pick(config.color_jitter, 0.0 if config.aa else info.color_jitter))
+        train_interpolation=pick(config.train_interpolation, "random"), color_jitter=color_jitter)
 
 
 def check_out_dir(out: Path, *, resuming_here: bool, overwrite: bool) -> list[str]:
@@ -498,6 +502,8 @@ def make_transform(config: TrainConfig, info: DataInfo, train: bool, cropped: bo
                           interpolation=config.train_interpolation or "random", hflip=config.hflip,
                           vflip=config.vflip,
                           color_jitter=config.color_jitter, reprob=config.reprob,
+                          color_jitter_prob=1.0 if config.color_jitter_prob is None else config.color_jitter_prob,
+                          grayscale_prob=config.grayscale_prob, gaussian_blur_prob=config.gaussian_blur_prob,
                           remode=config.remode, recount=config.recount, auto_augment=config.aa,
                           splits=max(config.aug_splits, 1), resplit=config.resplit)
 
