@@ -232,6 +232,9 @@ class TrainConfig:
     amp_dtype: str = option("auto", "mixed-precision dtype (used by --amp only)", choices=AMP_DTYPES)
     channels_last: bool = option(False, "channels-last memory format")
     compile: bool = option(False, "torch.compile the model")
+    grad_checkpointing: bool = option(False, "keep only each block's input for the backward pass, which computes the "
+                                             "block again (timm's --grad-checkpointing): less memory for training, "
+                                             "for a second forward pass of the blocks")
     device: str = option("auto", "device (auto: cuda if available)", choices=DEVICES)
     workers: int = option(0, "data-loading worker processes")
     threads: int | None = option(None, "intra-op CPU threads per process (default: 1 for inputs up to 64 px, where "

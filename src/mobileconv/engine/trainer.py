@@ -415,6 +415,7 @@ def prepare_model(config: TrainConfig, info: DataInfo, env: DistEnv, state: dict
     if state is not None:
         load_checked(model, state["model"], f"--resume: {state_path}: its model weights")
     set_batchnorm(model, config.bn_momentum, config.bn_eps)  # after loading: over a checkpoint's recorded eps too
+    model.set_grad_checkpointing(config.grad_checkpointing)
     model.to(env.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

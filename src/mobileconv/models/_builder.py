@@ -12,6 +12,7 @@ with ``in`` the (scaled) block input width.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from functools import partial
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import SqueezeExcite, create_act, create_conv2d, make_divisible, xsep_padding_schedule
 from ..layers.helpers import as_int, check_kernel_sizes, check_positive, check_stride
@@ -341,6 +344,7 @@ class MobileNet(nn.Module):
         self.blocks = nn.Sequential(*stages)
         self._build_head(arch.head, self.feature_info[-1]["channels"], norm_layer)
         self.reset_classifier(num_classes)
+        self.grad_checkpointing = False
         init_weights(self)
 
     def _build_head(self, head: HeadSpec, in_channels: int, norm_layer) -> None:
@@ -390,8 +394,18 @@ class MobileNet(nn.Module):
         check_image_input(x, self.in_chans, self.min_input_size, self.name)
         return self.act1(self.bn1(self.conv_stem(x)))
 
+    @torch.jit.unused
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Training: keep only each block's input for the backward pass and compute the rest again there (timm's
+        method; :func:`checkpoint_blocks`): less memory for a second forward pass of the blocks."""
+        self.grad_checkpointing = bool(enable)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.forward_stem(x))
+        x = self.forward_stem(x)
+        if not torch.jit.is_scripting() and self.grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint_blocks(self.blocks, x)
+        else:
+            x = self.blocks(x)
         if self.head_kind == "conv_bn":
             x = self.act2(self.bn2(self.conv_head(x)))
         return x
@@ -408,6 +422,30 @@ class MobileNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_blocks(stages: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``stages(x)`` with each block under ``torch.utils.checkpoint`` (non-reentrant): the backward pass runs a
+    block's forward again from its saved input, with the same random numbers (drop path). The batch norms'
+    running statistics are restored after that second pass, so that they take one update per step, not two."""
+    for stage in stages:
+        for block in stage:
+            x = checkpoint(block, x, use_reentrant=False,
+                           context_fn=lambda block=block: (contextlib.nullcontext(), _running_stats_kept(block)))
+    return x
+
+
+@contextlib.contextmanager
+def _running_stats_kept(module: nn.Module):
+    stats = [buffer for norm in module.modules() if isinstance(norm, _BatchNorm)
+             for buffer in (norm.running_mean, norm.running_var, norm.num_batches_tracked) if buffer is not None]
+    saved = [buffer.clone() for buffer in stats]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(stats, saved):
+                buffer.copy_(value)
 
 
 class FeatureListNet(nn.Module):
