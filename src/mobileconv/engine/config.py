@@ -31,6 +31,7 @@ LR_BASE_SCALES = ("linear", "sqrt")  # how --lr-base scales with the batch (timm
 EVAL_METRICS = ("top1", "top5", "loss")  # what ranks epochs: best.safetensors, --checkpoint-hist, --sched plateau
 AMP_DTYPES = ("auto", "bfloat16", "float16")
 CLIP_MODES = ("norm", "value", "agc")  # timm's --clip-mode
+DIST_BN = ("broadcast", "reduce")  # timm's --dist-bn: the running statistics after an epoch without --sync-bn
 DEFAULT_MODEL = "mobilenetv3_small_100_cifar"
 SEED_LIMIT = 2 ** 64  # torch.manual_seed takes seeds up to 0xffff_ffff_ffff_ffff
 
@@ -250,6 +251,9 @@ class TrainConfig:
     seed: int = option(0, "random seed (weights, data order, augmentation)")
     deterministic: bool = option(False, "deterministic algorithms only (bitwise-reproducible runs)")
     sync_bn: bool = option(True, "synchronise batch-norm statistics across processes")
+    dist_bn: str = option("broadcast", "--no-sync-bn: the running statistics every process evaluates and rank 0 "
+                                       "saves after an epoch: rank 0's (broadcast) or the processes' average "
+                                       "(reduce; timm's --dist-bn)", choices=DIST_BN)
     max_train_samples: int | None = option(None, "use only this many training samples (quick runs)", type=int,
                                            metavar="N")
     max_val_samples: int | None = option(None, "use only this many test samples (quick runs)", type=int,
@@ -431,6 +435,8 @@ def unused_options(config: TrainConfig) -> list[str]:
         unused.append("amp_dtype")
     if config.clip_mode != "norm" and config.clip_grad is None:
         unused.append("clip_mode")
+    if config.dist_bn != "broadcast" and config.sync_bn:
+        unused.append("dist_bn")
     if config.warmup_lr is not None and config.warmup_epochs == 0:
         unused.append("warmup_lr")
     if config.cooldown_epochs and config.sched not in ENDING_SCHEDULES:
@@ -473,6 +479,7 @@ UNUSED_BECAUSE = {
     "ema_warmup": "is used by --ema only: add --ema",
     "amp_dtype": "is used by --amp only: add --amp",
     "clip_mode": "says how --clip-grad clips, which is off: add --clip-grad",
+    "dist_bn": "gathers the processes' own batch-norm statistics, and --sync-bn keeps one set: add --no-sync-bn",
     "mixup_prob": "is used by --mixup or --cutmix only: add them",
     "mixup_off_epoch": "is used by --mixup or --cutmix only: add them",
     "mixup_mode": "is used by --mixup or --cutmix only: add them",

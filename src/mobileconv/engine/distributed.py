@@ -136,6 +136,16 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
             dist.broadcast(buffer, src)
 
 
+def average_running_stats(module: nn.Module) -> None:
+    """Every process's batch-norm running means and variances replaced by their average over the processes (timm's
+    ``distribute_bn(reduce=True)``, its ``--dist-bn reduce``); a no-op in one process."""
+    if dist.is_initialized():
+        for name, buffer in module.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                dist.all_reduce(buffer)
+                buffer.div_(dist.get_world_size())
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -43,8 +43,8 @@ from ..deploy.weights import FORMAT, bn_eps_of, checkpoint_num_classes, load_sta
 from ..layers.split_batchnorm import convert_split_bn, without_aux_bn
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_yaml, lr_base_scale, lr_from_base
-from .distributed import (DistEnv, barrier, broadcast_buffers, broadcast_text, cleanup_distributed,
-                          convert_sync_batchnorm, init_distributed, lost_a_peer, on_main)
+from .distributed import (DistEnv, average_running_stats, barrier, broadcast_buffers, broadcast_text,
+                          cleanup_distributed, convert_sync_batchnorm, init_distributed, lost_a_peer, on_main)
 from .ema import ModelEma
 from .loop import NonFiniteLossError, StepSettings, autocast_dtype, evaluate, train_one_epoch
 from .losses import BinaryCrossEntropy, JsdCrossEntropy
@@ -748,6 +748,9 @@ def train_epochs(run: Run) -> dict:
                                     progress=env.is_main and not c.quiet)
         except NonFiniteLossError as e:
             raise stopped(run, epoch, str(e)) from None
+        if c.dist_bn == "reduce":  # --no-sync-bn: the training goes on from the average too, as in timm
+            for model in {id(m): m for m in (run.model, run.eval_model)}.values():
+                average_running_stats(model)
         broadcast_buffers(run.eval_model)  # every process scores the model that rank 0 saves (--no-sync-bn)
         test = evaluate(run.eval_model, run.test_loader, run.test_transform, run.info.num_classes, env,
                         settings=run.settings)
