@@ -349,8 +349,10 @@ def setup_run(config: TrainConfig, env: DistEnv, resume: Path | None) -> Run:
                                  config.min_lr, config.sched, config.decay_epochs, config.decay_rate,
                                  config.warmup_lr, config.lr_noise, config.lr_noise_pct or DEFAULT_LR_NOISE_PCT,
                                  config.seed, config.decay_milestones, config.patience_epochs,
-                                 "min" if config.eval_metric == "loss" else "max", config.warmup_prefix,
-                                 config.lr_cycle_limit, config.lr_cycle_mul, config.lr_cycle_decay, config.lr_k_decay)
+                                 mode="min" if config.eval_metric == "loss" else "max",
+                                 warmup_prefix=config.warmup_prefix, cycles=config.lr_cycle_limit,
+                                 cycle_mul=config.lr_cycle_mul, cycle_decay=config.lr_cycle_decay,
+                                 k_decay=config.lr_k_decay)
     dtype = amp_dtype(config, env.device)
     mixer = MixupCutmix(info.num_classes, config.mixup, config.cutmix, config.smoothing, config.mixup_switch_prob,
                         config.mixup_prob, config.mixup_mode, config.cutmix_minmax)
