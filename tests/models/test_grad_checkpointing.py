@@ -33,6 +33,20 @@ def test_the_same_gradients_and_one_running_stats_update(name):
         torch.testing.assert_close(c, b, rtol=0, atol=0, msg=name)
 
 
+def test_under_torch_compile_too():
+    # torch.compile takes no checkpoint context_fn: its backward graph recomputes values, the statistics are updated
+    # in the forward graph (AOTAutograd's partitioner, which aot_eager runs without generating code)
+    plain, checkpointed = pair("mobilenetv3_small_100_cifar")
+    x = torch.randn(8, 3, 32, 32)
+    for model in (plain, torch.compile(checkpointed, backend="aot_eager")):
+        torch.manual_seed(1)  # the classifier's dropout
+        model(x).logsumexp(1).sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+    for (name, b), c in zip(plain.named_buffers(), checkpointed.buffers()):
+        torch.testing.assert_close(c, b, msg=name)
+
+
 def saved_for_backward_mib(model, x):
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,

@@ -427,12 +427,19 @@ class MobileNet(nn.Module):
 def checkpoint_blocks(stages: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``stages(x)`` with each block under ``torch.utils.checkpoint`` (non-reentrant): the backward pass runs a
     block's forward again from its saved input, with the same random numbers (drop path). The batch norms'
-    running statistics are restored after that second pass, so that they take one update per step, not two."""
+    running statistics are restored after that second pass, so that they take one update per step, not two
+    (under ``torch.compile``, which takes no ``context_fn``, the backward graph recomputes values only: the
+    statistics are updated once in the forward graph)."""
+    compiling = torch.compiler.is_compiling()
     for stage in stages:
         for block in stage:
-            x = checkpoint(block, x, use_reentrant=False,
-                           context_fn=lambda block=block: (contextlib.nullcontext(), _running_stats_kept(block)))
+            keep = {} if compiling else {"context_fn": partial(_kept_running_stats, block)}
+            x = checkpoint(block, x, use_reentrant=False, **keep)
     return x
+
+
+def _kept_running_stats(module: nn.Module) -> tuple:
+    return contextlib.nullcontext(), _running_stats_kept(module)
 
 
 @contextlib.contextmanager
