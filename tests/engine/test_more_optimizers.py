@@ -1,11 +1,12 @@
-"""--opt momentum, nadamw, lamb and lion (timm's names), each step against its update written out from the paper."""
+"""--opt momentum, nadamw, lamb, lion and lars / larc / nlars / nlarc (timm's names), each step against its update
+written out from the paper."""
 import math
 
 import pytest
 import torch
 
 from mobileconv.cli import main
-from mobileconv.engine.optim import Lamb, Lion, create_optimizer
+from mobileconv.engine.optim import Lamb, Lars, Lion, create_optimizer
 
 from .helpers import ONE_EPOCH, failed_train
 from .test_optim import small_model
@@ -89,6 +90,27 @@ def test_lamb_steps_as_in_the_paper_with_timms_global_clipping():
             torch.testing.assert_close(expected[name], p)
 
 
+@pytest.mark.parametrize("opt", ["lars", "larc", "nlars", "nlarc"])
+def test_lars_steps_as_in_the_paper_with_timms_variants(opt):
+    # You et al. 2017, Algorithm 1 (trust coefficient 0.001), SGD momentum after the scaling; LARC (Apex) clips the
+    # ratio over lr at 1; n-: Nesterov momentum
+    lr = 0.5
+    optimizer, start, grads, after = two_steps(opt, lr)
+    assert type(optimizer) is Lars
+    for name, decay in (("0.weight", WD), ("1.weight", 0.0)):
+        p, buf = start[name].clone(), None
+        for grad, expected in zip(grads, after):
+            g = grad[name]
+            if decay:  # tensors without weight decay take the plain SGD step (timm)
+                ratio = 0.001 * p.norm() / (g.norm() + decay * p.norm() + 1e-8)
+                if "larc" in opt:
+                    ratio = min(ratio / lr, 1.0)
+                g = ratio * (g + decay * p)
+            buf = g.clone() if buf is None else 0.9 * buf + g
+            p = p - lr * (g + 0.9 * buf if opt.startswith("n") else buf)
+            torch.testing.assert_close(expected[name], p)
+
+
 def test_a_zero_weight_or_update_keeps_a_trust_ratio_of_one():
     weight = torch.nn.Parameter(torch.zeros(3, 3))
     optimizer = Lamb([weight], lr=0.1, weight_decay=0.1)
@@ -98,13 +120,14 @@ def test_a_zero_weight_or_update_keeps_a_trust_ratio_of_one():
 
 
 @pytest.mark.parametrize("opt, refused", [("momentum", "--opt-eps"), ("lion", "--opt-eps"), ("lion", "--momentum"),
-                                          ("lamb", "--momentum")])
+                                          ("lamb", "--momentum"), ("lars", "--opt-betas")])
 def test_each_refuses_the_settings_it_has_not(opt, refused, capsys):
-    err = failed_train([*ONE_EPOCH, "--opt", opt, refused, "0.9"], capsys)
-    assert f"{refused} 0.9 (set on the command line) is not used by --opt {opt}" in err
+    value = ["0.9", "0.99"] if refused == "--opt-betas" else ["0.9"]
+    err = failed_train([*ONE_EPOCH, "--opt", opt, refused, *value], capsys)
+    assert f"{refused} {' '.join(value)} (set on the command line) is not used by --opt {opt}" in err
 
 
-@pytest.mark.parametrize("opt", ["momentum", "nadamw", "lamb", "lion"])
+@pytest.mark.parametrize("opt", ["momentum", "nadamw", "lamb", "lion", "nlarc"])
 def test_a_run_trains_and_resumes_with_each(opt, tmp_path):
     out = tmp_path / opt
     assert main(["train", *ONE_EPOCH, "--opt", opt, "--out", str(out)]) == 0

@@ -37,8 +37,8 @@ def test_sgd_is_nesterov_and_adamw_decoupled():
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["nesterov"]
     assert isinstance(create_optimizer(small_model(), "adamw", lr=1e-3, weight_decay=0.05), torch.optim.AdamW)
     with pytest.raises(ValueError, match="--opt must be one of sgd, momentum, rmsprop, rmsproptf, adamw, adam, nadam, "
-                                         "radam, nadamw, lamb, lion, got .lars."):
-        create_optimizer(small_model(), "lars", lr=0.1, weight_decay=0)
+                                         "radam, nadamw, lamb, lion, lars, larc, nlars, nlarc, got .adabelief."):
+        create_optimizer(small_model(), "adabelief", lr=0.1, weight_decay=0)
 
 
 def test_adam_steps_as_written_out_with_its_weight_decay_in_the_gradient():

@@ -113,7 +113,7 @@ def _write_tree(root, train_classes, val_classes):
     ("bad_config_key", "unknown option 'learning_rate'"),
     ("bad_config_value", "option 'epochs' expects an integer, got 'many'"),
     ("bad_config_inf", "option 'epochs' expects an integer, got inf"),
-    ("bad_config_choice", "option 'opt': 'lars' is not one of sgd, momentum, rmsprop, rmsproptf, adamw"),
+    ("bad_config_choice", "option 'opt': 'adabelief' is not one of sgd, momentum, rmsprop, rmsproptf, adamw"),
     ("previous_run", "already holds a run"),
 ])
 def test_bad_input_is_one_clear_line_before_training(tmp_path, capsys, monkeypatch, case, message):
@@ -138,8 +138,8 @@ def test_bad_input_is_one_clear_line_before_training(tmp_path, capsys, monkeypat
     elif case == "misspelt_model":
         args += ["--model", "mixnet_sx"]
     elif case.startswith("bad_config"):
-        text = {"bad_config_key": "learning_rate: 0.1", "bad_config_value": "epochs: many", "bad_config_choice": "opt: lars",
-                "bad_config_inf": "epochs: .inf"}
+        text = {"bad_config_key": "learning_rate: 0.1", "bad_config_value": "epochs: many",
+                "bad_config_choice": "opt: adabelief", "bad_config_inf": "epochs: .inf"}
         (tmp_path / "c.yaml").write_text(text[case] + "\n")
         args += ["--config", str(tmp_path / "c.yaml")]
     elif case == "previous_run":
@@ -155,10 +155,10 @@ def test_bad_input_is_one_clear_line_before_training(tmp_path, capsys, monkeypat
 
 def test_unknown_option_value_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--opt", "lars"])
+        main(["train", "--opt", "adabelief"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "argument --opt: invalid choice: 'lars'" in err
+    assert err.count("\n") == 1 and "argument --opt: invalid choice: 'adabelief'" in err
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):

@@ -18,12 +18,14 @@ from ..data.datasets import TRAIN_INTERPOLATIONS
 from ..data.transforms import ERASE_MODES, MIXUP_MODES
 from .ema import EMA_WARMUPS
 
-OPTIMIZERS = ("sgd", "momentum", "rmsprop", "rmsproptf", "adamw", "adam", "nadam", "radam", "nadamw", "lamb", "lion")
+OPTIMIZERS = ("sgd", "momentum", "rmsprop", "rmsproptf", "adamw", "adam", "nadam", "radam", "nadamw", "lamb", "lion",
+              "lars", "larc", "nlars", "nlarc")
 # the options that only some optimizers have: SGD has no epsilon, the Adam family betas instead of a momentum
 OPTIMIZER_OPTIONS = {**dict.fromkeys(("sgd", "momentum"), ("momentum",)),
                      **dict.fromkeys(("rmsprop", "rmsproptf"), ("momentum", "opt_eps")),
                      **dict.fromkeys(("adamw", "adam", "nadam", "radam", "nadamw", "lamb"), ("opt_eps", "opt_betas")),
-                     "lion": ("opt_betas",)}
+                     "lion": ("opt_betas",),
+                     **dict.fromkeys(("lars", "larc", "nlars", "nlarc"), ("momentum", "opt_eps"))}
 DEVICES = ("auto", "cpu", "cuda")
 # learning-rate schedules after the warm-up (optim.create_scheduler): the first three end at --min-lr
 SCHEDULES = ("cosine", "poly", "tanh", "step", "multistep", "plateau")
@@ -64,7 +66,8 @@ class TrainConfig:
     epochs: int = option(15, "number of epochs")
     batch_size: int = option(64, "global batch size, split evenly over the processes")
     lr: float | None = option(None, "peak learning rate (default: 0.1 sgd / momentum, 0.01 rmsprop / rmsproptf, "
-                                    "0.002 adamw / adam / nadam / radam / nadamw, 0.005 lamb, 6e-4 lion)", type=float)
+                                    "0.002 adamw / adam / nadam / radam / nadamw, 0.005 lamb, 6e-4 lion, 1 lars / "
+                                    "larc / nlars / nlarc)", type=float)
     lr_base: float | None = option(None, "derive --lr from the global batch as timm does: LR x (--batch-size / "
                                          "--lr-base-size), or its square root for the Adam family and lamb (timm's "
                                          "--lr-base; "
@@ -117,19 +120,21 @@ class TrainConfig:
     lr_k_decay: float = option(1.0, "--sched cosine / poly: the decay's shape taken at p ** K for p of the way "
                                     "through (k-decay, timm's --lr-k-decay), > 0; 1: the plain shape", metavar="K")
     opt: str = option("sgd", "optimizer", choices=OPTIMIZERS)
-    momentum: float | None = option(None, "momentum, in [0, 1) (default: 0.9 for sgd (Nesterov), momentum, rmsprop "
-                                          "and rmsproptf; the Adam family, lamb and lion have none and refuse it)",
-                                    type=float)
+    momentum: float | None = option(None, "momentum, in [0, 1) (default: 0.9 for sgd (Nesterov), momentum, rmsprop, "
+                                          "rmsproptf and the lars family; the Adam family, lamb and lion have none "
+                                          "and refuse it)", type=float)
     opt_eps: float | None = option(None, "optimizer epsilon, > 0 (default: rmsprop 0.0316 = sqrt of TF's 1e-3, "
-                                         "rmsproptf 1e-3 inside the square root, the Adam family 1e-8, lamb 1e-6; sgd, "
-                                         "momentum and lion have none and refuse it)", type=float)
+                                         "rmsproptf 1e-3 inside the square root, the Adam family and the lars family "
+                                         "1e-8, lamb 1e-6; sgd, momentum and lion have none and refuse it)",
+                                   type=float)
     opt_betas: tuple[float, float] | None = option(None, "the betas of the Adam family, lamb and lion, each in [0, 1) "
                                                          "(timm's --opt-betas; default 0.9 0.999, lion 0.9 0.99; other "
                                                          "optimizers refuse it)", type=float,
                                                    nargs=2, metavar=("B1", "B2"))
     weight_decay: float | None = option(None, "weight decay of conv / linear weights, never of norm layers and "
                                               "biases (default: 5e-4 sgd / momentum, 1e-5 rmsprop / rmsproptf / adam / "
-                                              "nadam / radam, 0.05 adamw / nadamw, 0.02 lamb, 0.15 lion)",
+                                              "nadam / radam, 0.05 adamw / nadamw, 0.02 lamb, 0.15 lion, 5e-4 the lars "
+                                              "family)",
                                         type=float)
     layer_decay: float | None = option(None, "layer-wise learning-rate decay, in (0, 1] (timm's --layer-decay): each "
                                              "layer's rate times D ** (layers after it), the stem's lowest, the "
