@@ -347,7 +347,8 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
     """``sgd`` (Nesterov), ``momentum`` (SGD with plain momentum, torchvision's recipes), ``rmsprop`` (torch's, alpha
     0.9, eps sqrt(1e-3)), ``rmsproptf``, ``adamw``, ``adam`` / ``nadam`` / ``radam`` (torch's, whose weight decay is
     an L2 term of the gradient, as timm's ``--opt adam`` / ``nadam`` / ``radam`` use them), ``nadamw`` (torch's NAdam
-    with decoupled weight decay), ``lamb`` (:class:`Lamb`) or ``lion`` (:class:`Lion`), timm's names.
+    with decoupled weight decay), ``lamb`` (:class:`Lamb`), ``lion`` (:class:`Lion`) or ``lars`` / ``larc`` /
+    ``nlars`` / ``nlarc`` (:class:`Lars`), timm's names.
 
     The MobileNetV3 (Howard 2019, sec. 6.1) and MixNet (Tan 2019, sec. 5) papers train with TF's
     RMSProp, decay 0.9, momentum 0.9 and epsilon 1e-3: ``rmsproptf`` is that (:class:`RMSpropTF`).
