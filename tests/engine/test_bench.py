@@ -436,6 +436,19 @@ def test_train_malloc_script_writes_its_report(tmp_path):
     assert (tmp_path / "train_malloc.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_grad_checkpointing_script_writes_its_report(tmp_path):
+    """benchmarks/grad_checkpointing.py: one tiny round writes a row per model, the checkpointed step the leaner."""
+    script = _load_benchmark_script("grad_checkpointing")
+    assert script.main(["--models", "mixnet_s_cifar", "--batch-size", "4", "--image-size", "32", "--rounds", "1",
+                        "--warmup", "0", "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "grad_checkpointing.json").read_text())["rows"]
+    assert row["model"] == "mixnet_s_cifar" and 0 < row["peak_mib_checkpointed"] < row["peak_mib_plain"]
+    assert row["memory_ratio"] == pytest.approx(row["peak_mib_checkpointed"] / row["peak_mib_plain"])
+    assert row["ms_per_step_plain"] > 0 and row["time_ratio"] > 0
+    assert "| mixnet_s_cifar |" in (tmp_path / "grad_checkpointing.md").read_text()
+    assert (tmp_path / "grad_checkpointing.png").read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_bench_heap_malloc_option_runs(monkeypatch, capsys):
     from mobileconv.engine import malloc
