@@ -107,7 +107,7 @@ def plot(env: dict, rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     xs = range(len(rows))
     for ax, key, label, ratio in ((axes[0], "peak_mib", "peak tensor memory per step, MiB", "memory_ratio"),
                                   (axes[1], "ms_per_step", "ms per training step", "time_ratio")):
