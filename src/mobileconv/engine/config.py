@@ -70,8 +70,7 @@ class TrainConfig:
                                     "larc / nlars / nlarc)", type=float)
     lr_base: float | None = option(None, "derive --lr from the global batch as timm does: LR x (--batch-size / "
                                          "--lr-base-size), or its square root for the Adam family and lamb (timm's "
-                                         "--lr-base; "
-                                         "default: --lr's own default)", type=float, metavar="LR")
+                                         "--lr-base; default: --lr's own default)", type=float, metavar="LR")
     lr_base_size: int = option(256, "--lr-base: the global batch that --lr-base is the rate of (timm's "
                                     "--lr-base-size)", metavar="N")
     lr_base_scale: str | None = option(None, "--lr-base: scale the rate with the batch linearly or by its square "
@@ -416,7 +415,8 @@ def unused_options(config: TrainConfig) -> list[str]:
     ``--lr-base``, ``--mixup-prob`` / ``--mixup-off-epoch`` / ``--mixup-mode`` without mixing, ``--mixup-switch-prob``
     without both ``--mixup`` and ``--cutmix``, ``--bce-target-thresh`` / ``--bce-sum`` / ``--bce-pos-weight`` without
     ``--bce-loss``, ``--jsd-loss`` / ``--split-bn`` without ``--aug-splits``, ``--resplit`` without ``--aug-splits`` and
-    ``--reprob``."""
+    ``--reprob``, ``--color-jitter-prob`` without a colour jitter, ``--color-jitter-prob`` / ``--grayscale-prob`` /
+    ``--gaussian-blur-prob`` with ``--no-aug``, ``--dist-bn reduce`` with ``--sync-bn``."""
     uses = OPTIMIZER_OPTIONS[config.opt] + SCHEDULE_OPTIONS[config.sched]
     scheduled = ("decay_epochs", "decay_milestones", "decay_rate", "patience_epochs")
     unused = [name for name in ("momentum", "opt_eps", "opt_betas", *scheduled)
