@@ -460,6 +460,20 @@ def test_bench_heap_malloc_option_runs(monkeypatch, capsys):
     assert calls == [1] and json.loads(capsys.readouterr().out)[0]["model"] == "mobilenetv3_small_100_cifar"
 
 
+def test_bench_grad_checkpointing_keeps_less_for_the_backward_pass(capsys):
+    common = ["bench", "mixnet_s_cifar", "--mode", "train", "--batch-size", "8", "--image-size", "32", "--rounds", "1",
+              "--iters", "1", "--warmup", "1", "--format", "json"]
+    peaks = {}
+    for flag in ([], ["--grad-checkpointing"]):
+        assert main([*common, *flag]) == 0
+        (result,) = json.loads(capsys.readouterr().out)
+        assert result["grad_checkpointing"] == bool(flag)
+        peaks[bool(flag)] = result["measurements"]["fast"]["peak_memory_mb"]
+    assert 0 < peaks[True] < peaks[False] * 0.8
+    with pytest.raises(ValueError, match="grad_checkpointing saves memory in training only"):
+        bench.BenchConfig(grad_checkpointing=True)
+
+
 def test_more_threads_than_cpus_is_refused(capsys):
     cpus = bench.available_cpus()
     with pytest.raises(ValueError, match=rf"threads must be at most {cpus} \(the CPUs this process may use\)"):

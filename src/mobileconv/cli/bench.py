@@ -55,6 +55,9 @@ def register(subparsers) -> None:
                         "variant (what jemalloc / tcmalloc do)")
     p.add_argument("--warmup", type=non_negative_int, default=2, metavar="N", help="untimed calls first (default 2)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="--mode train: every variant with gradient checkpointing (set_grad_checkpointing(): less "
+                        "memory, a second forward pass of the blocks)")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
     p.set_defaults(func=run_bench)
 
@@ -96,7 +99,8 @@ def run_bench(args: argparse.Namespace) -> int:
     check_image_size(args.models, args.image_size)
     config = BenchConfig(mode=args.mode, batch_size=args.batch_size, image_size=args.image_size,
                          threads=args.threads, device=args.device, amp=args.amp, compile=args.compile,
-                         warmup=args.warmup, rounds=args.rounds, iters=args.iters, memory=not args.no_memory)
+                         warmup=args.warmup, rounds=args.rounds, iters=args.iters, memory=not args.no_memory,
+                         grad_checkpointing=args.grad_checkpointing)
     variants = variants_for(args)
     progress = sys.stderr.isatty()
     results = [benchmark_model(name, config, variants, progress=progress) for name in args.models]

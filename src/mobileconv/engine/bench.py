@@ -82,6 +82,8 @@ class BenchConfig:
         rounds: timed rounds; each runs every variant ``iters`` times, variants alternating.
         iters: timed calls per variant per round.
         memory: also measure the peak memory of one call.
+        grad_checkpointing: in training, every variant's model with ``set_grad_checkpointing()`` (each block's
+            activations computed again in the backward pass: less memory, more time).
     """
 
     mode: str = "infer"
@@ -95,10 +97,13 @@ class BenchConfig:
     rounds: int = 5
     iters: int = 2
     memory: bool = True
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.grad_checkpointing and self.mode != "train":
+            raise ValueError("grad_checkpointing saves memory in training only: use mode='train' (--mode train)")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         for name, low in (("batch_size", 1), ("warmup", 0), ("rounds", 1), ("iters", 1)):
@@ -148,6 +153,7 @@ class BenchResult:
     compile: bool
     macs_per_image: int
     measurements: dict[str, Measurement] = field(default_factory=dict)
+    grad_checkpointing: bool = False
 
     def macs_per_s(self, variant: str) -> float:
         """True MACs (``impl="reference"`` count) per second of ``variant``."""
@@ -275,6 +281,11 @@ def build_variant(model: nn.Module, variant: str, config: BenchConfig,
     else:
         net = copy.deepcopy(model).to(device)
         set_layer_impl(net, "reference" if variant.startswith("reference") else "fast")
+        if config.grad_checkpointing:
+            if not hasattr(net, "set_grad_checkpointing"):
+                raise ValueError(f"grad_checkpointing: {type(net).__name__} has no set_grad_checkpointing() (the zoo's "
+                                 f"models have it)")
+            net.set_grad_checkpointing(True)
         if variant in ("reference_cl", "fast"):
             net = net.to(memory_format=torch.channels_last)
         if mode == "infer":
@@ -491,7 +502,8 @@ def benchmark_model(model: nn.Module | str, config: BenchConfig, variants: Seque
         times = time_variants(steps, batch, config, progress=progress, desc=name)
         result = BenchResult(model=name, mode=config.mode, batch_size=config.batch_size, image_size=image_size,
                              device=config.device, threads=torch.get_num_threads(), amp=config.amp,
-                             compile=config.compile, macs_per_image=macs)
+                             compile=config.compile, macs_per_image=macs,
+                             grad_checkpointing=config.grad_checkpointing)
         for v in variants:
             m = summarize_times(v, times[v], config.batch_size)
             # onnxruntime's own allocator is invisible to torch; so are the buffers of an Inductor CPU
