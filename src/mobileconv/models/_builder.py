@@ -433,12 +433,13 @@ def checkpoint_blocks(stages: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     compiling = torch.compiler.is_compiling()
     for stage in stages:
         for block in stage:
-            keep = {} if compiling else {"context_fn": partial(_kept_running_stats, block)}
-            x = checkpoint(block, x, use_reentrant=False, **keep)
+            contexts = {} if compiling else {"context_fn": partial(_checkpoint_contexts, block)}
+            x = checkpoint(block, x, use_reentrant=False, **contexts)
     return x
 
 
-def _kept_running_stats(module: nn.Module) -> tuple:
+def _checkpoint_contexts(module: nn.Module) -> tuple:
+    """``checkpoint``'s contexts for the first forward pass (none) and for the recomputation."""
     return contextlib.nullcontext(), _running_stats_kept(module)
 
 
